@@ -1,0 +1,213 @@
+"""The federation spec as users write it (``meshfed.dev/v1alpha1`` ``Federation``).
+
+Field names are a contract: users' files depend on them. Add optional fields; never rename.
+Type-level rules live here; rules that need the whole document live in ``check.py``.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from meshfed.spec.duration import DURATION_PATTERN, parse_duration
+
+API_VERSION = "meshfed.dev/v1alpha1"
+KIND = "Federation"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$"
+
+
+def _check_duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+DnsLabel = Annotated[
+    str,
+    Field(
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="DNS-1123 label: lower-case letters, digits and '-', at most 63",
+    ),
+]
+DnsName = Annotated[
+    str,
+    Field(
+        pattern=DNS_NAME,
+        max_length=253,
+        description="DNS-1123 subdomain, lower case, e.g. payments.bank.example",
+    ),
+]
+GoDuration = Annotated[
+    str,
+    Field(pattern=DURATION_PATTERN, description="Go-style duration as in Istio: 24h, 90m, 1h30m"),
+    AfterValidator(_check_duration),
+]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Protocol = Literal["HTTP", "TCP"]
+KeyAlgorithm = Literal["ECDSA_P256", "RSA_2048", "RSA_4096"]
+TrustMode = Literal["SharedRoot", "Federated"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+    )
+
+
+class Trust(_Model):
+    """How the meshes' certificate authorities relate."""
+
+    mode: TrustMode = Field(
+        "SharedRoot",
+        description="SharedRoot: one root, an intermediate per mesh. Federated: each mesh its own "
+        "root; meshes trust each other only where federated.",
+    )
+    key_algorithm: KeyAlgorithm = "ECDSA_P256"
+    root_ttl: GoDuration = Field("87600h", alias="rootTTL")
+    intermediate_ttl: GoDuration = Field("8760h", alias="intermediateTTL")
+    workload_ttl: GoDuration = Field("24h", alias="workloadTTL")
+    gateway_ttl: GoDuration = Field(
+        "2160h",
+        alias="gatewayTTL",
+        description="Lifetime of the federation ingress gateway's server certificate.",
+    )
+
+    def ttl(self, which: Literal["root", "intermediate", "workload", "gateway"]) -> timedelta:
+        return parse_duration(getattr(self, f"{which}_ttl"))
+
+
+class Ingress(_Model):
+    """Where peer meshes reach this mesh's federation ingress gateway."""
+
+    address: Annotated[str, Field(min_length=1, description="IP address or DNS name")]
+    port: Port = 15443
+
+
+class Kubernetes(_Model):
+    """The cluster this mesh runs in (used by apply)."""
+
+    context: str | None = Field(None, description="kubeconfig context, as kubectl uses it")
+    istio_namespace: DnsLabel = "istio-system"
+
+
+class Workload(_Model):
+    """A service living in a mesh."""
+
+    name: DnsLabel
+    namespace: DnsLabel
+    service_account: DnsName
+    port: Port
+    protocol: Protocol = "HTTP"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Mesh(_Model):
+    """One Istio mesh: its own control plane, trust domain and gateways."""
+
+    name: DnsLabel
+    trust_domain: DnsName
+    network: DnsLabel | None = None
+    ingress: Ingress
+    kubernetes: Kubernetes | None = None
+    workloads: list[Workload] = Field(default_factory=list)
+
+
+class Consumer(_Model):
+    """Who in another mesh may call an export, and how."""
+
+    mesh: DnsLabel
+    principals: list[str] = Field(
+        min_length=1,
+        description='Workload identities of the consumer mesh: "ns/<ns>/sa/<sa>" (relative to its '
+        'trust domain), a full "spiffe://<trust domain>/ns/<ns>/sa/<sa>", a trailing "*" for a '
+        'prefix, or "*" for any workload of that mesh.',
+    )
+    methods: list[str] | None = Field(None, description="HTTP methods allowed (HTTP only)")
+    paths: list[str] | None = Field(
+        None, description='HTTP paths allowed (HTTP only); a trailing "*" matches a prefix'
+    )
+
+
+class Export(_Model):
+    """A service a mesh exposes to named peers. Nothing is exposed unless listed here."""
+
+    name: DnsLabel
+    mesh: DnsLabel
+    workload: Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$", description="<namespace>/<name>")]
+    host: DnsName | None = Field(
+        None,
+        description="Public (SNI) name peers use; default <export>.<mesh>.<federation>.global",
+    )
+    consumers: list[Consumer] = Field(min_length=1)
+
+
+class Import(_Model):
+    """A local name in a consumer mesh for remote exports, in failover order."""
+
+    mesh: DnsLabel
+    host: DnsName = Field(
+        description="Local name consumers use, e.g. tokenizer.shop.svc.cluster.local"
+    )
+    port: Port = 80
+    from_: list[Annotated[str, Field(pattern=r"^[^/\s]+/[^/\s]+$")]] = Field(
+        alias="from",
+        min_length=1,
+        description="<mesh>/<export> sources; order is failover priority",
+    )
+
+
+class FederationSpecBody(_Model):
+    trust: Trust = Field(default_factory=Trust)  # type: ignore[arg-type]
+    meshes: list[Mesh] = Field(min_length=1)
+    exports: list[Export] = Field(default_factory=list)
+    imports: list[Import] = Field(default_factory=list)
+
+
+class Metadata(_Model):
+    name: DnsLabel
+
+
+class Federation(_Model):
+    """A meshfed federation spec document."""
+
+    api_version: Literal["meshfed.dev/v1alpha1"]
+    kind: Literal["Federation"]
+    metadata: Metadata
+    spec: FederationSpecBody
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def mesh(self, name: str) -> Mesh:
+        for mesh in self.spec.meshes:
+            if mesh.name == name:
+                return mesh
+        raise KeyError(name)
+
+    def export(self, ref: str) -> Export:
+        """The export named ``<mesh>/<export>``."""
+        mesh, _, name = ref.partition("/")
+        for export in self.spec.exports:
+            if export.mesh == mesh and export.name == name:
+                return export
+        raise KeyError(ref)
+
+    def export_host(self, export: Export) -> str:
+        """The public (SNI) name of an export: its ``host``, or a default unique per mesh."""
+        return export.host or f"{export.name}.{export.mesh}.{self.name}.global"
+
+    def wire_host(self, imp: Import) -> str:
+        """The one SNI/authority an import uses for all its sources: its first source's host."""
+        return self.export_host(self.export(imp.from_[0]))
