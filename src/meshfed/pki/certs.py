@@ -1,0 +1,312 @@
+"""Certificates: pure functions over `cryptography` (no I/O except `openssl_verify`).
+
+Every function that creates a certificate takes an explicit `now` (timezone-aware, UTC) and `ttl`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshfed.pki.errors import PKIError
+from meshfed.pki.keys import PrivateKey
+
+ORGANIZATION = "meshfed"
+#: Certificates start this long before `now`, so peers with slightly slow clocks accept them.
+CLOCK_SKEW = timedelta(minutes=5)
+SPIFFE_SCHEME = "spiffe://"
+
+_PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def as_utc(now: datetime) -> datetime:
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware (UTC)")
+    return now.astimezone(UTC)
+
+
+def _check_ttl(ttl: timedelta) -> None:
+    if ttl <= timedelta(0):
+        raise ValueError(f"ttl must be positive, got {ttl}")
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _ca_key_usage(digital_signature: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _validity(
+    now: datetime, ttl: timedelta, issuer_cert: x509.Certificate | None
+) -> tuple[datetime, datetime]:
+    now = as_utc(now)
+    _check_ttl(ttl)
+    not_before = now - CLOCK_SKEW
+    not_after = now + ttl
+    if issuer_cert is not None:
+        issuer_not_after = issuer_cert.not_valid_after_utc
+        if issuer_not_after <= now:
+            raise PKIError(
+                issuer_cert.subject.rfc4514_string(),
+                f"issuer certificate expired at {issuer_not_after.isoformat()}",
+                "rotate the issuing CA",
+            )
+        not_after = min(not_after, issuer_not_after)
+    return not_before, not_after
+
+
+def _aki(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())  # type: ignore[arg-type]
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+def _check_issuer_key(issuer_cert: x509.Certificate, issuer_key: PrivateKey) -> None:
+    if not keys_match(issuer_key, issuer_cert):
+        raise ValueError("issuer_key does not belong to issuer_cert")
+
+
+def keys_match(key: PrivateKey, cert: x509.Certificate) -> bool:
+    """True if `key` is the private key of `cert`'s public key."""
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return key.public_key().public_bytes(der, fmt) == cert.public_key().public_bytes(der, fmt)
+
+
+def make_root_ca(
+    common_name: str, key: PrivateKey, ttl: timedelta, now: datetime
+) -> x509.Certificate:
+    """A self-signed root CA (no path length limit)."""
+    not_before, not_after = _validity(now, ttl, None)
+    name = _name(common_name)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_ca_key_usage(digital_signature=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    return builder.sign(key, hashes.SHA256())
+
+
+def make_intermediate_ca(
+    mesh: str,
+    trust_domain: str,
+    key: PrivateKey,
+    issuer_cert: x509.Certificate,
+    issuer_key: PrivateKey,
+    ttl: timedelta,
+    now: datetime,
+) -> x509.Certificate:
+    """A mesh's intermediate CA: pathlen 0, limited to URIs in `trust_domain`.
+
+    NameConstraints permits exactly the URI host `trust_domain` (RFC 5280 4.2.1.10: a URI
+    constraint applies to the host part), so only `spiffe://<trust_domain>/...` leaves are valid.
+    """
+    validate_trust_domain(trust_domain)
+    _check_issuer_key(issuer_cert, issuer_key)
+    not_before, not_after = _validity(now, ttl, issuer_cert)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{mesh} intermediate CA"))
+        .issuer_name(issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_ca_key_usage(digital_signature=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_aki(issuer_cert), critical=False)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(trust_domain)],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def issue_leaf(
+    spiffe_id: str,
+    key: PrivateKey,
+    issuer_cert: x509.Certificate,
+    issuer_key: PrivateKey,
+    ttl: timedelta,
+    now: datetime,
+    dns_names: Sequence[str] = (),
+    server: bool = True,
+    client: bool = True,
+) -> x509.Certificate:
+    """A workload (X.509-SVID) leaf certificate for `spiffe_id`, signed by `issuer_key`."""
+    validate_spiffe_id(spiffe_id)
+    if not (server or client):
+        raise ValueError("a leaf must be usable as server, client, or both")
+    _check_issuer_key(issuer_cert, issuer_key)
+    not_before, not_after = _validity(now, ttl, issuer_cert)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_id)]
+    sans += [x509.DNSName(d) for d in dns_names]
+    ekus = []
+    if server:
+        ekus.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    if client:
+        ekus.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    is_rsa = isinstance(key, rsa.RSAPrivateKey)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION)]))
+        .issuer_name(issuer_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(_aki(issuer_cert), critical=False)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def validate_trust_domain(trust_domain: str) -> None:
+    """SPIFFE trust domain: lowercase letters, digits, '.', '-', '_'; no scheme, port or path."""
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+    if not trust_domain or not set(trust_domain) <= allowed or trust_domain.startswith("."):
+        raise ValueError(
+            f"invalid trust domain {trust_domain!r}: use lowercase letters, digits, '.', '-', '_'"
+        )
+
+
+def validate_spiffe_id(spiffe_id: str) -> None:
+    """`spiffe://<trust domain>/<path>` with a non-empty path."""
+    if not spiffe_id.startswith(SPIFFE_SCHEME):
+        raise ValueError(f"invalid SPIFFE ID {spiffe_id!r}: must start with {SPIFFE_SCHEME}")
+    rest = spiffe_id[len(SPIFFE_SCHEME) :]
+    trust_domain, slash, path = rest.partition("/")
+    validate_trust_domain(trust_domain)
+    if not slash or not path or "//" in path or path.endswith("/") or "?" in path or "#" in path:
+        raise ValueError(f"invalid SPIFFE ID {spiffe_id!r}: needs a path like /ns/NS/sa/SA")
+
+
+def spiffe_trust_domain(spiffe_id: str) -> str:
+    """The trust domain of a SPIFFE ID."""
+    validate_spiffe_id(spiffe_id)
+    return spiffe_id[len(SPIFFE_SCHEME) :].partition("/")[0]
+
+
+def spiffe_ids(cert: x509.Certificate) -> list[str]:
+    """The spiffe:// URI SANs of `cert`."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [
+        u
+        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
+        if u.startswith(SPIFFE_SCHEME)
+    ]
+
+
+def permitted_uri_domains(cert: x509.Certificate) -> list[str] | None:
+    """The permitted URI subtrees of `cert`'s NameConstraints, or None if it has none."""
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    return [
+        n.value
+        for n in nc.permitted_subtrees or ()
+        if isinstance(n, x509.UniformResourceIdentifier)
+    ]
+
+
+# --- encoding ----------------------------------------------------------------------------------
+
+
+def cert_to_pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def certs_to_pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(cert_to_pem(c) for c in certs)
+
+
+def load_certs_pem(data: bytes, source: str) -> list[x509.Certificate]:
+    """All certificates of a PEM bundle (at least one); PKIError naming `source` otherwise."""
+    fix = "restore the file, or remove the PKI state directory to start over"
+    if _PEM_CERT_BEGIN not in data:
+        raise PKIError(source, "contains no PEM certificate", fix)
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise PKIError(source, f"not a readable PEM certificate bundle ({exc})", fix) from None
+
+
+def load_cert_pem(data: bytes, source: str) -> x509.Certificate:
+    """Exactly one PEM certificate; PKIError naming `source` otherwise."""
+    certs = load_certs_pem(data, source)
+    if len(certs) != 1:
+        raise PKIError(
+            source,
+            f"expected exactly one certificate, found {len(certs)}",
+            "restore the file, or remove the PKI state directory to start over",
+        )
+    return certs[0]
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """SHA-256 of the DER encoding, lowercase hex."""
+    return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def describe(cert: x509.Certificate) -> str:
+    return f"{cert.subject.rfc4514_string()} (sha256 {fingerprint(cert)[:16]}...)"
