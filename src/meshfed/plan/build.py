@@ -1,0 +1,216 @@
+"""Resolve a validated spec and its trust roots into the federation plan.
+
+This is the one place where meshfed decides who may call what, who trusts which root, and which
+way traffic goes. Renderers translate the result and decide nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from meshfed.plan.model import (
+    AllowRule,
+    Egress,
+    EgressRoute,
+    FederationPlan,
+    ImportRoute,
+    Ingress,
+    IngressServer,
+    MeshPlan,
+    PathMatch,
+    Source,
+    TrustBundle,
+    Workload,
+)
+from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
+from meshfed.spec.model import Export, Federation, Mesh
+from meshfed.spec.principals import parse_principal, spiffe_id
+
+
+def root_name(fed: Federation, mesh: str) -> str:
+    """The name of the root a mesh's intermediate chains to."""
+    return "root" if fed.spec.trust.mode == "SharedRoot" else mesh
+
+
+def peerings(fed: Federation) -> tuple[tuple[str, str], ...]:
+    """(mesh, peer) pairs where mesh must hold peer's root.
+
+    An exporting mesh's ingress verifies its consumers' workloads; a consumer's sidecars verify
+    the ingress gateways of the meshes it imports from. Nobody else trusts anybody.
+    """
+    pairs: set[tuple[str, str]] = set()
+    for export in fed.spec.exports:
+        for consumer in export.consumers:
+            pairs.add((export.mesh, consumer.mesh))
+    for imp in fed.spec.imports:
+        for ref in imp.from_:
+            pairs.add((imp.mesh, ref.partition("/")[0]))
+    return tuple(sorted(pairs))
+
+
+def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
+    return tuple(
+        Workload(
+            mesh=mesh.name,
+            namespace=w.namespace,
+            name=w.name,
+            service_account=w.service_account,
+            port=w.port,
+            protocol=w.protocol,
+            spiffe_id=spiffe_id(mesh.trust_domain, w.namespace, w.service_account),
+            fqdn=service_fqdn(w.namespace, w.name),
+        )
+        for w in sorted(mesh.workloads, key=lambda w: (w.namespace, w.name))
+    )
+
+
+def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tuple[AllowRule, ...]:
+    rules = []
+    for consumer in export.consumers:
+        if meshes is not None and consumer.mesh not in meshes:
+            continue
+        domain = fed.mesh(consumer.mesh).trust_domain
+        rules.append(
+            AllowRule(
+                consumer_mesh=consumer.mesh,
+                principals=tuple(parse_principal(p, domain) for p in consumer.principals),
+                methods=tuple(consumer.methods or ()),
+                paths=tuple(
+                    PathMatch(p[:-1], prefix=True) if p.endswith("*") else PathMatch(p)
+                    for p in consumer.paths or ()
+                ),
+            )
+        )
+    return tuple(rules)
+
+
+class _Resolver:
+    def __init__(self, fed: Federation, root_pems: Mapping[str, str]) -> None:
+        self.fed = fed
+        self.root_pems = root_pems
+        self.workloads = {m.name: {w.ref: w for w in _workloads(m)} for m in fed.spec.meshes}
+        # Meshes that reach (mesh, wire host) as a failover alias of one of mesh's exports.
+        self.aliases: dict[tuple[str, str], tuple[str, set[str]]] = {}
+        for imp in fed.spec.imports:
+            wire = fed.wire_host(imp)
+            for ref in imp.from_[1:]:
+                export = fed.export(ref)
+                if fed.export_host(export) == wire:
+                    continue
+                _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
+                importers.add(imp.mesh)
+
+    def bundles(self, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
+        """One bundle per root, for the given {mesh: trust domains} it must vouch for."""
+        by_root: dict[str, set[str]] = defaultdict(set)
+        for mesh, domains in meshes.items():
+            by_root[root_name(self.fed, mesh)] |= domains
+        out = []
+        for name, domains in sorted(by_root.items()):
+            mesh = name if name != "root" else next(iter(sorted(meshes)))
+            out.append(TrustBundle(name, self.root_pems[mesh], tuple(sorted(domains))))
+        return tuple(out)
+
+    def source(self, priority: int, ref: str) -> Source:
+        export = self.fed.export(ref)
+        mesh = self.fed.mesh(export.mesh)
+        return Source(
+            priority=priority,
+            mesh=mesh.name,
+            export=ref,
+            address=mesh.ingress.address,
+            port=mesh.ingress.port,
+            ingress_spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
+            trust_domain=mesh.trust_domain,
+            network=mesh.network,
+        )
+
+    def ingress(self, mesh: Mesh) -> Ingress:
+        servers: list[IngressServer] = []
+        for export in self.fed.spec.exports:
+            if export.mesh != mesh.name:
+                continue
+            workload = self.workloads[mesh.name][export.workload]
+            ref = f"{export.mesh}/{export.name}"
+            host = self.fed.export_host(export)
+            servers.append(IngressServer(host, ref, workload, _allow_rules(self.fed, export, None)))
+            for (alias_mesh, wire), (alias_ref, importers) in self.aliases.items():
+                if alias_mesh == mesh.name and alias_ref == ref:
+                    rules = _allow_rules(self.fed, export, importers)
+                    servers.append(IngressServer(wire, ref, workload, rules, alias_of=host))
+        servers.sort(key=lambda s: s.sni)
+        callers: dict[str, set[str]] = defaultdict(set)
+        for server in servers:
+            for rule in server.allow:
+                callers[rule.consumer_mesh].add(self.fed.mesh(rule.consumer_mesh).trust_domain)
+        return Ingress(
+            address=mesh.ingress.address,
+            port=mesh.ingress.port,
+            spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
+            servers=tuple(servers),
+            trusted=self.bundles(callers),
+            dns_names=tuple(s.sni for s in servers),
+        )
+
+    def imports(self, mesh: Mesh) -> tuple[ImportRoute, ...]:
+        routes = []
+        for imp in self.fed.spec.imports:
+            if imp.mesh != mesh.name:
+                continue
+            sources = tuple(self.source(i, ref) for i, ref in enumerate(imp.from_))
+            first = self.fed.export(imp.from_[0])
+            protocol = self.workloads[first.mesh][first.workload].protocol
+            routes.append(
+                ImportRoute(
+                    mesh=mesh.name,
+                    local_host=imp.host,
+                    port=imp.port,
+                    protocol=protocol,
+                    wire_host=self.fed.wire_host(imp),
+                    sources=sources,
+                )
+            )
+        routes.sort(key=lambda r: (r.local_host, r.port))
+        return tuple(routes)
+
+    def mesh(self, mesh: Mesh) -> MeshPlan:
+        imports = self.imports(mesh)
+        egress_routes: dict[str, EgressRoute] = {}
+        for route in imports:
+            egress_routes.setdefault(route.wire_host, EgressRoute(route.wire_host, route.sources))
+        trusted: dict[str, set[str]] = {mesh.name: {mesh.trust_domain}}
+        for route in imports:
+            for source in route.sources:
+                trusted.setdefault(source.mesh, set()).add(source.trust_domain)
+        kube = mesh.kubernetes
+        return MeshPlan(
+            name=mesh.name,
+            trust_domain=mesh.trust_domain,
+            network=mesh.network,
+            root_name=root_name(self.fed, mesh.name),
+            ingress=self.ingress(mesh),
+            egress=Egress(
+                spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
+                routes=tuple(sorted(egress_routes.values(), key=lambda r: r.wire_host)),
+            ),
+            imports=imports,
+            workloads=tuple(self.workloads[mesh.name].values()),
+            workload_trust=self.bundles(trusted),
+            kube_context=kube.context if kube else None,
+            istio_namespace=kube.istio_namespace if kube else "istio-system",
+        )
+
+
+def build_plan(fed: Federation, root_pems: Mapping[str, str]) -> FederationPlan:
+    """Resolve ``fed``; ``root_pems`` maps each mesh to the PEM of the root it chains to."""
+    resolver = _Resolver(fed, root_pems)
+    trust = fed.spec.trust
+    return FederationPlan(
+        name=fed.name,
+        trust_mode=trust.mode,
+        workload_ttl=trust.ttl("workload"),
+        gateway_ttl=trust.ttl("gateway"),
+        meshes=tuple(resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name)),
+        peerings=peerings(fed) if trust.mode == "Federated" else (),
+    )

@@ -1,0 +1,26 @@
+"""What the spec asks of the PKI, and the roots the plan hands to components."""
+
+from __future__ import annotations
+
+from meshfed.pki.certs import cert_to_pem
+from meshfed.pki.store import MeshTrustRequest, PKIMaterial, TrustRequest
+from meshfed.plan.build import peerings
+from meshfed.spec.model import Federation
+
+
+def trust_request(fed: Federation) -> TrustRequest:
+    trust = fed.spec.trust
+    return TrustRequest(
+        federation=fed.name,
+        mode=trust.mode,
+        key_algorithm=trust.key_algorithm,
+        root_ttl=trust.ttl("root"),
+        intermediate_ttl=trust.ttl("intermediate"),
+        meshes=tuple(MeshTrustRequest(m.name, m.trust_domain) for m in fed.spec.meshes),
+        peerings=peerings(fed) if trust.mode == "Federated" else (),
+    )
+
+
+def root_pems(material: PKIMaterial) -> dict[str, str]:
+    """Each mesh's root, as PEM, keyed by mesh name (what ``build_plan`` takes)."""
+    return {name: cert_to_pem(ca.root_cert).decode() for name, ca in material.meshes.items()}
