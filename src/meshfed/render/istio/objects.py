@@ -1,0 +1,59 @@
+"""Small builders shared by the Istio renderer: object metadata, names, PEM encoding."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+from meshfed.plan.names import MANAGED_BY
+
+Obj = dict[str, Any]
+
+
+def slug(text: str, limit: int = 63) -> str:
+    """A DNS-1123 label derived from a host name; long ones keep a hash to stay unique."""
+    label = text.lower().replace(".", "-").replace("*", "x")
+    if len(label) <= limit:
+        return label
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{label[: limit - 9].rstrip('-')}-{digest}"
+
+
+def labels(federation: str, **extra: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "meshfed.dev/federation": federation,
+        **extra,
+    }
+
+
+def obj(
+    api_version: str,
+    kind: str,
+    name: str,
+    federation: str,
+    namespace: str | None = None,
+    spec: Obj | None = None,
+    extra_labels: dict[str, str] | None = None,
+    **fields: Any,
+) -> Obj:
+    """A Kubernetes object with meshfed's labels."""
+    metadata: Obj = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    metadata["labels"] = labels(federation, **(extra_labels or {}))
+    out: Obj = {"apiVersion": api_version, "kind": kind, "metadata": metadata}
+    if spec is not None:
+        out["spec"] = spec
+    out.update(fields)
+    return out
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def istio_principal(spiffe_id: str) -> str:
+    """AuthorizationPolicy principals are written without the scheme: Istio adds it."""
+    return spiffe_id.removeprefix("spiffe://")

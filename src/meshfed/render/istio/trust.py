@@ -1,0 +1,89 @@
+"""Trust material for Istio: the plug-in ``cacerts``, the ingress credential, the meshConfig.
+
+These carry private keys (cacerts, ingress credential) and go to ``secrets/``, written 0600.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshfed.plan.model import FederationPlan, MeshPlan
+from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.render.istio.gateways import INGRESS_CREDENTIAL
+from meshfed.render.istio.objects import Obj, b64, obj
+
+
+@dataclass(frozen=True)
+class MeshCredentials:
+    """PEM material of one mesh, read from the PKI store by the caller."""
+
+    ca_cert: str
+    ca_key: str = field(repr=False)
+    root_cert: str
+    cert_chain: str
+    ingress_cert_chain: str
+    """The ingress gateway's server certificate followed by the mesh intermediate."""
+    ingress_key: str = field(repr=False)
+
+
+def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
+    """Istio's plug-in CA secret: istiod signs the mesh's workloads with this intermediate."""
+    return obj(
+        "v1",
+        "Secret",
+        "cacerts",
+        plan.name,
+        mesh.istio_namespace,
+        type="Opaque",
+        data={
+            "ca-cert.pem": b64(creds.ca_cert),
+            "ca-key.pem": b64(creds.ca_key),
+            "root-cert.pem": b64(creds.root_cert),
+            "cert-chain.pem": b64(creds.cert_chain),
+        },
+    )
+
+
+def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
+    """The ingress server certificate, and in ``ca.crt`` only the roots of allowed callers."""
+    bundle = "".join(b.pem for b in mesh.ingress.trusted)
+    return obj(
+        "v1",
+        "Secret",
+        INGRESS_CREDENTIAL,
+        plan.name,
+        GATEWAY_NAMESPACE,
+        type="kubernetes.io/tls",
+        data={
+            "tls.crt": b64(creds.ingress_cert_chain),
+            "tls.key": b64(creds.ingress_key),
+            "ca.crt": b64(bundle),
+        },
+    )
+
+
+def mesh_config(plan: FederationPlan, mesh: MeshPlan) -> Obj:
+    """An IstioOperator overlay (``istioctl install -f``) with the settings federation needs."""
+    mesh_cfg: Obj = {
+        "trustDomain": mesh.trust_domain,
+        "defaultConfig": {
+            "proxyMetadata": {
+                # Local import names resolve through the sidecar's DNS proxy.
+                "ISTIO_META_DNS_CAPTURE": "true",
+                "ISTIO_META_DNS_AUTO_ALLOCATE": "true",
+            }
+        },
+    }
+    spec: Obj = {"meshConfig": mesh_cfg}
+    foreign = [b for b in mesh.workload_trust if b.name != mesh.root_name]
+    if plan.trust_mode == "Federated" and foreign:
+        mesh_cfg["caCertificates"] = [
+            {"pem": b.pem, "trustDomains": list(b.trust_domains)} for b in foreign
+        ]
+        spec["values"] = {"pilot": {"env": {"ISTIO_MULTIROOT_MESH": "true"}}}
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": {"name": f"meshfed-{mesh.name}", "namespace": mesh.istio_namespace},
+        "spec": spec,
+    }
