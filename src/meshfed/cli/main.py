@@ -1,0 +1,157 @@
+"""The ``meshfed`` command line: thin, on top of spec, pki, plan, renderers and sinks."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from meshfed import __version__
+from meshfed.pki.certs import fingerprint
+from meshfed.pki.errors import PKIError
+from meshfed.render.istio import render_mesh
+from meshfed.render.istio.credentials import mesh_credentials
+from meshfed.sinks.files import OutputError, write_rendered
+from meshfed.spec.errors import SpecError
+from meshfed.spec.load import load_spec
+from meshfed.spec.model import Federation
+from meshfed.workspace import open_workspace
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+SPEC = click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
+
+
+def state_option(func: F) -> F:
+    return click.option(
+        "--state",
+        "state",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="State directory (default ./.meshfed/<federation>/).",
+    )(func)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """Turn meshfed's own errors into a clear message and exit code 1."""
+    try:
+        yield
+    except SpecError as exc:
+        # Plain lines, never wrapped: editors and CI parse "file:line: ...".
+        for line in exc.lines:
+            click.echo(line, err=True)
+        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was changed", err=True)
+        sys.exit(1)
+    except (PKIError, OutputError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meshfed")
+def main() -> None:
+    """Secure multi-mesh federation for Istio: one spec in; trust, policy and routing out."""
+
+
+@main.command()
+@SPEC
+def validate(spec: Path) -> None:
+    """Check a federation spec; list every problem with file:line, field and fix."""
+    with reported():
+        fed = load_spec(spec)
+    s = fed.spec
+    out.print(
+        f"{spec}: valid: federation {fed.name!r}, {len(s.meshes)} meshes, "
+        f"{len(s.exports)} exports, {len(s.imports)} imports ({s.trust.mode})",
+        markup=False,
+    )
+
+
+@main.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None)
+def schema(output: Path | None) -> None:
+    """Print the JSON Schema of the spec (for editors' completion and validation)."""
+    doc = Federation.model_json_schema(by_alias=True, mode="validation")
+    doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    doc["$id"] = "https://meshfed.dev/schemas/v1alpha1/federation.json"
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text)
+        err.print(f"wrote {output}", markup=False)
+
+
+@main.group()
+def pki() -> None:
+    """Certificate authorities and trust bundles."""
+
+
+@pki.command("init")
+@SPEC
+@state_option
+def pki_init(spec: Path, state: Path | None) -> None:
+    """Create missing CAs (idempotent); check what exists; never print keys."""
+    with reported():
+        ws = open_workspace(spec, state)
+    table = Table(title=f"PKI of {ws.federation.name} ({ws.pki.mode}) in {ws.state_dir / 'pki'}")
+    for column in ("mesh", "trust domain", "root", "intermediate (sha256)", "expires"):
+        table.add_column(column)
+    for name, ca in sorted(ws.pki.meshes.items()):
+        table.add_row(
+            name,
+            ca.trust_domain,
+            ca.root_name,
+            fingerprint(ca.ca_cert)[:16],
+            ca.ca_cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        )
+    out.print(table)
+
+
+@main.command()
+@SPEC
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Output directory (default ./out/<federation>); replaced whole on success.",
+)
+@click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
+@state_option
+def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) -> None:
+    """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
+    with reported():
+        ws = open_workspace(spec, state)
+        rendered = [
+            render_mesh(ws.plan, mesh, mesh_credentials(ws.state_dir, ws.plan, mesh, ws.pki))
+            for mesh in ws.plan.meshes
+        ]
+        target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
+        write_rendered(target_dir, rendered)
+    table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
+    for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
+        table.add_column(column)
+    for mesh, result in zip(ws.plan.meshes, rendered, strict=True):
+        table.add_row(
+            mesh.name,
+            "\n".join(s.sni for s in mesh.ingress.servers) or "-",
+            "\n".join(f"{i.local_host}:{i.port}" for i in mesh.imports) or "-",
+            str(sum(len(d) for d in result.files.values())),
+        )
+    out.print(table)
+    out.print(
+        f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
+        markup=False,
+    )

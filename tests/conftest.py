@@ -1,0 +1,71 @@
+"""Shared fixtures: the bundled examples, their plans, and their rendered Istio output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from meshfed.render.istio import RenderedMesh, render_mesh
+from meshfed.render.istio.credentials import mesh_credentials
+from meshfed.sinks.files import write_rendered
+from meshfed.spec.load import load_spec
+from meshfed.spec.model import Federation
+from meshfed.workspace import Workspace, open_workspace
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="session")
+def bank() -> Federation:
+    return load_spec(EXAMPLES / "bank.yaml")
+
+
+@pytest.fixture(scope="session")
+def partners() -> Federation:
+    return load_spec(EXAMPLES / "partners.yaml")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    workspace: Workspace
+    meshes: dict[str, RenderedMesh]
+    out: Path
+
+    def docs(self, mesh: str, kind: str | None = None) -> list[dict]:  # type: ignore[type-arg]
+        found = []
+        for path in sorted((self.out / mesh).glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if doc and (kind is None or doc["kind"] == kind):
+                    found.append(doc)
+        return found
+
+    def secret_docs(self, mesh: str) -> dict[str, dict]:  # type: ignore[type-arg]
+        return {
+            p.name: yaml.safe_load(p.read_text())
+            for p in sorted((self.out / mesh / "secrets").glob("*.yaml"))
+        }
+
+
+def render_example(name: str, base: Path) -> Rendered:
+    ws = open_workspace(EXAMPLES / f"{name}.yaml", base / "state")
+    meshes = {
+        m.name: render_mesh(ws.plan, m, mesh_credentials(ws.state_dir, ws.plan, m, ws.pki))
+        for m in ws.plan.meshes
+    }
+    out = base / "out"
+    write_rendered(out, list(meshes.values()))
+    return Rendered(ws, meshes, out)
+
+
+@pytest.fixture(scope="session")
+def bank_rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    return render_example("bank", tmp_path_factory.mktemp("bank"))
+
+
+@pytest.fixture(scope="session")
+def partners_rendered(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    return render_example("partners", tmp_path_factory.mktemp("partners"))
