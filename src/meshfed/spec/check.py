@@ -304,20 +304,29 @@ def _check_sni(fed: Federation) -> Iterator[Problem]:
             )
         owners.setdefault(key, ref)
     exports = {f"{e.mesh}/{e.name}": e for e in fed.spec.exports}
+    egress: dict[tuple[str, str], tuple[int, list[str]]] = {}
     for i, imp in enumerate(fed.spec.imports):
         if not imp.from_ or imp.from_[0] not in exports:
             continue
         wire = fed.wire_host(imp)
+        first, sources = egress.setdefault((imp.mesh, wire), (i, imp.from_))
+        if sources != imp.from_:
+            yield Problem(
+                ("spec", "imports", i, "from"),
+                f"spec.imports[{first}] of mesh {imp.mesh!r} reaches the same remote host "
+                f"{wire!r} with a different failover list {sources}",
+                "list the same sources in the same order for both, or import another export",
+            )
         for k, ref in enumerate(imp.from_[1:], start=1):
-            export = exports.get(ref)
-            if export is None:
+            target = exports.get(ref)
+            if target is None:
                 continue
-            key = (export.mesh, wire)
+            key = (target.mesh, wire)
             if key in owners and owners[key] != ref:
                 yield Problem(
                     ("spec", "imports", i, "from", k),
                     f"as failover for {imp.from_[0]}, {ref} would also answer to {wire!r}, but "
-                    f"on mesh {export.mesh!r} that host already leads to {owners[key]}",
+                    f"on mesh {target.mesh!r} that host already leads to {owners[key]}",
                     "give the exports distinct hosts, or the same host for the same service",
                 )
             owners.setdefault(key, ref)

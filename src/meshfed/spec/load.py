@@ -69,7 +69,9 @@ def _type_problems(error: ValidationError) -> list[Problem]:
         loc: Path_ = tuple(part for part in item["loc"] if not isinstance(part, str) or part)
         field = str(loc[-1]) if loc else "document"
         message = item["msg"]
-        if item["type"] == "string_pattern_mismatch":
+        if item["type"] == "extra_forbidden":
+            message = f"unknown field {field!r}"
+        elif item["type"] == "string_pattern_mismatch":
             ctx = item.get("ctx") or {}
             message = f"{item['input']!r} does not match {ctx.get('pattern', '')}"
         elif item["type"] == "value_error":

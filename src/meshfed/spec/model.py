@@ -168,7 +168,7 @@ class Import(_Model):
 
 
 class FederationSpecBody(_Model):
-    trust: Trust = Field(default_factory=Trust)  # type: ignore[arg-type]
+    trust: Trust = Field(default_factory=Trust)
     meshes: list[Mesh] = Field(min_length=1)
     exports: list[Export] = Field(default_factory=list)
     imports: list[Import] = Field(default_factory=list)
