@@ -169,6 +169,7 @@ class _Resolver:
                     protocol=protocol,
                     wire_host=self.fed.wire_host(imp),
                     sources=sources,
+                    trusted=self.bundles({s.mesh: {s.trust_domain} for s in sources}),
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))
@@ -197,6 +198,7 @@ class _Resolver:
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
             workload_trust=self.bundles(trusted),
+            local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
             kube_context=kube.context if kube else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
         )

@@ -156,6 +156,9 @@ class ImportRoute:
     wire_host: str
     """SNI and ``:authority`` on the wire, the same for every source."""
     sources: tuple[Source, ...]
+    trusted: tuple[TrustBundle, ...] = ()
+    """Roots a consumer sidecar verifies the sources' ingress gateways with, each bound to the
+    trust domains it may vouch for."""
 
     @property
     def upstream_spiffe_ids(self) -> tuple[str, ...]:
@@ -178,6 +181,8 @@ class MeshPlan:
     workload_trust: tuple[TrustBundle, ...]
     """Roots the mesh's sidecars trust: their own, plus (Federated) the roots of meshes whose
     exports they import, each limited to that mesh's trust domain."""
+    local_trust: tuple[TrustBundle, ...] = ()
+    """The mesh's own root, for its own trust domain only: what in-mesh peers chain to."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
 

@@ -1,0 +1,103 @@
+"""Where each Envoy's files live, and the file-level envelopes Envoy reads.
+
+Every Envoy reads LDS, CDS and SDS from watched directories (``lds/``, ``cds/``, ``sds/``) under
+its process directory; one SDS secret per file. Envoy reacts only to a rename into a watched
+directory, so writers must write a temporary file there and rename it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from meshfed.render.envoy.process import ProcessConfig, Resource
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+SPIFFE_VALIDATOR = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
+)
+
+
+def process_slug(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def process_dir(runtime_dir: Path, name: str) -> Path:
+    return runtime_dir / "envoy" / process_slug(name)
+
+
+def log_path(runtime_dir: Path, name: str, kind: Literal["access", "conn"]) -> Path:
+    return runtime_dir / "logs" / f"{process_slug(name)}.{kind}.log"
+
+
+def _watched(path: Path) -> dict[str, Any]:
+    return {
+        "resource_api_version": "V3",
+        "path_config_source": {
+            "path": str(path),
+            "watched_directory": {"path": str(path.parent)},
+        },
+    }
+
+
+def sds_ref(runtime_dir: Path, process: str, secret: str) -> Resource:
+    """A reference to SDS secret ``secret`` of ``process``, read from its own watched file."""
+    return {
+        "name": secret,
+        "sds_config": _watched(process_dir(runtime_dir, process) / "sds" / f"{secret}.json"),
+    }
+
+
+def _loopback(port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+
+
+def bootstrap(process: ProcessConfig, runtime_dir: Path) -> Resource:
+    base = process_dir(runtime_dir, process.name)
+    return {
+        "node": {"id": process.name, "cluster": process.mesh},
+        "admin": {"address": _loopback(process.admin_port)},
+        "dynamic_resources": {
+            "lds_config": _watched(base / "lds" / "lds.json"),
+            "cds_config": _watched(base / "cds" / "cds.json"),
+        },
+        "layered_runtime": {
+            "layers": [
+                {
+                    "name": "static",
+                    "static_layer": {
+                        # Bound what one runaway client can hold open on a gateway.
+                        "overload.global_downstream_max_connections": 10000,
+                    },
+                }
+            ]
+        },
+    }
+
+
+def discovery_response(resources: list[Resource], version: str) -> Resource:
+    return {"version_info": version, "resources": resources}
+
+
+def tls_secret(chain_pem: str, key_pem: str, version: str = "1") -> Resource:
+    """SDS file content of secret ``default``: the process's certificate chain and key."""
+    return discovery_response(
+        [
+            {
+                "@type": SECRET_TYPE,
+                "name": "default",
+                "tls_certificate": {
+                    "certificate_chain": {"inline_string": chain_pem},
+                    "private_key": {"inline_string": key_pem},
+                },
+            }
+        ],
+        version,
+    )
+
+
+def validation_secret(name: str, validator: Resource, version: str = "1") -> Resource:
+    """SDS file content of a validation secret (see ``ProcessConfig.trust``)."""
+    return discovery_response(
+        [{"@type": SECRET_TYPE, "name": name, "validation_context": validator}], version
+    )

@@ -1,0 +1,35 @@
+"""What one Envoy process needs: its xDS resources, its identity, and the roots it trusts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Resource = dict[str, Any]
+Role = Literal["ingress", "egress", "sidecar"]
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """One Envoy: name like ``payments/ingress`` or ``payments/sidecar/cards/tokenizer``."""
+
+    name: str
+    mesh: str
+    role: Role
+    admin_port: int
+    clusters: list[Resource]
+    """CDS resources (each with its ``@type``); write these first."""
+    listeners: list[Resource]
+    """LDS resources; write these after Envoy has applied the clusters."""
+    spiffe_id: str | None
+    """Identity of the certificate served as SDS secret ``default``; None: needs no cert."""
+    trust: dict[str, Resource] = field(default_factory=dict)
+    """SDS validation secrets by name -> the CertificateValidationContext to serve (write each
+    with ``files.validation_secret(name, value)``)."""
+    workload: str | None = None
+    """For sidecars: ``<namespace>/<name>``."""
+
+    @property
+    def sds_names(self) -> list[str]:
+        """Every SDS secret this process reads, each from its own file ``<name>.json``."""
+        return (["default"] if self.spiffe_id else []) + sorted(self.trust)

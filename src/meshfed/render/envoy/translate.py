@@ -1,0 +1,666 @@
+"""Translate the plan into one Envoy configuration per local process.
+
+Per mesh: a federation ingress (mTLS termination per SNI, RBAC exactly as planned), a federation
+egress (TLS passthrough by SNI, failover in planned order), and a sidecar per workload (mTLS in
+front of the workload; plain HTTP/TCP out to the imports through the egress, with the
+workload's own certificate). Everything security-relevant comes from the plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from meshfed.plan.model import (
+    AllowRule,
+    EgressRoute,
+    FederationPlan,
+    ImportRoute,
+    IngressServer,
+    MeshPlan,
+    Workload,
+)
+from meshfed.render.envoy import tls
+from meshfed.render.envoy.files import log_path
+from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
+from meshfed.render.envoy.process import ProcessConfig, Resource
+
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+TLS_INSPECTOR = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
+DIRECT_RESPONSE = "type.googleapis.com/envoy.extensions.filters.network.direct_response.v3.Config"
+FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+CALLER_CA = "CALLER_CA"
+"""Ingress: roots of the meshes allowed to call, each for its own trust domain."""
+LOCAL_CA = "LOCAL_CA"
+"""The mesh's own root, for its own trust domain: in-mesh peers."""
+PEER_CA = "PEER_CA"
+"""Sidecar: roots of the exporting meshes it imports from, each for its own domain."""
+
+NOTHING_SNI = "nothing-exported.invalid"
+"""Envoy refuses a listener without filter chains; this reserved name (RFC 2606) is never sent."""
+
+# Response headers that would tell a caller about the exporting mesh's insides. Envoy cannot
+# remove by prefix, so the x-envoy-* names are listed.
+HIDDEN_RESPONSE_HEADERS = [
+    "server",
+    "x-envoy-upstream-service-time",
+    "x-envoy-overloaded",
+    "x-envoy-ratelimited",
+    "x-envoy-degraded",
+    "x-envoy-decorator-operation",
+    "x-envoy-immediate-health-check-fail",
+    "x-envoy-upstream-healthchecked-cluster",
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-envoy-external-address",
+]
+ADDRESS_REQUEST_HEADERS = ["x-forwarded-for", "x-real-ip", "x-envoy-external-address"]
+
+
+def _file_log(path: Path, fields: dict[str, str]) -> Resource:
+    return {
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": FILE_LOG,
+            "path": str(path),
+            "log_format": {"json_format": fields, "json_format_options": {"sort_properties": True}},
+        },
+    }
+
+
+def _request_log(path: Path, mesh: str, gateway: str) -> Resource:
+    return _file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "request",
+            "mesh": mesh,
+            "gateway": gateway,
+            "sni": "%REQUESTED_SERVER_NAME%",
+            "caller": "%DOWNSTREAM_PEER_URI_SAN%",
+            "method": "%REQ(:METHOD)%",
+            "authority": "%REQ(:AUTHORITY)%",
+            "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+            "code": "%RESPONSE_CODE%",
+            "flags": "%RESPONSE_FLAGS%",
+            "details": "%RESPONSE_CODE_DETAILS%",
+            "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
+            "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
+            "duration_ms": "%DURATION%",
+        },
+    )
+
+
+def _connection_log(path: Path, mesh: str, gateway: str) -> Resource:
+    return _file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "connection",
+            "mesh": mesh,
+            "gateway": gateway,
+            "sni": "%REQUESTED_SERVER_NAME%",
+            "caller": "%DOWNSTREAM_PEER_URI_SAN%",
+            "tls_failure": "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%",
+            "upstream": "%UPSTREAM_HOST%",
+            "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+            "flags": "%RESPONSE_FLAGS%",
+            "bytes_received": "%BYTES_RECEIVED%",
+            "bytes_sent": "%BYTES_SENT%",
+            "duration_ms": "%DURATION%",
+        },
+    )
+
+
+def _static_cluster(name: str, endpoints: list[tuple[str, int, int]]) -> Resource:
+    """A STATIC cluster of (address, port, priority) endpoints."""
+    priorities: dict[int, list[Resource]] = {}
+    for address, port, priority in endpoints:
+        priorities.setdefault(priority, []).append(
+            {"endpoint": {"address": {"socket_address": {"address": address, "port_value": port}}}}
+        )
+    return {
+        "@type": CLUSTER,
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"priority": p, "lb_endpoints": eps} for p, eps in sorted(priorities.items())
+            ],
+        },
+    }
+
+
+def _http_options(h2: bool, idle: str, max_duration: str | None = None) -> Resource:
+    common: dict[str, Any] = {"idle_timeout": idle}
+    if max_duration:
+        common["max_connection_duration"] = max_duration
+    explicit: Resource = {"http2_protocol_options": {}} if h2 else {"http_protocol_options": {}}
+    return {
+        HTTP_OPTIONS_KEY: {
+            "@type": HTTP_OPTIONS,
+            "explicit_http_config": explicit,
+            "common_http_protocol_options": common,
+        }
+    }
+
+
+def _hcm(
+    stat_prefix: str,
+    route_config: Resource,
+    filters: list[Resource],
+    access_log: list[Resource],
+    **extra: Any,
+) -> Resource:
+    return {
+        "name": "envoy.filters.network.http_connection_manager",
+        "typed_config": {
+            "@type": HCM,
+            "stat_prefix": stat_prefix,
+            "codec_type": "AUTO",
+            "route_config": route_config,
+            "http_filters": [
+                *filters,
+                {
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {"@type": ROUTER, "suppress_envoy_headers": True},
+                },
+            ],
+            "normalize_path": True,
+            "merge_slashes": True,
+            "path_with_escaped_slashes_action": "REJECT_REQUEST",
+            "strip_any_host_port": True,
+            "access_log": access_log,
+            **extra,
+        },
+    }
+
+
+def _tcp_proxy(stat_prefix: str, cluster: str, **extra: Any) -> Resource:
+    return {
+        "name": "envoy.filters.network.tcp_proxy",
+        "typed_config": {
+            "@type": TCP_PROXY,
+            "stat_prefix": stat_prefix,
+            "cluster": cluster,
+            **extra,
+        },
+    }
+
+
+def _listener(name: str, address: str, port: int, chains: list[Resource], **extra: Any) -> Resource:
+    return {
+        "@type": LISTENER,
+        "name": name,
+        "address": {"socket_address": {"address": address, "port_value": port}},
+        "filter_chains": chains,
+        **extra,
+    }
+
+
+def _tls_listener_filters() -> list[Resource]:
+    return [
+        {"name": "envoy.filters.listener.tls_inspector", "typed_config": {"@type": TLS_INSPECTOR}}
+    ]
+
+
+def _nothing_chain() -> Resource:
+    """A chain for a name no client sends, so an empty gateway still holds its port."""
+    return {
+        "name": "nothing",
+        "filter_chain_match": {"server_names": [NOTHING_SNI]},
+        "filters": [
+            {
+                "name": "envoy.filters.network.direct_response",
+                "typed_config": {"@type": DIRECT_RESPONSE},
+            }
+        ],
+    }
+
+
+# --- ingress -------------------------------------------------------------------------------------
+
+
+def _principal_ids(rule: AllowRule) -> list[Resource]:
+    return [
+        {"authenticated": {"principal_name": {"prefix" if p.prefix else "exact": p.value}}}
+        for p in rule.principals
+    ]
+
+
+def _http_permission(rule: AllowRule) -> Resource:
+    parts: list[Resource] = []
+    if rule.methods:
+        parts.append(
+            {
+                "or_rules": {
+                    "rules": [
+                        {"header": {"name": ":method", "string_match": {"exact": m}}}
+                        for m in rule.methods
+                    ]
+                }
+            }
+        )
+    if rule.paths:
+        parts.append(
+            {
+                "or_rules": {
+                    "rules": [
+                        {"url_path": {"path": {"prefix" if p.prefix else "exact": p.value}}}
+                        for p in rule.paths
+                    ]
+                }
+            }
+        )
+    if not parts:
+        return {"any": True}
+    return {"and_rules": {"rules": parts}}
+
+
+def _rbac_policies(server: IngressServer, http: bool) -> Resource:
+    """Deny by default: one ALLOW policy per planned rule, nothing else."""
+    return {
+        "action": "ALLOW",
+        "policies": {
+            f"{rule.consumer_mesh}-{index}": {
+                "permissions": [_http_permission(rule) if http else {"any": True}],
+                "principals": _principal_ids(rule),
+            }
+            for index, rule in enumerate(server.allow)
+        },
+    }
+
+
+def _ingress_chain(
+    process: str, mesh: MeshPlan, server: IngressServer, runtime_dir: Path
+) -> Resource:
+    cluster = f"inbound|{server.workload.ref}"
+    http = server.protocol == "HTTP"
+    transport = tls.downstream(runtime_dir, process, CALLER_CA, ["h2", "http/1.1"] if http else [])
+    if http:
+        route_config = {
+            "name": server.sni,
+            "virtual_hosts": [
+                {
+                    "name": server.sni,
+                    "domains": [server.sni],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": cluster, "timeout": "15s"}}
+                    ],
+                }
+            ],
+            "request_headers_to_remove": ADDRESS_REQUEST_HEADERS,
+            "response_headers_to_remove": HIDDEN_RESPONSE_HEADERS,
+        }
+        filters = [
+            _hcm(
+                f"ingress_{server.sni}",
+                route_config,
+                [
+                    {
+                        "name": "envoy.filters.http.rbac",
+                        "typed_config": {"@type": HTTP_RBAC, "rules": _rbac_policies(server, True)},
+                    }
+                ],
+                [_request_log(log_path(runtime_dir, process, "access"), mesh.name, "ingress")],
+                forward_client_cert_details="SANITIZE_SET",
+                set_current_client_cert_details={"uri": True},
+                server_header_transformation="PASS_THROUGH",
+                use_remote_address=True,
+                skip_xff_append=True,
+            )
+        ]
+    else:
+        filters = [
+            {
+                "name": "envoy.filters.network.rbac",
+                "typed_config": {
+                    "@type": NET_RBAC,
+                    "stat_prefix": f"ingress_{server.sni}",
+                    "rules": _rbac_policies(server, False),
+                },
+            },
+            _tcp_proxy(f"ingress_{server.sni}", cluster),
+        ]
+    return {
+        "name": server.sni,
+        "filter_chain_match": {"server_names": [server.sni]},
+        "transport_socket": transport,
+        "filters": filters,
+    }
+
+
+def _ingress(
+    plan: FederationPlan, mesh: MeshPlan, ports: MeshLayout, runtime_dir: Path
+) -> ProcessConfig:
+    name = f"{mesh.name}/ingress"
+    ing = mesh.ingress
+    chains = [_ingress_chain(name, mesh, s, runtime_dir) for s in ing.servers] or [_nothing_chain()]
+    clusters: list[Resource] = []
+    for workload in sorted({s.workload for s in ing.servers}, key=lambda w: w.ref):
+        sidecar = ports.sidecars[workload.ref]
+        http = workload.protocol == "HTTP"
+        cluster = _static_cluster(
+            f"inbound|{workload.ref}", [("127.0.0.1", sidecar.inbound_port, 0)]
+        )
+        cluster["transport_socket"] = tls.upstream(
+            runtime_dir,
+            name,
+            LOCAL_CA,
+            sni=workload.fqdn,
+            server_ids=[workload.spiffe_id],
+            alpn=["h2"] if http else [],
+        )
+        if http:
+            cluster["typed_extension_protocol_options"] = _http_options(True, "30s", "300s")
+        clusters.append(cluster)
+    listener = _listener(
+        "federation-ingress",
+        ing.address,
+        ing.port,
+        chains,
+        listener_filters=_tls_listener_filters(),
+        access_log=[_connection_log(log_path(runtime_dir, name, "conn"), mesh.name, "ingress")],
+    )
+    trust = {LOCAL_CA: tls.spiffe_validator(mesh.local_trust)}
+    if ing.trusted:
+        trust[CALLER_CA] = tls.spiffe_validator(ing.trusted)
+    return ProcessConfig(
+        name=name,
+        mesh=mesh.name,
+        role="ingress",
+        admin_port=ports.ingress_admin_port,
+        clusters=clusters,
+        listeners=[listener],
+        spiffe_id=ing.spiffe_id,
+        trust=trust,
+    )
+
+
+# --- egress --------------------------------------------------------------------------------------
+
+
+def _egress_cluster(route: EgressRoute) -> Resource:
+    cluster = _static_cluster(
+        f"egress|{route.wire_host}",
+        [(s.address, s.port, s.priority) for s in route.sources],
+    )
+    # Passive ejection moves traffic at the first refused connect; the active TCP check lifts
+    # it as soon as the exporter is back (outlier detection alone re-tries a dead host).
+    cluster["outlier_detection"] = {
+        "interval": "0.5s",
+        "base_ejection_time": "1s",
+        "max_ejection_time": "2s",
+        "max_ejection_time_jitter": "0s",
+        "max_ejection_percent": 100,
+        "split_external_local_origin_errors": True,
+        "consecutive_local_origin_failure": 1,
+        "enforcing_consecutive_local_origin_failure": 100,
+    }
+    cluster["health_checks"] = [
+        {
+            "timeout": "0.25s",
+            "interval": "0.5s",
+            "no_traffic_interval": "0.5s",
+            "unhealthy_interval": "0.5s",
+            "unhealthy_threshold": 1,
+            "healthy_threshold": 1,
+            "tcp_health_check": {},
+        }
+    ]
+    return cluster
+
+
+def _egress(mesh: MeshPlan, ports: MeshLayout, runtime_dir: Path) -> ProcessConfig:
+    name = f"{mesh.name}/egress"
+    access = log_path(runtime_dir, name, "access")
+    chains = [
+        {
+            "name": route.wire_host,
+            "filter_chain_match": {"server_names": [route.wire_host]},
+            "filters": [
+                _tcp_proxy(
+                    f"egress_{route.wire_host}",
+                    f"egress|{route.wire_host}",
+                    max_connect_attempts=3,
+                    backoff_options={"base_interval": "0.01s", "max_interval": "0.05s"},
+                    idle_timeout="300s",
+                    access_log=[_connection_log(access, mesh.name, "egress")],
+                )
+            ],
+        }
+        for route in mesh.egress.routes
+    ] or [_nothing_chain()]
+    listener = _listener(
+        "federation-egress",
+        "127.0.0.1",
+        ports.egress_port,
+        chains,
+        listener_filters=_tls_listener_filters(),
+        access_log=[_connection_log(log_path(runtime_dir, name, "conn"), mesh.name, "egress")],
+    )
+    return ProcessConfig(
+        name=name,
+        mesh=mesh.name,
+        role="egress",
+        admin_port=ports.egress_admin_port,
+        clusters=[_egress_cluster(r) for r in mesh.egress.routes],
+        listeners=[listener],
+        spiffe_id=None,
+    )
+
+
+# --- sidecars ------------------------------------------------------------------------------------
+
+
+def _inbound(
+    process: str, mesh: MeshPlan, workload: Workload, sidecar: SidecarLayout, runtime_dir: Path
+) -> Resource:
+    """mTLS in front of the workload: peers of its own trust domain only."""
+    http = workload.protocol == "HTTP"
+    transport = tls.downstream(
+        runtime_dir,
+        process,
+        LOCAL_CA,
+        ["h2", "http/1.1"] if http else [],
+        san_prefix=[f"spiffe://{mesh.trust_domain}/"],
+    )
+    if not http:
+        filters = [_tcp_proxy("inbound", "app")]
+    else:
+        # The workload learns its caller from XFCC. Only the mesh's ingress may forward one: a
+        # ',' means the peer sent its own element (the sidecar's is appended before filters).
+        guard = {
+            "action": "DENY",
+            "policies": {
+                "xfcc-only-from-ingress": {
+                    "permissions": [{"any": True}],
+                    "principals": [
+                        {
+                            "and_ids": {
+                                "ids": [
+                                    {
+                                        "header": {
+                                            "name": "x-forwarded-client-cert",
+                                            "string_match": {"contains": ","},
+                                        }
+                                    },
+                                    {
+                                        "not_id": {
+                                            "authenticated": {
+                                                "principal_name": {"exact": mesh.ingress.spiffe_id}
+                                            }
+                                        }
+                                    },
+                                ]
+                            }
+                        }
+                    ],
+                }
+            },
+        }
+        route_config = {
+            "name": "inbound",
+            "virtual_hosts": [
+                {
+                    "name": "app",
+                    "domains": ["*"],
+                    "routes": [
+                        {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "15s"}}
+                    ],
+                }
+            ],
+        }
+        filters = [
+            _hcm(
+                "inbound",
+                route_config,
+                [
+                    {
+                        "name": "envoy.filters.http.rbac",
+                        "typed_config": {"@type": HTTP_RBAC, "rules": guard},
+                    }
+                ],
+                [],
+                forward_client_cert_details="APPEND_FORWARD",
+                set_current_client_cert_details={"uri": True},
+            )
+        ]
+    return _listener(
+        "inbound",
+        "127.0.0.1",
+        sidecar.inbound_port,
+        [{"transport_socket": transport, "filters": filters}],
+    )
+
+
+def _outbound_http(imports: list[ImportRoute], port: int) -> Resource:
+    virtual_hosts = [
+        {
+            "name": route.local_host,
+            "domains": [route.local_host],
+            "routes": [
+                {
+                    "match": {"prefix": "/"},
+                    "route": {
+                        "cluster": f"outbound|{route.wire_host}",
+                        "host_rewrite_literal": route.wire_host,
+                        "timeout": "15s",
+                        "retry_policy": {
+                            "retry_on": "reset,connect-failure,refused-stream",
+                            "num_retries": 3,
+                            "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+                        },
+                    },
+                }
+            ],
+        }
+        for route in imports
+    ]
+    return _listener(
+        "outbound",
+        "127.0.0.1",
+        port,
+        [
+            {
+                "filters": [
+                    _hcm(
+                        "outbound",
+                        {"name": "outbound", "virtual_hosts": virtual_hosts},
+                        [],
+                        [],
+                        # A workload's own XFCC never leaves: the remote ingress sets its own.
+                        forward_client_cert_details="SANITIZE",
+                    )
+                ]
+            }
+        ],
+    )
+
+
+def _sidecar(
+    mesh: MeshPlan, workload: Workload, ports: MeshLayout, runtime_dir: Path
+) -> ProcessConfig:
+    name = f"{mesh.name}/sidecar/{workload.ref}"
+    sidecar = ports.sidecars[workload.ref]
+    http_imports = [r for r in mesh.imports if r.protocol == "HTTP"]
+    listeners = [
+        _inbound(name, mesh, workload, sidecar, runtime_dir),
+        _outbound_http(http_imports, sidecar.outbound_port),
+    ]
+    app = _static_cluster("app", [("127.0.0.1", sidecar.app_port, 0)])
+    if workload.protocol == "HTTP":
+        app["typed_extension_protocol_options"] = _http_options(False, "30s")
+    clusters = [app]
+    for route in mesh.imports:
+        http = route.protocol == "HTTP"
+        cluster = _static_cluster(
+            f"outbound|{route.wire_host}", [("127.0.0.1", ports.egress_port, 0)]
+        )
+        cluster["transport_socket"] = tls.upstream(
+            runtime_dir,
+            name,
+            PEER_CA,
+            sni=route.wire_host,
+            server_ids=list(route.upstream_spiffe_ids),
+            alpn=["h2"] if http else [],
+        )
+        if http:
+            # Bounded connection life: failback and certificate rotation reach new connections.
+            cluster["typed_extension_protocol_options"] = _http_options(True, "10s", "2s")
+        else:
+            key = f"{route.local_host}:{route.port}"
+            listeners.append(
+                _listener(
+                    f"outbound-tcp|{key}",
+                    "127.0.0.1",
+                    sidecar.tcp_outbound[key],
+                    [{"filters": [_tcp_proxy(f"outbound_{key}", f"outbound|{route.wire_host}")]}],
+                )
+            )
+        clusters.append(cluster)
+    trust = {LOCAL_CA: tls.spiffe_validator(mesh.local_trust)}
+    peer_bundles = [b for r in mesh.imports for b in r.trusted]
+    if peer_bundles:
+        trust[PEER_CA] = tls.spiffe_validator(peer_bundles)
+    return ProcessConfig(
+        name=name,
+        mesh=mesh.name,
+        role="sidecar",
+        admin_port=sidecar.admin_port,
+        clusters=clusters,
+        listeners=listeners,
+        spiffe_id=workload.spiffe_id,
+        trust=trust,
+        workload=workload.ref,
+    )
+
+
+def render_local(
+    plan: FederationPlan, layout: LocalLayout, runtime_dir: Path
+) -> list[ProcessConfig]:
+    """Every Envoy of the local federation, in a stable order."""
+    processes: list[ProcessConfig] = []
+    for mesh in plan.meshes:
+        ports = layout.meshes[mesh.name]
+        processes.append(_ingress(plan, mesh, ports, runtime_dir))
+        processes.append(_egress(mesh, ports, runtime_dir))
+        processes.extend(_sidecar(mesh, w, ports, runtime_dir) for w in mesh.workloads)
+    return processes

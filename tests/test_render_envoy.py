@@ -1,0 +1,228 @@
+"""Local federation Envoy config: accepted by Envoy itself, and faithful to the plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshfed.pki.certs import certs_to_pem
+from meshfed.pki.keys import key_to_pem
+from meshfed.render.envoy import files
+from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
+from meshfed.render.envoy.process import ProcessConfig
+from meshfed.render.envoy.translate import CALLER_CA, LOCAL_CA, PEER_CA, render_local
+from meshfed.workspace import Workspace, open_workspace
+
+from conftest import EXAMPLES
+
+ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
+
+
+def fake_layout(ws: Workspace) -> LocalLayout:
+    ports = iter(range(21000, 29000))
+    return LocalLayout(
+        {
+            m.name: MeshLayout(
+                m.name,
+                next(ports),
+                next(ports),
+                next(ports),
+                {
+                    w.ref: SidecarLayout(
+                        w.ref,
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        {
+                            f"{i.local_host}:{i.port}": next(ports)
+                            for i in m.imports
+                            if i.protocol == "TCP"
+                        },
+                    )
+                    for w in m.workloads
+                },
+            )
+            for m in ws.plan.meshes
+        }
+    )
+
+
+Rendered = tuple[Workspace, Path, dict[str, ProcessConfig]]
+
+
+@pytest.fixture(scope="module", params=["bank", "partners"])
+def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    base = tmp_path_factory.mktemp(request.param)
+    ws = open_workspace(EXAMPLES / f"{request.param}.yaml", base / "state")
+    processes = render_local(ws.plan, fake_layout(ws), base / "run")
+    return ws, base / "run", {p.name: p for p in processes}
+
+
+def walk(value: Any) -> Iterator[Any]:
+    yield value
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from walk(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from walk(v)
+
+
+def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
+    ws, run, processes = rendered
+    (run / "logs").mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    for process in processes.values():
+        folder = files.process_dir(run, process.name)
+        (folder / "sds").mkdir(parents=True, exist_ok=True)
+        if process.spiffe_id:
+            ca = ws.pki.meshes[process.mesh]
+            key, cert = ca.issue(process.spiffe_id, ws.plan.workload_ttl, now)
+            secret = files.tls_secret(
+                certs_to_pem([cert, ca.ca_cert]).decode(), key_to_pem(key).decode()
+            )
+            (folder / "sds" / "default.json").write_text(json.dumps(secret))
+        for name, context in process.trust.items():
+            (folder / "sds" / f"{name}.json").write_text(
+                json.dumps(files.validation_secret(name, context))
+            )
+        boot = files.bootstrap(process, run)
+        boot.pop("dynamic_resources")
+
+        def strip(resource: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in resource.items() if k != "@type"}
+
+        boot["static_resources"] = {
+            "listeners": [strip(r) for r in process.listeners],
+            "clusters": [strip(r) for r in process.clusters],
+        }
+        path = folder / "validate.json"
+        path.write_text(json.dumps(boot))
+        result = subprocess.run(
+            [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ},
+        )
+        assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
+
+
+def test_ingress_chains_are_exactly_the_planned_snis(rendered: Rendered) -> None:
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        assert listener["address"]["socket_address"] == {
+            "address": mesh.ingress.address,
+            "port_value": mesh.ingress.port,
+        }
+        names = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
+        if mesh.ingress.servers:
+            assert names == [[s.sni] for s in mesh.ingress.servers]
+            for chain in listener["filter_chains"]:
+                assert chain["transport_socket"]["typed_config"]["require_client_certificate"]
+        else:
+            assert names == [["nothing-exported.invalid"]]
+        assert "default_filter_chain" not in listener  # unknown SNI: no chain, reset
+
+
+def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) -> None:
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        if not mesh.ingress.servers:
+            continue
+        for server, chain in zip(mesh.ingress.servers, listener["filter_chains"], strict=True):
+            rbac = next(
+                f
+                for f in walk(chain)
+                if isinstance(f, dict)
+                and f.get("name") in ("envoy.filters.http.rbac", "envoy.filters.network.rbac")
+            )
+            rules = rbac["typed_config"]["rules"]
+            assert rules["action"] == "ALLOW"
+            principals = sorted(
+                p["authenticated"]["principal_name"].get("exact")
+                or p["authenticated"]["principal_name"]["prefix"] + "*"
+                for policy in rules["policies"].values()
+                for p in policy["principals"]
+            )
+            assert principals == sorted(str(p) for r in server.allow for p in r.principals)
+            hcm = [
+                f
+                for f in walk(chain)
+                if isinstance(f, dict) and f.get("forward_client_cert_details")
+            ]
+            if server.protocol == "HTTP":
+                assert hcm[0]["forward_client_cert_details"] == "SANITIZE_SET"
+
+
+def test_egress_fails_over_in_planned_order(rendered: Rendered) -> None:
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        egress = processes[f"{mesh.name}/egress"]
+        clusters = {c["name"]: c for c in egress.clusters}
+        assert egress.spiffe_id is None  # passthrough: it never holds an identity
+        for route in mesh.egress.routes:
+            cluster = clusters[f"egress|{route.wire_host}"]
+            endpoints = [
+                (ep["priority"], e["endpoint"]["address"]["socket_address"]["port_value"])
+                for ep in cluster["load_assignment"]["endpoints"]
+                for e in ep["lb_endpoints"]
+            ]
+            assert endpoints == [(s.priority, s.port) for s in route.sources]
+            assert cluster["health_checks"] and cluster["outlier_detection"]
+        (listener,) = egress.listeners
+        snis = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
+        assert snis == (
+            [[r.wire_host] for r in mesh.egress.routes] or [["nothing-exported.invalid"]]
+        )
+
+
+def test_sidecar_presents_its_own_identity_and_checks_the_exporters(rendered: Rendered) -> None:
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            assert sidecar.spiffe_id == workload.spiffe_id
+            clusters = {c["name"]: c for c in sidecar.clusters}
+            for route in mesh.imports:
+                context = clusters[f"outbound|{route.wire_host}"]["transport_socket"][
+                    "typed_config"
+                ]
+                assert context["sni"] == route.wire_host
+                validation = context["common_tls_context"]["combined_validation_context"]
+                sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
+                assert [s["matcher"]["exact"] for s in sans] == list(route.upstream_spiffe_ids)
+                assert validation["validation_context_sds_secret_config"]["name"] == PEER_CA
+
+
+def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:
+    ws, _, processes = rendered
+    roots = {name: cert for name, cert in ws.pki.roots.items()}
+    for mesh in ws.plan.meshes:
+        ingress = processes[f"{mesh.name}/ingress"]
+        domains = {d for b in mesh.ingress.trusted for d in b.trust_domains}
+        if domains:
+            config = ingress.trust[CALLER_CA]["custom_validator_config"]["typed_config"]
+            assert {t["name"] for t in config["trust_domains"]} == domains
+        local = ingress.trust[LOCAL_CA]["custom_validator_config"]["typed_config"]
+        assert [t["name"] for t in local["trust_domains"]] == [mesh.trust_domain]
+    assert roots  # the material exists
+
+
+def test_no_private_key_in_generated_config(rendered: Rendered) -> None:
+    _, _, processes = rendered
+    for process in processes.values():
+        text = json.dumps([process.listeners, process.clusters, process.trust])
+        assert "PRIVATE KEY" not in text
