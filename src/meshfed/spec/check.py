@@ -205,6 +205,7 @@ def _check_imports(fed: Federation) -> Iterator[Problem]:
     meshes = {m.name: m for m in fed.spec.meshes}
     exports = {f"{e.mesh}/{e.name}": e for e in fed.spec.exports}
     hosts: dict[tuple[str, str], int] = {}
+    local_names = {name: _local_names(mesh) for name, mesh in meshes.items()}
     for i, imp in enumerate(fed.spec.imports):
         path = ("spec", "imports", i)
         mesh = meshes.get(imp.mesh)
@@ -223,7 +224,7 @@ def _check_imports(fed: Federation) -> Iterator[Problem]:
                 "give each import of a mesh its own local host",
             )
         hosts.setdefault(key, i)
-        local = _local_names(mesh).get(imp.host)
+        local = local_names[imp.mesh].get(imp.host)
         if local is not None:
             yield Problem(
                 (*path, "host"),

@@ -13,6 +13,7 @@ from meshfed.spec.errors import Path_, Problem, SpecError
 from meshfed.spec.model import Federation
 
 LineMap = dict[Path_, int]
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
 
 
 def _walk(node: yaml.Node, path: Path_, lines: LineMap, problems: list[Problem]) -> None:
@@ -82,8 +83,10 @@ def _type_problems(error: ValidationError) -> list[Problem]:
 
 def parse_spec(text: str, file: str = "<spec>") -> Federation:
     """Parse and validate spec text; raise SpecError listing every problem with its line."""
+    loader = _Loader(text)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = loader.get_single_node()
+        data: Any = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -91,12 +94,13 @@ def parse_spec(text: str, file: str = "<spec>") -> Federation:
         raise SpecError(
             file, [f"{file}{line}: (document): not valid YAML: {reason}. Fix: correct the syntax"]
         ) from None
+    finally:
+        loader.dispose()
     if root is None:
         raise SpecError(file, [f"{file}: (document): the file is empty. Fix: write a Federation"])
     lines: LineMap = {}
     problems: list[Problem] = []
     _walk(root, (), lines, problems)
-    data: Any = yaml.safe_load(text)
     if not isinstance(data, dict):
         raise SpecError(
             file,

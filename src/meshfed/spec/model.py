@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic.alias_generators import to_camel
 
 from meshfed.spec.duration import DURATION_PATTERN, parse_duration
@@ -185,6 +185,7 @@ class Federation(_Model):
     kind: Literal["Federation"]
     metadata: Metadata
     spec: FederationSpecBody
+    _exports: dict[str, Export] | None = PrivateAttr(None)
 
     @property
     def name(self) -> str:
@@ -197,12 +198,12 @@ class Federation(_Model):
         raise KeyError(name)
 
     def export(self, ref: str) -> Export:
-        """The export named ``<mesh>/<export>``."""
-        mesh, _, name = ref.partition("/")
-        for export in self.spec.exports:
-            if export.mesh == mesh and export.name == name:
-                return export
-        raise KeyError(ref)
+        """The export named ``<mesh>/<export>`` (the first, if a broken spec has two)."""
+        if self._exports is None:
+            self._exports = {}
+            for export in self.spec.exports:
+                self._exports.setdefault(f"{export.mesh}/{export.name}", export)
+        return self._exports[ref]
 
     def export_host(self, export: Export) -> str:
         """The public (SNI) name of an export: its ``host``, or a default unique per mesh."""
