@@ -1,0 +1,68 @@
+"""Turn bench/results/*.json into the Markdown tables the README shows."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _load(folder: Path, name: str) -> Any:
+    path = folder / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def control_plane(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "### Control plane: spec → plan → Istio manifests",
+        "",
+        "| meshes | exports | objects | plan s | render s | total s | vs smallest | ms/export"
+        " | peak RSS MB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['meshes']} | {r['exports']} | {r['objects']} | {r['plan_s']:.3f} | "
+            f"{r['render_s']:.3f} | {r['total_s']:.3f} | {r['ratio_to_smallest']:.1f} | "
+            f"{r['seconds_per_export'] * 1000:.2f} | {r['peak_rss_mb']:.0f} |"
+        )
+    return out
+
+
+def pki_speed(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
+        "### PKI: leaf certificates per second vs `openssl speed` signatures per second",
+        "",
+        "| algorithm | meshfed certs/s (keygen + sign + encode) | openssl signs/s | ratio |",
+        "|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r['algorithm']} | {r['meshfed_certs_per_s']:.0f} | "
+            f"{r['openssl_signs_per_s']:.0f} | {r['ratio']:.3f} |"
+        )
+    return out
+
+
+def main(folder: Path) -> str:
+    lines = [
+        "## Benchmark results",
+        "",
+        f"Measured by `bench/run` on {platform.machine()} with {platform.python_version()}; "
+        "every figure is compared with a baseline measured in the same run.",
+        "",
+    ]
+    for name, render in (("control_plane", control_plane), ("pki_speed", pki_speed)):
+        data = _load(folder, name)
+        if data:
+            lines += [*render(data), ""]
+    data_plane = folder / "data_plane.md"
+    if data_plane.exists():
+        lines.append(data_plane.read_text())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(main(Path(sys.argv[1])))
