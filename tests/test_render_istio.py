@@ -257,6 +257,7 @@ def test_federated_ingress_trusts_only_its_consumers(partners_rendered: Rendered
     operator = partners_rendered.secret_docs("acme")["istio-operator.yaml"]
     mesh_config = operator["spec"]["meshConfig"]
     assert mesh_config["trustDomain"] == "acme.example"
+    assert mesh_config["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
     entries = {
         tuple(e["trustDomains"]): _pem_certs(e["pem"]) for e in mesh_config["caCertificates"]
     }

@@ -66,6 +66,9 @@ def mesh_config(plan: FederationPlan, mesh: MeshPlan) -> Obj:
     """An IstioOperator overlay (``istioctl install -f``) with the settings federation needs."""
     mesh_cfg: Obj = {
         "trustDomain": mesh.trust_domain,
+        # Nothing leaves the mesh around the egress gateway: only registered hosts are
+        # reachable, and imports are registered (ServiceEntry) to route through it.
+        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
         "defaultConfig": {
             "proxyMetadata": {
                 # Local import names resolve through the sidecar's DNS proxy.
