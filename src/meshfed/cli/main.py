@@ -155,3 +155,12 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
         markup=False,
     )
+
+
+def _register_commands() -> None:
+    from meshfed.cli import audit as audit_cli
+
+    audit_cli.register(main)
+
+
+_register_commands()

@@ -1,0 +1,110 @@
+"""Where federated traffic lands, mTLS is STRICT: the gateway namespaces and the namespaces of
+the workloads the ingress routes to (PeerAuthentication; Istio's default is PERMISSIVE)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from meshfed.audit.context import AuditContext, NotAssessed
+from meshfed.audit.istio import (
+    bound_virtual_services,
+    gateway_workloads,
+    host_namespace,
+    istio,
+    of_kind,
+    root_namespace,
+    route_destinations,
+)
+from meshfed.audit.model import Location, Severity
+from meshfed.audit.registry import Hit, check
+from meshfed.audit.sources.manifests import Doc
+from meshfed.audit.yamlsrc import as_dict, as_str, dig
+
+_WEAK = {"PERMISSIVE": Severity.HIGH, "DISABLE": Severity.CRITICAL}
+
+
+def _mode(pa: Doc) -> str | None:
+    mode = as_str(dig(pa.spec, "mtls", "mode"))
+    return None if mode in (None, "UNSET") else mode
+
+
+def _has_selector(pa: Doc) -> bool:
+    return bool(dig(pa.spec, "selector", "matchLabels"))
+
+
+def _namespaces(docs: list[Doc]) -> dict[str, Location]:
+    """Namespaces that must be STRICT, each with the object that makes it so."""
+    out: dict[str, Location] = {}
+    for workload in gateway_workloads(docs):
+        out.setdefault(workload.namespace, workload.location())
+        if workload.role != "ingress":
+            continue
+        for vs in bound_virtual_services(docs, workload):
+            for host, path in route_destinations(vs):
+                ns = host_namespace(host, vs.namespace)
+                if ns is not None:
+                    out.setdefault(ns, vs.at(*path))
+    return out
+
+
+@check(
+    "peer-authentication-strict",
+    title="mTLS is STRICT where federated traffic lands",
+    severity=Severity.CRITICAL,
+    why="With PERMISSIVE (Istio's default) or DISABLE, workloads also accept plaintext: traffic "
+    "is neither encrypted nor authenticated, and authorization on principals can be bypassed "
+    "by any in-cluster client that skips mTLS.",
+    fix="Add a PeerAuthentication with mtls.mode STRICT in the namespace (or mesh-wide in the "
+    "root namespace), and no PERMISSIVE/DISABLE exceptions for these workloads.",
+    controls=("SC-8", "SC-8(1)", "IA-3", "IA-9"),
+)
+def peer_authentication_strict(ctx: AuditContext) -> Iterator[Hit]:
+    ctx.require_docs()
+    found = False
+    for docs in ctx.scopes().values():
+        needed = _namespaces(docs)
+        found = found or bool(needed)
+        root = root_namespace(docs)
+        pas = istio(docs, "PeerAuthentication")
+        mesh_wide = [p for p in pas if p.namespace == root and not _has_selector(p) and _mode(p)]
+        for ns, reason in sorted(needed.items()):
+            ns_wide = [p for p in pas if p.namespace == ns and not _has_selector(p) and _mode(p)]
+            chosen = ns_wide or mesh_wide
+            if not chosen:
+                namespace_doc = next((d for d in of_kind(docs, "Namespace") if d.name == ns), None)
+                yield Hit(
+                    Severity.HIGH,
+                    f"no PeerAuthentication makes mTLS STRICT in namespace {ns} (Istio's "
+                    "default: PERMISSIVE, plaintext accepted)",
+                    namespace_doc.at() if namespace_doc else reason,
+                )
+            else:
+                effective = chosen[0]
+                mode = _mode(effective) or ""
+                if mode in _WEAK:
+                    yield Hit(
+                        _WEAK[mode],
+                        f"mTLS is {mode} in namespace {ns} ({effective.namespace}/"
+                        f"{effective.name})",
+                        effective.at("spec", "mtls", "mode"),
+                    )
+            for pa in pas:
+                if pa.namespace != ns:
+                    continue
+                if _has_selector(pa) and _mode(pa) in _WEAK:
+                    mode = _mode(pa) or ""
+                    yield Hit(
+                        _WEAK[mode],
+                        f"{pa.name} sets mTLS {mode} for workloads in namespace {ns}",
+                        pa.at("spec", "mtls", "mode"),
+                    )
+                for port, setting in as_dict(pa.spec.get("portLevelMtls")).items():
+                    mode = as_str(as_dict(setting).get("mode")) or ""
+                    if mode in _WEAK:
+                        yield Hit(
+                            _WEAK[mode],
+                            f"{pa.name} sets mTLS {mode} on port {port} in namespace {ns}",
+                            pa.at("spec", "portLevelMtls", str(port)),
+                        )
+    if not found:
+        raise NotAssessed("no federation gateway found")

@@ -1,0 +1,115 @@
+"""Who may cross the boundary is named precisely: no ``*`` principals, no whole trust domains,
+no ALLOW rules at an ingress that do not constrain the caller's identity at all."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from meshfed.audit.checks.deny_by_default import action
+from meshfed.audit.context import AuditContext
+from meshfed.audit.istio import gateway_workloads, istio, root_namespace, selects_workload
+from meshfed.audit.model import Severity
+from meshfed.audit.registry import Hit, check
+from meshfed.audit.sources.manifests import Doc
+from meshfed.audit.sources.spec import SpecSource
+from meshfed.audit.yamlsrc import Obj, as_dict, as_list, str_list
+
+
+def classify(principal: str) -> tuple[Severity, str] | None:
+    """How broad an Istio principal pattern (``td/ns/x/sa/y``, with ``*``) is; None if exact."""
+    if principal == "*":
+        return Severity.CRITICAL, "any authenticated identity of any trusted domain"
+    if principal.startswith("*"):
+        return Severity.HIGH, "a suffix match: the same path in any trust domain"
+    if not principal.endswith("*"):
+        return None
+    domain, _, rest = principal[:-1].partition("/")
+    if rest in ("", "ns/"):
+        return Severity.MEDIUM, f"every workload of trust domain {domain}"
+    return Severity.LOW, "a prefix: every service account it matches"
+
+
+def spec_classify(principal: str) -> tuple[Severity, str] | None:
+    """The same for a spec principal (relative to the consumer mesh's trust domain)."""
+    relative = principal
+    if principal.startswith("spiffe://"):
+        relative = principal.removeprefix("spiffe://").partition("/")[2]
+    if relative in ("*", "ns/*"):
+        return Severity.MEDIUM, "every workload of the consumer mesh"
+    if relative.endswith("*"):
+        return Severity.LOW, "a prefix: every service account it matches"
+    return None
+
+
+def _from_spec(spec: SpecSource) -> Iterator[Hit]:
+    for i, export in spec.exports():
+        name = f"{export.get('mesh')}/{export.get('name')}"
+        for j, consumer in enumerate(as_list(export.get("consumers"))):
+            consumer = as_dict(consumer)
+            for k, principal in enumerate(str_list(consumer.get("principals"))):
+                found = spec_classify(principal)
+                if found is None:
+                    continue
+                severity, what = found
+                yield Hit(
+                    severity,
+                    f"export {name} allows {principal!r} of mesh {consumer.get('mesh')}: {what}",
+                    spec.at("spec", "exports", i, "consumers", j, "principals", k),
+                    fix="Name the calling workloads: ns/<namespace>/sa/<service account>.",
+                )
+
+
+@check(
+    "authz-principals",
+    title="ALLOW policies name their callers",
+    severity=Severity.CRITICAL,
+    why="An ALLOW rule for '*' lets any identity the gateway trusts through; 'td/*' lets every "
+    'workload of a whole mesh through (allowed by meshfed\'s spec as "*", but rarely '
+    "least privilege); a rule without a source at the ingress lets any caller through.",
+    fix="Allow exact workload identities (trust-domain/ns/<namespace>/sa/<service account>).",
+    controls=("SC-7(11)", "AC-4", "AC-6", "IA-9", "PCI 1.3.1"),
+)
+def authz_principals(ctx: AuditContext) -> Iterator[Hit]:
+    if ctx.spec is not None:
+        yield from _from_spec(ctx.spec)
+        return
+    ctx.require_docs()
+    for docs in ctx.scopes().values():
+        root = root_namespace(docs)
+        ingresses = [w for w in gateway_workloads(docs) if w.role == "ingress"]
+        for policy in istio(docs, "AuthorizationPolicy"):
+            if action(policy) != "ALLOW":
+                continue
+            at_ingress = any(selects_workload(policy, w, root) for w in ingresses)
+            for i, rule in enumerate(as_list(policy.spec.get("rules"))):
+                yield from _rule(policy, i, as_dict(rule), at_ingress)
+
+
+def _rule(policy: Doc, i: int, rule: Obj, at_ingress: bool) -> Iterator[Hit]:
+    """Broad principals anywhere; at an ingress also rules that do not name callers at all."""
+    sources = as_list(rule.get("from"))
+    if at_ingress and rule and not sources:
+        yield Hit(
+            Severity.HIGH,
+            f"rule {i} of {policy.name} has no source: any caller that reaches the ingress "
+            "matches it",
+            policy.at("spec", "rules", i),
+        )
+    for j, source in enumerate(sources):
+        src = as_dict(as_dict(source).get("source"))
+        for k, principal in enumerate(str_list(src.get("principals"))):
+            found = classify(principal)
+            if found is not None:
+                yield Hit(
+                    found[0],
+                    f"{policy.name} allows principal {principal!r}: {found[1]}",
+                    policy.at("spec", "rules", i, "from", j, "source", "principals", k),
+                )
+        if at_ingress and not (src.get("principals") or src.get("requestPrincipals")):
+            only_negative = " (only notPrincipals: everyone else is allowed)"
+            yield Hit(
+                Severity.HIGH,
+                f"rule {i} of {policy.name} does not name the callers' principals"
+                + (only_negative if "notPrincipals" in src else ""),
+                policy.at("spec", "rules", i, "from", j),
+            )

@@ -1,0 +1,212 @@
+"""How Istio reads the objects of one cluster: which gateways exist, which policies select
+them, what the mesh config says. Shared by the checks; decides no finding itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import yaml
+
+from meshfed.audit.model import Location
+from meshfed.audit.sources.manifests import Doc
+from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list, str_map
+
+DEFAULT_ROOT_NAMESPACE = "istio-system"
+Role = Literal["ingress", "egress"]
+
+
+def istio(docs: Iterable[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.is_istio(kind)]
+
+
+def of_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d.kind == kind]
+
+
+def subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# --- mesh config --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """A meshConfig fragment: from an IstioOperator or the ``istio`` ConfigMap."""
+
+    doc: Doc
+    config: Obj
+    path: tuple[str | int, ...]
+    """Field path of the config inside ``doc`` (for locations)."""
+
+    def at(self, *field: str) -> Location:
+        if self.doc.kind == "ConfigMap":
+            return self.doc.at(*self.path, detail=".".join(("mesh", *field)))
+        return self.doc.at(*self.path, *field)
+
+
+def mesh_configs(docs: Iterable[Doc]) -> list[MeshConfig]:
+    out = []
+    for doc in docs:
+        if doc.kind == "IstioOperator":
+            cfg = doc.get("spec", "meshConfig")
+            if isinstance(cfg, dict):
+                out.append(MeshConfig(doc, cfg, ("spec", "meshConfig")))
+        elif doc.kind == "ConfigMap" and doc.name.startswith("istio"):
+            text = doc.get("data", "mesh")
+            if not isinstance(text, str):
+                continue
+            try:
+                cfg = yaml.safe_load(text)
+            except yaml.YAMLError:
+                continue
+            if isinstance(cfg, dict):
+                out.append(MeshConfig(doc, cfg, ("data", "mesh")))
+    return out
+
+
+def root_namespace(docs: Iterable[Doc]) -> str:
+    for cfg in mesh_configs(docs):
+        ns = as_str(cfg.config.get("rootNamespace"))
+        if ns:
+            return ns
+    return DEFAULT_ROOT_NAMESPACE
+
+
+# --- gateways -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GatewayWorkload:
+    """Gateway pods of one cluster, the Istio Gateway objects that configure them."""
+
+    scope: str
+    namespace: str
+    labels: dict[str, str]
+    name: str
+    role: Role
+    gateways: tuple[Doc, ...]
+    deployment: Doc | None
+
+    def location(self) -> Location:
+        if self.deployment is not None:
+            return self.deployment.at()
+        if self.gateways:
+            return self.gateways[0].at("spec", "selector")
+        return Location(namespace=self.namespace, name=self.name)
+
+    def describe(self) -> str:
+        return f"{self.role} gateway {self.namespace}/{self.name}"
+
+
+def _pod_labels(deployment: Doc) -> dict[str, str]:
+    return str_map(deployment.get("spec", "template", "metadata", "labels"))
+
+
+def _is_gateway_deployment(doc: Doc) -> bool:
+    if doc.kind != "Deployment":
+        return False
+    template = as_dict(doc.get("spec", "template"))
+    annotations = str_map(dig(template, "metadata", "annotations"))
+    if annotations.get("inject.istio.io/templates") == "gateway":
+        return True
+    for container in as_list(dig(template, "spec", "containers")):
+        image = as_str(as_dict(container).get("image")) or ""
+        if "proxyv2" in image and "router" in str_list(as_dict(container).get("args")):
+            return True
+    return False
+
+
+def _role(*names: str) -> Role:
+    return "egress" if any("egress" in n for n in names) else "ingress"
+
+
+def gateway_workloads(docs: list[Doc]) -> list[GatewayWorkload]:
+    """Gateway deployments of a cluster, and pods Istio Gateways select that are not in it."""
+    deployments = [d for d in docs if _is_gateway_deployment(d)]
+    attached: dict[int, list[Doc]] = {i: [] for i in range(len(deployments))}
+    orphans: dict[tuple[str, tuple[tuple[str, str], ...]], list[Doc]] = {}
+    for gw in istio(docs, "Gateway"):
+        selector = str_map(gw.spec.get("selector"))
+        hits = [i for i, d in enumerate(deployments) if subset(selector, _pod_labels(d))]
+        for i in hits:
+            attached[i].append(gw)
+        if not hits:
+            orphans.setdefault((gw.namespace, tuple(sorted(selector.items()))), []).append(gw)
+    out = []
+    for i, dep in enumerate(deployments):
+        labels = _pod_labels(dep)
+        gws = tuple(attached[i])
+        role = _role(dep.name, *labels.values(), *(g.name for g in gws))
+        out.append(GatewayWorkload(dep.scope, dep.namespace, labels, dep.name, role, gws, dep))
+    for (ns, pairs), selecting in orphans.items():
+        pod = dict(pairs)
+        name = pod.get("istio") or pod.get("app") or selecting[0].name
+        role = _role(name, *pod.values(), *(g.name for g in selecting))
+        out.append(GatewayWorkload(selecting[0].scope, ns, pod, name, role, tuple(selecting), None))
+    return out
+
+
+def selects_workload(policy: Doc, workload: GatewayWorkload, root_ns: str) -> bool:
+    """Whether a selector-based policy (AuthorizationPolicy, Telemetry, ...) applies to it.
+
+    A policy applies in its own namespace, or mesh-wide from the root namespace; its
+    ``selector.matchLabels`` (absent: every workload) must match the pod labels. Policies
+    bound with ``targetRef(s)`` are not resolved and count as not applying.
+    """
+    if policy.namespace not in (workload.namespace, root_ns):
+        return False
+    spec = policy.spec
+    if spec.get("targetRef") or spec.get("targetRefs"):
+        return False
+    selector = str_map(dig(spec, "selector", "matchLabels"))
+    return subset(selector, workload.labels)
+
+
+def gateway_refs(vs: Doc) -> list[str]:
+    """The Gateways a VirtualService binds to, as ``namespace/name``."""
+    out = []
+    for ref in str_list(vs.spec.get("gateways")):
+        if ref == "mesh":
+            continue
+        out.append(ref if "/" in ref else f"{vs.namespace}/{ref}")
+    return out
+
+
+def bound_virtual_services(docs: list[Doc], workload: GatewayWorkload) -> list[Doc]:
+    names = {f"{g.namespace}/{g.name}" for g in workload.gateways}
+    return [vs for vs in istio(docs, "VirtualService") if names & set(gateway_refs(vs))]
+
+
+def route_destinations(vs: Doc) -> list[tuple[str, tuple[str | int, ...]]]:
+    """(host, field path) of every destination of a VirtualService."""
+    out: list[tuple[str, tuple[str | int, ...]]] = []
+    for proto in ("http", "tcp", "tls"):
+        for i, route in enumerate(as_list(vs.spec.get(proto))):
+            for j, dest in enumerate(as_list(as_dict(route).get("route"))):
+                host = as_str(dig(dest, "destination", "host"))
+                if host:
+                    out.append((host, ("spec", proto, i, "route", j, "destination", "host")))
+    return out
+
+
+def host_namespace(host: str, default: str) -> str | None:
+    """The namespace of an in-cluster service host; None for a host outside the cluster."""
+    parts = host.split(".")
+    if len(parts) == 1:
+        return default
+    if len(parts) == 2 or (len(parts) >= 3 and parts[2] == "svc"):
+        return parts[1]
+    return None
+
+
+def principal_patterns(rule: Any) -> tuple[list[str], bool]:
+    """The principals of an AuthorizationPolicy rule's sources, and whether every source
+    constrains the caller's identity (principals set)."""
+    sources = [as_dict(as_dict(f).get("source")) for f in as_list(as_dict(rule).get("from"))]
+    principals = [p for s in sources for p in str_list(s.get("principals"))]
+    constrained = bool(sources) and all(s.get("principals") for s in sources)
+    return principals, constrained

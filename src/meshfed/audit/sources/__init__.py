@@ -1,0 +1,1 @@
+"""What an audit reads: manifest trees, a spec, the PKI state, certificates and key files."""
