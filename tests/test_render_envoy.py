@@ -226,3 +226,23 @@ def test_no_private_key_in_generated_config(rendered: Rendered) -> None:
     for process in processes.values():
         text = json.dumps([process.listeners, process.clusters, process.trust])
         assert "PRIVATE KEY" not in text
+
+
+def test_tcp_exports_admit_only_allowed_identities_to_the_handshake(rendered: Rendered) -> None:
+    """Network RBAC acts on the first client byte; a server-first workload would greet a
+    denied caller first. The handshake itself must refuse everyone not allowed."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        chains = {c["name"]: c for c in listener["filter_chains"]}
+        for server in mesh.ingress.servers:
+            common = chains[server.sni]["transport_socket"]["typed_config"]["common_tls_context"]
+            sans = common["combined_validation_context"]["default_validation_context"].get(
+                "match_typed_subject_alt_names", []
+            )
+            if server.protocol == "TCP":
+                expected = {str(p) for r in server.allow for p in r.principals}
+                got = {s["matcher"].get("exact") or s["matcher"]["prefix"] + "*" for s in sans}
+                assert got == expected
+            else:
+                assert sans == []  # HTTP: RBAC answers 403 with a reason

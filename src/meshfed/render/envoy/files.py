@@ -61,13 +61,15 @@ def bootstrap(process: ProcessConfig, runtime_dir: Path) -> Resource:
             "lds_config": _watched(base / "lds" / "lds.json"),
             "cds_config": _watched(base / "cds" / "cds.json"),
         },
-        "layered_runtime": {
-            "layers": [
+        "overload_manager": {
+            "resource_monitors": [
                 {
-                    "name": "static",
-                    "static_layer": {
-                        # Bound what one runaway client can hold open on a gateway.
-                        "overload.global_downstream_max_connections": 10000,
+                    # Bound what runaway clients can hold open on one process.
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 10000,
                     },
                 }
             ]

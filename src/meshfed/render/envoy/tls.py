@@ -72,15 +72,19 @@ def downstream(
     process: str,
     trust: str,
     alpn: Sequence[str],
+    san_exact: Sequence[str] = (),
     san_prefix: Sequence[str] = (),
 ) -> Resource:
-    """Server side of mTLS: a client certificate is required and checked against ``trust``."""
+    """Server side of mTLS: a client certificate is required and checked against ``trust``;
+    with SAN matchers, only those identities complete the handshake."""
     context: dict[str, Any] = {
         "@type": DOWNSTREAM_TLS,
         "require_client_certificate": True,
-        "common_tls_context": _common(runtime_dir, process, trust, alpn, san_prefix=san_prefix),
+        "common_tls_context": _common(
+            runtime_dir, process, trust, alpn, san_exact=san_exact, san_prefix=san_prefix
+        ),
     }
-    if not san_prefix:
+    if not san_exact and not san_prefix:
         validation = context["common_tls_context"]["combined_validation_context"]
         validation["default_validation_context"] = {}
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}

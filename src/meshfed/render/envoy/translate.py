@@ -77,7 +77,7 @@ def _file_log(path: Path, fields: dict[str, str]) -> Resource:
         "typed_config": {
             "@type": FILE_LOG,
             "path": str(path),
-            "log_format": {"json_format": fields, "json_format_options": {"sort_properties": True}},
+            "log_format": {"json_format": fields},
         },
     }
 
@@ -119,6 +119,7 @@ def _connection_log(path: Path, mesh: str, gateway: str) -> Resource:
             "upstream": "%UPSTREAM_HOST%",
             "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
             "flags": "%RESPONSE_FLAGS%",
+            "details": "%CONNECTION_TERMINATION_DETAILS%",
             "bytes_received": "%BYTES_RECEIVED%",
             "bytes_sent": "%BYTES_SENT%",
             "duration_ms": "%DURATION%",
@@ -293,7 +294,21 @@ def _ingress_chain(
 ) -> Resource:
     cluster = f"inbound|{server.workload.ref}"
     http = server.protocol == "HTTP"
-    transport = tls.downstream(runtime_dir, process, CALLER_CA, ["h2", "http/1.1"] if http else [])
+    if http:
+        transport = tls.downstream(runtime_dir, process, CALLER_CA, ["h2", "http/1.1"])
+    else:
+        # Network RBAC decides only on the caller's first byte, while tcp_proxy connects at
+        # once: a server-first workload would greet a denied caller. So a TCP export admits
+        # only its allowed identities to the handshake; RBAC stays as the second lock.
+        principals = [p for rule in server.allow for p in rule.principals]
+        transport = tls.downstream(
+            runtime_dir,
+            process,
+            CALLER_CA,
+            [],
+            san_exact=[p.value for p in principals if not p.prefix],
+            san_prefix=[p.value for p in principals if p.prefix],
+        )
     if http:
         route_config = {
             "name": server.sni,
@@ -416,10 +431,10 @@ def _egress_cluster(route: EgressRoute) -> Resource:
     }
     cluster["health_checks"] = [
         {
-            "timeout": "0.25s",
-            "interval": "0.5s",
-            "no_traffic_interval": "0.5s",
-            "unhealthy_interval": "0.5s",
+            "timeout": "0.2s",
+            "interval": "0.25s",
+            "no_traffic_interval": "0.25s",
+            "unhealthy_interval": "0.25s",
             "unhealthy_threshold": 1,
             "healthy_threshold": 1,
             "tcp_health_check": {},
