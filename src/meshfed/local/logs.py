@@ -1,0 +1,197 @@
+"""``meshfed logs``: the gateways' access logs (JSON lines written by Envoy), read back.
+
+Each gateway writes two files (paths from ``render/envoy/files.log_path``):
+
+- ``access``: one line per HTTP request at an ingress (caller, SNI, method, path, code, RBAC
+  decision) and one per proxied connection at an egress;
+- ``conn``: one line per connection at the listener, the only place a failed TLS handshake
+  (``tls_failure``) or an unknown SNI (flag ``NR``) shows.
+
+The boundary view (``boundary_view``) records every crossing once: the requests at each ingress,
+the TCP connections to each ingress's TCP exports, the connections each egress let out, and every
+refused connection (failed TLS handshake, unknown SNI). It leaves out what would repeat a request
+line (the connection an HTTP request came on) and the egress gateways' TCP health checks
+(plaintext connections without SNI, identity or bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from meshfed.local.summary import RuntimeSummary
+from meshfed.render.envoy.files import log_path
+
+Kind = Literal["access", "conn"]
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    process: str
+    file: Kind
+    doc: dict[str, Any]
+
+    @property
+    def time(self) -> str:
+        return str(self.doc.get("time") or "")
+
+
+def gateway_logs(
+    root: Path, summary: RuntimeSummary, mesh: str | None, boundary: bool
+) -> list[tuple[str, Kind, Path]]:
+    """The log files to read: (process, file kind, path)."""
+    if mesh is not None:
+        summary.mesh(mesh)  # a clear error for an unknown mesh
+    kinds: tuple[Kind, ...] = ("access", "conn") if boundary else ("access",)
+    return [
+        (p.name, kind, log_path(root, p.name, kind))
+        for p in summary.processes
+        if p.role in ("ingress", "egress") and (mesh is None or p.mesh == mesh)
+        for kind in kinds
+    ]
+
+
+def is_health_check(doc: dict[str, Any]) -> bool:
+    return (
+        doc.get("kind") == "connection"
+        and not doc.get("sni")
+        and not doc.get("caller")
+        and not doc.get("tls_failure")
+        and not doc.get("bytes_received")
+        and "NR" not in str(doc.get("flags") or "")
+    )
+
+
+def _parse(process: str, kind: Kind, line: str) -> LogEntry | None:
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        doc = {"message": line}
+    if not isinstance(doc, dict):
+        doc = {"message": line}
+    return LogEntry(process, kind, doc)
+
+
+def is_failure(doc: dict[str, Any]) -> bool:
+    flags = str(doc.get("flags") or "-")
+    if "rbac_access_denied" in str(doc.get("details") or ""):
+        return True
+    return bool(doc.get("tls_failure") or doc.get("upstream_failure")) or flags not in ("-", "")
+
+
+def _keep(entry: LogEntry, boundary: bool) -> bool:
+    return not (boundary and is_health_check(entry.doc))
+
+
+def boundary_view(entries: list[LogEntry], summary: RuntimeSummary) -> list[LogEntry]:
+    """Every crossing once (see the module docstring)."""
+    kept = []
+    for entry in entries:
+        doc = entry.doc
+        if is_health_check(doc):
+            continue
+        if entry.file == "conn" and not is_failure(doc):
+            gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
+            if gateway == "egress":
+                continue  # the egress's access file has the same connection
+            mesh = doc.get("mesh")
+            exports = next((m.exports for m in summary.meshes if m.name == mesh), {})
+            if exports.get(str(doc.get("sni"))) == "HTTP":
+                continue  # its requests are in the access file
+        kept.append(entry)
+    return kept
+
+
+def read_entries(files: list[tuple[str, Kind, Path]], boundary: bool) -> list[LogEntry]:
+    entries: list[LogEntry] = []
+    for process, kind, path in files:
+        try:
+            text = path.read_text(errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            entry = _parse(process, kind, line)
+            if entry is not None and _keep(entry, boundary):
+                entries.append(entry)
+    entries.sort(key=lambda e: e.time)
+    return entries
+
+
+def follow(
+    files: list[tuple[str, Kind, Path]], boundary: bool, interval: float = 0.2
+) -> Iterator[LogEntry]:
+    """New entries as they are written (until interrupted)."""
+    offsets = {path: (path.stat().st_size if path.exists() else 0) for _, _, path in files}
+    while True:
+        batch: list[LogEntry] = []
+        for process, kind, path in files:
+            try:
+                size = path.stat().st_size
+            except OSError:
+                continue
+            if size < offsets[path]:
+                offsets[path] = 0
+            if size == offsets[path]:
+                continue
+            with open(path, "rb") as f:
+                f.seek(offsets[path])
+                data = f.read()
+            complete = data[: data.rfind(b"\n") + 1]
+            offsets[path] += len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                entry = _parse(process, kind, line)
+                if entry is not None and _keep(entry, boundary):
+                    batch.append(entry)
+        yield from sorted(batch, key=lambda e: e.time)
+        time.sleep(interval)
+
+
+def decision(doc: dict[str, Any]) -> str:
+    """What happened, in a few words: ``allowed 200``, ``denied 403``, ``TLS handshake failed``."""
+    if doc.get("tls_failure"):
+        return f"TLS handshake failed: {doc['tls_failure']}"
+    flags = str(doc.get("flags") or "-")
+    if doc.get("kind") == "request":
+        verdict = doc.get("decision") or ("denied" if doc.get("code") == 403 else "allowed")
+        return f"{verdict} {doc.get('code')}"
+    details = str(doc.get("details") or "")
+    if "rbac_access_denied" in details:
+        return f"denied ({details})"
+    if "NR" in flags.split(","):
+        return "refused: no route for this SNI"
+    if doc.get("upstream_failure"):
+        return f"upstream failed: {doc['upstream_failure']}"
+    if flags not in ("-", ""):
+        return f"failed (flags {flags})"
+    return "passed" if doc.get("upstream") else "closed"
+
+
+def summary_line(entry: LogEntry, summary: RuntimeSummary | None = None) -> str:
+    d = entry.doc
+    if "message" in d and len(d) == 1:
+        return f"{entry.process}: {d['message']}"
+    when = entry.time[11:23] if len(entry.time) >= 23 else entry.time
+    where = f"{d.get('mesh', '?')}/{d.get('gateway', entry.process.rpartition('/')[2])}"
+    parts = [when, f"{where:<20}"]
+    if d.get("kind") == "request":
+        parts.append(f"{d.get('method')} {d.get('authority')}{d.get('path')}")
+    else:
+        parts.append(f"tcp sni={d.get('sni') or '-'}")
+    if d.get("caller"):
+        # A failed handshake's certificate was not verified: its identity is only a claim.
+        parts.append(f"{'claimed' if d.get('tls_failure') else 'caller'}={d['caller']}")
+    parts.append(decision(d))
+    if d.get("policy"):
+        parts.append(f"policy={d['policy']}")
+    upstream = d.get("upstream")
+    if upstream and d.get("gateway") == "egress":
+        target = summary.ingress_at(str(upstream)) if summary else None
+        parts.append(f"-> {target} ingress" if target else f"-> {upstream}")
+    return "  ".join(parts)

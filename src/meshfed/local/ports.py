@@ -1,0 +1,130 @@
+"""Loopback ports: is one free, who holds it, and a source of free ones.
+
+Allocated ports come from a range below the kernel's ephemeral range, so an outgoing connection's
+source port never takes a port between allocation and the moment Envoy binds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import random
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+
+from meshfed.local.errors import LocalError
+
+LOOPBACK = "127.0.0.1"
+DEFAULT_RANGE = (20000, 32000)
+
+
+def is_loopback(address: str) -> bool:
+    """True for an IPv4 address in 127.0.0.0/8."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return ip.version == 4 and ip.is_loopback
+
+
+def port_free(port: int, address: str = LOOPBACK) -> bool:
+    """True if nothing listens on ``address:port`` (a wildcard listener counts as taken).
+
+    SO_REUSEADDR: like Envoy's listeners, ignore connections lingering in TIME_WAIT.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+class PortAllocator:
+    """Hands out free loopback ports from a range, never one in ``reserved`` or one in use."""
+
+    def __init__(
+        self,
+        reserved: Iterable[int] = (),
+        port_range: tuple[int, int] = DEFAULT_RANGE,
+        address: str = LOOPBACK,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.reserved = set(reserved)
+        self.low, self.high = port_range
+        self.address = address
+        # A random starting point: two federations allocating at once rarely pick the same ports.
+        self._next = (rng or random.Random()).randrange(self.low, self.high)
+
+    def reserve(self, port: int) -> None:
+        self.reserved.add(port)
+
+    def allocate(self) -> int:
+        span = self.high - self.low
+        for _ in range(span):
+            port = self._next
+            self._next = self.low + (self._next + 1 - self.low) % span
+            if port in self.reserved:
+                continue
+            if port_free(port, self.address):
+                self.reserved.add(port)
+                return port
+        raise LocalError(
+            f"no free loopback port left in {self.low}-{self.high - 1}",
+            "stop other local federations (meshfed down) or free some ports",
+        )
+
+
+def _listening_inodes() -> dict[str, int]:
+    """Socket inode -> port of every listening TCP socket (IPv4 and IPv6)."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, state, inode = fields[1], fields[3], fields[9]
+                if state == "0A":
+                    inodes[f"socket:[{inode}]"] = int(local.rsplit(":", 1)[1], 16)
+    return inodes
+
+
+def listening_pids() -> dict[int, set[int]]:
+    """Best effort: listening TCP port -> pids holding it (processes we may inspect)."""
+    inodes = _listening_inodes()
+    found: dict[int, set[int]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                port = inodes.get(os.readlink(f"{fd_dir}/{fd}"))
+                if port is not None:
+                    found.setdefault(port, set()).add(int(pid))
+    return found
+
+
+def listener_pid(port: int) -> int | None:
+    """Best effort: the pid of a process listening on TCP ``port``, or None."""
+    pids = listening_pids().get(port)
+    return min(pids) if pids else None
+
+
+def describe_holder(port: int) -> str:
+    """`` (held by pid N: cmd)`` when the holder can be found, else an empty string."""
+    pid = listener_pid(port)
+    if pid is None:
+        return ""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        cmd = "?"
+    return f" (held by pid {pid}: {cmd[:80]})"

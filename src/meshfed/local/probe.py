@@ -1,0 +1,159 @@
+"""One probe per import: proof that the whole path works, from a consumer sidecar to the exporter.
+
+HTTP: a request through the outbound port of a workload of the importing mesh that the first
+source allows, with an allowed method and path; success is a 200 answered by an exporting
+workload (its JSON names the mesh). If no workload of the mesh is allowed (principals that match
+none of its declared workloads), any answer from the exporting ingress (its RBAC's 403) proves
+the path instead: egress passthrough, the mTLS handshake with the workload certificate, the
+ingress's decision.
+
+TCP: a connection through the sidecar's local port for the import, by an allowed workload; success
+is the exporting workload's greeting line. Without an allowed workload the TCP probe is skipped
+(the ingress closes such connections without a word).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import time
+from dataclasses import dataclass
+
+from meshfed.local.ports import LOOPBACK
+from meshfed.plan.model import FederationPlan, ImportRoute, MeshPlan, Workload
+from meshfed.render.envoy.layout import LocalLayout
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+"""Statuses the consumer's own sidecar answers when it has no path (yet): not a proof."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    mesh: str
+    key: str
+    """``<local host>:<port>`` of the import."""
+    protocol: str
+    workload: str | None
+    """``<ns>/<name>`` the probe runs as; None: skipped."""
+    port: int
+    """Sidecar port: the HTTP outbound port or the TCP import's local port."""
+    host: str
+    method: str = "GET"
+    path: str = "/"
+    allowed: bool = True
+    """False: the workload is not allowed; an answer from the exporting ingress is the proof."""
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    probe: Probe
+    ok: bool
+    detail: str
+
+
+def _allowed_request(
+    route: ImportRoute, plan: FederationPlan, w: Workload
+) -> tuple[str, str] | None:
+    """An (method, path) the first source lets ``w`` use, if any."""
+    source = route.sources[0]
+    server = plan.mesh(source.mesh).ingress.server(route.wire_host)
+    if server is None:
+        return None
+    for rule in server.allow:
+        if rule.consumer_mesh != route.mesh:
+            continue
+        methods = sorted(rule.methods, key=lambda m: (m != "GET", m)) or ["GET"]
+        paths = [p.value for p in rule.paths] or ["/"]
+        for method in methods:
+            for path in paths:
+                if server.allows(w.spiffe_id, method, path):
+                    return method, path
+    return None
+
+
+def plan_probes(plan: FederationPlan, layout: LocalLayout) -> list[Probe]:
+    probes = []
+    for mesh in plan.meshes:
+        for route in mesh.imports:
+            probes.append(_probe_for(plan, mesh, route, layout))
+    return probes
+
+
+def _probe_for(
+    plan: FederationPlan, mesh: MeshPlan, route: ImportRoute, layout: LocalLayout
+) -> Probe:
+    key = f"{route.local_host}:{route.port}"
+    sidecars = layout.meshes[mesh.name].sidecars
+    for w in mesh.workloads:
+        request = _allowed_request(route, plan, w)
+        if request is None:
+            continue
+        sidecar = sidecars[w.ref]
+        if route.protocol == "TCP":
+            return Probe(mesh.name, key, "TCP", w.ref, sidecar.tcp_outbound[key], route.local_host)
+        return Probe(
+            mesh.name, key, "HTTP", w.ref, sidecar.outbound_port, route.local_host, *request
+        )
+    if route.protocol == "HTTP" and mesh.workloads:
+        w = mesh.workloads[0]
+        return Probe(
+            mesh.name, key, "HTTP", w.ref, sidecars[w.ref].outbound_port, route.local_host,
+            allowed=False,
+        )  # fmt: skip
+    return Probe(mesh.name, key, route.protocol, None, 0, route.local_host)
+
+
+def run_probe(probe: Probe, timeout: float = 10.0) -> ProbeResult:
+    """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming)."""
+    if probe.workload is None:
+        return ProbeResult(probe, True, "skipped: no workload of the mesh may call it")
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while True:
+        ok, last = _attempt(probe)
+        if ok:
+            return ProbeResult(probe, True, last)
+        if time.monotonic() > deadline:
+            return ProbeResult(probe, False, last)
+        time.sleep(0.05)
+
+
+def _attempt(probe: Probe) -> tuple[bool, str]:
+    if probe.protocol == "TCP":
+        return _attempt_tcp(probe)
+    conn = http.client.HTTPConnection(LOOPBACK, probe.port, timeout=3)
+    try:
+        conn.request(probe.method, probe.path, headers={"Host": probe.host})
+        resp = conn.getresponse()
+        body = resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"no HTTP response ({type(exc).__name__})"
+    finally:
+        conn.close()
+    if probe.allowed:
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if resp.status == 200 and isinstance(doc, dict) and "mesh" in doc:
+            return True, f"200 from {doc['mesh']}/{doc.get('workload')}"
+        return False, f"{probe.method} {probe.path} as {probe.workload}: HTTP {resp.status}"
+    if resp.status not in RETRY_STATUSES:
+        return True, f"as {probe.workload} (not allowed): HTTP {resp.status} from the exporter"
+    return False, f"HTTP {resp.status}"
+
+
+def _attempt_tcp(probe: Probe) -> tuple[bool, str]:
+    try:
+        with socket.create_connection((LOOPBACK, probe.port), timeout=3) as s:
+            greeting = s.makefile("rb").readline()
+    except OSError as exc:
+        return False, f"no connection ({type(exc).__name__})"
+    try:
+        doc = json.loads(greeting)
+    except ValueError:
+        return False, "no greeting"
+    if not isinstance(doc, dict):
+        return False, "no greeting"
+    return True, f"greeting from {doc.get('mesh')}/{doc.get('workload')}"

@@ -1,0 +1,166 @@
+"""``meshfed status``: every process and its health, and each import's current source."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+
+from meshfed.local import admin
+from meshfed.local.certs import kept_identity
+from meshfed.local.files import read_json
+from meshfed.local.runtime import Runtime
+from meshfed.local.state import WORKLOAD_HOST
+from meshfed.local.summary import ImportInfo, ProcessInfo, RuntimeSummary, SourceInfo
+from meshfed.render.envoy.files import process_dir
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    name: str
+    mesh: str | None
+    role: str
+    pid: int | None
+    alive: bool
+    ready: bool
+    """Envoy: admin ``/ready`` says LIVE. Workload host: alive."""
+    listens: dict[str, str]
+    """Listener name -> address (the workload host: workload -> app address)."""
+    admin: str | None
+    cert_expires: str | None = None
+    """When the certificate it serves expires (ISO 8601, UTC); ``up`` renews it."""
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    mesh: str
+    export: str
+    address: str
+    priority: int
+    healthy: bool | None
+    """None: unknown (egress gateway not answering)."""
+
+
+@dataclass(frozen=True)
+class ImportStatus:
+    mesh: str
+    local: str
+    protocol: str
+    wire_host: str
+    current: str | None
+    """The exporting mesh serving now: the healthy source with the lowest priority."""
+    sources: tuple[SourceStatus, ...]
+
+
+@dataclass
+class Status:
+    federation: str
+    state_dir: str
+    spec: str
+    processes: list[ProcessStatus] = field(default_factory=list)
+    imports: list[ImportStatus] = field(default_factory=list)
+
+    @property
+    def running(self) -> int:
+        return sum(p.alive for p in self.processes)
+
+
+def _host_health(host: dict[str, Any]) -> bool:
+    health = host.get("health_status", {})
+    if health.get("eds_health_status", "HEALTHY") != "HEALTHY":
+        return False
+    return not any(v is True for k, v in health.items() if k.startswith("failed"))
+
+
+def _address(host: dict[str, Any]) -> str:
+    sock = host.get("address", {}).get("socket_address", {})
+    return f"{sock.get('address')}:{sock.get('port_value')}"
+
+
+def source_health(
+    imp: ImportInfo, egress_admin: int | None
+) -> tuple[str | None, tuple[SourceStatus, ...]]:
+    """Health of each source as the egress gateway sees it, and the one serving now."""
+    hosts: dict[str, bool] = {}
+    if egress_admin is not None and imp.egress_cluster:
+        try:
+            for cluster in admin.clusters(egress_admin, timeout=1.0):
+                if cluster.get("name") == imp.egress_cluster:
+                    for host in cluster.get("host_statuses", []):
+                        hosts[_address(host)] = _host_health(host)
+        except (admin.AdminError, ValueError):
+            hosts = {}
+
+    def one(s: SourceInfo) -> SourceStatus:
+        key = f"{s.address}:{s.port}"
+        return SourceStatus(s.mesh, s.export, key, s.priority, hosts.get(key))
+
+    sources = tuple(one(s) for s in sorted(imp.sources, key=lambda s: s.priority))
+    current = next((s.mesh for s in sources if s.healthy), None)
+    return current, sources
+
+
+def _egress_admin(summary: RuntimeSummary, mesh: str) -> ProcessInfo | None:
+    return next((p for p in summary.processes if p.mesh == mesh and p.role == "egress"), None)
+
+
+def _cert_expiry(runtime: Runtime, name: str) -> str | None:
+    kept = kept_identity(read_json(process_dir(runtime.root, name) / "sds" / "default.json"))
+    if kept is None:
+        return None
+    try:
+        leaf = x509.load_pem_x509_certificates(kept[0].encode())[0]
+    except ValueError:
+        return None
+    return leaf.not_valid_after_utc.isoformat()
+
+
+def collect_status(runtime: Runtime) -> Status:
+    summary = runtime.summary()
+    records = runtime.processes()
+    layout = runtime.layout()
+    status = Status(summary.federation, str(runtime.paths.state_dir), summary.spec)
+    host = records.get(WORKLOAD_HOST)
+    app_ports = {
+        f"{m.mesh}/{ref}": f"127.0.0.1:{s.app_port}"
+        for m in (layout.meshes.values() if layout else ())
+        for ref, s in m.sidecars.items()
+    }
+    status.processes.append(
+        ProcessStatus(
+            name=WORKLOAD_HOST,
+            mesh=None,
+            role="workloads",
+            pid=host.pid if host else None,
+            alive=bool(host and host.alive),
+            ready=bool(host and host.alive),
+            listens=app_ports,
+            admin=None,
+        )
+    )
+    for p in summary.processes:
+        record = records.get(p.name)
+        alive = bool(record and record.alive)
+        status.processes.append(
+            ProcessStatus(
+                name=p.name,
+                mesh=p.mesh,
+                role=p.role,
+                pid=record.pid if record else None,
+                alive=alive,
+                ready=alive and admin.ready(p.admin_port),
+                listens=p.listeners,
+                admin=f"127.0.0.1:{p.admin_port}",
+                cert_expires=_cert_expiry(runtime, p.name),
+            )
+        )
+    alive_names = {p.name for p in status.processes if p.alive}
+    for imp in summary.imports:
+        egress = _egress_admin(summary, imp.mesh)
+        port = egress.admin_port if egress and egress.name in alive_names else None
+        current, sources = source_health(imp, port)
+        status.imports.append(
+            ImportStatus(imp.mesh, imp.key, imp.protocol, imp.wire_host, current, sources)
+        )
+    return status

@@ -1,0 +1,264 @@
+"""Helpers for the local-runtime tests: free ports, spec copies, a running federation, clients."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from meshfed.examples import example_path
+from meshfed.local.client import NoResponse, Response, http_call
+from meshfed.local.ports import PortAllocator
+from meshfed.local.procs import processes_mentioning
+from meshfed.local.runtime import Runtime, UpReport
+from meshfed.pki.certs import cert_to_pem
+from meshfed.pki.keys import PrivateKey, key_to_pem
+from meshfed.workspace import Workspace, open_workspace
+
+LOOPBACK = "127.0.0.1"
+
+
+def spec_copy(name: str, directory: Path, edit: Callable[[str], str] | None = None) -> Path:
+    """A copy of a bundled example with every ingress port moved to a free loopback port."""
+    text = example_path(name).read_text()
+    alloc = PortAllocator()
+    text = re.sub(
+        r"ingress: \{address: 127\.0\.0\.1, port: \d+\}",
+        lambda _: f"ingress: {{address: 127.0.0.1, port: {alloc.allocate()}}}",
+        text,
+    )
+    if edit is not None:
+        text = edit(text)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def cli() -> click.Group:
+    """The meshfed command group with the local commands (wired in by main, or here)."""
+    from meshfed.cli.main import main
+
+    if "up" not in main.commands:
+        from meshfed.cli.local import register
+
+        register(main)
+    return main
+
+
+@dataclass
+class Fed:
+    """A federation the tests started; always ``close()`` it."""
+
+    spec: Path
+    state: Path
+    runtime: Runtime
+    report: UpReport
+    ws: Workspace
+
+    @classmethod
+    def start(cls, spec: Path, state: Path) -> Fed:
+        ws = open_workspace(spec, state)
+        runtime = Runtime(state)
+        report = runtime.up(ws)
+        assert report.ok, [p.detail for p in report.probes if not p.ok]
+        return cls(spec, state, runtime, report, ws)
+
+    def reup(self, spec: Path | None = None) -> UpReport:
+        self.ws = open_workspace(spec or self.spec, self.state)
+        self.report = self.runtime.up(self.ws)
+        return self.report
+
+    def close(self) -> None:
+        self.runtime.down()
+        assert_nothing_left(self.state)
+
+    # --- addressing
+
+    def sidecar(self, mesh: str, workload: str) -> Any:
+        layout = self.runtime.layout()
+        assert layout is not None
+        return layout.meshes[mesh].sidecars[workload]
+
+    def call(
+        self,
+        mesh: str,
+        workload: str,
+        url: str,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        timeout: float = 10.0,
+    ) -> Response:
+        port = self.sidecar(mesh, workload).outbound_port
+        return http_call(port, method, url, data, headers, timeout)
+
+    def pids(self) -> dict[str, int]:
+        return {n: r.pid for n, r in self.runtime.processes().items() if r.alive}
+
+    def ingress(self, mesh: str) -> tuple[str, int]:
+        m = self.ws.plan.mesh(mesh)
+        return m.ingress.address, m.ingress.port
+
+    def leaf(self, mesh: str, spiffe_id: str) -> tuple[PrivateKey, x509.Certificate]:
+        ca = self.ws.pki.meshes[mesh]
+        return ca.issue(spiffe_id, timedelta(hours=1), datetime.now(UTC))
+
+    def root_pem(self, mesh: str) -> str:
+        return cert_to_pem(self.ws.pki.meshes[mesh].root_cert).decode()
+
+
+def assert_nothing_left(state: Path) -> None:
+    deadline = time.monotonic() + 5
+    left = processes_mentioning(state / "local")
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = processes_mentioning(state / "local")
+    assert not left, f"processes left behind: {left}"
+
+
+# --- direct TLS clients --------------------------------------------------------------------------
+
+
+def client_context(
+    tmp: Path,
+    chain: list[x509.Certificate] | None,
+    key: PrivateKey | None,
+    trust_pem: str | None,
+) -> ssl.SSLContext:
+    """An mTLS client context presenting ``chain`` (leaf first) and trusting ``trust_pem``."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False  # servers have URI SANs only
+    if trust_pem is None:
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.load_verify_locations(cadata=trust_pem)
+    ctx.set_alpn_protocols(["http/1.1"])
+    if chain is not None and key is not None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        fd, name = _private_file(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(cert_to_pem(c) for c in chain) + key_to_pem(key))
+        ctx.load_cert_chain(name)
+        os.unlink(name)
+    return ctx
+
+
+def _private_file(tmp: Path) -> tuple[int, str]:
+    import tempfile
+
+    return tempfile.mkstemp(dir=tmp, suffix=".pem")
+
+
+@dataclass
+class TLSResult:
+    status: int | None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    error: str | None = None
+    """Why no HTTP response came."""
+
+    @property
+    def doc(self) -> Any:
+        return json.loads(self.body)
+
+
+def tls_request(
+    address: str,
+    port: int,
+    sni: str,
+    ctx: ssl.SSLContext,
+    host: str,
+    method: str = "GET",
+    path: str = "/",
+    headers: dict[str, str] | None = None,
+) -> TLSResult:
+    """One HTTP/1.1 request over TLS straight to a gateway; ``status`` None if no response."""
+    try:
+        raw = socket.create_connection((address, port), timeout=5)
+    except OSError as exc:
+        return TLSResult(None, error=f"connect: {exc}")
+    try:
+        tls = ctx.wrap_socket(raw, server_hostname=sni)
+        conn = http.client.HTTPConnection(address, port, timeout=5)
+        conn.sock = tls
+        conn.request(method, path, headers={"Host": host, **(headers or {})})
+        resp = conn.getresponse()
+        body = resp.read()
+        return TLSResult(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+    except (OSError, ssl.SSLError, http.client.HTTPException) as exc:
+        return TLSResult(None, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        raw.close()
+
+
+# --- load ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    t: float
+    status: int
+    """0: no HTTP response."""
+    mesh: str | None
+
+
+class Loop(threading.Thread):
+    """Calls ``call()`` every ``interval`` seconds until stopped; records every outcome."""
+
+    def __init__(self, call: Callable[[], Response], interval: float = 0.02) -> None:
+        super().__init__(daemon=True)
+        self.fn = call
+        self.interval = interval
+        self.samples: list[Sample] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            t = time.monotonic()
+            try:
+                resp = self.fn()
+                mesh = json.loads(resp.body).get("mesh") if resp.status == 200 else None
+                self.samples.append(Sample(t, resp.status, mesh))
+            except (NoResponse, ValueError):
+                self.samples.append(Sample(t, 0, None))
+            self._stop_event.wait(max(0.0, self.interval - (time.monotonic() - t)))
+
+    def stop(self) -> list[Sample]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+    def failures(self) -> list[Sample]:
+        return [s for s in self.samples if s.status != 200]
+
+
+def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> float | None:
+    """Seconds until ``condition()`` held, or None if it did not within ``timeout``."""
+    t0 = time.monotonic()
+    while True:
+        if condition():
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            return None
+        time.sleep(interval)
+
+
+def read_log_lines(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
