@@ -387,7 +387,8 @@ def test_down_then_up_again(bank: Fed) -> None:
     # Last in this module: down leaves nothing; up again keeps ports and certificates.
     layout = bank.runtime.layout()
     stopped = bank.runtime.down()
-    assert "workloads" in stopped and len(stopped) == len(bank.report.summary.processes) + 1
+    assert {"workloads", "dashboard"} <= set(stopped)
+    assert len(stopped) == len(bank.report.summary.processes) + 2
     assert_nothing_left(bank.state)
     assert not bank.runtime.paths.processes.exists()
     status = collect_status(bank.runtime)

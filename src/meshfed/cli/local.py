@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
+from meshfed.dashboard import launch as dashboard
 from meshfed.local.client import NoResponse, Response, http_call, tcp_call, tcp_port
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import default_spec, locate_state
@@ -229,6 +230,8 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
     example = _example_call(report)
     if example:
         out.print(f"try: {example}", markup=False)
+    if report.dashboard:
+        out.print(f"dashboard: {report.dashboard}", markup=False, soft_wrap=True)
 
 
 def _example_call(report: UpReport) -> str | None:
@@ -280,11 +283,18 @@ def _print_changes(report: UpReport) -> None:
 def status(spec: Path | None, state: Path | None, as_json: bool) -> None:
     """Every process and its health, its ports, and each import's current source."""
     with _reported():
-        st = collect_status(_runtime(spec, state))
+        runtime = _runtime(spec, state)
+        st = collect_status(runtime)
     if as_json:
         click.echo(json.dumps(asdict(st), indent=2))
         return
     _print_status(st)
+    record = runtime.processes().get(dashboard.DASHBOARD)
+    url = dashboard.url(runtime.paths)
+    if url and record is not None and record.alive:
+        out.print(f"dashboard: {url} (pid {record.pid})", markup=False, soft_wrap=True)
+    else:
+        out.print("dashboard: not running (meshfed up starts it)", markup=False)
 
 
 def _print_status(st: Status) -> None:

@@ -172,7 +172,9 @@ def _place_label(
     return _label_rect(curve, lines, 0.5, (0.0, 0.0))
 
 
-def layout(graph: FederationGraph) -> Layout:
+def layout(graph: FederationGraph, reserve: Sequence[str] = ()) -> Layout:
+    """Place boxes, arrows and labels; ``reserve``: extra lines kept free in every label (as
+    wide as the strings given), which the live dashboard fills with counters."""
     names = [m.name for m in graph.meshes]
     boxes = _circle(names, box_width(graph.meshes))
     centre = (0.0, 0.0) if len(names) > 1 else boxes[names[0]].center
@@ -190,7 +192,7 @@ def layout(graph: FederationGraph) -> Layout:
             others = [r for n, r in boxes.items() if n not in (edge.caller, edge.exporter)]
             a, b = boxes[edge.caller], boxes[edge.exporter]
             curve = _route(a, b, lane, centre, others)
-            lines = tuple(edge.lines())
+            lines = (*edge.lines(), *reserve)
             label = _place_label(curve, lines, labels, list(boxes.values()))
             labels.append(label)
             placed.append(PlacedEdge(edge, curve, label, lines))

@@ -8,6 +8,10 @@ from meshfed.graph.layout import LINE_H, Layout, PlacedEdge, Rect, box_lines, la
 from meshfed.graph.model import FederationGraph, MeshNode
 
 LEGEND_H = 70.0
+LIVE_LINES = ("00000 allowed · 0000 denied · 000 TLS failed", "● standby: healthy, not in use")
+"""Room kept in each label of a live picture (``layout(graph, LIVE_LINES)``, then
+``svg_from_layout(..., live=len(LIVE_LINES))``): one empty ``<text class="live" data-line="N">``
+per line, for the dashboard to fill."""
 _STYLE = """
 .mesh rect{fill:#f3f7fb;stroke:#2b4c7e;stroke-width:1.5}
 .mesh .name{font-weight:700;font-size:14px;fill:#14263f}
@@ -73,12 +77,15 @@ def _edge(i: int, placed: PlacedEdge) -> str:
     )
 
 
-def _label(i: int, placed: PlacedEdge) -> str:
+def _label(i: int, placed: PlacedEdge, live: int = 0) -> str:
     r = placed.label
     spans = []
+    fixed = len(placed.lines) - live
     for n, line in enumerate(placed.lines):
         cls = ' class="head"' if n == 0 else ""
         y = r.y + 4 + LINE_H * (n + 1) - 2
+        if n >= fixed:
+            cls, line = f' class="live" data-line="{n - fixed}"', ""
         spans.append(
             f'<text x="{_f(r.x + r.w / 2)}" y="{_f(y)}" text-anchor="middle"{cls}>'
             f"{escape(line)}</text>"
@@ -131,7 +138,8 @@ def _legend(y: float) -> str:
     return "".join(parts)
 
 
-def svg_from_layout(graph: FederationGraph, placed: Layout) -> str:
+def svg_from_layout(graph: FederationGraph, placed: Layout, live: int = 0) -> str:
+    """The SVG of a layout; ``live``: how many reserved label lines to leave empty."""
     width = max(placed.width, 960.0)
     height = placed.height + LEGEND_H
     nodes = {m.name: m for m in graph.meshes}
@@ -154,7 +162,7 @@ def svg_from_layout(graph: FederationGraph, placed: Layout) -> str:
         *(_mesh(nodes[name], rect) for name, rect in placed.boxes.items()),
         "</g>",
         '<g class="labels">',
-        *(_label(i, e) for i, e in enumerate(placed.edges)),
+        *(_label(i, e, live) for i, e in enumerate(placed.edges)),
         "</g>",
         _legend(placed.height),
         "</svg>",

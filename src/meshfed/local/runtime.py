@@ -25,11 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
+from meshfed.dashboard import launch as dashboard
 from meshfed.local import admin
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json, write_json
 from meshfed.local.layout import (
+    all_ports,
     allocate_layout,
     check_ingresses,
     layout_from_json,
@@ -101,6 +103,8 @@ class UpReport:
     notes: list[str] = field(default_factory=list)
     probes: list[ProbeResult] = field(default_factory=list)
     elapsed: float = 0.0
+    dashboard: str | None = None
+    """The dashboard's URL."""
 
     @property
     def ok(self) -> bool:
@@ -141,7 +145,7 @@ class Runtime:
         for pid in processes_mentioning(self.root):
             argv = cmdline(pid)
             envoy = bool(argv) and Path(argv[0]).name == "envoy"
-            host = "meshfed.local.workloads" in argv
+            host = "meshfed.local.workloads" in argv or dashboard.is_dashboard(argv)
             if (envoy or host) and pid not in known:
                 found.append(pid)
         return found
@@ -348,6 +352,25 @@ class Runtime:
             if waiting:
                 time.sleep(0.02)
 
+    def _ensure_dashboard(self, reserved: set[int], report: UpReport) -> None:
+        """Start the dashboard unless it runs (it reloads the picture itself on a new ``up``)."""
+        record = self.records.get(dashboard.DASHBOARD)
+        if record is not None and record.alive:
+            report.unchanged.append(dashboard.DASHBOARD)
+        else:
+            config = dashboard.prepare(self.paths, reserved)
+            with _deferred_interrupt():
+                proc, started = spawn(dashboard.argv(config), dashboard.log_path(self.paths))
+                self._children[dashboard.DASHBOARD] = proc
+                self.records[dashboard.DASHBOARD] = ProcessRecord(
+                    dashboard.DASHBOARD, "dashboard", started.pid, started.start_time, time.time()
+                )
+                self._started_now.append(dashboard.DASHBOARD)
+                self._save()
+            report.started.append(dashboard.DASHBOARD)
+            dashboard.wait_listening(self.paths, lambda: self.records[dashboard.DASHBOARD].alive)
+        report.dashboard = dashboard.url(self.paths)
+
     # --- up
 
     def up(self, ws: Workspace) -> UpReport:
@@ -405,6 +428,7 @@ class Runtime:
         # The workload host first: sidecars forward to it.
         self.progress.phase("workloads")
         self._ensure_workload_host(self._workload_specs(plan, layout), report)
+        self._ensure_dashboard(all_ports(layout) | {m.ingress.port for m in plan.meshes}, report)
 
         # New Envoys (and those whose bootstrap changed) start from their files.
         running = {n for n, r in self.records.items() if r.alive and r.kind == "envoy"}

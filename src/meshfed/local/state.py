@@ -18,7 +18,8 @@ STATE_VERSION = 1
 WORKLOAD_HOST = "workloads"
 """Name of the workload host in ``processes.json``."""
 
-Kind = Literal["envoy", "workloads"]
+Kind = Literal["envoy", "workloads", "dashboard"]
+_KINDS: dict[str, Kind] = {"workloads": "workloads", "dashboard": "dashboard"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def load_processes(paths: RuntimePaths) -> dict[str, ProcessRecord]:
         try:
             records[name] = ProcessRecord(
                 name=name,
-                kind="workloads" if r["kind"] == "workloads" else "envoy",
+                kind=_KINDS.get(r["kind"], "envoy"),
                 pid=int(r["pid"]),
                 start_time=int(r["start_time"]),
                 started_at=float(r.get("started_at", 0.0)),
