@@ -204,6 +204,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     reload.set()
+    _start_renewer(config, stop)
     while not stop.is_set():
         if reload.is_set():
             reload.clear()
@@ -214,6 +215,16 @@ def main(argv: list[str]) -> int:
         stop.wait(0.05)
     host.close()
     return 0
+
+
+def _start_renewer(config: Path, stop: threading.Event) -> None:
+    """Renew the Envoys' certificates while the federation runs (``STATE/local/`` holds the
+    config; see ``meshfed.local.certs.Renewer``)."""
+    from meshfed.local.certs import Renewer
+
+    state_dir = config.resolve().parent.parent
+    renewer = Renewer(state_dir, lambda line: print(line, flush=True))
+    threading.Thread(target=renewer.run_forever, args=(stop,), name="renewer", daemon=True).start()
 
 
 if __name__ == "__main__":

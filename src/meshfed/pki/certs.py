@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.pki.errors import PKIError
-from meshfed.pki.keys import PrivateKey
+from meshfed.pki.keys import PrivateKey, PublicKey
 
 ORGANIZATION = "meshfed"
 #: Certificates start this long before `now`, so peers with slightly slow clocks accept them.
@@ -126,26 +126,51 @@ def make_intermediate_ca(
     issuer_key: PrivateKey,
     ttl: timedelta,
     now: datetime,
+    common_name: str | None = None,
 ) -> x509.Certificate:
     """A mesh's intermediate CA: pathlen 0, limited to URIs in `trust_domain`.
 
     NameConstraints permits exactly the URI host `trust_domain` (RFC 5280 4.2.1.10: a URI
     constraint applies to the host part), so only `spiffe://<trust_domain>/...` leaves are valid.
     """
+    return sign_intermediate_ca(
+        mesh, trust_domain, key.public_key(), issuer_cert, issuer_key, ttl, now, common_name
+    )
+
+
+def intermediate_name(mesh: str, generation: str | None = None) -> str:
+    """The common name of a mesh's intermediate (a rotation adds its generation)."""
+    return f"{mesh} intermediate CA" + (f" {generation}" if generation else "")
+
+
+def sign_intermediate_ca(
+    mesh: str,
+    trust_domain: str,
+    public_key: PublicKey,
+    issuer_cert: x509.Certificate,
+    issuer_key: PrivateKey,
+    ttl: timedelta,
+    now: datetime,
+    common_name: str | None = None,
+) -> x509.Certificate:
+    """`make_intermediate_ca` for a public key only (the key's holder keeps the private key).
+
+    Every extension is set here; nothing is taken over from a request.
+    """
     validate_trust_domain(trust_domain)
     _check_issuer_key(issuer_cert, issuer_key)
     not_before, not_after = _validity(now, ttl, issuer_cert)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(f"{mesh} intermediate CA"))
+        .subject_name(_name(common_name or intermediate_name(mesh)))
         .issuer_name(issuer_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_key_usage(digital_signature=True), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(_aki(issuer_cert), critical=False)
         .add_extension(
             x509.NameConstraints(
@@ -301,6 +326,20 @@ def load_cert_pem(data: bytes, source: str) -> x509.Certificate:
             "restore the file, or remove the PKI state directory to start over",
         )
     return certs[0]
+
+
+def issued_at(cert: x509.Certificate) -> datetime:
+    """When `cert` was issued: meshfed backdates notBefore by CLOCK_SKEW."""
+    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
+    return min(start + CLOCK_SKEW, end)
+
+
+def renewal_time(cert: x509.Certificate, fraction: float = 2 / 3) -> datetime:
+    """When `fraction` of `cert`'s lifetime (from issue, not from the backdated notBefore) is
+    over: the time to replace it. Counting from notBefore would make a short-lived certificate
+    (workloadTTL 30s, notBefore 5 minutes back) due at once."""
+    start = issued_at(cert)
+    return start + (cert.not_valid_after_utc - start) * fraction
 
 
 def fingerprint(cert: x509.Certificate) -> str:

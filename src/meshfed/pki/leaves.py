@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from meshfed.pki.certs import cert_to_pem, keys_match, load_cert_pem, spiffe_ids
+from meshfed.pki.certs import cert_to_pem, keys_match, load_cert_pem, renewal_time, spiffe_ids
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, key_to_pem, load_key_pem
 from meshfed.pki.store import MeshCA
@@ -49,8 +49,7 @@ def _fresh(
         return False
     if spiffe_ids(cert) != [spiffe_id] or sorted(_dns_names(cert)) != sorted(dns_names):
         return False
-    start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-    return now < start + (end - start) * RENEW_AT
+    return now < renewal_time(cert, RENEW_AT)
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -94,3 +93,12 @@ def ensure_leaf(
     _write(key_path, key_to_pem(key), 0o600)
     _write(cert_path, cert_to_pem(cert), 0o644)
     return key, cert
+
+
+def kept_leaf(state_dir: Path, mesh: str, name: str) -> x509.Certificate | None:
+    """The kept leaf ``name`` of ``mesh``, if there is a readable one."""
+    path = state_dir / "pki" / mesh / "issued" / f"{name}-cert.pem"
+    try:
+        return load_cert_pem(path.read_bytes(), str(path))
+    except (OSError, PKIError):
+        return None

@@ -6,7 +6,17 @@ Layout (see docs/design.md, Trust):
     pki/root/root-{cert,key}.pem         SharedRoot: the one root
     pki/<mesh>/root/root-{cert,key}.pem  Federated: the mesh's own root
     pki/<mesh>/ca-cert.pem ca-key.pem root-cert.pem cert-chain.pem   Istio plug-in CA files
-    pki/<mesh>/peers/<peer>.pem          Federated: the peer mesh's root
+    pki/<mesh>/peers/<peer>.pem          Federated: the peer mesh's root (both during a rotation)
+    pki/rotation.json, pki/_rotation/    a trust rotation in progress (see pki/record.py)
+    pki/_requests/<mesh>/                split custody: an intermediate's key and CSR, until import
+
+Custody (``state.json`` ``custody``): ``local`` keeps every key here; ``split`` keeps the meshes'
+intermediate keys here but only the root certificate (its key stays with the root holder, whose
+own directory has custody ``root``: roots only, see `PKIStore.ensure_roots`).
+
+During a rotation the roots of both generations named in ``rotation.json`` ``trusted`` are in
+``root-cert.pem``, ``peers/<peer>.pem`` and `PKIMaterial.trust_anchors`, so the plan's trust
+bundles carry both without a special case.
 
 `PKIStore.ensure` first loads and checks everything that exists (read-only), and only then
 creates what is missing, so a mismatch never leaves half-regenerated state behind. New roots and
@@ -47,6 +57,7 @@ from meshfed.pki.certs import (
     validate_trust_domain,
 )
 from meshfed.pki.errors import PKIError
+from meshfed.pki.files import fsync_dir, mkdir_private, read_bytes, write_atomic
 from meshfed.pki.keys import (
     KEY_ALGORITHMS,
     KeyAlgorithm,
@@ -55,6 +66,15 @@ from meshfed.pki.keys import (
     key_algorithm,
     key_to_pem,
     load_key_pem,
+)
+from meshfed.pki.record import (
+    RECORD_FILE,
+    REQUESTS_DIR,
+    Custody,
+    Gen,
+    RotationRecord,
+    gen_dir,
+    read_record,
 )
 
 TrustMode = Literal["SharedRoot", "Federated"]
@@ -69,7 +89,10 @@ CA_KEY = "ca-key.pem"
 CHAIN = "cert-chain.pem"
 PEERS_DIR = "peers"
 STATE_FILE = "state.json"
+REQUEST_CSR = "request.csr"
 LOCK_FILE = ".lock"
+_SWITCHING = ("switch", "switch-back")
+"""Rotation steps that move CA files: nobody reads the CA while one is under way."""
 _TMP_PREFIX = ".tmp-"
 _KEY_MODE = 0o600
 _CERT_MODE = 0o644
@@ -148,6 +171,16 @@ class MeshCA:
     chain: list[x509.Certificate]
     #: Federated: peer mesh name -> that mesh's root (pki/<mesh>/peers/<peer>.pem), as requested.
     peer_roots: dict[str, x509.Certificate] = field(default_factory=dict)
+    #: root-cert.pem: the signing root, and during a rotation's overlap the other generation's
+    #: too (old first, then new).
+    trusted_roots: tuple[x509.Certificate, ...] = ()
+    #: Federated: peer -> every root of that peer currently trusted (peers/<peer>.pem).
+    peer_bundles: dict[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
+
+    @property
+    def root_bundle(self) -> tuple[x509.Certificate, ...]:
+        """The roots this mesh's own workloads trust (Istio's root-cert.pem)."""
+        return self.trusted_roots or (self.root_cert,)
 
     def issue(
         self,
@@ -174,6 +207,14 @@ class PKIMaterial:
     #: root name ("root" for SharedRoot, the mesh name for Federated) -> root certificate
     roots: dict[str, x509.Certificate]
     meshes: dict[str, MeshCA]
+    #: root name -> every root trusted in its place: the signing one, and during a rotation's
+    #: overlap the other generation's too (old first, then new).
+    trust_anchors: dict[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
+    custody: Custody = "local"
+    rotation: RotationRecord | None = None
+
+    def anchors(self, root_name: str) -> tuple[x509.Certificate, ...]:
+        return self.trust_anchors.get(root_name) or (self.roots[root_name],)
 
 
 # --- the store ---------------------------------------------------------------------------------
@@ -184,7 +225,8 @@ class _Root:
     name: str
     dir: Path
     cert: x509.Certificate
-    key: PrivateKey
+    key: PrivateKey | None
+    """None in split custody: the root key is kept by the root holder."""
     new: bool
 
 
@@ -207,6 +249,13 @@ class _Plan:
     meshes: dict[str, _Mesh] = field(default_factory=dict)
     #: files derived from checked material that are missing on disk: path -> content
     missing: dict[Path, bytes] = field(default_factory=dict)
+    #: root name -> trusted roots (old generation first during a rotation's overlap)
+    anchors: dict[str, list[x509.Certificate]] = field(default_factory=dict)
+    custody: Custody = "local"
+    rotation: RotationRecord | None = None
+
+    def anchor_list(self, name: str) -> list[x509.Certificate]:
+        return self.anchors.get(name) or [self.roots[name].cert]
 
     def material(self, req: TrustRequest) -> PKIMaterial:
         return PKIMaterial(
@@ -214,6 +263,9 @@ class _Plan:
             mode=req.mode,
             key_algorithm=req.key_algorithm,
             roots={name: r.cert for name, r in self.roots.items()},
+            trust_anchors={name: tuple(self.anchor_list(name)) for name in self.roots},
+            custody=self.custody,
+            rotation=self.rotation,
             meshes={
                 name: MeshCA(
                     mesh=name,
@@ -225,6 +277,10 @@ class _Plan:
                     ca_key=m.key,
                     chain=[m.cert, m.root.cert],
                     peer_roots=dict(m.peer_roots),
+                    trusted_roots=tuple(self.anchor_list(m.root.name)),
+                    peer_bundles={
+                        peer: tuple(self.anchor_list(peer)) for peer in sorted(m.peer_roots)
+                    },
                 )
                 for name, m in self.meshes.items()
             },
@@ -256,10 +312,61 @@ class PKIStore:
         with self._locked():
             self._remove_stale_tmp()
             state = self._read_state(req, must_exist=False)
+            self._check_custody(state, ("local", "split"))
             plan = self._collect(req, now, create=True, state=state)
             self._write_state(req, plan, state)
             self._write_new(req, plan)
             return plan.material(req)
+
+    def ensure_roots(self, req: TrustRequest, now: datetime | None = None) -> PKIMaterial:
+        """The root holder's directory in split custody: only the root(s), with their keys.
+
+        Creates missing roots (custody ``root``); the material has no meshes. The trust domains
+        of the request's meshes are recorded, so ``sign_request`` can check what a CSR asks for.
+        """
+        req.validate()
+        now = as_utc(now) if now is not None else datetime.now(UTC)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _mkdir_private(self.dir)
+        with self._locked():
+            self._remove_stale_tmp()
+            state = self._read_state(req, must_exist=False)
+            if state is None:
+                state = {"custody": "root"}
+            self._check_custody(state, ("root",))
+            plan = _Plan(custody="root", rotation=self._rotation_record())
+            recorded = state.get("roots", {})
+            names = [SHARED_ROOT_NAME] if req.mode == "SharedRoot" else [m.mesh for m in req.meshes]
+            for name in names:
+                plan.roots[name] = self._root_only(req, name, now, recorded.get(name))
+            self._overlay(req, plan)
+            for root in plan.roots.values():
+                if root.new:
+                    self._install_dir(root.dir, _root_files(root))
+            self._write_state(req, plan, state)
+            return plan.material(req)
+
+    def custody(self) -> Custody:
+        """The custody recorded in ``state.json`` (``local`` if there is none yet)."""
+        try:
+            state = json.loads(_read(self.dir / STATE_FILE))
+        except (OSError, ValueError, UnicodeDecodeError):
+            return "local"
+        custody = state.get("custody", "local") if isinstance(state, dict) else "local"
+        if custody == "split":
+            return "split"
+        return "root" if custody == "root" else "local"
+
+    def rotation(self) -> RotationRecord | None:
+        """The rotation in progress, if any."""
+        return read_record(self.dir)
+
+    @contextlib.contextmanager
+    def locked(self, shared: bool = False) -> Iterator[None]:
+        """The store's lock: exclusive for writers (ensure, rotation steps), shared to read."""
+        _mkdir_private(self.dir)
+        with self._locked(shared):
+            yield
 
     def load(self, req: TrustRequest, now: datetime | None = None) -> PKIMaterial:
         """Load and check existing material; PKIError if anything is missing. Writes nothing."""
@@ -267,12 +374,57 @@ class PKIStore:
         now = as_utc(now) if now is not None else datetime.now(UTC)
         if not self.dir.is_dir():
             raise PKIError(self.dir, "no PKI state", "create it first (PKIStore.ensure)")
-        state = self._read_state(req, must_exist=True)
-        plan = self._collect(req, now, create=False, state=state)
-        if plan.missing:
+        with self._locked(shared=True):
+            state = self._read_state(req, must_exist=True)
+            self._check_custody(state, ("local", "split"))
+            plan = self._collect(req, now, create=False, state=state)
+        if plan.missing and plan.rotation is None:
             path = sorted(plan.missing)[0]
             raise PKIError(path, "is missing", "create it (PKIStore.ensure)")
         return plan.material(req)
+
+    def signing_ca(self, mesh: str, now: datetime | None = None) -> MeshCA:
+        """The CA that signs ``mesh``'s certificates now, read from the files alone (no spec).
+
+        For long-running issuers (the local runtime's renewer): reads under the shared lock, so
+        it never sees half of a rotation's switch.
+        """
+        now = as_utc(now) if now is not None else datetime.now(UTC)
+        with self._locked(shared=True):
+            path = self.dir / STATE_FILE
+            try:
+                state = json.loads(_read(path))
+                mode, alg = state["mode"], state["key_algorithm"]
+                rec = state["meshes"][mesh]
+                domain, root_name = rec["trust_domain"], rec["root"]
+            except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+                raise PKIError(
+                    path, f"has no usable record of mesh {mesh}", "run meshfed up"
+                ) from None
+            record = read_record(self.dir)
+            if record is not None and record.running in _SWITCHING:
+                raise PKIError(self.dir / RECORD_FILE, f"step {record.running} is under way")
+            mdir = self.mesh_dir(mesh)
+            cert = self._read_cert(mdir / CA_CERT)
+            key = self._read_key(mdir / CA_KEY)
+            root = self._read_cert(self.root_dir(mode, root_name) / ROOT_CERT)
+        if not keys_match(key, cert):
+            raise PKIError(mdir / CA_KEY, f"private key does not match {CA_CERT}")
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PKIError(mdir / CA_CERT, "is not signed by the recorded root") from None
+        _check_ca_cert(mdir / CA_CERT, cert, now, "run meshfed up")
+        return MeshCA(
+            mesh=mesh,
+            trust_domain=domain,
+            key_algorithm=alg,
+            root_name=root_name,
+            root_cert=root,
+            ca_cert=cert,
+            ca_key=key,
+            chain=[cert, root],
+        )
 
     def root_dir(self, mode: TrustMode, root_name: str) -> Path:
         if mode == "SharedRoot":
@@ -289,28 +441,100 @@ class PKIStore:
     ) -> _Plan:
         state_roots: dict[str, Any] = (state or {}).get("roots", {})
         state_meshes: dict[str, Any] = (state or {}).get("meshes", {})
-        plan = _Plan()
+        custody: Custody = (state or {}).get("custody", "local")
+        plan = _Plan(custody=custody, rotation=self._rotation_record())
+        if plan.rotation is not None and plan.rotation.running in _SWITCHING:
+            raise PKIError(
+                self.dir / RECORD_FILE,
+                f"rotation step {plan.rotation.running} was interrupted: the CA files are between "
+                "two generations",
+                "run the same meshfed rotate command again to finish it, or meshfed rotate abort",
+            )
         if req.mode == "SharedRoot":
-            root = self._root(req, SHARED_ROOT_NAME, now, create, state_roots.get("root"))
+            root = self._root(req, SHARED_ROOT_NAME, now, create, state_roots.get("root"), custody)
             plan.roots[root.name] = root
         for m in req.meshes:
             if req.mode == "Federated":
-                root = self._root(req, m.mesh, now, create, state_roots.get(m.mesh))
+                root = self._root(req, m.mesh, now, create, state_roots.get(m.mesh), custody)
                 plan.roots[root.name] = root
-            plan.meshes[m.mesh] = self._mesh(req, m, root, now, create, state_meshes.get(m.mesh))
+            plan.meshes[m.mesh] = self._mesh(
+                req, m, root, now, create, state_meshes.get(m.mesh), plan.rotation
+            )
+        self._overlay(req, plan)
+        # During a rotation, derived files follow the record: rewritten, never an error.
+        repair = plan.rotation is not None
         for name, ca in plan.meshes.items():
             for fname, data in (
-                (ROOT_CERT, cert_to_pem(ca.root.cert)),
+                (ROOT_CERT, certs_to_pem(plan.anchor_list(ca.root.name))),
                 (CHAIN, certs_to_pem([ca.cert, ca.root.cert])),
             ):
-                self._derived(plan, ca.dir / fname, data, name, ca.new)
+                self._derived(plan, ca.dir / fname, data, name, ca.new or repair)
         if req.mode == "Federated":
             for name, peer in req.peerings:
                 ca, peer_root = plan.meshes[name], plan.roots[peer]
                 path = ca.dir / PEERS_DIR / f"{peer}.pem"
-                self._derived(plan, path, cert_to_pem(peer_root.cert), name, ca.new)
+                data = certs_to_pem(plan.anchor_list(peer))
+                self._derived(plan, path, data, name, ca.new or repair)
                 ca.peer_roots[peer] = peer_root.cert
         return plan
+
+    def _rotation_record(self) -> RotationRecord | None:
+        return read_record(self.dir) if (self.dir / RECORD_FILE).exists() else None
+
+    def _overlay(self, req: TrustRequest, plan: _Plan) -> None:
+        """A rotation in progress: check the signing generation, and add the other root."""
+        record = plan.rotation
+        for name, root in plan.roots.items():
+            plan.anchors[name] = [root.cert]
+        if record is None:
+            return
+        fix = "run the same meshfed rotate command again, or meshfed rotate abort"
+        signing = record.fingerprints.get(record.signing, {})
+        want_root = signing.get("root")
+        if (
+            record.kind == "root"
+            and record.root in plan.roots
+            and want_root
+            and fingerprint(plan.roots[record.root].cert) != want_root
+        ):
+            raise PKIError(
+                self.root_dir(req.mode, record.root) / ROOT_CERT,
+                f"is not the {record.signing} root that rotation {record.id} says signs now",
+                fix,
+            )
+        for mesh in record.meshes:
+            want = signing.get(mesh)
+            if mesh in plan.meshes and want and fingerprint(plan.meshes[mesh].cert) != want:
+                raise PKIError(
+                    self.mesh_dir(mesh) / CA_CERT,
+                    f"is not the {record.signing} intermediate that rotation {record.id} "
+                    "says signs now",
+                    fix,
+                )
+        other = record.other
+        if record.kind == "root" and other in record.trusted and record.root in plan.roots:
+            # Generation order (old, new), whichever signs: a switch leaves bundles unchanged.
+            extra = self.generation_root(record, other)
+            if other == "new":
+                plan.anchors[record.root].append(extra)
+            else:
+                plan.anchors[record.root].insert(0, extra)
+
+    def generation_root(self, record: RotationRecord, gen: Gen) -> x509.Certificate:
+        """The root certificate of generation ``gen`` of a root rotation, checked."""
+        path = gen_dir(self.dir, record, gen) / "root" / ROOT_CERT
+        fix = "run the same meshfed rotate command again, or meshfed rotate abort"
+        if not path.is_file():
+            raise PKIError(path, f"is missing (rotation {record.id}, {gen} root)", fix)
+        cert = self._read_cert(path)
+        want = record.fingerprints.get(gen, {}).get("root")
+        if want is not None and fingerprint(cert) != want:
+            raise PKIError(path, f"is not the {gen} root recorded in {RECORD_FILE}", fix)
+        try:
+            cert.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PKIError(path, "is not a self-signed root certificate", fix) from None
+        return cert
 
     def _derived(self, plan: _Plan, path: Path, data: bytes, mesh: str, new: bool) -> None:
         """A file derived from checked material: must match if present; noted if missing."""
@@ -332,9 +556,12 @@ class PKIStore:
         now: datetime,
         create: bool,
         recorded: dict[str, Any] | None,
+        custody: Custody = "local",
     ) -> _Root:
         rdir = self.root_dir(req.mode, name)
         cert_path, key_path = rdir / ROOT_CERT, rdir / ROOT_KEY
+        if custody == "split":
+            return self._external_root(req, name, now, recorded)
         # Federated: the mesh directory holds the root; it is new iff the mesh directory is.
         if _is_new(rdir if req.mode == "SharedRoot" else self.mesh_dir(name)):
             in_use = [m.mesh for m in req.meshes if not _is_new(self.mesh_dir(m.mesh))]
@@ -376,6 +603,62 @@ class PKIStore:
             )
         return _Root(name=name, dir=rdir, cert=cert, key=key, new=False)
 
+    def _external_root(
+        self, req: TrustRequest, name: str, now: datetime, recorded: dict[str, Any] | None
+    ) -> _Root:
+        """Split custody: the root's certificate only; its key stays with the root holder."""
+        rdir = self.root_dir(req.mode, name)
+        cert_path = rdir / ROOT_CERT
+        if not cert_path.is_file():
+            raise PKIError(
+                cert_path,
+                "is missing: in split custody the root certificate arrives with the first "
+                "imported intermediate",
+                "meshfed pki request --mesh MESH SPEC --state DIR, have the root holder run "
+                "meshfed pki sign CSR --state ROOTDIR, then meshfed pki import CERT --state DIR",
+            )
+        cert = self._read_cert(cert_path)
+        try:
+            cert.verify_directly_issued_by(cert)
+        except (ValueError, TypeError, InvalidSignature):
+            raise PKIError(
+                cert_path, "is not a self-signed root certificate", self._restore_fix()
+            ) from None
+        _check_ca_cert(cert_path, cert, now, "have the root holder rotate the root")
+        if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
+            raise PKIError(
+                cert_path,
+                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
+                f"{self._rel(self.dir / STATE_FILE)}",
+                "restore the original root (a new root comes only through meshfed rotate root)",
+            )
+        return _Root(name=name, dir=rdir, cert=cert, key=None, new=False)
+
+    def _root_only(
+        self, req: TrustRequest, name: str, now: datetime, recorded: dict[str, Any] | None
+    ) -> _Root:
+        """The root holder's root: created if missing, else loaded and checked with its key."""
+        rdir = self.root_dir(req.mode, name)
+        cert_path, key_path = rdir / ROOT_CERT, rdir / ROOT_KEY
+        if _is_new(rdir):
+            cn = f"{req.federation} root CA" if req.mode == "SharedRoot" else f"{name} root CA"
+            key = generate_key(req.key_algorithm)
+            return _Root(name, rdir, make_root_ca(cn, key, req.root_ttl, now), key, new=True)
+        self._require_files(cert_path, key_path)
+        cert, key = self._read_cert(cert_path), self._read_key(key_path)
+        if not keys_match(key, cert):
+            raise PKIError(key_path, f"private key does not match {cert_path}", self._restore_fix())
+        self._check_algorithm(req, key, key_path)
+        _check_ca_cert(cert_path, cert, now, "rotate the root (meshfed rotate root)")
+        if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
+            raise PKIError(
+                cert_path,
+                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
+                f"{self._rel(self.dir / STATE_FILE)}",
+                "restore the original root",
+            )
+        return _Root(name=name, dir=rdir, cert=cert, key=key, new=False)
+
     def _mesh(
         self,
         req: TrustRequest,
@@ -384,15 +667,38 @@ class PKIStore:
         now: datetime,
         create: bool,
         recorded: dict[str, Any] | None,
+        rotation: RotationRecord | None = None,
     ) -> _Mesh:
         mdir = self.mesh_dir(m.mesh)
         cert_path, key_path = mdir / CA_CERT, mdir / CA_KEY
-        if _is_new(mdir):
+        if _is_new(mdir) or (root.key is None and not cert_path.exists()):
             if not create:
                 raise PKIError(
                     cert_path, f"CA of mesh {m.mesh} is missing", "create it (PKIStore.ensure)"
                 )
+            if rotation is not None:
+                raise PKIError(
+                    cert_path,
+                    f"mesh {m.mesh} has no CA yet, and rotation {rotation.id} is under way",
+                    "finish the rotation (meshfed rotate ...) or abort it before adding meshes",
+                )
+            if root.key is None:
+                pending = self.dir / REQUESTS_DIR / m.mesh
+                step = (
+                    "have the root holder sign "
+                    f"{pending / REQUEST_CSR} (meshfed pki sign), then meshfed pki import CERT"
+                    if (pending / REQUEST_CSR).is_file()
+                    else f"meshfed pki request --mesh {m.mesh}, have the root holder sign the "
+                    "CSR (meshfed pki sign), then meshfed pki import CERT"
+                )
+                raise PKIError(
+                    cert_path,
+                    f"mesh {m.mesh} has no intermediate CA, and the root key is held elsewhere "
+                    "(split custody)",
+                    step,
+                )
             key = generate_key(req.key_algorithm)
+            assert root.key is not None
             cert = make_intermediate_ca(
                 m.mesh, m.trust_domain, key, root.cert, root.key, req.intermediate_ttl, now
             )
@@ -417,6 +723,8 @@ class PKIStore:
         try:
             cert.verify_directly_issued_by(root.cert)
         except (ValueError, TypeError, InvalidSignature):
+            if rotation is not None:
+                reissue = "run the same meshfed rotate command again, or meshfed rotate abort"
             raise PKIError(
                 cert_path,
                 f"is not signed by the root in {self._rel(root.dir / ROOT_CERT)}",
@@ -463,6 +771,21 @@ class PKIStore:
                     f"restore it, or remove {self._rel(p.parent)} to have it created anew",
                 )
 
+    # --- for the rest of the pki package (rotation, split custody)
+
+    def read_cert(self, path: Path) -> x509.Certificate:
+        """One certificate, as the store reads its own (PKIError naming the file)."""
+        return self._read_cert(path)
+
+    def read_key(self, path: Path) -> PrivateKey:
+        """A private key; PKIError if it is readable by others or unreadable."""
+        return self._read_key(path)
+
+    def install_dir(self, target: Path, files: dict[str, tuple[bytes, int]]) -> None:
+        """Create directory ``target`` holding ``files`` (name -> data, mode) atomically."""
+        _mkdir_private(target.parent)
+        self._install_dir(target, files)
+
     def _read_cert(self, path: Path) -> x509.Certificate:
         try:
             return load_cert_pem(_read(path), self._rel(path))
@@ -502,6 +825,16 @@ class PKIStore:
         path = self.dir / STATE_FILE
         if not path.exists():
             leftovers = sorted(p.name for p in self.dir.iterdir() if not p.name.startswith("."))
+            if leftovers == [REQUESTS_DIR] and not must_exist:
+                pending = sorted(p.name for p in (self.dir / REQUESTS_DIR).iterdir())
+                raise PKIError(
+                    self.dir / REQUESTS_DIR,
+                    "holds intermediate request(s) for mesh(es) "
+                    f"{', '.join(pending) or '(none)'} but no CA has been imported yet "
+                    "(split custody)",
+                    "have the root holder sign each CSR (meshfed pki sign), then "
+                    "meshfed pki import CERT",
+                )
             if must_exist or leftovers:
                 raise PKIError(
                     path,
@@ -519,6 +852,8 @@ class PKIStore:
                 f"is not a meshfed PKI state file (version {STATE_VERSION})",
                 self._restore_fix(),
             )
+        if state.get("custody", "local") not in ("local", "split", "root"):
+            raise PKIError(path, f"unknown custody {state.get('custody')!r}", self._restore_fix())
         fix = f"use the original setting in the spec, or remove {self.dir} to start over"
         for key, want, what in (
             ("federation", req.federation, "federation name"),
@@ -546,6 +881,24 @@ class PKIStore:
                 )
         return state
 
+    def _check_custody(self, state: dict[str, Any] | None, allowed: tuple[str, ...]) -> None:
+        custody = (state or {}).get("custody", "local")
+        if custody in allowed:
+            return
+        path = self.dir / STATE_FILE
+        if custody == "root":
+            raise PKIError(
+                path,
+                "this directory holds only the root CA (split custody, the root holder's side)",
+                "sign intermediate CSRs here (meshfed pki sign CSR --state DIR); render and up "
+                "run where the meshes' intermediates are",
+            )
+        raise PKIError(
+            path,
+            f"this directory holds meshes' CAs (custody {custody}), not only a root",
+            "use the root holder's own directory",
+        )
+
     def _write_state(self, req: TrustRequest, plan: _Plan, old: dict[str, Any] | None) -> None:
         roots = dict((old or {}).get("roots", {}))
         meshes = dict((old or {}).get("meshes", {}))
@@ -557,6 +910,13 @@ class PKIStore:
                 "root": m.root.name,
                 "ca_fingerprint": fingerprint(m.cert),
             }
+        if plan.custody == "root":
+            # The root holder records which trust domain each mesh may be constrained to.
+            for wanted in req.meshes:
+                meshes[wanted.mesh] = {
+                    "trust_domain": wanted.trust_domain,
+                    "root": SHARED_ROOT_NAME if req.mode == "SharedRoot" else wanted.mesh,
+                }
         state = {
             "version": STATE_VERSION,
             "federation": req.federation,
@@ -565,6 +925,8 @@ class PKIStore:
             "roots": roots,
             "meshes": meshes,
         }
+        if plan.custody != "local":
+            state["custody"] = plan.custody
         data = (json.dumps(state, indent=2, sort_keys=True) + "\n").encode()
         path = self.dir / STATE_FILE
         if not path.exists() or _read(path) != data:
@@ -608,10 +970,16 @@ class PKIStore:
         _fsync_dir(target.parent)
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def _locked(self, shared: bool = False) -> Iterator[None]:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fd = os.open(self.dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            if not shared:
+                raise
+            yield  # a reader of a read-only state directory: nobody can write it either
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
@@ -627,6 +995,7 @@ class PKIStore:
 
 
 def _root_files(root: _Root) -> dict[str, tuple[bytes, int]]:
+    assert root.key is not None
     return {
         ROOT_CERT: (cert_to_pem(root.cert), _CERT_MODE),
         ROOT_KEY: (key_to_pem(root.key), _KEY_MODE),
@@ -657,40 +1026,7 @@ def _check_ca_cert(path: Path, cert: x509.Certificate, now: datetime, fix: str) 
         )
 
 
-def _read(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _mkdir_private(path: Path) -> None:
-    """Create `path` (and missing parents) with mode 0700; existing directories are left alone."""
-    if path.is_dir():
-        return
-    _mkdir_private(path.parent)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, _DIR_MODE)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary file created with `mode` in the same directory, then os.replace."""
-    tmp = path.parent / f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_read = read_bytes
+_mkdir_private = mkdir_private
+_write_atomic = write_atomic
+_fsync_dir = fsync_dir

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshfed.pki.certs import cert_to_pem
+from meshfed.pki.certs import certs_to_pem
 from meshfed.pki.store import MeshTrustRequest, PKIMaterial, TrustRequest
 from meshfed.plan.build import peerings
 from meshfed.spec.model import Federation
@@ -22,5 +22,12 @@ def trust_request(fed: Federation) -> TrustRequest:
 
 
 def root_pems(material: PKIMaterial) -> dict[str, str]:
-    """Each mesh's root, as PEM, keyed by mesh name (what ``build_plan`` takes)."""
-    return {name: cert_to_pem(ca.root_cert).decode() for name, ca in material.meshes.items()}
+    """Each mesh's trust anchor, as PEM, keyed by mesh name (what ``build_plan`` takes).
+
+    Normally one root. During a rotation's overlap, both generations' roots (old, then new)
+    concatenated: every trust bundle of the plan then carries both, with no special case.
+    """
+    return {
+        name: certs_to_pem(material.anchors(ca.root_name)).decode()
+        for name, ca in material.meshes.items()
+    }

@@ -28,7 +28,7 @@ def mesh_credentials(
     return MeshCredentials(
         ca_cert=cert_to_pem(ca.ca_cert).decode(),
         ca_key=key_to_pem(ca.ca_key).decode(),
-        root_cert=cert_to_pem(ca.root_cert).decode(),
+        root_cert=certs_to_pem(ca.root_bundle).decode(),
         cert_chain=certs_to_pem(ca.chain).decode(),
         ingress_cert_chain=certs_to_pem([cert, ca.ca_cert]).decode(),
         ingress_key=key_to_pem(key).decode(),

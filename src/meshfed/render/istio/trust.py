@@ -5,12 +5,23 @@ These carry private keys (cacerts, ingress credential) and go to ``secrets/``, w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio.gateways import INGRESS_CREDENTIAL
 from meshfed.render.istio.objects import Obj, b64, obj
+
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
+
+
+def split_pem(bundle: str) -> list[str]:
+    """The certificates of a PEM bundle, each as its own PEM string."""
+    return [
+        m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n"
+        for m in _PEM_BLOCK.finditer(bundle)
+    ]
 
 
 @dataclass(frozen=True)
@@ -77,13 +88,21 @@ def mesh_config(plan: FederationPlan, mesh: MeshPlan) -> Obj:
             }
         },
     }
-    spec: Obj = {"meshConfig": mesh_cfg}
+    # Multi-root support in istiod: needed for caCertificates, and for a root rotation (a new
+    # root in cacerts' root-cert.pem is taken live only with it, as a superset or subset of the
+    # old bundle). On from the first install, so a root rotation never has to restart istiod.
+    spec: Obj = {
+        "meshConfig": mesh_cfg,
+        "values": {"pilot": {"env": {"ISTIO_MULTIROOT_MESH": "true"}}},
+    }
     foreign = [b for b in mesh.workload_trust if b.name != mesh.root_name]
     if plan.trust_mode == "Federated" and foreign:
+        # One entry per root: during a partner's root rotation its bundle holds two.
         mesh_cfg["caCertificates"] = [
-            {"pem": b.pem, "trustDomains": list(b.trust_domains)} for b in foreign
+            {"pem": pem, "trustDomains": list(b.trust_domains)}
+            for b in foreign
+            for pem in split_pem(b.pem)
         ]
-        spec["values"] = {"pilot": {"env": {"ISTIO_MULTIROOT_MESH": "true"}}}
     return {
         "apiVersion": "install.istio.io/v1alpha1",
         "kind": "IstioOperator",

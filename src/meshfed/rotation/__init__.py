@@ -1,0 +1,1 @@
+"""Trust rotation: staged, resumable, abortable (see docs/rotation.md)."""
