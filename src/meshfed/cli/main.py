@@ -159,12 +159,14 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
 
 def _register_commands() -> None:
     from meshfed.cli import audit as audit_cli
+    from meshfed.cli import kube as kube_cli
     from meshfed.cli import local as local_cli
     from meshfed.cli import rotate as rotate_cli
 
     audit_cli.register(main)
     local_cli.register(main)
     rotate_cli.register(main)
+    kube_cli.register(main)
 
 
 _register_commands()

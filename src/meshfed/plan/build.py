@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from meshfed.plan.model import (
     AllowRule,
+    ClusterPlan,
     Egress,
     EgressRoute,
     FederationPlan,
@@ -63,6 +64,16 @@ def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
         )
         for w in sorted(mesh.workloads, key=lambda w: (w.namespace, w.name))
     )
+
+
+def mesh_clusters(mesh: Mesh) -> tuple[ClusterPlan, ...]:
+    """The mesh's clusters, primary first; ``kubernetes`` is one primary named after the mesh."""
+    if mesh.clusters is not None:
+        ordered = sorted(mesh.clusters, key=lambda c: (c.role != "primary", c.name))
+        return tuple(ClusterPlan(c.name, c.context, c.role, c.discovery_address) for c in ordered)
+    if mesh.kubernetes is not None:
+        return (ClusterPlan(mesh.name, mesh.kubernetes.context, "primary"),)
+    return ()
 
 
 def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tuple[AllowRule, ...]:
@@ -185,6 +196,7 @@ class _Resolver:
             for source in route.sources:
                 trusted.setdefault(source.mesh, set()).add(source.trust_domain)
         kube = mesh.kubernetes
+        clusters = mesh_clusters(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
@@ -199,8 +211,9 @@ class _Resolver:
             workloads=tuple(self.workloads[mesh.name].values()),
             workload_trust=self.bundles(trusted),
             local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
-            kube_context=kube.context if kube else None,
+            kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
+            clusters=clusters,
         )
 
 

@@ -167,6 +167,22 @@ class ImportRoute:
 
 
 @dataclass(frozen=True)
+class ClusterPlan:
+    """One Kubernetes cluster of a mesh, and what it holds.
+
+    The primary runs istiod and holds all of the mesh's configuration and gateways; a remote
+    holds only the mesh's CA secret and the reader account istiod uses to watch it.
+    """
+
+    name: str
+    context: str | None
+    """kubeconfig context; None: the current context."""
+    role: Literal["primary", "remote"]
+    discovery_address: str | None = None
+    """primary: where remotes reach istiod (its east-west gateway)."""
+
+
+@dataclass(frozen=True)
 class MeshPlan:
     """Everything one mesh needs."""
 
@@ -185,6 +201,16 @@ class MeshPlan:
     """The mesh's own root, for its own trust domain only: what in-mesh peers chain to."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
+    clusters: tuple[ClusterPlan, ...] = ()
+    """The primary first, then the remotes by name; empty when no cluster is named."""
+
+    @property
+    def primary(self) -> ClusterPlan | None:
+        return self.clusters[0] if self.clusters else None
+
+    @property
+    def remotes(self) -> tuple[ClusterPlan, ...]:
+        return self.clusters[1:]
 
     @property
     def exported_namespaces(self) -> tuple[str, ...]:

@@ -90,7 +90,7 @@ def _check_address(mesh: Mesh, path: tuple[str | int, ...]) -> Iterator[Problem]
         )
 
 
-def _check_exports(fed: Federation) -> Iterator[Problem]:
+def _check_exports(fed: Federation, discovery_pending: bool) -> Iterator[Problem]:
     seen: dict[tuple[str, str], int] = {}
     meshes = {m.name: m for m in fed.spec.meshes}
     for i, export in enumerate(fed.spec.exports):
@@ -114,7 +114,16 @@ def _check_exports(fed: Federation) -> Iterator[Problem]:
             continue
         workloads = {w.ref: w for w in mesh.workloads}
         workload = workloads.get(export.workload)
-        if workload is None:
+        if workload is None and mesh.workloads_omitted:
+            if not discovery_pending:
+                yield Problem(
+                    (*path, "workload"),
+                    f"mesh {mesh.name!r} leaves its workloads to discovery in its cluster, "
+                    "which only the Kubernetes commands (apply, diff, discover) do",
+                    "list the workloads in the spec (`meshfed discover SPEC` prints them), or "
+                    "use meshfed apply/diff",
+                )
+        elif workload is None:
             yield Problem(
                 (*path, "workload"),
                 f"mesh {mesh.name!r} has no workload {export.workload!r}",
@@ -333,11 +342,82 @@ def _check_sni(fed: Federation) -> Iterator[Problem]:
             owners.setdefault(key, ref)
 
 
-def check_federation(fed: Federation) -> list[Problem]:
-    """Every whole-document problem of a type-valid spec."""
+def _check_clusters(fed: Federation) -> Iterator[Problem]:
+    """Primary-remote: one primary per mesh; a cluster or context belongs to one place."""
+    contexts: dict[str, str] = {}
+    for i, mesh in enumerate(fed.spec.meshes):
+        path: tuple[str | int, ...] = ("spec", "meshes", i)
+        if mesh.clusters is None:
+            if mesh.kubernetes is not None and mesh.kubernetes.context is not None:
+                context = mesh.kubernetes.context
+                if context in contexts:
+                    yield Problem(
+                        (*path, "kubernetes", "context"),
+                        f"context {context!r} is already the cluster of {contexts[context]}; "
+                        "two meshes in one cluster would overwrite each other's gateways",
+                        "give each mesh its own cluster (context)",
+                    )
+                contexts.setdefault(context, f"mesh {mesh.name!r}")
+            continue
+        if mesh.kubernetes is not None and mesh.kubernetes.context is not None:
+            yield Problem(
+                (*path, "kubernetes", "context"),
+                "both kubernetes.context and clusters are set",
+                "list the clusters under clusters only (kubernetes.istioNamespace may stay)",
+            )
+        primaries = [j for j, c in enumerate(mesh.clusters) if c.role == "primary"]
+        if len(primaries) != 1:
+            yield Problem(
+                (*path, "clusters"),
+                f"{len(primaries)} clusters have role primary; a mesh has exactly one "
+                "(it runs istiod, the remotes use it)",
+                "give exactly one cluster role: primary and the others role: remote",
+            )
+        names: dict[str, int] = {}
+        for j, cluster in enumerate(mesh.clusters):
+            where = (*path, "clusters", j)
+            if cluster.name in names:
+                yield Problem(
+                    (*where, "name"),
+                    f"cluster name {cluster.name!r} is already used by "
+                    f"clusters[{names[cluster.name]}]",
+                    "give every cluster of the mesh a unique name",
+                )
+            names.setdefault(cluster.name, j)
+            if cluster.context in contexts:
+                yield Problem(
+                    (*where, "context"),
+                    f"context {cluster.context!r} is already the cluster of "
+                    f"{contexts[cluster.context]}",
+                    "give every cluster its own context",
+                )
+            contexts.setdefault(cluster.context, f"mesh {mesh.name!r} cluster {cluster.name!r}")
+            if cluster.discovery_address is not None and cluster.role != "primary":
+                yield Problem(
+                    (*where, "discoveryAddress"),
+                    "only the primary cluster has a discovery address (remotes use the primary's)",
+                    "move discoveryAddress to the primary cluster",
+                )
+            if cluster.discovery_address is not None and not re.match(
+                r"^[A-Za-z0-9]([-A-Za-z0-9.:]*[A-Za-z0-9])?$", cluster.discovery_address
+            ):
+                yield Problem(
+                    (*where, "discoveryAddress"),
+                    f"{cluster.discovery_address!r} is neither an IP address nor a DNS name",
+                    "use the east-west gateway's load-balancer IP or DNS name",
+                )
+
+
+def check_federation(fed: Federation, *, discovery_pending: bool = False) -> list[Problem]:
+    """Every whole-document problem of a type-valid spec.
+
+    ``discovery_pending``: workloads that meshes leave to discovery are not known yet, so
+    references to them are checked later, once discovered (the Kubernetes commands).
+    """
     return [
         *_check_meshes(fed),
-        *_check_exports(fed),
+        *_check_clusters(fed),
+        *_check_exports(fed, discovery_pending),
         *_check_imports(fed),
         *_check_sni(fed),
     ]

@@ -81,8 +81,11 @@ def _type_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse_spec(text: str, file: str = "<spec>") -> Federation:
-    """Parse and validate spec text; raise SpecError listing every problem with its line."""
+def parse_spec(text: str, file: str = "<spec>", *, discovery_pending: bool = False) -> Federation:
+    """Parse and validate spec text; raise SpecError listing every problem with its line.
+
+    ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`.
+    """
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -115,7 +118,7 @@ def parse_spec(text: str, file: str = "<spec>") -> Federation:
     except ValidationError as exc:
         problems.extend(_type_problems(exc))
     if federation is not None and not problems:
-        problems.extend(check_federation(federation))
+        problems.extend(check_federation(federation, discovery_pending=discovery_pending))
     if problems:
         located = sorted(
             ((line_for(lines, p.path), p) for p in problems),
@@ -126,7 +129,7 @@ def parse_spec(text: str, file: str = "<spec>") -> Federation:
     return federation
 
 
-def load_spec(path: Path | str) -> Federation:
+def load_spec(path: Path | str, *, discovery_pending: bool = False) -> Federation:
     """Read and validate a spec file."""
     path = Path(path)
     try:
@@ -136,4 +139,4 @@ def load_spec(path: Path | str) -> Federation:
             str(path),
             [f"{path}: cannot read the spec: {exc.strerror}. Fix: check the path"],
         ) from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), discovery_pending=discovery_pending)

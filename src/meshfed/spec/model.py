@@ -98,6 +98,27 @@ class Kubernetes(_Model):
     istio_namespace: DnsLabel = "istio-system"
 
 
+ClusterRole = Literal["primary", "remote"]
+
+
+class Cluster(_Model):
+    """One Kubernetes cluster of a mesh that spans several (Istio primary-remote)."""
+
+    name: DnsLabel = Field(
+        description="Istio's name of the cluster (the remote secret's key and annotation)"
+    )
+    context: str = Field(min_length=1, description="kubeconfig context, as kubectl uses it")
+    role: ClusterRole = Field(
+        description="primary: runs istiod and holds the mesh's config; remote: its proxies use "
+        "the primary's istiod through the primary's east-west gateway"
+    )
+    discovery_address: str | None = Field(
+        None,
+        description="primary only: the address remotes reach istiod on (the east-west "
+        "gateway's load-balancer IP or name); needed to render the remotes' Istio settings",
+    )
+
+
 class Workload(_Model):
     """A service living in a mesh."""
 
@@ -120,7 +141,27 @@ class Mesh(_Model):
     network: DnsLabel | None = None
     ingress: Ingress
     kubernetes: Kubernetes | None = None
-    workloads: list[Workload] = Field(default_factory=list)
+    clusters: list[Cluster] | None = Field(
+        None,
+        description="Several clusters, one primary and its remotes (Istio primary-remote); "
+        "kubernetes.context is the one-cluster shorthand. kubernetes.istioNamespace still applies.",
+    )
+    workloads: list[Workload] = Field(
+        default_factory=list,
+        description="Omitted (not empty) with kubernetes or clusters set: read from the cluster "
+        "by apply, diff and discover (Services, or MCS ServiceExports where present).",
+    )
+
+    @property
+    def workloads_omitted(self) -> bool:
+        """The spec leaves the workloads out: they are discovered in the mesh's cluster."""
+        return "workloads" not in self.model_fields_set and (
+            self.clusters is not None or self.kubernetes is not None
+        )
+
+    @property
+    def istio_namespace(self) -> str:
+        return self.kubernetes.istio_namespace if self.kubernetes else "istio-system"
 
 
 class Consumer(_Model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshfed.plan.model import FederationPlan, MeshPlan
-from meshfed.render.istio import boundary, gateways, imports, trust
+from meshfed.render.istio import boundary, gateways, imports, multicluster, trust
 from meshfed.render.istio.objects import Obj
 from meshfed.render.istio.trust import MeshCredentials
 
@@ -38,10 +38,13 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         "telemetry.yaml": boundary.access_logging(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
     }
+    if mesh.remotes:
+        files["eastwest-gateway.yaml"] = multicluster.eastwest_gateway(plan, mesh)
     secret_files = {
         "cacerts.yaml": [trust.cacerts(plan, mesh, creds)],
         "ingress-credential.yaml": [trust.ingress_credential(plan, mesh, creds)],
         "istio-operator.yaml": [trust.mesh_config(plan, mesh)],
+        **multicluster.settings_files(mesh),
     }
     return RenderedMesh(
         mesh.name,

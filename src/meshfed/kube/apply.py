@@ -1,0 +1,370 @@
+"""Put the rendered federation on its clusters: all of it, or (on any refusal) nothing.
+
+1. Connect to every cluster. 2. Server-side dry-run (``dryRun=All``) of every object on every
+cluster, and of every deletion pruning would make. Any refusal (unreachable, missing Istio CRDs,
+RBAC, validation, a conflict over fields meshfed does not own) stops here: nothing was written
+anywhere, and the error names the cluster, the object and the server's reason. 3. Write, cluster
+by cluster (remotes before their primary, whose remote secrets need the remotes' tokens):
+server-side apply as field manager ``meshfed``, then pruning, then the stored state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from meshfed.kube.client import Cluster, KubeClient, Obj, describe
+from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
+from meshfed.kube.remote_secret import Token, current_token, issue_token, kubeconfig_text
+from meshfed.kube.state import state_name, state_object
+from meshfed.kube.targets import (
+    PRUNE_KINDS,
+    ClusterTarget,
+    owned_by,
+    prune_set,
+    ref,
+    ref_text,
+    selector,
+)
+from meshfed.plan.model import ClusterPlan, FederationPlan
+from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.render.istio import multicluster
+from meshfed.spec.model import Federation
+
+Action = Literal["created", "configured", "unchanged", "deleted"]
+PENDING_TOKEN = "<issued by meshfed apply>"
+STAND_IN_NAMESPACE = "default"
+
+
+class Progress(Protocol):
+    def start(self, cluster: str, what: str, total: int) -> None: ...
+    def step(self, cluster: str) -> None: ...
+    def done(self, cluster: str, text: str) -> None: ...
+
+
+class _Quiet:
+    def start(self, cluster: str, what: str, total: int) -> None:
+        pass
+
+    def step(self, cluster: str) -> None:
+        pass
+
+    def done(self, cluster: str, text: str) -> None:
+        pass
+
+
+Connect = Callable[[ClusterPlan], Cluster]
+
+
+def kube_connector(kubeconfig: str | None = None) -> Connect:
+    """Connections by kubeconfig context, as kubectl resolves them."""
+
+    def connect(cluster: ClusterPlan) -> Cluster:
+        return KubeClient.for_context(cluster.context, kubeconfig, name=cluster.name)
+
+    return connect
+
+
+def _strip(obj: Obj | None) -> Obj:
+    """An object without what the server changes on every write."""
+    if obj is None:
+        return {}
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
+    }
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")} | {"metadata": meta}
+
+
+@dataclass
+class Checked:
+    """One object after the dry-run: live state, what applying would make, how to apply."""
+
+    obj: Obj
+    live: Obj | None
+    result: Obj
+    force: bool
+
+    @property
+    def action(self) -> Action:
+        if self.live is None:
+            return "created"
+        return "unchanged" if _strip(self.live) == _strip(self.result) else "configured"
+
+
+@dataclass
+class ClusterRun:
+    """A cluster's part of one apply: the dry-run findings, then what was done."""
+
+    target: ClusterTarget
+    client: Cluster | None = None
+    checked: list[Checked] = field(default_factory=list)
+    prune: list[Obj] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    actions: list[tuple[Action, str]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        mesh, cluster = self.target.mesh.name, self.target.cluster
+        name = mesh if cluster.name == mesh else f"{mesh}/{cluster.name}"
+        return f"{name} (context {cluster.context})" if cluster.context else name
+
+    def refuse(self, what: str, reason: str) -> None:
+        self.refusals.append(Refusal(self.label, what, reason))
+
+    def counts(self) -> dict[str, int]:
+        out = {"created": 0, "configured": 0, "unchanged": 0, "deleted": 0}
+        for action, _ in self.actions:
+            out[action] += 1
+        return out
+
+    def summary(self) -> str:
+        counts = self.counts()
+        return ", ".join(f"{n} {a}" for a, n in counts.items())
+
+
+def _namespace(obj: Obj) -> str | None:
+    ns = (obj.get("metadata") or {}).get("namespace")
+    return str(ns) if ns else None
+
+
+class Rollout:
+    """One apply (or dry-run, or diff) of a set of cluster targets."""
+
+    def __init__(
+        self,
+        fed: Federation,
+        plan: FederationPlan,
+        roots: Mapping[str, str],
+        targets: list[ClusterTarget],
+        connect: Connect,
+        *,
+        prune: bool = True,
+        store_state: bool = True,
+        progress: Progress | None = None,
+    ) -> None:
+        self.fed = fed
+        self.plan = plan
+        self.roots = roots
+        self.runs = [ClusterRun(t) for t in targets]
+        self.connect = connect
+        self.prune = prune
+        self.store_state = store_state
+        self.progress: Progress = progress or _Quiet()
+        self.tokens: dict[tuple[str, str], Token | None] = {}
+
+    # -- phase 1: connect and dry-run -----------------------------------------------------
+
+    def _run_of(self, mesh: str, cluster: str) -> ClusterRun | None:
+        for run in self.runs:
+            if run.target.mesh.name == mesh and run.target.name == cluster:
+                return run
+        return None
+
+    def _connect(self) -> None:
+        for run in self.runs:
+            try:
+                client = self.connect(run.target.cluster)
+                client.version()
+            except KubeError as exc:
+                run.refuse("(connection)", exc.message)
+                continue
+            run.client = client
+
+    def _extras(self, run: ClusterRun, pending_ok: bool) -> None:
+        """Remote secrets (primary-remote) and the stored state, made from the cluster."""
+        target, client = run.target, run.client
+        assert client is not None
+        extra: list[Obj] = []
+        for remote in target.remotes:
+            key = (target.mesh.name, remote.name)
+            remote_run = self._run_of(*key)
+            remote_client = remote_run.client if remote_run else None
+            if remote_client is None:
+                continue  # refused already (connection)
+            if key not in self.tokens:
+                try:
+                    self.tokens[key] = current_token(remote_client, target.mesh.istio_namespace)
+                except KubeError as exc:
+                    run.refuse(f"remote secret for {remote.name}", exc.message)
+                    continue
+            token = self.tokens[key]
+            if token is None and not pending_ok:
+                raise KubeError(f"no reader token on remote cluster {remote.name}")
+            kubeconfig = kubeconfig_text(
+                remote.name,
+                remote_client.server,
+                token.ca_pem if token else b"",
+                token.token if token else PENDING_TOKEN,
+            )
+            extra.append(multicluster.remote_secret(self.plan, target.mesh, remote, kubeconfig))
+        if self.store_state and target.primary:
+            try:
+                previous = client.get(
+                    "v1", "ConfigMap", state_name(self.fed.name), GATEWAY_NAMESPACE
+                )
+            except KubeError as exc:
+                run.refuse(
+                    f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}", exc.message
+                )
+                previous = None
+            applied = [*target.objects, *extra]
+            extra.append(state_object(self.fed, self.roots, applied, previous))
+        target.extra = extra
+
+    def _check(self, run: ClusterRun) -> None:
+        client = run.client
+        assert client is not None
+        desired = run.target.desired()
+        self.progress.start(run.label, "dry-run", len(desired))
+        creating = {o["metadata"]["name"] for o in desired if o["kind"] == "Namespace"}
+        present: dict[str, bool] = {}
+        for obj in desired:
+            what = ref_text(obj)
+            try:
+                ns = _namespace(obj)
+                if ns is not None and ns not in present:
+                    present[ns] = client.namespace_exists(ns)
+                stand_in = ns is not None and not present[ns] and ns in creating
+                res = client.resource(obj["apiVersion"], obj["kind"])
+                live = (
+                    None
+                    if stand_in
+                    else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
+                )
+                force = live is None or owned_by(live, None)
+                if stand_in:
+                    # The namespace is created by this apply: validate in a stand-in namespace,
+                    # and ask the authorizer about the real one.
+                    if not client.can("patch", res, ns, obj["metadata"]["name"]):
+                        raise KubeError(
+                            f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}"
+                        )
+                    result = client.apply(
+                        obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE
+                    )
+                    result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
+                    for key in ("uid", "resourceVersion", "creationTimestamp"):
+                        result["metadata"].pop(key, None)
+                else:
+                    result = client.apply(obj, dry_run=True, force=force)
+                run.checked.append(Checked(obj, live, result, force))
+            except KubeError as exc:
+                reason = exc.message.removeprefix(f"{describe(obj)}: ")
+                if exc.status == 409 and exc.reason != "AlreadyExists":
+                    reason += (
+                        " (another field manager owns these fields of an object meshfed did not "
+                        "create; meshfed takes over only objects carrying its labels)"
+                    )
+                run.refuse(what, reason + (f" ({exc.causes})" if exc.causes else ""))
+            self.progress.step(run.label)
+        if self.prune:
+            self._plan_prune(run, desired)
+
+    def _plan_prune(self, run: ClusterRun, desired: list[Obj]) -> None:
+        client = run.client
+        assert client is not None
+        live: list[Obj] = []
+        for api_version, kind in PRUNE_KINDS:
+            try:
+                if client.find(api_version, kind) is None:
+                    continue
+                live += client.list(api_version, kind, labels=selector(self.fed.name))
+            except KubeError as exc:
+                run.refuse(f"(prune: list {kind})", exc.message)
+        run.prune = prune_set(live, desired, self.fed.name)
+        for obj in run.prune:
+            try:
+                client.delete(obj, dry_run=True)
+            except KubeError as exc:
+                run.refuse(f"prune {ref_text(obj)}", exc.message)
+
+    def preflight(self) -> list[Refusal]:
+        """Phase 1 on every cluster; writes nothing. Returns every refusal."""
+        self._connect()
+        for run in self.runs:
+            if run.client is not None:
+                self._extras(run, pending_ok=True)
+        for run in self.runs:
+            if run.client is not None:
+                self._check(run)
+                if not run.refusals:
+                    self.progress.done(
+                        run.label,
+                        f"dry-run ok ({len(run.checked)} objects, {len(run.prune)} to prune)",
+                    )
+                else:
+                    self.progress.done(run.label, f"refused: {len(run.refusals)}")
+        return [r for run in self.runs for r in run.refusals]
+
+    # -- phase 2: write -------------------------------------------------------------------
+
+    def _write(self, run: ClusterRun) -> None:
+        client = run.client
+        assert client is not None
+        target = run.target
+        if target.remotes:
+            self._extras(run, pending_ok=False)  # with the tokens the remotes now hold
+        desired = target.desired()
+        self.progress.start(run.label, "apply", len(desired) + len(run.prune))
+        forced = {ref(c.obj): c.force for c in run.checked}
+        for obj in desired:
+            ns = _namespace(obj)
+            name = obj["metadata"]["name"]
+            try:
+                before = client.get(obj["apiVersion"], obj["kind"], name, ns)
+                after = client.apply(
+                    obj, force=forced.get(ref(obj), before is None or owned_by(before, None))
+                )
+            except KubeError as exc:
+                done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
+                raise KubeError(
+                    f"cluster {run.label}: {ref_text(obj)}: {exc.message} (after the dry-run "
+                    f"passed; written on this cluster so far: {done})"
+                ) from None
+            if before is None:
+                action: Action = "created"
+            elif before["metadata"].get("resourceVersion") == after["metadata"].get(
+                "resourceVersion"
+            ):
+                action = "unchanged"
+            else:
+                action = "configured"
+            run.actions.append((action, ref_text(obj)))
+            self.progress.step(run.label)
+        for obj in run.prune:
+            if client.delete(obj):
+                run.actions.append(("deleted", ref_text(obj)))
+            self.progress.step(run.label)
+        if target.cluster.role == "remote":
+            key = (target.mesh.name, target.name)
+            token = self.tokens.get(key)
+            if token is None:
+                token = issue_token(client, target.mesh.istio_namespace)
+                run.actions.append(
+                    (
+                        "created",
+                        f"Secret {target.mesh.istio_namespace}/{token.secret} (reader token)",
+                    )
+                )
+            self.tokens[key] = token
+        self.progress.done(run.label, run.summary())
+
+    def run(self, dry_run: bool = False) -> list[ClusterRun]:
+        refusals = self.preflight()
+        if refusals:
+            raise ApplyRefused(refusals)
+        if dry_run:
+            for run in self.runs:
+                run.actions = [(c.action, ref_text(c.obj)) for c in run.checked]
+                run.actions += [("deleted", ref_text(o)) for o in run.prune]
+            return self.runs
+        for run in self.runs:
+            self._write(run)
+        return self.runs
+
+
+def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
+    return {run.label: run.actions for run in runs}

@@ -1,0 +1,152 @@
+"""Workloads read from a mesh's clusters, for meshes whose spec leaves them out.
+
+Where the Multi-Cluster Services API is installed (``ServiceExport``, multicluster.x-k8s.io/
+v1alpha1), only exported Services count; else every Service outside the system namespaces. Per
+Service: its first port; HTTP when ``appProtocol`` (or Istio's port-name prefix) says HTTP, HTTP/2
+or gRPC, else TCP; the service account of the pods behind its selector when they can be read and
+agree, else the Service's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshfed.kube.apply import Connect
+from meshfed.kube.client import Cluster
+from meshfed.kube.errors import KubeError
+from meshfed.plan.build import mesh_clusters
+from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.spec.check import check_federation
+from meshfed.spec.errors import SpecError
+from meshfed.spec.model import Federation, Mesh
+
+Obj = dict[str, Any]
+MCS_API = "multicluster.x-k8s.io/v1alpha1"
+SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease", GATEWAY_NAMESPACE})
+_HTTP = frozenset(
+    {"http", "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c", "kubernetes.io/ws"}
+)
+
+
+def protocol_of(port: Obj) -> str:
+    """HTTP or TCP, from ``appProtocol``, else the port name's prefix (Istio's convention)."""
+    app = str(port.get("appProtocol") or "").lower()
+    if app:
+        return "HTTP" if app in _HTTP else "TCP"
+    prefix = str(port.get("name") or "").lower().split("-")[0]
+    return "HTTP" if prefix in _HTTP else "TCP"
+
+
+@dataclass
+class Discovery:
+    """What one mesh's clusters hold."""
+
+    mesh: str
+    workloads: list[Obj] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: str = "Service"
+
+
+def _service_account(client: Cluster, service: Obj, notes: list[str]) -> str | None:
+    selector = (service.get("spec") or {}).get("selector") or {}
+    meta = service["metadata"]
+    if not selector:
+        return None
+    labels = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+    try:
+        pods = client.list("v1", "Pod", namespace=meta["namespace"], labels=labels)
+    except KubeError as exc:
+        notes.append(f"{meta['namespace']}/{meta['name']}: pods not readable ({exc.message})")
+        return None
+    accounts = sorted({(p.get("spec") or {}).get("serviceAccountName") or "default" for p in pods})
+    if len(accounts) > 1:
+        notes.append(
+            f"{meta['namespace']}/{meta['name']}: pods run as {', '.join(accounts)}; "
+            f"using {accounts[0]}"
+        )
+    return accounts[0] if accounts else None
+
+
+def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) -> None:
+    exported: set[tuple[str, str]] | None = None
+    if client.find(MCS_API, "ServiceExport") is not None:
+        exported = {
+            (e["metadata"]["namespace"], e["metadata"]["name"])
+            for e in client.list(MCS_API, "ServiceExport")
+        }
+        found.source = "ServiceExport"
+    known = {(w["namespace"], w["name"]) for w in found.workloads}
+    skip = SYSTEM_NAMESPACES | {istio_namespace}
+    for service in client.list("v1", "Service"):
+        meta = service["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if key in known or meta["namespace"] in skip or key == ("default", "kubernetes"):
+            continue
+        if exported is not None and key not in exported:
+            continue
+        ports = (service.get("spec") or {}).get("ports") or []
+        if not ports:
+            found.notes.append(f"{key[0]}/{key[1]}: no ports; skipped")
+            continue
+        if len(ports) > 1:
+            found.notes.append(
+                f"{key[0]}/{key[1]}: {len(ports)} ports; using the first ({ports[0]['port']})"
+            )
+        account = _service_account(client, service, found.notes) or meta["name"]
+        found.workloads.append(
+            {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "serviceAccount": account,
+                "port": ports[0]["port"],
+                "protocol": protocol_of(ports[0]),
+            }
+        )
+        known.add(key)
+
+
+def discover_mesh(mesh: Mesh, connect: Connect) -> Discovery:
+    found = Discovery(mesh.name)
+    for cluster in mesh_clusters(mesh):
+        try:
+            discover_cluster(connect(cluster), mesh.istio_namespace, found)
+        except KubeError as exc:
+            raise KubeError(
+                f"discovery in mesh {mesh.name} cluster {cluster.name}: {exc.message}"
+            ) from None
+    found.workloads.sort(key=lambda w: (w["namespace"], w["name"]))
+    return found
+
+
+def discover(
+    fed: Federation, connect: Connect, meshes: Iterable[str] | None = None
+) -> list[Discovery]:
+    """Discovery for the chosen meshes (default: those whose spec leaves workloads out)."""
+    chosen = set(meshes) if meshes is not None else None
+    return [
+        discover_mesh(m, connect)
+        for m in fed.spec.meshes
+        if (m.name in chosen if chosen is not None else m.workloads_omitted) and mesh_clusters(m)
+    ]
+
+
+def with_discovered(
+    fed: Federation, connect: Connect, file: str = "<spec>"
+) -> tuple[Federation, list[Discovery]]:
+    """The spec with discovered workloads filled in, checked whole again."""
+    found = discover(fed, connect)
+    if not found:
+        return fed, []
+    by_mesh = {d.mesh: d.workloads for d in found}
+    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    for mesh in doc["spec"]["meshes"]:
+        if mesh["name"] in by_mesh:
+            mesh["workloads"] = by_mesh[mesh["name"]]
+    completed = Federation.model_validate(doc)
+    problems = check_federation(completed)
+    if problems:
+        where = f"{file} (with workloads discovered in the clusters)"
+        raise SpecError(where, [p.render(where, None) for p in problems])
+    return completed, found

@@ -1,0 +1,79 @@
+"""A run against real clusters: the spec (workloads discovered where it leaves them out), its
+PKI and plan, each mesh rendered, and the rollout of those objects to the clusters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshfed.kube.apply import Connect, Progress, Rollout
+from meshfed.kube.discover import Discovery, with_discovered
+from meshfed.kube.targets import ClusterTarget, cluster_targets
+from meshfed.pki.store import PKIStore
+from meshfed.plan.build import build_plan
+from meshfed.plan.trust import root_pems, trust_request
+from meshfed.render.istio import RenderedMesh, render_mesh
+from meshfed.render.istio.credentials import mesh_credentials
+from meshfed.spec.load import load_spec
+from meshfed.workspace import Workspace, default_state_dir
+
+
+@dataclass(frozen=True)
+class KubeWorkspace:
+    ws: Workspace
+    roots: dict[str, str]
+    discovered: list[Discovery]
+    connect: Connect
+
+    def rendered(self) -> dict[str, RenderedMesh]:
+        ws = self.ws
+        return {
+            m.name: render_mesh(ws.plan, m, mesh_credentials(ws.state_dir, ws.plan, m, ws.pki))
+            for m in ws.plan.meshes
+        }
+
+    def targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
+        return cluster_targets(self.ws.plan, self.rendered(), meshes)
+
+    def rollout(
+        self,
+        targets: list[ClusterTarget],
+        *,
+        prune: bool = True,
+        store_state: bool = True,
+        progress: Progress | None = None,
+    ) -> Rollout:
+        return Rollout(
+            self.ws.federation,
+            self.ws.plan,
+            self.roots,
+            targets,
+            self.connect,
+            prune=prune,
+            store_state=store_state,
+            progress=progress,
+        )
+
+    def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
+        """Every cluster of each mesh gets the mesh's ``cacerts`` (one intermediate per mesh)."""
+        out = []
+        for target in self.targets(meshes):
+            cacerts = [
+                o
+                for o in target.objects
+                if o["kind"] == "Secret" and o["metadata"]["name"] == "cacerts"
+            ]
+            out.append(ClusterTarget(target.mesh, target.cluster, cacerts))
+        return out
+
+
+def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connect) -> KubeWorkspace:
+    """Load the spec, discover omitted workloads, create missing PKI, resolve the plan."""
+    fed = load_spec(spec_path, discovery_pending=True)
+    fed, found = with_discovered(fed, connect, str(spec_path))
+    state = state_dir if state_dir is not None else default_state_dir(fed)
+    material = PKIStore(state).ensure(trust_request(fed))
+    roots = root_pems(material)
+    plan = build_plan(fed, roots)
+    return KubeWorkspace(Workspace(spec_path, fed, state, material, plan), roots, found, connect)
