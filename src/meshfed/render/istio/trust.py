@@ -57,7 +57,10 @@ def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj
 
 def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
     """The ingress server certificate, and in ``ca.crt`` only the roots of allowed callers."""
+    data = {"tls.crt": b64(creds.ingress_cert_chain), "tls.key": b64(creds.ingress_key)}
     bundle = "".join(b.pem for b in mesh.ingress.trusted)
+    if bundle:  # nobody may call a mesh that exports nothing: no empty CA entry either
+        data["ca.crt"] = b64(bundle)
     return obj(
         "v1",
         "Secret",
@@ -65,11 +68,7 @@ def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredenti
         plan.name,
         GATEWAY_NAMESPACE,
         type="kubernetes.io/tls",
-        data={
-            "tls.crt": b64(creds.ingress_cert_chain),
-            "tls.key": b64(creds.ingress_key),
-            "ca.crt": b64(bundle),
-        },
+        data=data,
     )
 
 
