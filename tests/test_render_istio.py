@@ -337,3 +337,17 @@ def test_bad_spec_writes_nothing(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "spec.trust.mode" in result.output
     assert sorted(os.listdir(tmp_path)) == ["bad.yaml"]
+
+
+def test_gateway_pods_can_be_injected(request: pytest.FixtureRequest) -> None:
+    """Istio's injection webhook skips namespaces labelled istio-injection=disabled entirely;
+    the gateway pods (image: auto) exist only through injection."""
+    for rendered in all_rendered(request):
+        for mesh in rendered.meshes:
+            docs = rendered.docs(mesh)
+            for ns in (d for d in docs if d["kind"] == "Namespace"):
+                assert ns["metadata"]["labels"].get("istio-injection") != "disabled"
+            for deployment in (d for d in docs if d["kind"] == "Deployment"):
+                template = deployment["spec"]["template"]
+                assert template["metadata"]["labels"]["sidecar.istio.io/inject"] == "true"
+                assert template["metadata"]["annotations"]["inject.istio.io/templates"] == "gateway"

@@ -17,7 +17,9 @@ INGRESS_CREDENTIAL = "federation-ingress-credential"
 
 
 def namespace(plan: FederationPlan, mesh: MeshPlan) -> Obj:
-    extra = {"istio-injection": "disabled"}
+    # No istio-injection label: Istio's injection webhook skips a namespace labelled
+    # "disabled" entirely, and the gateway pods need injection (image: auto).
+    extra: dict[str, str] = {}
     if mesh.network:
         extra["topology.istio.io/network"] = mesh.network
     return obj("v1", "Namespace", GATEWAY_NAMESPACE, plan.name, extra_labels=extra)

@@ -10,6 +10,7 @@ at the primary's istiod. All clusters of a mesh share its intermediate CA (``cac
 from __future__ import annotations
 
 from meshfed.plan.model import ClusterPlan, FederationPlan, MeshPlan
+from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio.objects import Obj, b64, obj
 
 EASTWEST_GATEWAY = "istio-eastwestgateway"
@@ -22,13 +23,17 @@ CLUSTER_ANNOTATION = "networking.istio.io/cluster"
 
 
 def eastwest_gateway(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
-    """The primary's east-west gateway, exposing only istiod (15012, 15017) to its remotes."""
-    ns = mesh.istio_namespace
+    """The primary's east-west gateway, exposing only istiod (15012, 15017) to its remotes.
+
+    It lives beside the federation gateways in ``meshfed-system`` (STRICT mTLS there), not in
+    the Istio namespace, where a namespace-wide STRICT policy would be mesh-wide.
+    """
+    ns = GATEWAY_NAMESPACE
     pod_labels = {"istio": EASTWEST_LABEL, "app": EASTWEST_GATEWAY}
     pod_metadata_labels = {**pod_labels, "sidecar.istio.io/inject": "true"}
     if mesh.network:
         pod_metadata_labels["topology.istio.io/network"] = mesh.network
-    istiod = f"istiod.{ns}.svc.cluster.local"
+    istiod = f"istiod.{mesh.istio_namespace}.svc.cluster.local"
     selector = {"matchLabels": {"istio": EASTWEST_LABEL}}
     servers = [
         {
