@@ -181,6 +181,27 @@ def bound_virtual_services(docs: list[Doc], workload: GatewayWorkload) -> list[D
     return [vs for vs in istio(docs, "VirtualService") if names & set(gateway_refs(vs))]
 
 
+ISTIOD_PORTS = {15012, 15017}
+
+
+def control_plane_only(gateway: Doc, docs: Iterable[Doc]) -> bool:
+    """A gateway that only passes TLS through to istiod (Istio's expose-istiod pattern for
+    primary-remote): remotes dial it by IP, so it cannot name SNI hosts, and istiod
+    authenticates the remotes itself. Every server is PASSTHROUGH on istiod's ports, and every
+    VirtualService bound to it routes to istiod only."""
+    servers = [as_dict(s) for s in as_list(gateway.spec.get("servers"))]
+    if not servers:
+        return False
+    for server in servers:
+        mode = as_str(as_dict(server.get("tls")).get("mode"))
+        if mode != "PASSTHROUGH" or dig(server, "port", "number") not in ISTIOD_PORTS:
+            return False
+    ref = f"{gateway.namespace}/{gateway.name}"
+    bound = [vs for vs in istio(docs, "VirtualService") if ref in gateway_refs(vs)]
+    hosts = [host for vs in bound for host, _ in route_destinations(vs)]
+    return bool(hosts) and all(h.split(".")[0] == "istiod" for h in hosts)
+
+
 def route_destinations(vs: Doc) -> list[tuple[str, tuple[str | int, ...]]]:
     """(host, field path) of every destination of a VirtualService."""
     out: list[tuple[str, tuple[str | int, ...]]] = []

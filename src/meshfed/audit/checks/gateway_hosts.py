@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext
-from meshfed.audit.istio import istio
+from meshfed.audit.istio import control_plane_only, istio
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.yamlsrc import as_dict, as_list, as_str, str_list
@@ -47,6 +47,14 @@ def internal_wildcard(host: str) -> bool:
 def gateway_wildcard_host(ctx: AuditContext) -> Iterator[Hit]:
     ctx.require_docs()
     for gw in istio(ctx.docs, "Gateway"):
+        if control_plane_only(gw, ctx.docs):
+            yield Hit(
+                Severity.LOW,
+                "passes TLS through to istiod only (primary-remote): remotes dial it by IP, "
+                "so it cannot name hosts; limit who can reach it (loadBalancerSourceRanges)",
+                gw.at("spec", "servers"),
+            )
+            continue
         for i, server in enumerate(as_list(gw.spec.get("servers"))):
             server = as_dict(server)
             hosts = str_list(server.get("hosts"))

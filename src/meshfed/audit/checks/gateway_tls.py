@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext
-from meshfed.audit.istio import gateway_workloads
+from meshfed.audit.istio import control_plane_only, gateway_workloads
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
@@ -41,6 +41,8 @@ def gateway_tls(ctx: AuditContext) -> Iterator[Hit]:
                 if id(gw) in seen:
                     continue
                 seen.add(id(gw))
+                if control_plane_only(gw, docs):
+                    continue  # istiod terminates and authenticates the remotes' mTLS itself
                 for i, server in enumerate(as_list(gw.spec.get("servers"))):
                     yield from _server(gw, i, as_dict(server), workload.role)
 

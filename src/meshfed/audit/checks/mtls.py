@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from meshfed.audit.context import AuditContext, NotAssessed
 from meshfed.audit.istio import (
     bound_virtual_services,
+    control_plane_only,
     gateway_workloads,
     host_namespace,
     istio,
@@ -37,8 +38,10 @@ def _namespaces(docs: list[Doc]) -> dict[str, Location]:
     out: dict[str, Location] = {}
     for workload in gateway_workloads(docs):
         out.setdefault(workload.namespace, workload.location())
-        if workload.role != "ingress":
-            continue
+        if workload.role != "ingress" or all(
+            control_plane_only(g, docs) for g in workload.gateways
+        ):
+            continue  # istiod's own port terminates and authenticates the remotes' mTLS
         for vs in bound_virtual_services(docs, workload):
             for host, path in route_destinations(vs):
                 ns = host_namespace(host, vs.namespace)
