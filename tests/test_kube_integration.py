@@ -462,8 +462,8 @@ spec:
     result = meshfed(env, "apply", path)
     assert result.exit_code == 0, result.output
     primary, remote = env["clients"][env["first"]], env["clients"][env["second"]]
-    assert primary.get("networking.istio.io/v1", "Gateway", "istiod-gateway", "istio-system")
-    svc = primary.get("v1", "Service", "istio-eastwestgateway", "istio-system")
+    assert primary.get("networking.istio.io/v1", "Gateway", "istiod-gateway", "meshfed-system")
+    svc = primary.get("v1", "Service", "istio-eastwestgateway", "meshfed-system")
     assert svc is not None
     assert sorted(p["port"] for p in svc["spec"]["ports"]) == [15012, 15017]
     secret = primary.get("v1", "Secret", "istio-remote-secret-west", "istio-system")
