@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from meshfed.cli.common import reported
 from meshfed.kube.apply import ClusterRun, kube_connector
 from meshfed.kube.client import KubeClient
 from meshfed.kube.diff import diff as federation_diff
@@ -28,7 +27,6 @@ from meshfed.kube.targets import TargetError
 from meshfed.kube.workspace import KubeWorkspace, open_kube_workspace
 from meshfed.pki.errors import PKIError
 from meshfed.render.istio import multicluster
-from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
 
 out = Console(highlight=False)
@@ -56,23 +54,6 @@ def _mesh_option(func: F) -> F:
     return click.option(
         "--mesh", "meshes", multiple=True, help="Only this mesh's clusters (repeatable)."
     )(func)
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    try:
-        yield
-    except SpecError as exc:
-        for line in exc.lines:
-            click.echo(line, err=True)
-        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was changed", err=True)
-        sys.exit(1)
-    except ApplyRefused as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except (KubeError, TargetError, PKIError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 class _RichProgress:
@@ -147,7 +128,7 @@ def apply(
 ) -> None:
     """Server-side apply each mesh's manifests to its clusters; prune what meshfed no longer
     renders. Everything is dry-run on every cluster first: one refusal, and nothing is written."""
-    with _reported():
+    with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
         targets = kws.targets(meshes or None)
         rollout = kws.rollout(targets, progress=_RichProgress())
@@ -171,7 +152,7 @@ def diff_command(
 ) -> None:
     """What apply would change: the security diff in plain words, then each cluster's objects
     (server-side dry-run against the live objects, meshfed's fields only, secrets as digests)."""
-    with _reported():
+    with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
         result = federation_diff(kws.rollout(kws.targets(meshes or None)))
     base = result.baseline
@@ -205,7 +186,7 @@ def discover_command(
 ) -> None:
     """Print the workloads found in each mesh's clusters as spec YAML (meshes[].workloads)."""
     del state
-    with _reported():
+    with reported(ApplyRefused, KubeError, TargetError, PKIError):
         fed = load_spec(spec, discovery_pending=True)
         connect = kube_connector(str(kubeconfig) if kubeconfig else None)
         chosen = meshes or [m.name for m in fed.spec.meshes]
@@ -244,7 +225,7 @@ def remote_secret_command(
 ) -> None:
     """The primary-remote Secret for a remote cluster, as istioctl create-remote-secret makes
     it (reader account and RBAC created on the remote). --rotate renews and revokes the token."""
-    with _reported():
+    with reported(ApplyRefused, KubeError, TargetError, PKIError):
         if not multicluster_name_ok(cluster):
             raise KubeError(f"{cluster!r} is not a DNS-1123 label")
         remote = KubeClient.for_context(context, kubeconfig)
@@ -276,7 +257,7 @@ def pki_install(
     spec: Path, state: Path | None, kubeconfig: Path | None, meshes: tuple[str, ...]
 ) -> None:
     """Put each mesh's cacerts (its intermediate CA) into every one of its clusters."""
-    with _reported():
+    with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
         targets = kws.pki_targets(meshes or None)
         runs = kws.rollout(targets, prune=False, store_state=False, progress=_RichProgress()).run()

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
+from meshfed.cli.common import reported
 from meshfed.dashboard import launch as dashboard
 from meshfed.local.client import NoResponse, Response, http_call, tcp_call, tcp_port
 from meshfed.local.errors import LocalError
@@ -43,7 +43,6 @@ from meshfed.local.runtime import Runtime, UpReport
 from meshfed.local.state import WORKLOAD_HOST
 from meshfed.local.status import Status, collect_status
 from meshfed.pki.errors import PKIError
-from meshfed.spec.errors import SpecError
 from meshfed.workspace import open_workspace
 
 out = Console(highlight=False)
@@ -53,21 +52,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_HTTP_ERROR = 1
 EXIT_NO_RESPONSE = 2
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """meshfed's own errors as a clear message and exit code 1."""
-    try:
-        yield
-    except SpecError as exc:
-        for line in exc.lines:
-            click.echo(line, err=True)
-        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was started", err=True)
-        sys.exit(1)
-    except (PKIError, LocalError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 def _state_option(func: F) -> F:
@@ -126,7 +110,7 @@ def up(spec: Path | None, state: Path | None) -> None:
     Starts in the background and returns once every Envoy is ready and every import answered a
     probe. Run it again after editing SPEC to apply the change live (no Envoy restart).
     """
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         spec_path = spec if spec is not None else default_spec()
         ws = open_workspace(spec_path, state)
         bar = RichProgressBar(
@@ -282,7 +266,7 @@ def _print_changes(report: UpReport) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(spec: Path | None, state: Path | None, as_json: bool) -> None:
     """Every process and its health, its ports, and each import's current source."""
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, state)
         st = collect_status(runtime)
     if as_json:
@@ -367,7 +351,7 @@ def call(
     (or tcp://ledger.shop.svc.cluster.local:9000 for a TCP import). Prints the response body.
     Exit 0 on 2xx, 1 on an HTTP error (status on stderr), 2 when no response came.
     """
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         namespace, sep, service_account = as_.partition("/")
         if not sep or not namespace or not service_account:
             raise LocalError(f"--as {as_!r} is not NS/SA", "e.g. --as shop/checkout")
@@ -446,7 +430,7 @@ def logs(
     state: Path | None,
 ) -> None:
     """The federation gateways' access logs (caller identity, SNI, decision)."""
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, state)
         summary = runtime.summary()
         files = gateway_logs(runtime.root, summary, mesh, boundary)
@@ -477,7 +461,7 @@ def logs(
 @_state_option
 def down(spec: Path | None, state: Path | None) -> None:
     """Stop every process of the local federation (certificates and ports are kept)."""
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, state)
         stopped = runtime.down()
     if stopped:
@@ -500,7 +484,7 @@ def lab() -> None:
 @_state_option
 def stop_gateway(mesh: str, spec: Path | None, state: Path | None) -> None:
     """Stop MESH's ingress gateway (its peers fail over to the next exporter)."""
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         record = _runtime(spec, state).stop_gateway(mesh)
     out.print(f"stopped {record.name} (pid {record.pid})", markup=False)
 
@@ -511,7 +495,7 @@ def stop_gateway(mesh: str, spec: Path | None, state: Path | None) -> None:
 @_state_option
 def start_gateway(mesh: str, spec: Path | None, state: Path | None) -> None:
     """Start MESH's ingress gateway again (same configuration and ports)."""
-    with _reported():
+    with reported(PKIError, LocalError, effect="nothing was started"):
         record = _runtime(spec, state).start_gateway(mesh)
     out.print(f"started {record.name} (pid {record.pid})", markup=False)
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,12 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from meshfed import __version__
+from meshfed.cli.common import reported
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
 from meshfed.render.istio import render_mesh
 from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.sinks.files import OutputError, write_rendered
-from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import open_workspace
@@ -42,22 +40,6 @@ def state_option(func: F) -> F:
     )(func)
 
 
-@contextmanager
-def reported() -> Iterator[None]:
-    """Turn meshfed's own errors into a clear message and exit code 1."""
-    try:
-        yield
-    except SpecError as exc:
-        # Plain lines, never wrapped: editors and CI parse "file:line: ...".
-        for line in exc.lines:
-            click.echo(line, err=True)
-        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was changed", err=True)
-        sys.exit(1)
-    except (PKIError, OutputError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meshfed")
 def main() -> None:
@@ -68,7 +50,7 @@ def main() -> None:
 @SPEC
 def validate(spec: Path) -> None:
     """Check a federation spec; list every problem with file:line, field and fix."""
-    with reported():
+    with reported(PKIError, OutputError):
         fed = load_spec(spec)
     s = fed.spec
     out.print(
@@ -103,7 +85,7 @@ def pki() -> None:
 @state_option
 def pki_init(spec: Path, state: Path | None) -> None:
     """Create missing CAs (idempotent); check what exists; never print keys."""
-    with reported():
+    with reported(PKIError, OutputError):
         ws = open_workspace(spec, state)
     table = Table(title=f"PKI of {ws.federation.name} ({ws.pki.mode}) in {ws.state_dir / 'pki'}")
     for column in ("mesh", "trust domain", "root", "intermediate (sha256)", "expires"):
@@ -132,7 +114,7 @@ def pki_init(spec: Path, state: Path | None) -> None:
 @state_option
 def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) -> None:
     """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
-    with reported():
+    with reported(PKIError, OutputError):
         ws = open_workspace(spec, state)
         rendered = [
             render_mesh(ws.plan, mesh, mesh_credentials(ws.state_dir, ws.plan, mesh, ws.pki))

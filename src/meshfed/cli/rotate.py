@@ -7,14 +7,14 @@ signed certificate to be imported (split custody).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from meshfed.cli.common import reported
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
 from meshfed.pki.errors import PKIError
@@ -34,27 +34,12 @@ from meshfed.rotation.machine import (
     describe_record,
 )
 from meshfed.spec.duration import parse_duration
-from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
 from meshfed.workspace import default_state_dir
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_WAITING = 3
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    try:
-        yield
-    except SpecError as exc:
-        for line in exc.lines:
-            click.echo(line, err=True)
-        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was changed", err=True)
-        sys.exit(1)
-    except (PKIError, LocalError, RotationError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 def _state_option(func: F) -> F:
@@ -120,7 +105,7 @@ def _print_result(result: RunResult) -> None:
 
 def _rotate(kind: str, mesh: str | None, spec: Path | None, state: Path | None,
             until: str | None, single: bool) -> None:  # fmt: skip
-    with _reported():
+    with reported(PKIError, LocalError, RotationError):
         if until is not None and single:
             raise RotationError("--step and --next exclude each other")
         rotator = _rotator(spec, state)
@@ -170,7 +155,7 @@ def register(main: click.Group) -> None:
     @_state_option
     def rotate_status(spec: Path | None, state: Path | None) -> None:
         """Where the rotation under way stands (and the last finished ones)."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             rotator = _rotator(spec, state)
             record = rotator.status()
             past = rotator.history()
@@ -187,7 +172,7 @@ def register(main: click.Group) -> None:
     @_state_option
     def rotate_abort(spec: Path | None, state: Path | None) -> None:
         """Roll the rotation under way back: old CA signs, new anchor removed, new keys gone."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             result = _rotator(spec, state).abort()
         _print_result(result)
 
@@ -209,7 +194,7 @@ def register(main: click.Group) -> None:
                   help="Also copy the CSR here (for the root holder).")  # fmt: skip
     def pki_request(mesh: str, spec: Path | None, state: Path | None, output: Path | None) -> None:
         """Split custody: make MESH's intermediate key and a CSR for the root holder."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             spec_path = spec or _default_spec()
             fed = load_spec(spec_path)
             store = PKIStore(state or default_state_dir(fed))
@@ -239,7 +224,7 @@ def register(main: click.Group) -> None:
     )
     def pki_sign(csr: Path, state: Path, mesh: str | None, ttl: str, output: Path | None) -> None:
         """Check an intermediate CSR and sign it with the root kept in --state."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             try:
                 lifetime = parse_duration(ttl)
             except ValueError as exc:
@@ -262,7 +247,7 @@ def register(main: click.Group) -> None:
     )
     def pki_import(cert: Path, state: Path) -> None:
         """Install a signed intermediate beside its key (or as a rotation's new one)."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             imported = import_certificate(
                 PKIStore(state), cert.read_bytes(), str(cert), datetime.now(UTC)
             )
@@ -277,7 +262,7 @@ def register(main: click.Group) -> None:
                   required=True, help="The root holder's directory.")  # fmt: skip
     def pki_init_root(spec: Path | None, state: Path) -> None:
         """Split custody: create (or check) only the root CA(s), kept by the root holder."""
-        with _reported():
+        with reported(PKIError, LocalError, RotationError):
             fed = load_spec(spec or _default_spec())
             material = PKIStore(state).ensure_roots(trust_request(fed))
         for name, root in sorted(material.roots.items()):
