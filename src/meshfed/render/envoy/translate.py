@@ -431,11 +431,13 @@ def _egress_cluster(route: EgressRoute) -> Resource:
     }
     cluster["health_checks"] = [
         {
-            "timeout": "0.2s",
+            # A stopped exporter refuses at once; a busy one may answer late. So: a generous
+            # timeout, two misses to mark it down, one success to bring it back.
+            "timeout": "1s",
             "interval": "0.25s",
             "no_traffic_interval": "0.25s",
             "unhealthy_interval": "0.25s",
-            "unhealthy_threshold": 1,
+            "unhealthy_threshold": 2,
             "healthy_threshold": 1,
             "tcp_health_check": {},
         }
