@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,37 @@ def state_option(func: F) -> F:
     )(func)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Command groups load on first use, so "meshfed up" does not import the Kubernetes client.
+LAZY_COMMANDS = {
+    **dict.fromkeys(("up", "status", "call", "logs", "down", "lab"), "meshfed.cli.local"),
+    **dict.fromkeys(("audit", "graph"), "meshfed.cli.audit"),
+    **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
+    "rotate": "meshfed.cli.rotate",
+}
+PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")
+"""Modules that add subcommands to ``pki`` (install; request, sign, import, init-root)."""
+_loaded: set[str] = set()
+
+
+class _LazyGroup(click.Group):
+    def _load(self, module: str) -> None:
+        if module not in _loaded:
+            _loaded.add(module)
+            importlib.import_module(module).register(self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            self._load(LAZY_COMMANDS[name])
+        elif name == "pki":
+            for module in PKI_EXTENSIONS:
+                self._load(module)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meshfed")
 def main() -> None:
     """Secure multi-mesh federation for Istio: one spec in; trust, policy and routing out."""
@@ -137,18 +168,3 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
         markup=False,
     )
-
-
-def _register_commands() -> None:
-    from meshfed.cli import audit as audit_cli
-    from meshfed.cli import kube as kube_cli
-    from meshfed.cli import local as local_cli
-    from meshfed.cli import rotate as rotate_cli
-
-    audit_cli.register(main)
-    local_cli.register(main)
-    rotate_cli.register(main)
-    kube_cli.register(main)
-
-
-_register_commands()
