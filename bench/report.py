@@ -58,9 +58,10 @@ def main(folder: Path) -> str:
         data = _load(folder, name)
         if data:
             lines += [*render(data), ""]
-    data_plane = folder / "data_plane.md"
-    if data_plane.exists():
-        lines.append(data_plane.read_text())
+    for name in ("data_plane", "authz_scale", "edit_latency"):  # each writes its own tables
+        part = folder / f"{name}.md"
+        if part.exists():
+            lines.append(part.read_text())
     return "\n".join(lines)
 
 
