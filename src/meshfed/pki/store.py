@@ -577,16 +577,7 @@ class PKIStore:
             key = generate_key(req.key_algorithm)
             cert = make_root_ca(cn, key, req.root_ttl, now)
             return _Root(name=name, dir=rdir, cert=cert, key=key, new=True)
-        self._require_files(cert_path, key_path)
-        cert = self._read_cert(cert_path)
-        key = self._read_key(key_path)
-        if not keys_match(key, cert):
-            raise PKIError(
-                key_path,
-                f"private key does not match {self._rel(cert_path)}",
-                f"restore both files, or remove {self.dir} to start over",
-            )
-        self._check_algorithm(req, key, key_path)
+        cert, key = self._read_pair(req, cert_path, key_path, f"remove {self.dir} to start over")
         try:
             cert.verify_directly_issued_by(cert)
         except (ValueError, TypeError, InvalidSignature):
@@ -710,16 +701,7 @@ class PKIStore:
                 f"restore {self._rel(root.dir)}, or remove {self.dir} to start over",
             )
         reissue = f"remove {self._rel(mdir)} to issue a new CA for mesh {m.mesh}"
-        self._require_files(cert_path, key_path)
-        cert = self._read_cert(cert_path)
-        key = self._read_key(key_path)
-        if not keys_match(key, cert):
-            raise PKIError(
-                key_path,
-                f"private key does not match {self._rel(cert_path)}",
-                f"restore both files, or {reissue}",
-            )
-        self._check_algorithm(req, key, key_path)
+        cert, key = self._read_pair(req, cert_path, key_path, reissue)
         try:
             cert.verify_directly_issued_by(root.cert)
         except (ValueError, TypeError, InvalidSignature):
@@ -785,6 +767,22 @@ class PKIStore:
         """Create directory ``target`` holding ``files`` (name -> data, mode) atomically."""
         _mkdir_private(target.parent)
         self._install_dir(target, files)
+
+    def _read_pair(
+        self, req: TrustRequest, cert_path: Path, key_path: Path, reissue: str
+    ) -> tuple[x509.Certificate, PrivateKey]:
+        """A CA certificate and its key, both present, matching, of the requested algorithm."""
+        self._require_files(cert_path, key_path)
+        cert = self._read_cert(cert_path)
+        key = self._read_key(key_path)
+        if not keys_match(key, cert):
+            raise PKIError(
+                key_path,
+                f"private key does not match {self._rel(cert_path)}",
+                f"restore both files, or {reissue}",
+            )
+        self._check_algorithm(req, key, key_path)
+        return cert, key
 
     def _read_cert(self, path: Path) -> x509.Certificate:
         try:
