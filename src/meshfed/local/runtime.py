@@ -352,6 +352,33 @@ class Runtime:
             if waiting:
                 time.sleep(0.02)
 
+    def _await_first_choice(self, summary: RuntimeSummary, timeout: float = 5.0) -> None:
+        """Wait until each import is served by its first source whose ingress runs here.
+
+        All Envoys start at once, so an egress can health-check an ingress before it listens;
+        a call made then goes to the failover target and its connection stays pinned there for
+        the sidecar's connection lifetime. Probes and the user's first calls come after this.
+        """
+        from meshfed.local.status import source_health  # status imports this module
+
+        deadline = time.monotonic() + timeout
+        for imp in summary.imports:
+            egress = next(
+                (p for p in summary.processes if p.mesh == imp.mesh and p.role == "egress"), None
+            )
+            running = [
+                s
+                for s in imp.sources
+                if (r := self.records.get(f"{s.mesh}/ingress")) is not None and r.alive
+            ]
+            if egress is None or not running:
+                continue
+            first = min(running, key=lambda s: s.priority).mesh
+            while time.monotonic() < deadline:
+                if source_health(imp, egress.admin_port)[0] == first:
+                    break
+                time.sleep(0.05)
+
     def _ensure_dashboard(self, reserved: set[int], report: UpReport) -> None:
         """Start the dashboard unless it runs (it reloads the picture itself on a new ``up``)."""
         record = self.records.get(dashboard.DASHBOARD)
@@ -476,6 +503,8 @@ class Runtime:
                 shutil.rmtree(process_dir(self.root, name), ignore_errors=True)
         save_summary(self.paths, summary)
 
+        self.progress.phase("waiting for each import's first choice")
+        self._await_first_choice(summary)
         probes = plan_probes(plan, layout)
         self.progress.phase("probing imports", len(probes))
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(probes)))) as pool:
