@@ -16,7 +16,6 @@ render (a hash lookup on the caller's URI SAN) and measured alongside.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -29,16 +28,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fed_util import (
     NICE,
-    RESULTS,
     CpuMeter,
     Federation,
     Load,
     admin_ports,
     dump_spec,
     error_stats,
-    handle_signals,
     loadavg,
     log,
+    run_benchmark,
     wrk,
 )
 
@@ -406,11 +404,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    handle_signals()
-    if sys.argv[1:2] == ["--markdown"]:
-        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
-        sys.exit(0)
-    result = main()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "authz_scale.md").write_text(markdown(result))
-    print(json.dumps(result, indent=2))
+    run_benchmark("authz_scale", main, markdown)

@@ -34,7 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fed_util import (
     NICE,
-    RESULTS,
     CpuMeter,
     Federation,
     Load,
@@ -44,9 +43,9 @@ from fed_util import (
     error_stats,
     extra_envoy,
     federation,
-    handle_signals,
     loadavg,
     log,
+    run_benchmark,
     strip_type,
     wrk,
 )
@@ -343,12 +342,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    handle_signals()
-    if sys.argv[1:2] == ["--markdown"]:
-        data = json.loads(Path(sys.argv[2]).read_text())
-        print(markdown(data))
-        sys.exit(0)
-    result = main()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_plane.md").write_text(markdown(result))
-    print(json.dumps(result, indent=2))
+    run_benchmark("data_plane", main, markdown)

@@ -33,7 +33,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fed_util import RESULTS, Federation, bank_spec_text, dump_spec, handle_signals, loadavg, log
+from fed_util import Federation, bank_spec_text, dump_spec, loadavg, log, run_benchmark
+from synth import synthetic_spec
 
 from meshfed.local.client import NoResponse, http_call
 from meshfed.local.ports import PortAllocator
@@ -48,66 +49,14 @@ TARGET_S = 1.0
 
 
 def large_spec(meshes: int, exports: int, workloads_per_mesh: int) -> dict[str, Any]:
-    """The shape of bench/synth.py's spec, with exports spread over a few workloads per mesh."""
-    names = [f"m{i:02d}" for i in range(meshes)]
+    """bench/synth.py's shape, with exports spread over a few workloads per mesh."""
     alloc = PortAllocator()
-    mesh_docs: list[dict[str, Any]] = [
-        {
-            "name": n,
-            "trustDomain": f"{n}.bench.example",
-            "ingress": {"address": "127.0.0.1", "port": alloc.allocate()},
-            "workloads": [
-                {"name": "client", "namespace": "app", "serviceAccount": "client", "port": 8080}
-            ]
-            + [
-                {"name": f"w{k}", "namespace": "svc", "serviceAccount": f"w{k}", "port": 8080}
-                for k in range(workloads_per_mesh)
-            ],
-        }
-        for n in names
-    ]
-    export_docs: list[dict[str, Any]] = []
-    import_docs: list[dict[str, Any]] = []
-    for e in range(exports):
-        owner = e % meshes
-        consumer = (owner + 1) % meshes
-        backup = (owner + 2) % meshes
-        svc = f"svc{e:04d}"
-        has_backup = e % 3 == 0 and len({owner, consumer, backup}) == 3
-        workload = f"svc/w{(e // meshes) % workloads_per_mesh}"
-        consumers = [
-            {
-                "mesh": names[consumer],
-                "principals": ["ns/app/sa/client"],
-                "methods": ["GET", "POST"],
-                "paths": ["/api/*"],
-            }
-        ]
-        for mesh_index in [owner, backup] if has_backup else [owner]:
-            export_docs.append(
-                {
-                    "name": svc,
-                    "mesh": names[mesh_index],
-                    "workload": workload,
-                    "host": f"{svc}.{names[owner]}.bench.global",
-                    "consumers": consumers,
-                }
-            )
-        sources = [f"{names[owner]}/{svc}"] + ([f"{names[backup]}/{svc}"] if has_backup else [])
-        import_docs.append(
-            {
-                "mesh": names[consumer],
-                "host": f"{svc}.app.svc.cluster.local",
-                "port": 80,
-                "from": sources,
-            }
-        )
-    return {
-        "apiVersion": "meshfed.dev/v1alpha1",
-        "kind": "Federation",
-        "metadata": {"name": "bench"},
-        "spec": {"meshes": mesh_docs, "exports": export_docs, "imports": import_docs},
-    }
+    return synthetic_spec(
+        meshes,
+        exports,
+        workloads_per_mesh=workloads_per_mesh,
+        ingress_port=lambda _: alloc.allocate(),
+    )
 
 
 class Scenario:
@@ -386,11 +335,4 @@ def markdown(r: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    handle_signals()
-    if sys.argv[1:2] == ["--markdown"]:
-        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
-        sys.exit(0)
-    result = main()
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "edit_latency.md").write_text(markdown(result))
-    print(json.dumps(result, indent=2))
+    run_benchmark("edit_latency", main, markdown)

@@ -98,6 +98,19 @@ def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def run_benchmark(name: str, measure: Callable[[], Any], markdown: Callable[[Any], str]) -> None:
+    """The command line of a data-plane benchmark: measure, write ``results/<name>.md`` and
+    print the JSON (``bench/run`` stores it); ``--markdown FILE`` re-renders stored JSON."""
+    handle_signals()
+    if sys.argv[1:2] == ["--markdown"]:
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return
+    result = measure()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(markdown(result))
+    print(json.dumps(result, indent=2))
+
+
 def handle_signals() -> None:
     """SIGTERM and SIGINT (ignored in background jobs) end the run through its cleanup."""
 

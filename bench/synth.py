@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
-def synthetic_spec(meshes: int, exports: int, principals: int = 1) -> dict[str, Any]:
+def _workload(name: str) -> dict[str, Any]:
+    return {"name": name, "namespace": "svc", "serviceAccount": name, "port": 8080}
+
+
+def synthetic_spec(
+    meshes: int,
+    exports: int,
+    principals: int = 1,
+    workloads_per_mesh: int | None = None,
+    ingress_port: Callable[[int], int] = lambda i: 20000 + i,
+) -> dict[str, Any]:
     """``meshes`` meshes; ``exports`` exports spread over them, each imported by the next mesh.
 
-    Every export has its own workload and is consumed by the following mesh (ring), which
-    imports it under a local name; every third export has a failover source in the mesh after.
+    Every export is consumed by the following mesh (ring), which imports it under a local name;
+    every third export has a failover source in the mesh after. Each export has a workload of
+    its own, or with ``workloads_per_mesh`` the exports share that many workloads per mesh (so a
+    large federation fits in a few real processes). ``ingress_port(i)`` places mesh i's ingress.
     """
     names = [f"m{i:02d}" for i in range(meshes)]
     mesh_docs: list[dict[str, Any]] = [
         {
             "name": n,
             "trustDomain": f"{n}.bench.example",
-            "ingress": {"address": "127.0.0.1", "port": 20000 + i},
+            "ingress": {"address": "127.0.0.1", "port": ingress_port(i)},
             "workloads": [
                 {"name": "client", "namespace": "app", "serviceAccount": "client", "port": 8080}
-            ],
+            ]
+            + [_workload(f"w{k}") for k in range(workloads_per_mesh or 0)],
         }
         for i, n in enumerate(names)
     ]
@@ -40,15 +54,15 @@ def synthetic_spec(meshes: int, exports: int, principals: int = 1) -> dict[str, 
                 "paths": ["/api/*"],
             }
         ]
+        shared = f"w{(e // meshes) % workloads_per_mesh}" if workloads_per_mesh else None
         for mesh_index in [owner, backup] if has_backup else [owner]:
-            mesh_docs[mesh_index]["workloads"].append(
-                {"name": svc, "namespace": "svc", "serviceAccount": svc, "port": 8080}
-            )
+            if shared is None:
+                mesh_docs[mesh_index]["workloads"].append(_workload(svc))
             export_docs.append(
                 {
                     "name": svc,
                     "mesh": names[mesh_index],
-                    "workload": f"svc/{svc}",
+                    "workload": f"svc/{shared or svc}",
                     "host": f"{svc}.{names[owner]}.bench.global",
                     "consumers": consumers,
                 }
