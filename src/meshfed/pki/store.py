@@ -635,11 +635,7 @@ class PKIStore:
             cn = f"{req.federation} root CA" if req.mode == "SharedRoot" else f"{name} root CA"
             key = generate_key(req.key_algorithm)
             return _Root(name, rdir, make_root_ca(cn, key, req.root_ttl, now), key, new=True)
-        self._require_files(cert_path, key_path)
-        cert, key = self._read_cert(cert_path), self._read_key(key_path)
-        if not keys_match(key, cert):
-            raise PKIError(key_path, f"private key does not match {cert_path}", self._restore_fix())
-        self._check_algorithm(req, key, key_path)
+        cert, key = self._read_pair(req, cert_path, key_path, f"remove {self.dir} to start over")
         _check_ca_cert(cert_path, cert, now, "rotate the root (meshfed rotate root)")
         if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
             raise PKIError(
