@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -612,10 +613,18 @@ def _rollout(
     plan: FederationPlan,
     clusters: dict[str, FakeCluster],
     meshes: list[str] | None = None,
+    forget: tuple[str, ...] = (),
 ) -> Rollout:
     targets: list[ClusterTarget] = cluster_targets(plan, rendered(plan), meshes)
     roots = {m.name: f"PEM {m.name}" for m in plan.meshes}
-    return Rollout(fed, plan, roots, targets, lambda c: clusters[c.context or ""])
+
+    def connect(cluster: ClusterPlan) -> Any:
+        found = clusters.get(cluster.context or "")
+        if found is None:
+            raise KubeError(f"cannot reach the API server of context {cluster.context}")
+        return found
+
+    return Rollout(fed, plan, roots, targets, connect, retire=meshes is None, forget=forget)
 
 
 def _fakes(log: list[tuple[str, str, str]], istio_web: bool = True) -> dict[str, FakeCluster]:
@@ -728,3 +737,117 @@ def test_objects_in_namespaces_created_by_the_apply_are_checked_in_a_stand_in(
     monkeypatch.setattr(FakeCluster, "apply", spy)
     _rollout(fed, plan, clusters, ["web"]).run(dry_run=True)
     assert "default" in seen  # meshfed-system does not exist yet
+
+
+# -- clusters the spec no longer names --------------------------------------------------------
+
+WEB_ONLY = """\
+apiVersion: meshfed.dev/v1alpha1
+kind: Federation
+metadata: {name: unit}
+spec:
+  meshes:
+    - name: web
+      trustDomain: web.unit.example
+      ingress: {address: 192.0.2.2}
+      kubernetes: {context: ctx-web}
+      workloads:
+        - {name: checkout, namespace: shop, serviceAccount: checkout, port: 8080}
+"""
+
+
+def _ours(cluster: FakeCluster) -> list[str]:
+    return sorted(
+        f"{k[1]}/{k[2]}/{k[3]}"
+        for k, o in cluster.store.items()
+        if (o["metadata"].get("labels") or {}).get("meshfed.dev/federation") == "unit"
+        and k[1] != "Namespace"
+    )
+
+
+def _recorded(cluster: FakeCluster) -> set[str]:
+    state = cluster.get("v1", "ConfigMap", "meshfed-unit", "meshfed-system")
+    assert state is not None
+    return {c["context"] for c in json.loads(state["data"]["clusters.json"])}
+
+
+def test_a_full_apply_empties_the_clusters_of_a_removed_mesh() -> None:
+    fed, plan = fed_and_plan()
+    log: list[tuple[str, str, str]] = []
+    clusters = _fakes(log)
+    _rollout(fed, plan, clusters).run()
+    assert _ours(clusters["ctx-east"]) and _ours(clusters["ctx-west"])
+    assert _recorded(clusters["ctx-web"]) == {"ctx-east", "ctx-west", "ctx-web"}
+    west_tokens = [k for k in clusters["ctx-west"].store if k[3].startswith(TOKEN_PREFIX)]
+    assert west_tokens
+
+    fed2, plan2 = fed_and_plan(WEB_ONLY)
+    log.clear()
+    runs = _rollout(fed2, plan2, clusters).run()
+    labels = [run.label for run in runs]
+    assert "payments/east (context ctx-east, no longer in the spec)" in labels
+    assert "payments/west (context ctx-west, no longer in the spec)" in labels
+    # dry-run everywhere first, retired clusters included; then the retirement comes last
+    writes = [i for i, e in enumerate(log) if e[1] in ("apply", "create", "delete")]
+    assert max(i for i, e in enumerate(log) if e[1].startswith("dry")) < min(writes)
+    assert log[writes[-1]][0] in ("east", "west")
+    assert _ours(clusters["ctx-east"]) == []  # the state ConfigMap there included
+    assert _ours(clusters["ctx-west"]) == []  # its cacerts
+    # the reader token the pruned remote secret carried is revoked
+    assert not [k for k in clusters["ctx-west"].store if k[3].startswith(TOKEN_PREFIX)]
+    assert _recorded(clusters["ctx-web"]) == {"ctx-web"}
+    # nothing left to retire: the next apply changes nothing
+    again = _rollout(fed2, plan2, clusters).run()
+    assert [r.label for r in again] == ["web (context ctx-web)"]
+    assert again[0].counts()["configured"] + again[0].counts()["deleted"] == 0
+
+
+def test_a_partial_apply_keeps_the_record_until_a_full_one_retires() -> None:
+    fed, plan = fed_and_plan()
+    clusters = _fakes([])
+    _rollout(fed, plan, clusters).run()
+    before = _ours(clusters["ctx-east"])
+    fed2, plan2 = fed_and_plan(WEB_ONLY)
+    runs = _rollout(fed2, plan2, clusters, ["web"]).run()
+    assert [r.label for r in runs] == ["web (context ctx-web)"]
+    assert _ours(clusters["ctx-east"]) == before
+    assert _recorded(clusters["ctx-web"]) == {"ctx-east", "ctx-west", "ctx-web"}
+    _rollout(fed2, plan2, clusters).run()
+    assert _ours(clusters["ctx-east"]) == []
+    assert _recorded(clusters["ctx-web"]) == {"ctx-web"}
+
+
+def test_an_unreachable_retired_cluster_refuses_until_forgotten() -> None:
+    fed, plan = fed_and_plan()
+    clusters = _fakes([])
+    _rollout(fed, plan, clusters).run()
+    gone = {k: v for k, v in clusters.items() if k != "ctx-west"}
+    fed2, plan2 = fed_and_plan(WEB_ONLY)
+    web_before = copy.deepcopy(clusters["ctx-web"].store)
+    east_before = copy.deepcopy(clusters["ctx-east"].store)
+    with pytest.raises(ApplyRefused) as info:
+        _rollout(fed2, plan2, gone).run()
+    text = str(info.value)
+    assert "payments/west (context ctx-west, no longer in the spec): (connection)" in text
+    assert "apply with --forget ctx-west" in text
+    assert clusters["ctx-web"].store == web_before
+    assert clusters["ctx-east"].store == east_before
+    _rollout(fed2, plan2, gone, forget=("ctx-west",)).run()
+    assert _ours(clusters["ctx-east"]) == []
+    assert _recorded(clusters["ctx-web"]) == {"ctx-web"}
+
+
+def test_objects_of_another_federation_are_not_taken_over() -> None:
+    fed, plan = fed_and_plan()
+    clusters = _fakes([])
+    _rollout(fed, plan, clusters, ["web"]).run()
+    other = SPEC.replace("metadata: {name: unit}", "metadata: {name: other}")
+    fed2, plan2 = fed_and_plan(other)
+    before = copy.deepcopy(clusters["ctx-web"].store)
+    with pytest.raises(ApplyRefused) as info:
+        _rollout(fed2, plan2, clusters, ["web"]).run()
+    text = str(info.value)
+    assert "1 object(s) refused" in text
+    assert "object(s) of meshfed federation 'unit' (Namespace meshfed-system, " in text
+    assert "a mesh can be in one federation only" in text
+    assert clusters["ctx-web"].store == before

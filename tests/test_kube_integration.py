@@ -214,11 +214,13 @@ def write(env: dict[str, Any], name: str, text: str) -> Path:
     return path
 
 
-def meshfed(env: dict[str, Any], command: str, spec_path: Path, *args: str) -> Result:
+def meshfed(
+    env: dict[str, Any], command: str, spec_path: Path, *args: str, state: Path | None = None
+) -> Result:
     register(main)
     return CliRunner().invoke(
         main,
-        [command, str(spec_path), "--state", str(env["state"]), *args],
+        [command, str(spec_path), "--state", str(state or env["state"]), *args],
         env={"KUBECONFIG": env["kubeconfig"]},
         catch_exceptions=False,
     )
@@ -327,6 +329,64 @@ def test_prune_removes_what_is_no_longer_rendered(env: dict[str, Any]) -> None:
         meshfed(env, "apply", write(env, "fed.yaml", spec(env["first"], env["second"]))).exit_code
         == 0
     )
+
+
+PAYMENTS_ONLY = f"""\
+apiVersion: meshfed.dev/v1alpha1
+kind: Federation
+metadata: {{name: {FED}}}
+spec:
+  meshes:
+    - name: payments
+      trustDomain: payments.itest.example
+      network: pci
+      ingress: {{address: 192.0.2.10, port: 15443}}
+      kubernetes: {{context: CONTEXT}}
+      workloads:
+        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080,
+           protocol: HTTP}}
+"""
+
+
+def test_apply_empties_the_cluster_of_a_removed_mesh(env: dict[str, Any]) -> None:
+    payments, web = env["clients"][env["first"]], env["clients"][env["second"]]
+    assert labelled(web)
+    path = write(env, "payments-only.yaml", PAYMENTS_ONLY.replace("CONTEXT", env["first"]))
+    diff_result = meshfed(env, "diff", path)
+    assert diff_result.exit_code == 0, diff_result.output
+    assert f"Cluster web (context {env['second']}, no longer in the spec)" in diff_result.output
+    assert labelled(web)  # diff wrote nothing
+    result = meshfed(env, "apply", path)
+    assert result.exit_code == 0, result.output
+    assert labelled(web) == {}  # gateways, policies, cacerts and the state ConfigMap
+    state = payments.get("v1", "ConfigMap", f"meshfed-{FED}", "meshfed-system")
+    assert state is not None
+    assert [c["context"] for c in yaml.safe_load(state["data"]["clusters.json"])] == [env["first"]]
+    again = meshfed(env, "apply", path)
+    assert again.exit_code == 0, again.output
+    assert "no longer in the spec" not in again.output
+    # back to the full federation for the next tests
+    full = meshfed(env, "apply", write(env, "fed.yaml", spec(env["first"], env["second"])))
+    assert full.exit_code == 0, full.output
+    assert labelled(web)
+
+
+def test_a_second_federation_on_the_same_clusters_is_refused(env: dict[str, Any]) -> None:
+    other = spec(
+        env["first"], env["second"], **{f"metadata: {{name: {FED}}}": "metadata: {name: rival}"}
+    )
+    payments, web = env["clients"][env["first"]], env["clients"][env["second"]]
+    before = (labelled(payments), labelled(web))
+    result = meshfed(
+        env, "apply", write(env, "rival.yaml", other), state=Path(env["base"]) / "rival-state"
+    )
+    assert result.exit_code == 1, result.output
+    assert "nothing was written to any cluster" in result.output
+    assert f"of meshfed federation '{FED}'" in result.output
+    assert "a mesh can be in one federation only" in result.output
+    assert (labelled(payments), labelled(web)) == before
+    for client in (payments, web):
+        assert not client.list("v1", "ConfigMap", labels=selector("rival"))
 
 
 def _refused(env: dict[str, Any], text: str) -> tuple[str, dict[Any, str], dict[Any, str]]:

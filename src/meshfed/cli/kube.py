@@ -123,15 +123,29 @@ def _remote_hints(kws: KubeWorkspace) -> None:
 @_options
 @_mesh_option
 @click.option("--dry-run", is_flag=True, help="Only the server-side dry-run; write nothing.")
+@click.option(
+    "--forget",
+    "forget",
+    multiple=True,
+    metavar="CONTEXT",
+    help="A cluster meshfed applied to before and the spec no longer names, gone for good: "
+    "drop it from the record instead of cleaning it up. Repeatable.",
+)
 def apply(
-    spec: Path, state: Path | None, kubeconfig: Path | None, meshes: tuple[str, ...], dry_run: bool
+    spec: Path,
+    state: Path | None,
+    kubeconfig: Path | None,
+    meshes: tuple[str, ...],
+    dry_run: bool,
+    forget: tuple[str, ...],
 ) -> None:
     """Server-side apply each mesh's manifests to its clusters; prune what meshfed no longer
-    renders. Everything is dry-run on every cluster first: one refusal, and nothing is written."""
+    renders, and (without --mesh) empty the clusters of meshes the spec no longer names.
+    Everything is dry-run on every cluster first: one refusal, and nothing is written."""
     with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
         targets = kws.targets(meshes or None)
-        rollout = kws.rollout(targets, progress=_RichProgress())
+        rollout = kws.rollout(targets, retire=not meshes, forget=forget, progress=_RichProgress())
         err.print(f"dry-run on {len(targets)} cluster(s)", markup=False)
         runs = rollout.run(dry_run=dry_run)
     title = f"{'dry-run: ' if dry_run else ''}{kws.ws.federation.name} applied"
@@ -154,7 +168,7 @@ def diff_command(
     (server-side dry-run against the live objects, meshfed's fields only, secrets as digests)."""
     with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
-        result = federation_diff(kws.rollout(kws.targets(meshes or None)))
+        result = federation_diff(kws.rollout(kws.targets(meshes or None), retire=not meshes))
     base = result.baseline
     since = (
         f"since the apply stored on {base.cluster} at {base.applied_at}"

@@ -6,6 +6,11 @@ RBAC, validation, a conflict over fields meshfed does not own) stops here: nothi
 anywhere, and the error names the cluster, the object and the server's reason. 3. Write, cluster
 by cluster (remotes before their primary, whose remote secrets need the remotes' tokens):
 server-side apply as field manager ``meshfed``, then pruning, then the stored state.
+
+Clusters recorded in the stored state that the spec no longer names (a removed mesh, a removed
+remote) are retired in the same run, last: everything of the federation there is deleted, and
+on a retired remote the reader tokens its remote secret carried are revoked. A partial apply
+(``--mesh``) retires nothing and carries the record forward.
 """
 
 from __future__ import annotations
@@ -16,18 +21,33 @@ from typing import Literal, Protocol
 
 from meshfed.kube.client import Cluster, KubeClient, Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
-from meshfed.kube.remote_secret import Token, current_token, issue_token, kubeconfig_text
-from meshfed.kube.state import state_name, state_object
+from meshfed.kube.remote_secret import (
+    Token,
+    current_token,
+    issue_token,
+    kubeconfig_text,
+    token_secrets,
+)
+from meshfed.kube.state import (
+    AppliedCluster,
+    StoredState,
+    plan_clusters,
+    read_state,
+    state_name,
+    state_object,
+)
 from meshfed.kube.targets import (
+    FEDERATION_LABEL,
     PRUNE_KINDS,
     ClusterTarget,
     owned_by,
     prune_set,
     ref,
     ref_text,
+    retired_targets,
     selector,
 )
-from meshfed.plan.model import ClusterPlan, FederationPlan
+from meshfed.plan.model import ClusterPlan, FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio import multicluster
 from meshfed.spec.model import Federation
@@ -109,7 +129,10 @@ class ClusterRun:
     def label(self) -> str:
         mesh, cluster = self.target.mesh.name, self.target.cluster
         name = mesh if cluster.name == mesh else f"{mesh}/{cluster.name}"
-        return f"{name} (context {cluster.context})" if cluster.context else name
+        where = [f"context {cluster.context}"] if cluster.context else []
+        if self.target.retired:
+            where.append("no longer in the spec")
+        return f"{name} ({', '.join(where)})" if where else name
 
     def refuse(self, what: str, reason: str) -> None:
         self.refusals.append(Refusal(self.label, what, reason))
@@ -130,6 +153,15 @@ def _namespace(obj: Obj) -> str | None:
     return str(ns) if ns else None
 
 
+def _foreign(live: Obj | None, federation: str) -> str | None:
+    """The other meshfed federation that applied ``live``, if one did. Such objects are not
+    taken over: a cluster's mesh has one CA, one pair of federation gateways, one set of
+    boundary policies."""
+    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+    other = labels.get(FEDERATION_LABEL)
+    return str(other) if owned_by(live, None) and other and other != federation else None
+
+
 class Rollout:
     """One apply (or dry-run, or diff) of a set of cluster targets."""
 
@@ -143,8 +175,13 @@ class Rollout:
         *,
         prune: bool = True,
         store_state: bool = True,
+        retire: bool = False,
+        forget: Iterable[str] = (),
         progress: Progress | None = None,
     ) -> None:
+        """``retire``: also empty the recorded clusters the spec no longer names (a full
+        apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
+        without touching them (a cluster that is gone for good)."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -152,8 +189,14 @@ class Rollout:
         self.connect = connect
         self.prune = prune
         self.store_state = store_state
+        self.retire = retire
+        self.forget = frozenset(forget)
         self.progress: Progress = progress or _Quiet()
         self.tokens: dict[tuple[str, str], Token | None] = {}
+        self.states: list[StoredState] = []
+        """The state each reachable primary holds, as read by the dry-run."""
+        self.carried: list[AppliedCluster] = []
+        """Recorded clusters the spec dropped and this run does not retire."""
 
     # -- phase 1: connect and dry-run -----------------------------------------------------
 
@@ -163,21 +206,65 @@ class Rollout:
                 return run
         return None
 
-    def _connect(self) -> None:
-        for run in self.runs:
+    def _connect(self, runs: Iterable[ClusterRun]) -> None:
+        for run in runs:
             try:
                 client = self.connect(run.target.cluster)
                 client.version()
             except KubeError as exc:
-                run.refuse("(connection)", exc.message)
+                reason = exc.message
+                context = run.target.cluster.context or "''"
+                if run.target.retired:
+                    reason += (
+                        f"; meshfed applied mesh {run.target.mesh.name} here before, and the spec "
+                        "no longer names this cluster, so apply removes what the federation put "
+                        "there: make the cluster reachable, or, if it is gone for good, apply "
+                        f"with --forget {context}"
+                    )
+                run.refuse("(connection)", reason)
                 continue
             run.client = client
+
+    def _read_states(self) -> None:
+        for run in self.runs:
+            if run.client is None or not run.target.primary:
+                continue
+            try:
+                found = read_state(run.client, self.fed.name)
+            except KubeError as exc:
+                what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
+                run.refuse(what, exc.message)
+                continue
+            if found is not None:
+                self.states.append(found)
+
+    def _retire(self) -> None:
+        """Add a run for each recorded cluster the spec dropped (or carry them forward)."""
+        recorded: set[AppliedCluster] = set()
+        for state in self.states:
+            try:
+                recorded.update(state.applied_clusters())
+            except KubeError as exc:
+                raise KubeError(f"reading the last applied state: {exc.message}") from None
+        recorded = {c for c in recorded if c.key not in self.forget}
+        dropped = retired_targets(recorded, self.plan)
+        if not (self.retire and self.prune):
+            keys = {t.cluster.context or "" for t in dropped}
+            self.carried = sorted(c for c in recorded if c.key in keys)
+            return
+        runs = [ClusterRun(t) for t in dropped]
+        self._connect(runs)
+        self.runs += runs
 
     def _extras(self, run: ClusterRun, pending_ok: bool) -> None:
         """Remote secrets (primary-remote) and the stored state, made from the cluster."""
         target, client = run.target, run.client
         assert client is not None
         extra: list[Obj] = []
+        if target.retired:
+            target.extra = extra
+            return
+        assert isinstance(target.mesh, MeshPlan)
         for remote in target.remotes:
             key = (target.mesh.name, remote.name)
             remote_run = self._run_of(*key)
@@ -211,7 +298,8 @@ class Rollout:
                 )
                 previous = None
             applied = [*target.objects, *extra]
-            extra.append(state_object(self.fed, self.roots, applied, previous))
+            clusters = [*plan_clusters(self.plan), *self.carried]
+            extra.append(state_object(self.fed, self.roots, applied, previous, clusters))
         target.extra = extra
 
     def _check(self, run: ClusterRun) -> None:
@@ -221,6 +309,7 @@ class Rollout:
         self.progress.start(run.label, "dry-run", len(desired))
         creating = {o["metadata"]["name"] for o in desired if o["kind"] == "Namespace"}
         present: dict[str, bool] = {}
+        foreign: dict[str, list[str]] = {}
         for obj in desired:
             what = ref_text(obj)
             try:
@@ -234,6 +323,11 @@ class Rollout:
                     if stand_in
                     else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
                 )
+                other = _foreign(live, self.fed.name)
+                if other is not None:
+                    foreign.setdefault(other, []).append(what)
+                    self.progress.step(run.label)
+                    continue
                 force = live is None or owned_by(live, None)
                 if stand_in:
                     # The namespace is created by this apply: validate in a stand-in namespace,
@@ -260,6 +354,13 @@ class Rollout:
                     )
                 run.refuse(what, reason + (f" ({exc.causes})" if exc.causes else ""))
             self.progress.step(run.label)
+        for other, names in foreign.items():
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            run.refuse(
+                f"{len(names)} object(s) of meshfed federation {other!r} ({shown})",
+                f"a mesh can be in one federation only: describe all of its peers in one spec "
+                f"(or remove the cluster from {other!r} first)",
+            )
         if self.prune:
             self._plan_prune(run, desired)
 
@@ -275,6 +376,12 @@ class Rollout:
             except KubeError as exc:
                 run.refuse(f"(prune: list {kind})", exc.message)
         run.prune = prune_set(live, desired, self.fed.name)
+        if run.target.retired and run.target.cluster.role == "remote":
+            # The reader tokens the primary's remote secret carried: revoked with it.
+            try:
+                run.prune += token_secrets(client, run.target.mesh.istio_namespace)
+            except KubeError as exc:
+                run.refuse("(prune: list reader tokens)", exc.message)
         for obj in run.prune:
             try:
                 client.delete(obj, dry_run=True)
@@ -283,7 +390,9 @@ class Rollout:
 
     def preflight(self) -> list[Refusal]:
         """Phase 1 on every cluster; writes nothing. Returns every refusal."""
-        self._connect()
+        self._connect(self.runs)
+        self._read_states()
+        self._retire()
         for run in self.runs:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
@@ -338,7 +447,7 @@ class Rollout:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
             self.progress.step(run.label)
-        if target.cluster.role == "remote":
+        if target.cluster.role == "remote" and not target.retired:
             key = (target.mesh.name, target.name)
             token = self.tokens.get(key)
             if token is None:

@@ -11,9 +11,8 @@ import yaml
 
 from meshfed.kube.apply import Action, ClusterRun, Rollout
 from meshfed.kube.client import Obj
-from meshfed.kube.errors import KubeError
 from meshfed.kube.fields import owned_fields, owned_view
-from meshfed.kube.state import StoredState, last_plan, read_state
+from meshfed.kube.state import StoredState, last_plan
 from meshfed.kube.targets import ref_text
 from meshfed.plan.diff import SecurityChange, security_diff
 
@@ -78,18 +77,7 @@ class FederationDiff:
 def diff(rollout: Rollout) -> FederationDiff:
     """Dry-run everything (raises ApplyRefused like apply) and compare."""
     rollout.run(dry_run=True)
-    states: list[StoredState] = []
-    for run in rollout.runs:
-        if run.client is not None and run.target.primary:
-            try:
-                found = read_state(run.client, rollout.fed.name)
-            except KubeError as exc:
-                raise KubeError(
-                    f"cluster {run.label}: reading the last applied state: {exc}"
-                ) from None
-            if found is not None:
-                states.append(found)
-    old_plan, baseline = last_plan(states)
+    old_plan, baseline = last_plan(rollout.states)
     return FederationDiff(
         security_diff(old_plan, rollout.plan),
         baseline,

@@ -1,17 +1,19 @@
 """What meshfed last applied, kept on each primary cluster: ConfigMap ``meshfed-<federation>``
 in ``meshfed-system`` with the spec as applied (discovered workloads included), the roots the
-plan trusted (public certificates only) and a digest of the objects applied there.
+plan trusted (public certificates only), a digest of the objects applied there, and every
+cluster meshfed has written to and not yet cleaned up.
 
 ``diff`` rebuilds the last applied plan from it, so the security diff compares what the
-clusters run with what the new spec would make them run.
+clusters run with what the new spec would make them run; ``apply`` finds there the clusters of
+meshes (or of a mesh's remotes) that the spec no longer names, to prune them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import yaml
@@ -41,18 +43,51 @@ def objects_digest(objects: Iterable[Obj]) -> str:
     return "sha256:" + hashlib.sha256("\n".join(canon).encode()).hexdigest()
 
 
+@dataclass(frozen=True, order=True)
+class AppliedCluster:
+    """A cluster meshfed wrote a mesh's objects to."""
+
+    mesh: str
+    cluster: str
+    context: str | None
+    """kubeconfig context; None: the current one."""
+    role: str
+    istio_namespace: str
+
+    @property
+    def key(self) -> str:
+        """The cluster as the user's kubeconfig names it (what tells two clusters apart)."""
+        return self.context or ""
+
+
+def plan_clusters(plan: FederationPlan) -> list[AppliedCluster]:
+    return sorted(
+        AppliedCluster(m.name, c.name, c.context, c.role, m.istio_namespace)
+        for m in plan.meshes
+        for c in m.clusters
+    )
+
+
+def _clusters_json(clusters: Sequence[AppliedCluster]) -> str:
+    return json.dumps([asdict(c) for c in sorted(set(clusters))], indent=1)
+
+
 def state_object(
     fed: Federation,
     roots: Mapping[str, str],
     applied: Iterable[Obj],
     previous: Obj | None,
+    clusters: Sequence[AppliedCluster] = (),
 ) -> Obj:
     """The state ConfigMap; its ``appliedAt`` changes only when its content does, so an
-    unchanged federation re-applies without a single write."""
+    unchanged federation re-applies without a single write. ``clusters``: every cluster meshfed
+    has written this federation to and not cleaned up since (the spec's, and any it dropped
+    that a partial apply has not pruned yet)."""
     data = {
         "spec.yaml": spec_yaml(fed),
         "roots.json": json.dumps(dict(sorted(roots.items())), indent=1),
         "objects.digest": objects_digest(applied),
+        "clusters.json": _clusters_json(clusters),
     }
     old = (previous or {}).get("data") or {}
     same = all(old.get(k) == v for k, v in data.items())
@@ -70,10 +105,31 @@ class StoredState:
     spec_text: str
     roots: dict[str, str]
     applied_at: str
+    clusters: tuple[AppliedCluster, ...] | None = None
+    """As recorded; None in a state written before meshfed recorded them (then: the spec's)."""
 
     def plan(self) -> FederationPlan:
         fed = parse_spec(self.spec_text, f"{state_name('')}(stored on {self.cluster})")
         return build_plan(fed, self.roots)
+
+    def applied_clusters(self) -> tuple[AppliedCluster, ...]:
+        if self.clusters is not None:
+            return self.clusters
+        try:
+            return tuple(plan_clusters(self.plan()))
+        except SpecError as exc:
+            raise KubeError(
+                f"the state stored on {self.cluster} is not a valid spec: {exc}"
+            ) from None
+
+
+def _read_clusters(text: str | None, where: str) -> tuple[AppliedCluster, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(AppliedCluster(**c) for c in json.loads(text))
+    except (ValueError, TypeError):
+        raise KubeError(f"state ConfigMap on {where} has unreadable clusters.json") from None
 
 
 def read_state(client: Cluster, federation: str) -> StoredState | None:
@@ -88,7 +144,13 @@ def read_state(client: Cluster, federation: str) -> StoredState | None:
         roots = json.loads(data.get("roots.json", "{}"))
     except ValueError:
         raise KubeError(f"state ConfigMap on {client.label} has unreadable roots.json") from None
-    return StoredState(client.name, data.get("spec.yaml", ""), roots, data.get("appliedAt", ""))
+    return StoredState(
+        client.name,
+        data.get("spec.yaml", ""),
+        roots,
+        data.get("appliedAt", ""),
+        _read_clusters(data.get("clusters.json"), client.label),
+    )
 
 
 def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, StoredState | None]:

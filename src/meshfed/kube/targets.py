@@ -5,15 +5,19 @@ holds everything ``render`` writes for the mesh except the IstioOperator overlay
 ``istioctl install``): gateways, policies, routes, ``cacerts`` and the ingress credential, plus in
 primary-remote the east-west gateway and one remote secret per remote. A remote cluster holds the
 mesh's ``cacerts`` (all clusters of a mesh share its intermediate CA) and Istio's reader account.
+A cluster meshfed applied to before and the spec no longer names is retired: it is given nothing,
+so pruning removes all the federation put there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from meshfed.kube.client import Obj
 from meshfed.kube.remote_secret import reader_objects
+from meshfed.kube.state import AppliedCluster
 from meshfed.plan.model import ClusterPlan, FederationPlan, MeshPlan
 from meshfed.plan.names import MANAGED_BY
 from meshfed.render.istio import RenderedMesh
@@ -108,11 +112,19 @@ def prune_set(live: Iterable[Obj], desired: Iterable[Obj], federation: str) -> l
     return list(reversed(apply_order(stale)))
 
 
+@dataclass(frozen=True)
+class RetiredMesh:
+    """A mesh meshfed applied to a cluster before, where the spec now puts nothing."""
+
+    name: str
+    istio_namespace: str
+
+
 @dataclass
 class ClusterTarget:
     """One cluster and what meshfed puts there."""
 
-    mesh: MeshPlan
+    mesh: MeshPlan | RetiredMesh
     cluster: ClusterPlan
     objects: list[Obj]
     remotes: tuple[ClusterPlan, ...] = ()
@@ -127,6 +139,10 @@ class ClusterTarget:
     @property
     def primary(self) -> bool:
         return self.cluster.role == "primary"
+
+    @property
+    def retired(self) -> bool:
+        return isinstance(self.mesh, RetiredMesh)
 
     def desired(self) -> list[Obj]:
         return apply_order(self.objects) + self.extra
@@ -171,3 +187,21 @@ def cluster_targets(
         assert primary is not None
         targets.append(ClusterTarget(mesh, primary, [*config, *secrets], remotes=mesh.remotes))
     return targets
+
+
+def retired_targets(
+    recorded: Iterable[AppliedCluster], plan: FederationPlan
+) -> list[ClusterTarget]:
+    """The recorded clusters the plan no longer uses (told apart by kubeconfig context), each
+    to be emptied of the federation's objects."""
+    in_use = {c.context or "" for m in plan.meshes for c in m.clusters}
+    seen: set[str] = set()
+    out = []
+    for rec in sorted(recorded):
+        if rec.key in in_use or rec.key in seen:
+            continue
+        seen.add(rec.key)
+        role: Literal["primary", "remote"] = "remote" if rec.role == "remote" else "primary"
+        cluster = ClusterPlan(rec.cluster, rec.context, role)
+        out.append(ClusterTarget(RetiredMesh(rec.mesh, rec.istio_namespace), cluster, []))
+    return out

@@ -42,6 +42,8 @@ class KubeWorkspace:
         *,
         prune: bool = True,
         store_state: bool = True,
+        retire: bool = False,
+        forget: Iterable[str] = (),
         progress: Progress | None = None,
     ) -> Rollout:
         return Rollout(
@@ -52,6 +54,8 @@ class KubeWorkspace:
             self.connect,
             prune=prune,
             store_state=store_state,
+            retire=retire,
+            forget=forget,
             progress=progress,
         )
 
