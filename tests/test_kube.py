@@ -17,7 +17,7 @@ import yaml
 from meshfed.kube.apply import Rollout
 from meshfed.kube.client import FIELD_MANAGER, Obj, Resource
 from meshfed.kube.config import merged_kubeconfig, resolve_context
-from meshfed.kube.discover import protocol_of
+from meshfed.kube.discover import load_balancer_address, protocol_of, with_discovered
 from meshfed.kube.errors import ApplyRefused, KubeError
 from meshfed.kube.fields import owned_view, project, redact
 from meshfed.kube.remote_secret import (
@@ -851,3 +851,42 @@ def test_objects_of_another_federation_are_not_taken_over() -> None:
     assert "object(s) of meshfed federation 'unit' (Namespace meshfed-system, " in text
     assert "a mesh can be in one federation only" in text
     assert clusters["ctx-web"].store == before
+
+
+@pytest.mark.parametrize(
+    ("status", "address"),
+    [
+        ({"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}, "127.0.0.9"),
+        ({"loadBalancer": {"ingress": [{"hostname": "lb.example"}]}}, "lb.example"),
+        ({"loadBalancer": {}}, None),
+        (None, None),
+    ],
+)
+def test_load_balancer_address(status: Obj | None, address: str | None) -> None:
+    assert load_balancer_address({"status": status} if status else None) == address
+
+
+def test_a_primary_without_discovery_address_gets_its_load_balancers() -> None:
+    fed, _ = fed_and_plan(SPEC.replace(", discoveryAddress: 192.0.2.99", ""))
+    clusters = _fakes([])
+    connect = lambda c: clusters[c.context or ""]  # noqa: E731
+    completed, found, addresses = with_discovered(fed, connect)
+    assert (completed, found, addresses) == (fed, [], [])  # no Service yet: nothing to fill in
+    clusters["ctx-east"].store[("v1", "Service", "meshfed-system", "istio-eastwestgateway")] = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "istio-eastwestgateway", "namespace": "meshfed-system"},
+        "status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}},
+    }
+    completed, _, addresses = with_discovered(fed, connect)
+    assert [(a.mesh, a.cluster, a.address) for a in addresses] == [
+        ("payments", "east", "127.0.0.9")
+    ]
+    plan = build_plan(completed, {m.name: "PEM" for m in completed.spec.meshes})
+    out = rendered(plan)["payments"]
+    docs = [o for files in (out.files, out.secret_files) for d in files.values() for o in d]
+    remote = [o for o in docs if o["kind"] == "IstioOperator"]
+    assert any(
+        o["spec"]["values"].get("global", {}).get("remotePilotAddress") == "127.0.0.9"
+        for o in remote
+    )

@@ -547,6 +547,58 @@ spec:
     assert "0 created, 0 configured" in again.output, again.output
 
 
+def test_discovery_address_is_read_from_the_eastwest_load_balancer(
+    env: dict[str, Any],
+) -> None:
+    text = f"""\
+apiVersion: meshfed.dev/v1alpha1
+kind: Federation
+metadata: {{name: {FED}}}
+spec:
+  meshes:
+    - name: payments
+      trustDomain: payments.itest.example
+      network: pci
+      ingress: {{address: 192.0.2.10, port: 15443}}
+      clusters:
+        - {{name: east, context: {env["first"]}, role: primary}}
+        - {{name: west, context: {env["second"]}, role: remote}}
+      workloads:
+        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080}}
+"""
+    path = write(env, "no-address.yaml", text)
+    first = meshfed(env, "apply", path)
+    assert first.exit_code == 0, first.output
+    assert "has no load-balancer address yet" in first.output
+    # What the cloud's load-balancer controller does once it has an address for the Service.
+    primary = env["clients"][env["first"]]
+    primary.request(
+        "PATCH",
+        "/api/v1/namespaces/meshfed-system/services/istio-eastwestgateway/status",
+        body={"status": {"loadBalancer": {"ingress": [{"ip": "127.0.0.77"}]}}},
+        content_type="application/merge-patch+json",
+    )
+    register(main)
+    found = CliRunner().invoke(
+        main, ["discover", str(path), "--mesh", "payments"], env=kube_env(env),
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert found.exit_code == 0, found.output
+    (mesh,) = yaml.safe_load(found.stdout)["meshes"]
+    assert mesh["clusters"][0] == {
+        "name": "east",
+        "context": env["first"],
+        "role": "primary",
+        "discoveryAddress": "127.0.0.77",
+    }
+    again = meshfed(env, "apply", path)
+    assert again.exit_code == 0, again.output
+    assert "discovered discoveryAddress 127.0.0.77 of mesh payments" in again.output
+    assert "has no load-balancer address yet" not in again.output
+    state = primary.get("v1", "ConfigMap", f"meshfed-{FED}", "meshfed-system")
+    assert state is not None and "discoveryAddress: 127.0.0.77" in state["data"]["spec.yaml"]
+
+
 def test_discover_services_and_service_exports(
     env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -20,12 +20,13 @@ from meshfed.cli.common import reported
 from meshfed.kube.apply import ClusterRun, kube_connector
 from meshfed.kube.client import KubeClient
 from meshfed.kube.diff import diff as federation_diff
-from meshfed.kube.discover import discover
+from meshfed.kube.discover import discover, discover_addresses
 from meshfed.kube.errors import ApplyRefused, KubeError
 from meshfed.kube.remote_secret import istioctl_output, remote_secret
 from meshfed.kube.targets import TargetError
 from meshfed.kube.workspace import KubeWorkspace, open_kube_workspace
 from meshfed.pki.errors import PKIError
+from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio import multicluster
 from meshfed.spec.load import load_spec
 
@@ -91,6 +92,12 @@ def _open(spec: Path, state: Path | None, kubeconfig: Path | None) -> KubeWorksp
         )
         for note in found.notes:
             err.print(f"  note: {note}", markup=False)
+    for address in kws.addresses:
+        err.print(
+            f"discovered discoveryAddress {address.address} of mesh {address.mesh} "
+            f"(from {address.source})",
+            markup=False,
+        )
     return kws
 
 
@@ -111,10 +118,11 @@ def _remote_hints(kws: KubeWorkspace) -> None:
         primary = mesh.primary
         if mesh.remotes and primary is not None and primary.discovery_address is None:
             err.print(
-                f"note: mesh {mesh.name}: set discoveryAddress on cluster {primary.name} to "
-                f"the address of {multicluster.EASTWEST_GATEWAY} (kubectl -n "
-                f"{mesh.istio_namespace} get svc {multicluster.EASTWEST_GATEWAY}) and render "
-                "again to get the remotes' Istio settings",
+                f"note: mesh {mesh.name}: the east-west gateway {GATEWAY_NAMESPACE}/"
+                f"{multicluster.EASTWEST_GATEWAY} on cluster {primary.name} has no "
+                "load-balancer address yet; once it has one, `meshfed discover` prints it as "
+                "discoveryAddress (or set it in the spec), and `meshfed render` writes the "
+                "remotes' Istio settings",
                 markup=False,
             )
 
@@ -198,18 +206,33 @@ def diff_command(
 def discover_command(
     spec: Path, state: Path | None, kubeconfig: Path | None, meshes: tuple[str, ...]
 ) -> None:
-    """Print the workloads found in each mesh's clusters as spec YAML (meshes[].workloads)."""
+    """Print what each mesh's clusters hold as spec YAML: the workloads (meshes[].workloads)
+    and, for a primary with remotes, the east-west gateway's load-balancer address
+    (meshes[].clusters[].discoveryAddress) when the spec leaves it out."""
     del state
     with reported(ApplyRefused, KubeError, TargetError, PKIError):
         fed = load_spec(spec, discovery_pending=True)
         connect = kube_connector(str(kubeconfig) if kubeconfig else None)
         chosen = meshes or [m.name for m in fed.spec.meshes]
         found = discover(fed, connect, chosen)
-    doc = {"meshes": [{"name": d.mesh, "workloads": d.workloads} for d in found]}
+        addresses = discover_addresses(fed, connect, chosen)
+    entries: dict[str, dict[str, Any]] = {}
     for d in found:
+        entries[d.mesh] = {"name": d.mesh, "workloads": d.workloads}
         err.print(f"mesh {d.mesh}: {len(d.workloads)} workloads from {d.source}s", markup=False)
         for note in d.notes:
             err.print(f"  note: {note}", markup=False)
+    for a in addresses:
+        mesh = fed.mesh(a.mesh)
+        clusters = [
+            c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in mesh.clusters or []
+        ]
+        for c in clusters:
+            if c["name"] == a.cluster:
+                c["discoveryAddress"] = a.address
+        entries.setdefault(a.mesh, {"name": a.mesh})["clusters"] = clusters
+        err.print(f"mesh {a.mesh}: discoveryAddress from {a.source}", markup=False)
+    doc = {"meshes": [entries[m] for m in chosen if m in entries]}
     click.echo(yaml.safe_dump(doc, sort_keys=False), nl=False)
 
 

@@ -5,6 +5,9 @@ v1alpha1), only exported Services count; else every Service outside the system n
 Service: its first port; HTTP when ``appProtocol`` (or Istio's port-name prefix) says HTTP, HTTP/2
 or gRPC, else TCP; the service account of the pods behind its selector when they can be read and
 agree, else the Service's name.
+
+A primary serving remotes whose spec leaves ``discoveryAddress`` out gets the load-balancer
+address of its east-west gateway (the Service meshfed applied there), once the cloud assigned one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
 from meshfed.plan.build import mesh_clusters
 from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
 from meshfed.spec.model import Federation, Mesh
@@ -132,21 +136,75 @@ def discover(
     ]
 
 
+@dataclass(frozen=True)
+class AddressFound:
+    """A primary's discovery address, read from its east-west gateway's load balancer."""
+
+    mesh: str
+    cluster: str
+    address: str
+
+    @property
+    def source(self) -> str:
+        return f"Service {GATEWAY_NAMESPACE}/{EASTWEST_GATEWAY} on cluster {self.cluster}"
+
+
+def load_balancer_address(service: Obj | None) -> str | None:
+    """The first IP or host name the cloud gave a LoadBalancer Service (None: not yet)."""
+    status = (service or {}).get("status") or {}
+    for entry in (status.get("loadBalancer") or {}).get("ingress") or []:
+        address = entry.get("ip") or entry.get("hostname")
+        if address:
+            return str(address)
+    return None
+
+
+def discover_addresses(
+    fed: Federation, connect: Connect, meshes: Iterable[str] | None = None
+) -> list[AddressFound]:
+    """Discovery addresses of the primaries with remotes whose spec leaves them out."""
+    chosen = set(meshes) if meshes is not None else None
+    out = []
+    for mesh in fed.spec.meshes:
+        clusters = mesh_clusters(mesh)
+        if (chosen is not None and mesh.name not in chosen) or len(clusters) < 2:
+            continue
+        primary = clusters[0]
+        if primary.discovery_address is not None:
+            continue
+        try:
+            service = connect(primary).get("v1", "Service", EASTWEST_GATEWAY, GATEWAY_NAMESPACE)
+        except KubeError as exc:
+            raise KubeError(
+                f"discovery in mesh {mesh.name} cluster {primary.name}: {exc.message}"
+            ) from None
+        address = load_balancer_address(service)
+        if address is not None:
+            out.append(AddressFound(mesh.name, primary.name, address))
+    return out
+
+
 def with_discovered(
     fed: Federation, connect: Connect, file: str = "<spec>"
-) -> tuple[Federation, list[Discovery]]:
-    """The spec with discovered workloads filled in, checked whole again."""
+) -> tuple[Federation, list[Discovery], list[AddressFound]]:
+    """The spec with discovered workloads and discovery addresses filled in, checked whole
+    again."""
     found = discover(fed, connect)
-    if not found:
-        return fed, []
+    addresses = discover_addresses(fed, connect)
+    if not found and not addresses:
+        return fed, [], []
     by_mesh = {d.mesh: d.workloads for d in found}
+    address_of = {(a.mesh, a.cluster): a.address for a in addresses}
     doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
     for mesh in doc["spec"]["meshes"]:
         if mesh["name"] in by_mesh:
             mesh["workloads"] = by_mesh[mesh["name"]]
+        for cluster in mesh.get("clusters") or []:
+            if (mesh["name"], cluster["name"]) in address_of:
+                cluster["discoveryAddress"] = address_of[(mesh["name"], cluster["name"])]
     completed = Federation.model_validate(doc)
     problems = check_federation(completed)
     if problems:
         where = f"{file} (with workloads discovered in the clusters)"
         raise SpecError(where, [p.render(where, None) for p in problems])
-    return completed, found
+    return completed, found, addresses

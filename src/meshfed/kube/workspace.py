@@ -4,11 +4,11 @@ PKI and plan, each mesh rendered, and the rollout of those objects to the cluste
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshfed.kube.apply import Connect, Progress, Rollout
-from meshfed.kube.discover import Discovery, with_discovered
+from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
 from meshfed.pki.store import PKIStore
 from meshfed.plan.build import build_plan
@@ -25,6 +25,7 @@ class KubeWorkspace:
     roots: dict[str, str]
     discovered: list[Discovery]
     connect: Connect
+    addresses: list[AddressFound] = field(default_factory=list)
 
     def rendered(self) -> dict[str, RenderedMesh]:
         ws = self.ws
@@ -75,9 +76,10 @@ class KubeWorkspace:
 def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connect) -> KubeWorkspace:
     """Load the spec, discover omitted workloads, create missing PKI, resolve the plan."""
     fed = load_spec(spec_path, discovery_pending=True)
-    fed, found = with_discovered(fed, connect, str(spec_path))
+    fed, found, addresses = with_discovered(fed, connect, str(spec_path))
     state = state_dir if state_dir is not None else default_state_dir(fed)
     material = PKIStore(state).ensure(trust_request(fed))
     roots = root_pems(material)
     plan = build_plan(fed, roots)
-    return KubeWorkspace(Workspace(spec_path, fed, state, material, plan), roots, found, connect)
+    ws = Workspace(spec_path, fed, state, material, plan)
+    return KubeWorkspace(ws, roots, found, connect, addresses)
