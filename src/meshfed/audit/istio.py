@@ -150,17 +150,39 @@ def gateway_workloads(docs: list[Doc]) -> list[GatewayWorkload]:
     return out
 
 
+GATEWAY_API_GROUP = "gateway.networking.k8s.io"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""The label Istio puts on the pods it deploys for a Kubernetes Gateway API ``Gateway``."""
+
+
+def _target_refs(spec: Obj) -> list[Obj]:
+    refs = [as_dict(r) for r in as_list(spec.get("targetRefs"))]
+    single = spec.get("targetRef")
+    return [*refs, as_dict(single)] if isinstance(single, dict) else refs
+
+
 def selects_workload(policy: Doc, workload: GatewayWorkload, root_ns: str) -> bool:
     """Whether a selector-based policy (AuthorizationPolicy, Telemetry, ...) applies to it.
 
     A policy applies in its own namespace, or mesh-wide from the root namespace; its
-    ``selector.matchLabels`` (absent: every workload) must match the pod labels. Policies
-    bound with ``targetRef(s)`` are not resolved and count as not applying.
+    ``selector.matchLabels`` (absent: every workload) must match the pod labels. A policy bound
+    with ``targetRef(s)`` applies to the gateway pods Istio deployed for a Gateway API
+    ``Gateway`` it names in its own namespace (their ``gateway-name`` label); its other targets
+    (Services, ServiceEntries: waypoints; GatewayClasses) never select a gateway deployment.
     """
-    if policy.namespace not in (workload.namespace, root_ns):
-        return False
     spec = policy.spec
-    if spec.get("targetRef") or spec.get("targetRefs"):
+    refs = _target_refs(spec)
+    if refs or "targetRefs" in spec:
+        if policy.namespace != workload.namespace:
+            return False
+        return any(
+            as_str(ref.get("kind")) == "Gateway"
+            and as_str(ref.get("group")) == GATEWAY_API_GROUP
+            and as_str(ref.get("namespace")) in (None, "", policy.namespace)
+            and workload.labels.get(GATEWAY_NAME_LABEL) == as_str(ref.get("name"))
+            for ref in refs
+        )
+    if policy.namespace not in (workload.namespace, root_ns):
         return False
     selector = str_map(dig(spec, "selector", "matchLabels"))
     return subset(selector, workload.labels)
