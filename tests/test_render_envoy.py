@@ -78,8 +78,8 @@ def walk(value: Any) -> Iterator[Any]:
             yield from walk(v)
 
 
-def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
-    ws, run, processes = rendered
+def validate_with_envoy(ws: Workspace, run: Path, processes: dict[str, ProcessConfig]) -> None:
+    """``envoy --mode validate`` on every process's config, its xDS resources made static."""
     (run / "logs").mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     for process in processes.values():
@@ -118,6 +118,11 @@ def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
         assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
 
 
+def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
+    ws, run, processes = rendered
+    validate_with_envoy(ws, run, processes)
+
+
 def test_ingress_chains_are_exactly_the_planned_snis(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
@@ -149,15 +154,24 @@ def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) 
                 if isinstance(f, dict)
                 and f.get("name") in ("envoy.filters.http.rbac", "envoy.filters.network.rbac")
             )
-            rules = rbac["typed_config"]["rules"]
-            assert rules["action"] == "ALLOW"
-            principals = sorted(
-                p["authenticated"]["principal_name"].get("exact")
-                or p["authenticated"]["principal_name"]["prefix"] + "*"
-                for policy in rules["policies"].values()
-                for p in policy["principals"]
+            config = rbac["typed_config"]
+            assert "rules" not in config  # the matcher (render/envoy/rbac.py), deny by default
+            exact = {
+                key
+                for m in walk(config["matcher"])
+                if isinstance(m, dict) and "exact_match_map" in m
+                for key in m["exact_match_map"]["map"]
+            }
+            prefixes = {
+                m["single_predicate"]["value_match"]["prefix"] + "*"
+                for m in walk(config["matcher"])
+                if isinstance(m, dict)
+                and m.get("single_predicate", {}).get("input", {}).get("name") == "uri_san"
+                and "prefix" in m["single_predicate"]["value_match"]
+            }
+            assert sorted(exact | prefixes) == sorted(
+                str(p) for r in server.allow for p in r.principals
             )
-            assert principals == sorted(str(p) for r in server.allow for p in r.principals)
             hcm = [
                 f
                 for f in walk(chain)
