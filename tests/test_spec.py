@@ -152,6 +152,15 @@ CASES = {
             "/v1/tokenize",
         ),
     ),
+    "path with a query": (
+        [("paths: [/v1/tokenize]", "paths: [/v1/tokenize?card=1]")],
+        (
+            "paths: [/v1/tokenize?card=1]",
+            "spec.exports[0].consumers[0].paths[0]",
+            "holds a query or fragment",
+            "write the path alone",
+        ),
+    ),
     "import source not authorising importer": (
         [
             (

@@ -208,6 +208,15 @@ def _check_consumer(
                 f"{http_path!r} is not a path: it must start with '/' and may end in '*'",
                 "write e.g. /v1/tokenize or /v1/*",
             )
+        elif "?" in http_path or "#" in http_path:
+            # Authorization compares the path without its query or fragment (Istio's
+            # ``paths``, Envoy's ``url_path``): such a rule would never match a request.
+            yield Problem(
+                (*path, "paths", k),
+                f"{http_path!r} holds a query or fragment; paths are matched without them, "
+                "so this one would allow nothing",
+                "write the path alone (e.g. /v1/tokenize): every query on it is then allowed",
+            )
 
 
 def _check_imports(fed: Federation) -> Iterator[Problem]:
