@@ -6,7 +6,10 @@ Wired into the main group with ``register(main)``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -39,11 +42,15 @@ from meshfed.local.logs import (
     read_entries,
     summary_line,
 )
-from meshfed.local.runtime import Runtime, UpReport
+from meshfed.local.runtime import Runtime, Silent, UpReport
 from meshfed.local.state import WORKLOAD_HOST
 from meshfed.local.status import Status, collect_status
+from meshfed.local.watch import FileWatcher
 from meshfed.pki.errors import PKIError
-from meshfed.workspace import open_workspace
+from meshfed.plan.diff import SecurityChange, security_diff
+from meshfed.plan.model import FederationPlan
+from meshfed.spec.errors import SpecError
+from meshfed.workspace import Workspace, open_workspace
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -104,14 +111,29 @@ class _RichProgress:
 @click.command()
 @click.argument("spec", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @_state_option
-def up(spec: Path | None, state: Path | None) -> None:
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Then stay in the foreground and apply every saved edit of SPEC live (one line per "
+    "edit). Ctrl-C or SIGTERM stops watching and leaves the federation running.",
+)
+def up(spec: Path | None, state: Path | None, watch: bool) -> None:
     """Run every mesh of SPEC here on real Envoy (default: the bundled bank example).
 
     Starts in the background and returns once every Envoy is ready and every import answered a
     probe. Run it again after editing SPEC to apply the change live (no Envoy restart).
+
+    With --watch, up stays in the foreground instead and applies each saved edit of SPEC the
+    same way as a new run of up, printing one line per edit: what changed and how long it took.
+    A bad edit prints the same error up would and changes nothing; the federation keeps running
+    on the last good spec, and the next good edit applies. Ctrl-C or SIGTERM only stops
+    watching: the federation keeps running, as after up, until meshfed down (a second Ctrl-C
+    while an edit is being applied aborts that edit).
     """
     with reported(PKIError, LocalError, effect="nothing was started"):
         spec_path = spec if spec is not None else default_spec()
+        # Made before the spec is read: an edit saved while the federation starts is applied.
+        watcher = FileWatcher(spec_path) if watch else None
         ws = open_workspace(spec_path, state)
         bar = RichProgressBar(
             SpinnerColumn(),
@@ -138,7 +160,158 @@ def up(spec: Path | None, state: Path | None) -> None:
             "the federation is running; see meshfed logs --boundary and meshfed status",
             markup=False,
         )
-        sys.exit(1)
+        if watcher is None:
+            sys.exit(1)
+    if watcher is not None:
+        runtime.progress = Silent()
+        _watch(watcher, ws, runtime)
+
+
+# --- up --watch ------------------------------------------------------------------------------
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM while watching. Between edits they end the watch (``requested``, and
+    the watcher wakes up through ``fd``, a ``signal.set_wakeup_fd`` pipe: nothing is raised in
+    the middle of printing). During an edit the first one lets the edit finish, and the watch
+    ends after it; a second one aborts the edit (KeyboardInterrupt: the runtime stops what the
+    edit had started, as for an interrupted ``up``).
+    """
+
+    def __init__(self) -> None:
+        self.applying = False
+        self.requested = False
+        self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.applying and signum == signal.SIGTERM:
+            # As SIGINT: the runtime holds SIGINT back while it records a process it started.
+            signal.raise_signal(signal.SIGINT)
+            return
+        if self.applying and self.requested:
+            raise KeyboardInterrupt
+        if self.applying:
+            err.print(
+                "stopping after this edit is applied (Ctrl-C again aborts the edit)",
+                markup=False,
+            )
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        signal.set_wakeup_fd(self._previous_fd)
+        os.close(self.fd)
+        os.close(self._write_fd)
+
+
+def _watch(watcher: FileWatcher, ws: Workspace, runtime: Runtime) -> None:
+    """Apply every saved edit of the spec until Ctrl-C / SIGTERM; the federation keeps running."""
+    spec_path, state_dir, plan = ws.spec_path, ws.state_dir, ws.plan
+    signals = _StopSignals()
+    try:
+        out.print(
+            f"watching {spec_path} for edits ({watcher.how}); Ctrl-C stops watching, the "
+            "federation keeps running (meshfed down stops it)",
+            markup=False,
+            soft_wrap=True,
+        )
+        while not signals.requested:
+            if not watcher.wait(wake=signals.fd) or signals.requested:
+                continue
+            signals.applying = True
+            plan = _apply_edit(spec_path, state_dir, runtime, plan)
+            signals.applying = False
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted: stopped what this edit had started; the federation keeps running on a "
+            "partly applied edit (run meshfed up to finish it, meshfed down to stop it)",
+            markup=False,
+        )
+        sys.exit(130)
+    finally:
+        signals.restore()
+        watcher.close()
+    out.print(
+        "stopped watching; the federation keeps running (meshfed down stops it)", markup=False
+    )
+
+
+def _apply_edit(
+    spec_path: Path, state_dir: Path, runtime: Runtime, plan: FederationPlan
+) -> FederationPlan:
+    """One saved edit, as a new run of ``up`` would apply it; the plan now running."""
+    t0 = time.monotonic()
+    stamp = datetime.now().strftime("%H:%M:%S")
+    kept = "nothing was changed; the federation keeps running on the last good spec"
+    try:
+        ws = open_workspace(spec_path, state_dir)
+    except SpecError as exc:
+        for line in exc.lines:
+            click.echo(line, err=True)
+        click.echo(f"{exc.file}: {len(exc.lines)} problem(s); {kept}", err=True)
+        return plan
+    except (PKIError, LocalError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        click.echo(kept, err=True)
+        return plan
+    try:
+        report = runtime.up(ws)
+    except LocalError as exc:
+        click.echo(f"error: {exc}", err=True)
+        click.echo(
+            "the edit was not applied in full; what it started was stopped and the federation "
+            "keeps running: fix the spec and save again",
+            err=True,
+        )
+        return plan
+    elapsed = time.monotonic() - t0
+    line = _edit_line(stamp, spec_path.name, elapsed, security_diff(plan, ws.plan), report)
+    out.print(line, markup=False, soft_wrap=True)
+    for p in report.probes:
+        if not p.ok:
+            err.print(f"probe failed: {p.probe.mesh} {p.probe.key}: {p.detail}", markup=False)
+    return ws.plan
+
+
+def _edit_line(
+    stamp: str, name: str, elapsed: float, changes: list[SecurityChange], report: UpReport
+) -> str:
+    """``12:03:04 applied bank.yaml in 118 ms: <what changed> | <Envoys> | <probes>``."""
+    spec = "; ".join(str(c) for c in changes[:3]) or "no security-relevant change"
+    if len(changes) > 3:
+        spec += f" (+{len(changes) - 3} more)"
+    envoys = [
+        f"{verb} {_names(names)}"
+        for verb, names in (
+            ("started", [n for n in report.started if n != dashboard.DASHBOARD]),
+            ("restarted", report.restarted),
+            ("updated", sorted(report.updated)),
+            ("stopped", report.stopped),
+        )
+        if names
+    ]
+    checked = [p for p in report.probes if p.checked]
+    failed = [p for p in checked if not p.ok]
+    probes = f"{len(checked)} import{'s' if len(checked) != 1 else ''} probed: " + (
+        f"{len(failed)} FAILED" if failed else "ok"
+    )
+    if not checked:
+        probes = "no import to probe again"
+    return (
+        f"{stamp} applied {name} in {elapsed * 1000:.0f} ms: {spec} | "
+        f"{', '.join(envoys) or 'no Envoy changed'} | {probes}"
+    )
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    if len(names) <= shown:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f" and {len(names) - shown} more"
 
 
 def _listens(listeners: dict[str, str], app_port: int | None) -> str:

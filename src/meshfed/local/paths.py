@@ -3,6 +3,7 @@
 layout.json      allocated ports (stable across ``up`` runs)
 processes.json   running processes: pid, start time, base id (removed by ``down``)
 runtime.json     what the last ``up`` applied: meshes, workloads, imports (for status/call)
+probes.json      the import probes that passed (``up`` runs one again only when its path changed)
 workloads.json   configuration of the workload host
 envoy/...        per Envoy: bootstrap, lds/, cds/, sds/ (owned by render/envoy/files.py)
 logs/            stdout/stderr of every process, and the gateways' access logs
@@ -39,6 +40,10 @@ class RuntimePaths:
     @property
     def runtime(self) -> Path:
         return self.root / "runtime.json"
+
+    @property
+    def probes(self) -> Path:
+        return self.root / "probes.json"
 
     @property
     def workloads(self) -> Path:

@@ -10,6 +10,9 @@ ingress's decision.
 TCP: a connection through the sidecar's local port for the import, by an allowed workload; success
 is the exporting workload's greeting line. Without an allowed workload the TCP probe is skipped
 (the ingress closes such connections without a word).
+
+``probe_path`` names the processes a probe's call passes through: after a live change, ``up``
+probes again only the imports whose path changed (and those that never passed).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import http.client
 import json
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from meshfed.local.ports import LOOPBACK
 from meshfed.plan.model import FederationPlan, ImportRoute, MeshPlan, Workload
@@ -50,6 +53,34 @@ class ProbeResult:
     probe: Probe
     ok: bool
     detail: str
+    checked: bool = True
+    """False: not run again (nothing on its path changed since it passed)."""
+
+
+Hop = tuple[str, str, str | None]
+"""A process on a probe's path: (mesh, role, workload of a sidecar)."""
+
+
+def probe_path(plan: FederationPlan, probe: Probe) -> frozenset[Hop]:
+    """The Envoys a probe's call passes through: the caller's sidecar, its mesh's egress, and
+    for every source (failover included) the exporting ingress and the exported workload's
+    sidecar."""
+    mesh = plan.mesh(probe.mesh)
+    route = next(r for r in mesh.imports if f"{r.local_host}:{r.port}" == probe.key)
+    hops: set[Hop] = {(probe.mesh, "egress", None)}
+    if probe.workload is not None:
+        hops.add((probe.mesh, "sidecar", probe.workload))
+    for source in route.sources:
+        hops.add((source.mesh, "ingress", None))
+        server = plan.mesh(source.mesh).ingress.server(route.wire_host)
+        if server is not None:
+            hops.add((source.mesh, "sidecar", server.workload.ref))
+    return frozenset(hops)
+
+
+def probe_key(probe: Probe) -> str:
+    """The probe in one string: a probe that passed is known again only if it is the same."""
+    return json.dumps(asdict(probe), sort_keys=True)
 
 
 def _allowed_request(

@@ -3,8 +3,14 @@
 ``up`` is idempotent and live: it allocates (or keeps) ports, issues (or keeps) certificates,
 renders every Envoy's configuration, starts what is missing, updates running Envoys through their
 watched files (never restarting one whose bootstrap is unchanged), stops what the spec no longer
-has, and probes every import. Everything it starts is recorded at once in ``processes.json``;
-if it is interrupted, it stops what this run started.
+has, and probes the imports (after a live change: those whose path it changed, and any that did
+not pass before). Everything it starts is recorded at once in ``processes.json``; if it is
+interrupted, it stops what this run started.
+
+A re-apply is meant to be cheap (``meshfed up --watch`` runs one per saved edit): the ports our
+processes hold are read from their own descriptors only, unchanged xDS files are recognised by
+digest without being re-read (``xds.py``), running Envoys of one role are updated at once, and
+the inotify headroom is counted only when an Envoy starts.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,8 +44,16 @@ from meshfed.local.layout import (
     layout_to_json,
 )
 from meshfed.local.paths import RuntimePaths
-from meshfed.local.ports import LOOPBACK, describe_holder, listening_pids, port_free
-from meshfed.local.probe import ProbeResult, plan_probes, run_probe
+from meshfed.local.ports import LOOPBACK, describe_holder, port_free, ports_held_by
+from meshfed.local.probe import (
+    Hop,
+    Probe,
+    ProbeResult,
+    plan_probes,
+    probe_key,
+    probe_path,
+    run_probe,
+)
 from meshfed.local.procs import (
     INOTIFY_FIX,
     cmdline,
@@ -57,7 +71,13 @@ from meshfed.local.state import (
     load_processes,
     save_processes,
 )
-from meshfed.local.summary import RuntimeSummary, load_summary, save_summary, summarize
+from meshfed.local.summary import (
+    ImportInfo,
+    RuntimeSummary,
+    load_summary,
+    save_summary,
+    summarize,
+)
 from meshfed.local.workloads import WorkloadSpec
 from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
 from meshfed.plan.model import FederationPlan
@@ -68,6 +88,8 @@ from meshfed.workspace import Workspace
 
 READY_TIMEOUT = 30.0
 PROBE_TIMEOUT = 10.0
+POLL = 0.005
+"""How often a starting process is asked whether it is ready (each ask is one local connect)."""
 ROLE_ORDER = {"ingress": 0, "egress": 1, "sidecar": 2}
 """Live updates go exporter side first, consumer side last: a route never leads nowhere."""
 
@@ -78,7 +100,9 @@ class Progress(Protocol):
     def advance(self, n: int = 1) -> None: ...
 
 
-class _Silent:
+class Silent:
+    """No progress display."""
+
     def phase(self, text: str, total: int | None = None) -> None:
         pass
 
@@ -116,11 +140,13 @@ class Runtime:
 
     def __init__(self, state_dir: Path, progress: Progress | None = None) -> None:
         self.paths = RuntimePaths(state_dir.resolve())
-        self.progress: Progress = progress or _Silent()
+        self.progress: Progress = progress or Silent()
         self.records: dict[str, ProcessRecord] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._started_now: list[str] = []
         """Processes this command started (stopped again if it is interrupted)."""
+        self._written: tuple[int, int, int, int] | None = None
+        """Identity of ``processes.json`` as this object last wrote it (None: unknown)."""
 
     @property
     def root(self) -> Path:
@@ -133,6 +159,12 @@ class Runtime:
 
     def _save(self) -> None:
         save_processes(self.paths, self.records)
+        self._written = _file_identity(self.paths.processes)
+
+    def _records_untouched(self) -> bool:
+        """``processes.json`` is as this object last wrote it: no other command changed the
+        runtime since (an ``up --watch`` between two edits)."""
+        return self._written is not None and _file_identity(self.paths.processes) == self._written
 
     def _forget(self, name: str) -> None:
         self.records.pop(name, None)
@@ -160,11 +192,15 @@ class Runtime:
 
     def _cleanup_stale(self) -> list[str]:
         notes = []
+        # Leftovers come from a command that died between starting a process and recording it.
+        # When the records are still as this object wrote them, no other command ran since, and
+        # the scan of every process's command line is skipped.
+        scan = not self._records_untouched()
         for name, record in sorted(self.records.items()):
             if not record.alive:
                 notes.append(f"{name}: recorded pid {record.pid} is gone; cleaned up")
                 self._forget(name)
-        leftovers = self._leftovers()
+        leftovers = self._leftovers() if scan else []
         if leftovers:
             stop([(pid, st) for pid in leftovers if (st := start_time(pid)) is not None])
             notes.append(
@@ -240,11 +276,13 @@ class Runtime:
                     f"see the logs in {self.paths.logs}",
                 )
             if waiting:
-                time.sleep(0.02)
+                time.sleep(POLL)
 
     def _check_inotify(self, needed: int) -> None:
+        if needed == 0:
+            return  # nothing new starts: no need to count the user's instances
         headroom = inotify_headroom()
-        if headroom is None or needed == 0:
+        if headroom is None:
             return
         used, limit = headroom
         if used + needed > limit:
@@ -350,34 +388,50 @@ class Runtime:
                     "free those ports, or remove layout.json in the state directory",
                 )
             if waiting:
-                time.sleep(0.02)
+                time.sleep(POLL)
 
-    def _await_first_choice(self, summary: RuntimeSummary, timeout: float = 5.0) -> None:
+    def _await_first_choice(
+        self, summary: RuntimeSummary, hops: set[Hop] | None, timeout: float = 5.0
+    ) -> None:
         """Wait until each import is served by its first source whose ingress runs here.
 
         All Envoys start at once, so an egress can health-check an ingress before it listens;
         a call made then goes to the failover target and its connection stays pinned there for
         the sidecar's connection lifetime. Probes and the user's first calls come after this.
+        ``hops``: the processes this run started or changed (None: all); an import whose
+        egress and sources' ingresses are all unchanged is left alone. One ``/clusters`` read
+        per egress gateway and round serves every import of its mesh.
         """
-        from meshfed.local.status import source_health  # status imports this module
+        from meshfed.local.status import health_from_clusters  # status imports this module
 
-        deadline = time.monotonic() + timeout
+        egress_admin = {p.mesh: p.admin_port for p in summary.processes if p.role == "egress"}
+        ingress_names = {p.mesh: p.name for p in summary.processes if p.role == "ingress"}
+        running = {n for n, r in self.records.items() if r.alive}
+        waiting: dict[int, list[tuple[ImportInfo, str]]] = {}
         for imp in summary.imports:
-            egress = next(
-                (p for p in summary.processes if p.mesh == imp.mesh and p.role == "egress"), None
-            )
-            running = [
-                s
-                for s in imp.sources
-                if (r := self.records.get(f"{s.mesh}/ingress")) is not None and r.alive
-            ]
-            if egress is None or not running:
+            path = {(s.mesh, "ingress", None) for s in imp.sources} | {(imp.mesh, "egress", None)}
+            if hops is not None and not path & hops:
                 continue
-            first = min(running, key=lambda s: s.priority).mesh
-            while time.monotonic() < deadline:
-                if source_health(imp, egress.admin_port)[0] == first:
-                    break
-                time.sleep(0.05)
+            serving = [s for s in imp.sources if ingress_names.get(s.mesh) in running]
+            port = egress_admin.get(imp.mesh)
+            if port is None or not serving or imp.egress_cluster is None:
+                continue
+            first = min(serving, key=lambda s: s.priority).mesh
+            waiting.setdefault(port, []).append((imp, first))
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            for port, imports in list(waiting.items()):
+                try:
+                    clusters = admin.clusters(port, timeout=1.0)
+                except (admin.AdminError, ValueError):
+                    clusters = []
+                left = [(i, f) for i, f in imports if health_from_clusters(i, clusters)[0] != f]
+                if left:
+                    waiting[port] = left
+                else:
+                    del waiting[port]
+            if waiting:
+                time.sleep(0.02)
 
     def _ensure_dashboard(self, reserved: set[int], report: UpReport) -> None:
         """Start the dashboard unless it runs (it reloads the picture itself on a new ``up``)."""
@@ -421,8 +475,8 @@ class Runtime:
         self.progress.phase("checking state and ports")
         envoy = find_envoy()
         notes = self._cleanup_stale()
-        alive_pids = {r.pid for r in self.records.values() if r.alive}
-        own_ports = {port for port, pids in listening_pids().items() if pids & alive_pids}
+        # Only our recorded processes' descriptors are read, not every process's on the host.
+        own_ports = ports_held_by(r.pid for r in self.records.values() if r.alive)
         check_ingresses(plan, own_ports)
         previous = layout_from_json(read_json(self.paths.layout))
         layout, moved = allocate_layout(plan, previous, own_ports)
@@ -479,20 +533,15 @@ class Runtime:
         report.started += to_start
         report.restarted += to_restart
 
-        # Running Envoys: live, exporter side first.
-        live = sorted(
-            (n for n in wanted if n in running and n not in to_restart),
-            key=lambda n: (ROLE_ORDER.get(wanted[n][0].process.role, 9), n),
-        )
-        self.progress.phase("updating running Envoys", len(live))
-        for name in live:
-            files, pending = wanted[name]
-            if pending.empty:
-                report.unchanged.append(name)
-            else:
-                files.apply_live(pending)
-                report.updated[name] = pending.describe()
-            self.progress.advance()
+        # Running Envoys: live, exporter side first; within one role, all at once.
+        live = [n for n in wanted if n in running and n not in to_restart]
+        report.unchanged += [n for n in live if wanted[n][1].empty]
+        changed = [n for n in live if not wanted[n][1].empty]
+        self.progress.phase("updating running Envoys", len(changed))
+        for stage in _stages(changed, lambda n: wanted[n][0].process.role):
+            for name in _each_done(stage, lambda n: _apply(wanted[n])):
+                report.updated[name] = wanted[name][1].describe()
+                self.progress.advance()
 
         # What the spec no longer has.
         gone = sorted(n for n in running if n not in wanted)
@@ -504,14 +553,43 @@ class Runtime:
         save_summary(self.paths, summary)
 
         self.progress.phase("waiting for each import's first choice")
-        self._await_first_choice(summary)
+        # What this run started or changed, as (mesh, role, workload); None: everything. A
+        # reloaded workload host (SIGHUP) changed only apps whose sidecars changed with them; a
+        # started one started every app.
+        touched = {*report.started, *report.restarted, *report.updated}
+        hops: set[Hop] | None = None
+        if not first_run and WORKLOAD_HOST not in report.started:
+            hops = {(p.mesh, p.role, p.workload) for p in processes if p.name in touched}
+        self._await_first_choice(summary, hops)
         probes = plan_probes(plan, layout)
-        self.progress.phase("probing imports", len(probes))
-        with ThreadPoolExecutor(max_workers=max(1, min(8, len(probes)))) as pool:
-            for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT), probes):
-                report.probes.append(result)
+        stale = self._probes_to_run(plan, probes, hops)
+        self.progress.phase("probing imports", len(stale))
+        results = {}
+        with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
+            for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT), stale):
+                results[result.probe] = result
                 self.progress.advance()
+        for probe in probes:
+            report.probes.append(
+                results.get(probe)
+                or ProbeResult(probe, True, "passed before; nothing on its path changed", False)
+            )
+        write_json(
+            self.paths.probes,
+            {"version": 1, "passed": sorted(probe_key(r.probe) for r in report.probes if r.ok)},
+        )
         return report
+
+    def _probes_to_run(
+        self, plan: FederationPlan, probes: list[Probe], hops: set[Hop] | None
+    ) -> list[Probe]:
+        """The probes to run: all (``hops`` None), else those that did not pass last time or
+        whose path has a process this run started or changed (``hops``)."""
+        if hops is None:
+            return probes
+        doc = read_json(self.paths.probes)
+        passed = set(doc.get("passed", [])) if isinstance(doc, dict) else set()
+        return [p for p in probes if probe_key(p) not in passed or probe_path(plan, p) & hops]
 
     # --- down
 
@@ -616,7 +694,8 @@ class Runtime:
 
 @contextlib.contextmanager
 def _deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block is done, then raise it: no half-recorded state."""
+    """Hold Ctrl-C (SIGINT) until the block is done, then hand it to the handler that was in
+    place (Python's raises KeyboardInterrupt): no half-recorded state."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -627,7 +706,43 @@ def _deferred_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
     if hit:
-        raise KeyboardInterrupt
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+def _stages(names: Iterable[str], role: Callable[[str], str]) -> list[list[str]]:
+    """``names`` in groups by role, in ``ROLE_ORDER`` (sorted within a group)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        groups.setdefault(ROLE_ORDER.get(role(name), len(ROLE_ORDER)), []).append(name)
+    return [sorted(groups[rank]) for rank in sorted(groups)]
+
+
+def _each_done(names: list[str], work: Callable[[str], None]) -> Iterator[str]:
+    """Run ``work`` on every name (in threads when there are several); yield each name when its
+    work is done, in order. The first failure is raised once every started work has ended."""
+    if len(names) == 1:
+        work(names[0])
+        yield names[0]
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(names))) as pool:
+        for name, _ in zip(names, pool.map(work, names), strict=True):
+            yield name
+
+
+def _apply(item: tuple[EnvoyFiles, Pending]) -> None:
+    files, pending = item
+    files.apply_live(pending)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _connectable(port: int) -> bool:

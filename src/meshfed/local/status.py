@@ -82,15 +82,25 @@ def source_health(
     imp: ImportInfo, egress_admin: int | None
 ) -> tuple[str | None, tuple[SourceStatus, ...]]:
     """Health of each source as the egress gateway sees it, and the one serving now."""
-    hosts: dict[str, bool] = {}
+    found: list[dict[str, Any]] = []
     if egress_admin is not None and imp.egress_cluster:
         try:
-            for cluster in admin.clusters(egress_admin, timeout=1.0):
-                if cluster.get("name") == imp.egress_cluster:
-                    for host in cluster.get("host_statuses", []):
-                        hosts[_address(host)] = _host_health(host)
+            found = admin.clusters(egress_admin, timeout=1.0)
         except (admin.AdminError, ValueError):
-            hosts = {}
+            found = []
+    return health_from_clusters(imp, found)
+
+
+def health_from_clusters(
+    imp: ImportInfo, clusters: list[dict[str, Any]]
+) -> tuple[str | None, tuple[SourceStatus, ...]]:
+    """``source_health`` from the egress gateway's ``/clusters`` already read (one read serves
+    every import of the mesh)."""
+    hosts: dict[str, bool] = {}
+    for cluster in clusters:
+        if imp.egress_cluster and cluster.get("name") == imp.egress_cluster:
+            for host in cluster.get("host_statuses", []):
+                hosts[_address(host)] = _host_health(host)
 
     def one(s: SourceInfo) -> SourceStatus:
         key = f"{s.address}:{s.port}"

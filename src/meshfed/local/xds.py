@@ -5,6 +5,11 @@ Files (paths from ``render/envoy/files.py``): ``bootstrap.json``, ``cds/cds.json
 ``version_info`` counts up whenever its resources change; unchanged resources are never rewritten,
 so an unchanged Envoy sees nothing at all.
 
+Files are compared by a digest of their canonical JSON. A process that writes a file remembers
+its digest and version under the file's identity (inode, size, times): a later comparison in the
+same process (``meshfed up --watch``, one edit after another) reads and parses only files that
+somebody else changed meanwhile.
+
 A running Envoy is updated make-before-break: secrets, then clusters (old and new together), wait
 until Envoy applied them and no cluster is warming, then listeners, wait, then the final clusters.
 A listener naming a cluster Envoy does not know yet would be rejected whole.
@@ -12,10 +17,14 @@ A listener naming a cluster Envoy does not know yet would be rejected whole.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +52,77 @@ def _canonical(doc: Any) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def _version_after(old: Any) -> str:
+def digest(doc: Any) -> str:
+    """Digest of a JSON value's canonical form (key order and spacing do not count)."""
+    return hashlib.sha256(_canonical(doc).encode()).hexdigest()
+
+
+def _version_after(version: str | None) -> str:
     try:
-        return str(int(str(old["version_info"])) + 1)
-    except (KeyError, TypeError, ValueError):
+        return str(int(str(version)) + 1)
+    except ValueError:
         return "1"
 
 
-def _same_resources(old: Any, resources: list[Resource]) -> bool:
-    return isinstance(old, Mapping) and _canonical(old.get("resources")) == _canonical(resources)
+_FileId = tuple[int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class FileState:
+    """What one file on disk holds: its ``version_info`` and the digest of what counts."""
+
+    version: str | None
+    digest: str
+
+
+_KNOWN: dict[tuple[Path, bool], tuple[_FileId, FileState]] = {}
+_KNOWN_LOCK = threading.Lock()
+
+
+def _file_id(path: Path) -> _FileId | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_state(path: Path, whole: bool = False) -> FileState | None:
+    """The state of ``path`` (None: missing or not JSON). ``whole``: digest of the whole
+    document (a bootstrap), else of its ``resources`` (an xDS or SDS file)."""
+    ident = _file_id(path)
+    if ident is None:
+        return None
+    with _KNOWN_LOCK:
+        known = _KNOWN.get((path, whole))
+    if known is not None and known[0] == ident:
+        return known[1]
+    doc = read_json(path)
+    if not isinstance(doc, Mapping):
+        return None
+    version = doc.get("version_info")
+    state = FileState(
+        None if version is None else str(version),
+        digest(doc if whole else doc.get("resources")),
+    )
+    _remember(path, ident, state, whole)
+    return state
+
+
+def _remember(
+    path: Path, ident: _FileId | None, state: FileState | None, whole: bool = False
+) -> None:
+    """Note what this process wrote to ``path`` (``ident`` or ``state`` None: forget it)."""
+    with _KNOWN_LOCK:
+        if ident is None or state is None:
+            _KNOWN.pop((path, whole), None)
+        else:
+            _KNOWN[(path, whole)] = (ident, state)
+
+
+def _has(path: Path, want: str, whole: bool = False) -> bool:
+    state = file_state(path, whole)
+    return state is not None and state.digest == want
 
 
 @dataclass
@@ -96,6 +167,14 @@ class EnvoyFiles:
         self.process = process
         self.dir = process_dir(runtime_dir, process.name)
 
+    @cached_property
+    def clusters_digest(self) -> str:
+        return digest(self.process.clusters)
+
+    @cached_property
+    def listeners_digest(self) -> str:
+        return digest(self.process.listeners)
+
     @property
     def bootstrap_path(self) -> Path:
         return self.dir / "bootstrap.json"
@@ -118,36 +197,39 @@ class EnvoyFiles:
         """Compare with the files on disk; ``secrets``: name -> SDS file content."""
         pending = Pending()
         boot = bootstrap(self.process, self.runtime_dir)
-        if read_json(self.bootstrap_path) != json.loads(_canonical(boot)):
+        if not _has(self.bootstrap_path, digest(boot), whole=True):
             pending.bootstrap = boot
         for name, content in secrets.items():
-            old = read_json(self.sds_path(name))
-            if not _same_resources(old, content["resources"]):
+            if not _has(self.sds_path(name), digest(content["resources"])):
                 pending.secrets[name] = content
         sds_dir = self.dir / "sds"
         if sds_dir.is_dir():
             for path in sorted(sds_dir.glob("*.json")):
                 if path.stem not in secrets:
                     pending.stale_secrets.append(path.stem)
-        if not _same_resources(read_json(self.cds_path), self.process.clusters):
+        if not _has(self.cds_path, self.clusters_digest):
             pending.clusters = self.process.clusters
-        if not _same_resources(read_json(self.lds_path), self.process.listeners):
+        if not _has(self.lds_path, self.listeners_digest):
             pending.listeners = self.process.listeners
         return pending
 
     # --- writing
 
-    def _write_xds(self, path: Path, resources: list[Resource]) -> str:
-        version = _version_after(read_json(path))
+    def _write_xds(self, path: Path, resources: list[Resource], want: str | None = None) -> str:
+        old = file_state(path)
+        version = _version_after(old.version if old else None)
         write_json(path, discovery_response(resources, version))
+        _remember(path, _file_id(path), FileState(version, want or digest(resources)))
         return version
 
     def _write_secret(self, name: str, content: Resource) -> None:
-        old = read_json(self.sds_path(name))
+        path = self.sds_path(name)
+        old = file_state(path)
         doc = dict(content)
-        doc["version_info"] = _version_after(old)
+        doc["version_info"] = _version_after(old.version if old else None)
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
-        write_atomic(self.sds_path(name), data, SECRET_MODE)
+        write_atomic(path, data, SECRET_MODE)
+        _remember(path, _file_id(path), FileState(doc["version_info"], digest(doc["resources"])))
 
     def _prepare_dirs(self) -> None:
         for sub in ("", "cds", "lds", "sds"):
@@ -158,14 +240,18 @@ class EnvoyFiles:
         self._prepare_dirs()
         if pending.bootstrap is not None:
             write_json(self.bootstrap_path, pending.bootstrap)
+            state = FileState(None, digest(pending.bootstrap))
+            _remember(self.bootstrap_path, _file_id(self.bootstrap_path), state, whole=True)
         for name, content in pending.secrets.items():
             self._write_secret(name, content)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
         if pending.clusters is not None:
-            self._write_xds(self.cds_path, pending.clusters)
+            known = self.clusters_digest if pending.clusters is self.process.clusters else None
+            self._write_xds(self.cds_path, pending.clusters, known)
         if pending.listeners is not None:
-            self._write_xds(self.lds_path, pending.listeners)
+            known = self.listeners_digest if pending.listeners is self.process.listeners else None
+            self._write_xds(self.lds_path, pending.listeners, known)
 
     def apply_live(self, pending: Pending, timeout: float = APPLY_TIMEOUT) -> None:
         """Update a running Envoy without a restart (the bootstrap must be unchanged)."""
@@ -182,16 +268,24 @@ class EnvoyFiles:
                 names = {c.get("name") for c in wanted}
                 union = wanted + [c for c in old_clusters if c.get("name") not in names]
                 self._apply(port, self.cds_path, union, "cds", timeout)
-                self._apply(port, self.lds_path, self.process.listeners, "lds", timeout)
-            if not _same_resources(read_json(self.cds_path), wanted):
-                self._apply(port, self.cds_path, wanted, "cds", timeout)
+                lds = self.process.listeners
+                self._apply(port, self.lds_path, lds, "lds", timeout, self.listeners_digest)
+            if not _has(self.cds_path, self.clusters_digest):
+                self._apply(port, self.cds_path, wanted, "cds", timeout, self.clusters_digest)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
 
     def _apply(
-        self, port: int, path: Path, resources: list[Resource], kind: str, timeout: float
+        self,
+        port: int,
+        path: Path,
+        resources: list[Resource],
+        kind: str,
+        timeout: float,
+        want: str | None = None,
     ) -> None:
-        if _same_resources(read_json(path), resources):
+        want = want or digest(resources)
+        if _has(path, want):
             return
         pattern = _CDS_STATS if kind == "cds" else _LDS_STATS
         rejected_stat = (
@@ -201,7 +295,7 @@ class EnvoyFiles:
         )
         before = admin.stats(port, pattern)
         previous = path.read_bytes() if path.exists() else None
-        version = self._write_xds(path, resources)
+        version = self._write_xds(path, resources, want)
 
         def applied(s: dict[str, str]) -> bool:
             if kind == "cds":
@@ -224,6 +318,7 @@ class EnvoyFiles:
             # ``up`` sees the difference again and retries.
             if previous is not None:
                 write_atomic(path, previous)
+                _remember(path, None, None)
             raise LocalError(
                 f"{self.process.name}: {exc.problem} ({kind.upper()} version {version})",
                 f"see the Envoy log under {self.runtime_dir / 'logs'}",
@@ -242,6 +337,11 @@ def wait_for_stats(
         try:
             s = admin.stats(port, pattern)
         except admin.AdminError as exc:
+            # Envoy answers its admin interface on the thread that applies a new listener: a
+            # large one (thousands of principals) can keep it busy past one request's timeout.
+            busy = isinstance(exc.__cause__, TimeoutError)
+            if busy and time.monotonic() < deadline:
+                continue
             raise LocalError(f"Envoy's admin interface stopped answering ({exc})") from None
         if done(s):
             return
