@@ -331,7 +331,10 @@ def test_prune_removes_what_is_no_longer_rendered(env: dict[str, Any]) -> None:
     )
 
 
-PAYMENTS_ONLY = f"""\
+def payments_only(where: str) -> str:
+    """A federation of the payments mesh alone; ``where``: its ``kubernetes`` or ``clusters``
+    (YAML at the mesh's indentation)."""
+    return f"""\
 apiVersion: meshfed.dev/v1alpha1
 kind: Federation
 metadata: {{name: {FED}}}
@@ -341,17 +344,26 @@ spec:
       trustDomain: payments.itest.example
       network: pci
       ingress: {{address: 192.0.2.10, port: 15443}}
-      kubernetes: {{context: CONTEXT}}
+      {where}
       workloads:
-        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080,
-           protocol: HTTP}}
+        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080}}
 """
+
+
+def east_west(env: dict[str, Any], primary_extra: str = "") -> str:
+    """payments as primary ``east`` on the first cluster and remote ``west`` on the second."""
+    return (
+        "clusters:\n"
+        f"        - {{name: east, context: {env['first']}, role: primary{primary_extra}}}\n"
+        f"        - {{name: west, context: {env['second']}, role: remote}}"
+    )
 
 
 def test_apply_empties_the_cluster_of_a_removed_mesh(env: dict[str, Any]) -> None:
     payments, web = env["clients"][env["first"]], env["clients"][env["second"]]
     assert labelled(web)
-    path = write(env, "payments-only.yaml", PAYMENTS_ONLY.replace("CONTEXT", env["first"]))
+    text = payments_only(f"kubernetes: {{context: {env['first']}}}")
+    path = write(env, "payments-only.yaml", text)
     diff_result = meshfed(env, "diff", path)
     assert diff_result.exit_code == 0, diff_result.output
     assert f"Cluster web (context {env['second']}, no longer in the spec)" in diff_result.output
@@ -502,22 +514,7 @@ def test_remote_secret_and_rotation_revokes_old_token(env: dict[str, Any]) -> No
 
 
 def test_primary_remote_mesh(env: dict[str, Any]) -> None:
-    text = f"""\
-apiVersion: meshfed.dev/v1alpha1
-kind: Federation
-metadata: {{name: {FED}}}
-spec:
-  meshes:
-    - name: payments
-      trustDomain: payments.itest.example
-      network: pci
-      ingress: {{address: 192.0.2.10, port: 15443}}
-      clusters:
-        - {{name: east, context: {env["first"]}, role: primary, discoveryAddress: 192.0.2.99}}
-        - {{name: west, context: {env["second"]}, role: remote}}
-      workloads:
-        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080}}
-"""
+    text = payments_only(east_west(env, ", discoveryAddress: 192.0.2.99"))
     path = write(env, "primary-remote.yaml", text)
     result = meshfed(env, "apply", path)
     assert result.exit_code == 0, result.output
@@ -550,23 +547,7 @@ spec:
 def test_discovery_address_is_read_from_the_eastwest_load_balancer(
     env: dict[str, Any],
 ) -> None:
-    text = f"""\
-apiVersion: meshfed.dev/v1alpha1
-kind: Federation
-metadata: {{name: {FED}}}
-spec:
-  meshes:
-    - name: payments
-      trustDomain: payments.itest.example
-      network: pci
-      ingress: {{address: 192.0.2.10, port: 15443}}
-      clusters:
-        - {{name: east, context: {env["first"]}, role: primary}}
-        - {{name: west, context: {env["second"]}, role: remote}}
-      workloads:
-        - {{name: tokenizer, namespace: cards, serviceAccount: tokenizer, port: 8080}}
-"""
-    path = write(env, "no-address.yaml", text)
+    path = write(env, "no-address.yaml", payments_only(east_west(env)))
     first = meshfed(env, "apply", path)
     assert first.exit_code == 0, first.output
     assert "has no load-balancer address yet" in first.output
