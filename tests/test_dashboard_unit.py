@@ -25,13 +25,13 @@ from meshfed.dashboard.stats import (
     parse_stats,
 )
 from meshfed.local.files import write_json
+from meshfed.local.health import SourceStatus
 from meshfed.local.layout import allocate_layout
 from meshfed.local.logs import LogEntry
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import LOOPBACK, PortAllocator
 from meshfed.local.procs import start_time
 from meshfed.local.state import ProcessRecord, load_processes, save_processes
-from meshfed.local.status import SourceStatus
 from meshfed.local.summary import ImportInfo, RuntimeSummary, save_summary, summarize
 from meshfed.render.envoy.files import log_path
 from meshfed.render.envoy.translate import render_local

@@ -33,10 +33,10 @@ from meshfed.graph import Edge, FederationGraph, build_graph
 from meshfed.graph.layout import layout
 from meshfed.graph.svg import LIVE_LINES, svg_from_layout
 from meshfed.local import admin
+from meshfed.local.health import SourceStatus, source_health
 from meshfed.local.logs import gateway_logs
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.state import ProcessRecord, load_processes
-from meshfed.local.status import SourceStatus, source_health
 from meshfed.local.summary import ImportInfo, RuntimeSummary, load_summary
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec

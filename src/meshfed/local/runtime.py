@@ -36,6 +36,7 @@ from meshfed.local import admin
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json, write_json
+from meshfed.local.health import health_from_clusters
 from meshfed.local.layout import (
     all_ports,
     allocate_layout,
@@ -402,7 +403,6 @@ class Runtime:
         egress and sources' ingresses are all unchanged is left alone. One ``/clusters`` read
         per egress gateway and round serves every import of its mesh.
         """
-        from meshfed.local.status import health_from_clusters  # status imports this module
 
         egress_admin = {p.mesh: p.admin_port for p in summary.processes if p.role == "egress"}
         ingress_names = {p.mesh: p.name for p in summary.processes if p.role == "ingress"}

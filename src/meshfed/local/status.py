@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from cryptography import x509
 
 from meshfed.local import admin
 from meshfed.local.certs import kept_identity
 from meshfed.local.files import read_json
+from meshfed.local.health import SourceStatus, source_health
 from meshfed.local.runtime import Runtime
 from meshfed.local.state import WORKLOAD_HOST
-from meshfed.local.summary import ImportInfo, ProcessInfo, RuntimeSummary, SourceInfo
+from meshfed.local.summary import ProcessInfo, RuntimeSummary
 from meshfed.render.envoy.files import process_dir
 
 
@@ -30,16 +30,6 @@ class ProcessStatus:
     admin: str | None
     cert_expires: str | None = None
     """When the certificate it serves expires (ISO 8601, UTC); ``up`` renews it."""
-
-
-@dataclass(frozen=True)
-class SourceStatus:
-    mesh: str
-    export: str
-    address: str
-    priority: int
-    healthy: bool | None
-    """None: unknown (egress gateway not answering)."""
 
 
 @dataclass(frozen=True)
@@ -64,51 +54,6 @@ class Status:
     @property
     def running(self) -> int:
         return sum(p.alive for p in self.processes)
-
-
-def _host_health(host: dict[str, Any]) -> bool:
-    health = host.get("health_status", {})
-    if health.get("eds_health_status", "HEALTHY") != "HEALTHY":
-        return False
-    return not any(v is True for k, v in health.items() if k.startswith("failed"))
-
-
-def _address(host: dict[str, Any]) -> str:
-    sock = host.get("address", {}).get("socket_address", {})
-    return f"{sock.get('address')}:{sock.get('port_value')}"
-
-
-def source_health(
-    imp: ImportInfo, egress_admin: int | None
-) -> tuple[str | None, tuple[SourceStatus, ...]]:
-    """Health of each source as the egress gateway sees it, and the one serving now."""
-    found: list[dict[str, Any]] = []
-    if egress_admin is not None and imp.egress_cluster:
-        try:
-            found = admin.clusters(egress_admin, timeout=1.0)
-        except (admin.AdminError, ValueError):
-            found = []
-    return health_from_clusters(imp, found)
-
-
-def health_from_clusters(
-    imp: ImportInfo, clusters: list[dict[str, Any]]
-) -> tuple[str | None, tuple[SourceStatus, ...]]:
-    """``source_health`` from the egress gateway's ``/clusters`` already read (one read serves
-    every import of the mesh)."""
-    hosts: dict[str, bool] = {}
-    for cluster in clusters:
-        if imp.egress_cluster and cluster.get("name") == imp.egress_cluster:
-            for host in cluster.get("host_statuses", []):
-                hosts[_address(host)] = _host_health(host)
-
-    def one(s: SourceInfo) -> SourceStatus:
-        key = f"{s.address}:{s.port}"
-        return SourceStatus(s.mesh, s.export, key, s.priority, hosts.get(key))
-
-    sources = tuple(one(s) for s in sorted(imp.sources, key=lambda s: s.priority))
-    current = next((s.mesh for s in sources if s.healthy), None)
-    return current, sources
 
 
 def _egress_admin(summary: RuntimeSummary, mesh: str) -> ProcessInfo | None:
