@@ -188,6 +188,11 @@ def selects_workload(policy: Doc, workload: GatewayWorkload, root_ns: str) -> bo
     return subset(selector, workload.labels)
 
 
+def action(policy: Doc) -> str:
+    """An AuthorizationPolicy's action (Istio's default: ALLOW)."""
+    return as_str(policy.spec.get("action")) or "ALLOW"
+
+
 def gateway_refs(vs: Doc) -> list[str]:
     """The Gateways a VirtualService binds to, as ``namespace/name``."""
     out = []

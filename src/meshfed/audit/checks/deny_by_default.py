@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
-from meshfed.audit.istio import gateway_workloads, istio, root_namespace, selects_workload
+from meshfed.audit.istio import (
+    action,
+    gateway_workloads,
+    istio,
+    root_namespace,
+    selects_workload,
+)
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
-from meshfed.audit.yamlsrc import as_list, as_str
-
-
-def action(policy: Doc) -> str:
-    return as_str(policy.spec.get("action")) or "ALLOW"
+from meshfed.audit.yamlsrc import as_list
 
 
 def _denies_all(policy: Doc) -> bool:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from meshfed.audit.checks.deny_by_default import action
 from meshfed.audit.context import AuditContext, NotAssessed
 from meshfed.audit.istio import (
     GatewayWorkload,
+    action,
     gateway_workloads,
     istio,
     mesh_configs,
