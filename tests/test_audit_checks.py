@@ -8,7 +8,7 @@ import pytest
 
 from meshfed.audit import audit_manifests
 from meshfed.audit.model import Report, Severity
-from meshfed.audit.registry import all_checks
+from meshfed.audit.run import all_checks
 from test_audit_corpus import BAD_CASES, GOOD_TREE, build_tree, read_case
 
 GENERATED = {"certificate-rotation", "intermediate-name-constraints", "key-file-permissions"}

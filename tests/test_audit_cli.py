@@ -10,8 +10,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from meshfed.audit.registry import all_checks
 from meshfed.audit.report import FORMATS
+from meshfed.audit.run import all_checks
 from meshfed.cli.audit import register
 from test_audit_corpus import BAD_CASES, BAD_SPECS, GOOD_SPEC, GOOD_TREE, build_tree, read_case
 

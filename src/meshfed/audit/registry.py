@@ -1,7 +1,7 @@
 """The check registry: one small function per concept, each with its catalogue entry.
 
 A check is a generator over the audit context yielding ``Hit``s; it raises ``NotAssessed`` when
-there is nothing for it to look at. ``run_checks`` turns hits into findings and statuses.
+there is nothing for it to look at. ``run_check`` turns its hits into findings and a status.
 """
 
 from __future__ import annotations
@@ -60,12 +60,6 @@ def check(
     return register
 
 
-def all_checks() -> list[Check]:
-    import meshfed.audit.checks  # noqa: F401  (registers every check)
-
-    return [REGISTRY[k] for k in sorted(REGISTRY)]
-
-
 def run_check(chk: Check, ctx: AuditContext) -> CheckResult:
     info = chk.info
     findings: list[Finding] = []
@@ -94,7 +88,3 @@ def run_check(chk: Check, ctx: AuditContext) -> CheckResult:
     else:
         status = "pass"
     return CheckResult(info, status, tuple(findings), note)
-
-
-def run_checks(ctx: AuditContext) -> tuple[CheckResult, ...]:
-    return tuple(run_check(c, ctx) for c in all_checks())

@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import meshfed.audit.checks  # noqa: F401  (importing the package registers every check)
 from meshfed.audit.context import AuditContext, AuditOptions
-from meshfed.audit.model import Report
-from meshfed.audit.registry import run_checks
+from meshfed.audit.model import CheckResult, Report
+from meshfed.audit.registry import REGISTRY, Check, run_check
 from meshfed.audit.sources.manifests import load_tree
 from meshfed.audit.sources.rendered import rendered_docs
 from meshfed.audit.sources.spec import read_spec
+
+
+def all_checks() -> list[Check]:
+    return [REGISTRY[k] for k in sorted(REGISTRY)]
+
+
+def run_checks(ctx: AuditContext) -> tuple[CheckResult, ...]:
+    return tuple(run_check(c, ctx) for c in all_checks())
 
 
 def default_options() -> AuditOptions:
