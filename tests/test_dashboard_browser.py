@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from local_helpers import Fed, cli, client_context, poll, spec_copy, tls_request
-from meshfed.dashboard import launch
+from meshfed.local import dashboard as launch
 
 pytestmark = pytest.mark.envoy
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from meshfed.dashboard import launch
 from meshfed.dashboard.collect import Collector, load_model
 from meshfed.dashboard.logtail import BoundaryTail, row, tls_reason
 from meshfed.dashboard.server import DashboardServer, Handler
@@ -24,6 +23,7 @@ from meshfed.dashboard.stats import (
     ingress_counters,
     parse_stats,
 )
+from meshfed.local import dashboard as launch
 from meshfed.local.files import write_json
 from meshfed.local.health import SourceStatus
 from meshfed.local.layout import allocate_layout

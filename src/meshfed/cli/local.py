@@ -30,7 +30,7 @@ from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
 from meshfed.cli.common import reported
-from meshfed.dashboard import launch as dashboard
+from meshfed.local import dashboard
 from meshfed.local.client import NoResponse, Response, http_call, tcp_call, tcp_port
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import default_spec, locate_state

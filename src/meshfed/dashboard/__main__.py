@@ -9,8 +9,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from meshfed.dashboard.launch import read_config
 from meshfed.dashboard.server import DashboardServer, Handler
+from meshfed.local.dashboard import read_config
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import LOOPBACK
 

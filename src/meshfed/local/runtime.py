@@ -31,8 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from meshfed.dashboard import launch as dashboard
-from meshfed.local import admin
+from meshfed.local import admin, dashboard
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json, write_json

@@ -1,4 +1,5 @@
-"""How ``meshfed up`` runs the dashboard: its port, its config file, its command line.
+"""How ``meshfed up`` runs the dashboard (``meshfed.dashboard``): its port, its config file,
+its command line.
 
 ``STATE/local/dashboard.json`` holds the port (kept across ``up`` runs while it is free) and is
 the dashboard process's one argument, so the process names a file under the runtime directory
