@@ -127,18 +127,22 @@ def _remote_hints(kws: KubeWorkspace) -> None:
             )
 
 
+def _forget_option(func: F) -> F:
+    return click.option(
+        "--forget",
+        "forget",
+        multiple=True,
+        metavar="CONTEXT",
+        help="A cluster meshfed applied to before and the spec no longer names, gone for good: "
+        "drop it from the record instead of cleaning it up. Repeatable.",
+    )(func)
+
+
 @click.command()
 @_options
 @_mesh_option
 @click.option("--dry-run", is_flag=True, help="Only the server-side dry-run; write nothing.")
-@click.option(
-    "--forget",
-    "forget",
-    multiple=True,
-    metavar="CONTEXT",
-    help="A cluster meshfed applied to before and the spec no longer names, gone for good: "
-    "drop it from the record instead of cleaning it up. Repeatable.",
-)
+@_forget_option
 def apply(
     spec: Path,
     state: Path | None,
@@ -169,14 +173,20 @@ def apply(
 @click.command("diff")
 @_options
 @_mesh_option
+@_forget_option
 def diff_command(
-    spec: Path, state: Path | None, kubeconfig: Path | None, meshes: tuple[str, ...]
+    spec: Path,
+    state: Path | None,
+    kubeconfig: Path | None,
+    meshes: tuple[str, ...],
+    forget: tuple[str, ...],
 ) -> None:
     """What apply would change: the security diff in plain words, then each cluster's objects
     (server-side dry-run against the live objects, meshfed's fields only, secrets as digests)."""
     with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
-        result = federation_diff(kws.rollout(kws.targets(meshes or None), retire=not meshes))
+        rollout = kws.rollout(kws.targets(meshes or None), retire=not meshes, forget=forget)
+        result = federation_diff(rollout)
     base = result.baseline
     since = (
         f"since the apply stored on {base.cluster} at {base.applied_at}"
