@@ -102,8 +102,18 @@ def validate_with_envoy(ws: Workspace, run: Path, processes: dict[str, ProcessCo
         def strip(resource: dict[str, Any]) -> dict[str, Any]:
             return {k: v for k, v in resource.items() if k != "@type"}
 
+        def inline(value: Any, p: ProcessConfig = process) -> Any:
+            """ECDS filters with their configuration inline (validate reads no ECDS file)."""
+            if isinstance(value, dict):
+                if "config_discovery" in value:
+                    return {"name": value["name"], "typed_config": p.extensions[value["name"]]}
+                return {k: inline(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [inline(v) for v in value]
+            return value
+
         boot["static_resources"] = {
-            "listeners": [strip(r) for r in process.listeners],
+            "listeners": [strip(inline(r)) for r in process.listeners],
             "clusters": [strip(r) for r in process.clusters],
         }
         path = folder / "validate.json"
@@ -141,6 +151,25 @@ def test_ingress_chains_are_exactly_the_planned_snis(rendered: Rendered) -> None
         assert "default_filter_chain" not in listener  # unknown SNI: no chain, reset
 
 
+def _rbac_config(process: ProcessConfig, chain: dict[str, Any]) -> dict[str, Any]:
+    """The RBAC configuration of an ingress chain: inline, or its ECDS resource."""
+    rbac: dict[str, Any] = next(
+        f
+        for f in walk(chain)
+        if isinstance(f, dict)
+        and (
+            f.get("name") in ("envoy.filters.http.rbac", "envoy.filters.network.rbac")
+            or "config_discovery" in f
+        )
+    )
+    if "config_discovery" in rbac:
+        config: dict[str, Any] = process.extensions[rbac["name"]]
+        assert rbac["config_discovery"]["type_urls"] == [config["@type"]]
+        return config
+    inline: dict[str, Any] = rbac["typed_config"]
+    return inline
+
+
 def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
@@ -148,13 +177,7 @@ def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) 
         if not mesh.ingress.servers:
             continue
         for server, chain in zip(mesh.ingress.servers, listener["filter_chains"], strict=True):
-            rbac = next(
-                f
-                for f in walk(chain)
-                if isinstance(f, dict)
-                and f.get("name") in ("envoy.filters.http.rbac", "envoy.filters.network.rbac")
-            )
-            config = rbac["typed_config"]
+            config = _rbac_config(processes[f"{mesh.name}/ingress"], chain)
             assert "rules" not in config  # the matcher (render/envoy/rbac.py), deny by default
             exact = {
                 key
@@ -247,13 +270,17 @@ def test_tcp_exports_admit_only_allowed_identities_to_the_handshake(rendered: Re
     denied caller first. The handshake itself must refuse everyone not allowed."""
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
-        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        ingress = processes[f"{mesh.name}/ingress"]
+        (listener,) = ingress.listeners
         chains = {c["name"]: c for c in listener["filter_chains"]}
         for server in mesh.ingress.servers:
             common = chains[server.sni]["transport_socket"]["typed_config"]["common_tls_context"]
-            sans = common["combined_validation_context"]["default_validation_context"].get(
-                "match_typed_subject_alt_names", []
-            )
+            combined = common["combined_validation_context"]
+            # What Envoy checks: the SDS validation secret merged over the inline default.
+            secret = ingress.trust[combined["validation_context_sds_secret_config"]["name"]]
+            effective = {**combined["default_validation_context"], **secret}
+            assert "match_typed_subject_alt_names" not in combined["default_validation_context"]
+            sans = effective.get("match_typed_subject_alt_names", [])
             if server.protocol == "TCP":
                 expected = {str(p) for r in server.allow for p in r.principals}
                 got = {s["matcher"].get("exact") or s["matcher"]["prefix"] + "*" for s in sans}

@@ -79,7 +79,7 @@ from meshfed.local.summary import (
     summarize,
 )
 from meshfed.local.workloads import WorkloadSpec
-from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
+from meshfed.local.xds import EnvoyFiles, Pending, ecds_stats, ecds_stats_pattern, secrets_for
 from meshfed.plan.model import FederationPlan
 from meshfed.render.envoy.files import process_dir, process_slug
 from meshfed.render.envoy.layout import LocalLayout
@@ -312,10 +312,18 @@ class Runtime:
             r"^(cluster_manager\.cds\.version_text"
             r"|listener_manager\.(lds\.version_text|total_listeners_warming))$"
         )
+        # And every ECDS filter configuration (one Envoy rejected leaves its filter failing
+        # closed, so the federation would run but refuse that export's callers).
+        ecds_want = {f.stem: _version(f) for f in sorted(base.glob("ecds/*.json"))}
+        want.update({f"ecds {n}": v for n, v in ecds_want.items()})
+        ecds_pattern = ecds_stats_pattern(ecds_want) if ecds_want else None
         deadline = time.monotonic() + 5.0
         got: dict[str, str] = {}
         while time.monotonic() < deadline:
             got = admin.stats(admin_port, pattern)
+            if ecds_pattern is not None:
+                ecds = ecds_stats(admin.stats(admin_port, ecds_pattern), "version_text")
+                got.update({f"ecds {n}": v for n, v in ecds.items()})
             if all(got.get(k) == v for k, v in want.items()):
                 return
             time.sleep(0.01)
@@ -515,7 +523,13 @@ class Runtime:
         to_start = [n for n in wanted if n not in running]
         to_restart = [n for n in wanted if n in running and wanted[n][1].bootstrap is not None]
         self._check_inotify(
-            sum(envoy_watches(len(wanted[n][0].process.sds_names)) for n in to_start)
+            # Each ECDS file is a watched source too.
+            sum(
+                envoy_watches(
+                    len(wanted[n][0].process.sds_names) + len(wanted[n][0].process.extensions)
+                )
+                for n in to_start
+            )
         )
         if to_restart:
             self._stop_records(to_restart)

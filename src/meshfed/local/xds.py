@@ -1,18 +1,21 @@
 """One Envoy's configuration files, and the order in which a running Envoy gets new ones.
 
 Files (paths from ``render/envoy/files.py``): ``bootstrap.json``, ``cds/cds.json``,
-``lds/lds.json``, ``sds/<secret>.json``. Each xDS file is a DiscoveryResponse whose
-``version_info`` counts up whenever its resources change; unchanged resources are never rewritten,
-so an unchanged Envoy sees nothing at all.
+``lds/lds.json``, ``sds/<secret>.json``, ``ecds/<filter configuration>.json``. Each xDS file is a
+DiscoveryResponse whose ``version_info`` counts up whenever its resources change; unchanged
+resources are never rewritten, so an unchanged Envoy sees nothing at all.
 
 Files are compared by a digest of their canonical JSON. A process that writes a file remembers
 its digest and version under the file's identity (inode, size, times): a later comparison in the
 same process (``meshfed up --watch``, one edit after another) reads and parses only files that
 somebody else changed meanwhile.
 
-A running Envoy is updated make-before-break: secrets, then clusters (old and new together), wait
-until Envoy applied them and no cluster is warming, then listeners, wait, then the final clusters.
-A listener naming a cluster Envoy does not know yet would be rejected whole.
+A running Envoy is updated make-before-break: secrets and ECDS filter configurations (wait until
+Envoy applied those its listeners already use), then clusters (old and new together), wait until
+Envoy applied them and no cluster is warming, then listeners, wait (and check that Envoy loaded
+the filter configurations new listeners use), then the final clusters; files nothing names any
+more go last. A listener naming a cluster Envoy does not know yet, or an ECDS file that does not
+exist, would be rejected whole.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -35,6 +39,7 @@ from meshfed.local.paths import mkdir_private
 from meshfed.render.envoy.files import (
     bootstrap,
     discovery_response,
+    extension_config,
     process_dir,
     tls_secret,
     validation_secret,
@@ -46,6 +51,26 @@ APPLY_TIMEOUT = 10.0
 
 _CDS_STATS = r"^cluster_manager\.(cds\.version_text|cds\.update_rejected|warming_clusters)$"
 _LDS_STATS = r"^listener_manager\.(lds\.version_text|lds\.update_rejected|total_listeners_warming)$"
+_ECDS_STAT = re.compile(r"^extension_config_discovery\.[a-z_]+\.(?P<name>.+)\.(?P<stat>[a-z_]+)$")
+
+
+def ecds_stats_pattern(names: Collection[str]) -> str:
+    """Admin stats pattern of the ECDS subscriptions ``names``: their applied version and how
+    often Envoy rejected a file (``extension_config_discovery.<http|network>_filter.<name>.``)."""
+    alternatives = "|".join(re.escape(n) for n in sorted(names))
+    return (
+        rf"^extension_config_discovery\.[a-z_]+\.({alternatives})\.(version_text|update_rejected)$"
+    )
+
+
+def ecds_stats(stats: Mapping[str, str], stat: str) -> dict[str, str]:
+    """``stat`` (``version_text`` or ``update_rejected``) of each ECDS subscription in ``stats``."""
+    out = {}
+    for key, value in stats.items():
+        m = _ECDS_STAT.match(key)
+        if m and m["stat"] == stat:
+            out[m["name"]] = value
+    return out
 
 
 def _canonical(doc: Any) -> str:
@@ -133,6 +158,9 @@ class Pending:
     secrets: dict[str, Resource] = field(default_factory=dict)
     """Secret name -> the whole SDS file content (DiscoveryResponse)."""
     stale_secrets: list[str] = field(default_factory=list)
+    extensions: dict[str, Resource] = field(default_factory=dict)
+    """ECDS filter configuration name -> the whole file content (DiscoveryResponse)."""
+    stale_extensions: list[str] = field(default_factory=list)
     clusters: list[Resource] | None = None
     listeners: list[Resource] | None = None
 
@@ -142,6 +170,8 @@ class Pending:
             self.bootstrap is None
             and not self.secrets
             and not self.stale_secrets
+            and not self.extensions
+            and not self.stale_extensions
             and self.clusters is None
             and self.listeners is None
         )
@@ -152,6 +182,8 @@ class Pending:
             parts.append("bootstrap")
         if self.secrets:
             parts.append("secrets " + ", ".join(sorted(self.secrets)))
+        if self.extensions:
+            parts.append("filters " + ", ".join(sorted(self.extensions)))
         if self.clusters is not None:
             parts.append("clusters")
         if self.listeners is not None:
@@ -190,6 +222,9 @@ class EnvoyFiles:
     def sds_path(self, secret: str) -> Path:
         return self.dir / "sds" / f"{secret}.json"
 
+    def ecds_path(self, name: str) -> Path:
+        return self.dir / "ecds" / f"{name}.json"
+
     def kept_default_secret(self) -> Any:
         return read_json(self.sds_path("default"))
 
@@ -207,6 +242,15 @@ class EnvoyFiles:
             for path in sorted(sds_dir.glob("*.json")):
                 if path.stem not in secrets:
                     pending.stale_secrets.append(path.stem)
+        for name, config in self.process.extensions.items():
+            content = extension_config(name, config)
+            if not _has(self.ecds_path(name), digest(content["resources"])):
+                pending.extensions[name] = content
+        ecds_dir = self.dir / "ecds"
+        if ecds_dir.is_dir():
+            for path in sorted(ecds_dir.glob("*.json")):
+                if path.stem not in self.process.extensions:
+                    pending.stale_extensions.append(path.stem)
         if not _has(self.cds_path, self.clusters_digest):
             pending.clusters = self.process.clusters
         if not _has(self.lds_path, self.listeners_digest):
@@ -222,7 +266,7 @@ class EnvoyFiles:
         _remember(path, _file_id(path), FileState(version, want or digest(resources)))
         return version
 
-    def _write_secret(self, name: str, content: Resource) -> None:
+    def _write_secret(self, name: str, content: Resource) -> str:
         path = self.sds_path(name)
         old = file_state(path)
         doc = dict(content)
@@ -230,9 +274,19 @@ class EnvoyFiles:
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         write_atomic(path, data, SECRET_MODE)
         _remember(path, _file_id(path), FileState(doc["version_info"], digest(doc["resources"])))
+        return str(doc["version_info"])
+
+    def _write_extension(self, name: str, content: Resource) -> str:
+        path = self.ecds_path(name)
+        old = file_state(path)
+        doc = dict(content)
+        doc["version_info"] = version = _version_after(old.version if old else None)
+        write_json(path, doc)
+        _remember(path, _file_id(path), FileState(version, digest(doc["resources"])))
+        return version
 
     def _prepare_dirs(self) -> None:
-        for sub in ("", "cds", "lds", "sds"):
+        for sub in ("", "cds", "lds", "sds", "ecds"):
             mkdir_private(self.dir / sub)
 
     def write_cold(self, pending: Pending) -> None:
@@ -246,6 +300,11 @@ class EnvoyFiles:
             self._write_secret(name, content)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
+        # Before the listeners: a listener naming a missing ECDS file is rejected whole.
+        for name, content in pending.extensions.items():
+            self._write_extension(name, content)
+        for name in pending.stale_extensions:
+            self.ecds_path(name).unlink(missing_ok=True)
         if pending.clusters is not None:
             known = self.clusters_digest if pending.clusters is self.process.clusters else None
             self._write_xds(self.cds_path, pending.clusters, known)
@@ -257,8 +316,10 @@ class EnvoyFiles:
         """Update a running Envoy without a restart (the bootstrap must be unchanged)."""
         port = self.process.admin_port
         self._prepare_dirs()
-        for name, content in pending.secrets.items():
-            self._write_secret(name, content)
+        self._apply_secrets(port, pending.secrets, timeout)
+        # Filter configurations before the listeners that name them (a listener naming a
+        # missing file is rejected whole); those the running listeners use, applied and checked.
+        unconfirmed = self._apply_extensions(port, pending.extensions, timeout)
         if pending.clusters is not None or pending.listeners is not None:
             old = read_json(self.cds_path)
             old_clusters: list[Resource] = list(old.get("resources", [])) if old else []
@@ -270,10 +331,122 @@ class EnvoyFiles:
                 self._apply(port, self.cds_path, union, "cds", timeout)
                 lds = self.process.listeners
                 self._apply(port, self.lds_path, lds, "lds", timeout, self.listeners_digest)
+                # New listeners read their filter configurations while warming: check that
+                # Envoy took them (one it rejected leaves the filter failing closed).
+                self._confirm_extensions(port, unconfirmed, timeout)
             if not _has(self.cds_path, self.clusters_digest):
                 self._apply(port, self.cds_path, wanted, "cds", timeout, self.clusters_digest)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
+        # After the listeners: no listener names them any more.
+        for name in pending.stale_extensions:
+            self.ecds_path(name).unlink(missing_ok=True)
+
+    def _apply_secrets(self, port: int, secrets: Mapping[str, Resource], timeout: float) -> None:
+        """Write ``secrets``; wait until Envoy applied those it uses (a TCP export's SAN list
+        lives in one: a removed identity is refused at the handshake when ``up`` returns)."""
+        if not secrets:
+            return
+        names = "|".join(re.escape(n) for n in sorted(secrets))
+        pattern = rf"^sds\.({names})\.(version_text|update_rejected)$"
+        before = admin.stats(port, pattern)
+        versions = {}
+        for name, content in secrets.items():
+            version = self._write_secret(name, content)
+            if f"sds.{name}.version_text" in before:  # else nothing of this Envoy uses it yet
+                versions[name] = version
+
+        def applied(s: dict[str, str]) -> bool:
+            return all(s.get(f"sds.{n}.version_text") == v for n, v in versions.items())
+
+        def rejected(s: dict[str, str]) -> bool:
+            key = "sds.{}.update_rejected"
+            return any(
+                s.get(key.format(n), "0") != before.get(key.format(n), "0") for n in versions
+            )
+
+        if versions:
+            try:
+                wait_for_stats(port, pattern, applied, rejected, timeout)
+            except LocalError as exc:
+                raise LocalError(
+                    f"{self.process.name}: {exc.problem} (SDS {', '.join(sorted(versions))})",
+                    f"see the Envoy log under {self.runtime_dir / 'logs'}",
+                ) from None
+
+    def _running_extensions(self) -> set[str]:
+        """The ECDS names the listeners Envoy runs (the LDS file on disk) load."""
+        doc = read_json(self.lds_path)
+        return _ecds_names(doc.get("resources") if isinstance(doc, Mapping) else None)
+
+    def _apply_extensions(
+        self, port: int, extensions: Mapping[str, Resource], timeout: float
+    ) -> dict[str, tuple[str, str]]:
+        """Write ``extensions``; wait until Envoy applied those its running listeners load.
+        Returns the others (name -> (version written, rejections before)): the listeners that
+        load them are yet to come."""
+        if not extensions:
+            return {}
+        pattern = ecds_stats_pattern(extensions)
+        before = ecds_stats(admin.stats(port, pattern), "update_rejected")
+        running = self._running_extensions()
+        previous = {
+            name: self.ecds_path(name).read_bytes()
+            for name in extensions
+            if name in running and self.ecds_path(name).exists()
+        }
+        written = {name: self._write_extension(name, c) for name, c in extensions.items()}
+        live = {name: v for name, v in written.items() if name in running}
+        try:
+            self._wait_extensions(port, pattern, live, before, timeout)
+        except LocalError:
+            # Envoy keeps the last good configuration: put its file back, so that the next
+            # ``up`` sees the difference again and retries.
+            for name, data in previous.items():
+                write_atomic(self.ecds_path(name), data)
+                _remember(self.ecds_path(name), None, None)
+            raise
+        return {
+            name: (v, before.get(name, "0")) for name, v in written.items() if name not in running
+        }
+
+    def _confirm_extensions(
+        self, port: int, unconfirmed: Mapping[str, tuple[str, str]], timeout: float
+    ) -> None:
+        if unconfirmed:
+            versions = {name: v for name, (v, _) in unconfirmed.items()}
+            before = {name: b for name, (_, b) in unconfirmed.items()}
+            pattern = ecds_stats_pattern(unconfirmed)
+            self._wait_extensions(port, pattern, versions, before, timeout)
+
+    def _wait_extensions(
+        self,
+        port: int,
+        pattern: str,
+        versions: Mapping[str, str],
+        before: Mapping[str, str],
+        timeout: float,
+    ) -> None:
+        """Wait until Envoy applied each ECDS file version in ``versions``."""
+        if not versions:
+            return
+
+        def applied(s: dict[str, str]) -> bool:
+            got = ecds_stats(s, "version_text")
+            return all(got.get(name) == v for name, v in versions.items())
+
+        def rejected(s: dict[str, str]) -> bool:
+            got = ecds_stats(s, "update_rejected")
+            return any(got.get(n, "0") != before.get(n, "0") for n in versions)
+
+        try:
+            wait_for_stats(port, pattern, applied, rejected, timeout)
+        except LocalError as exc:
+            names = ", ".join(f"{n} version {v}" for n, v in sorted(versions.items()))
+            raise LocalError(
+                f"{self.process.name}: {exc.problem} (ECDS {names})",
+                f"see the Envoy log under {self.runtime_dir / 'logs'}",
+            ) from None
 
     def _apply(
         self,
@@ -323,6 +496,21 @@ class EnvoyFiles:
                 f"{self.process.name}: {exc.problem} ({kind.upper()} version {version})",
                 f"see the Envoy log under {self.runtime_dir / 'logs'}",
             ) from None
+
+
+def _ecds_names(doc: Any) -> set[str]:
+    """Every ECDS name (``config_discovery``) the listeners in ``doc`` load."""
+    found: set[str] = set()
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            if "config_discovery" in item and isinstance(item.get("name"), str):
+                found.add(item["name"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def wait_for_stats(

@@ -1,8 +1,12 @@
 """Where each Envoy's files live, and the file-level envelopes Envoy reads.
 
 Every Envoy reads LDS, CDS and SDS from watched directories (``lds/``, ``cds/``, ``sds/``) under
-its process directory; one SDS secret per file. Envoy reacts only to a rename into a watched
-directory, so writers must write a temporary file there and rename it.
+its process directory; one SDS secret per file. Filter configurations that listeners load through
+ECDS (extension config discovery) live in ``ecds/``, one per file, so that a listener stays small
+and a change of one filter configuration leaves the listener (and Envoy's parse of it) alone.
+
+Envoy reacts only to a rename into a watched directory, so writers must write a temporary file
+there and rename it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import Any, Literal
 from meshfed.render.envoy.process import ProcessConfig, Resource
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 SPIFFE_VALIDATOR = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.SPIFFECertValidatorConfig"
 )
@@ -45,6 +50,22 @@ def sds_ref(runtime_dir: Path, process: str, secret: str) -> Resource:
     return {
         "name": secret,
         "sds_config": _watched(process_dir(runtime_dir, process) / "sds" / f"{secret}.json"),
+    }
+
+
+def ecds_ref(runtime_dir: Path, process: str, name: str, type_url: str) -> Resource:
+    """An ``ExtensionConfigSource`` for filter configuration ``name`` of ``process``, read from
+    its own watched file and limited to ``type_url``.
+
+    No ``default_config`` and no ``apply_default_config_without_warming``: a listener that names
+    it warms until Envoy has read the file. Checked on Envoy 1.40: a missing file gets the whole
+    listener update rejected; a file Envoy rejects leaves the filter without configuration, and
+    then Envoy fails closed (HTTP 500, network: the connection is closed); a later bad or missing
+    file keeps the last good configuration.
+    """
+    return {
+        "config_source": _watched(process_dir(runtime_dir, process) / "ecds" / f"{name}.json"),
+        "type_urls": [type_url],
     }
 
 
@@ -102,4 +123,11 @@ def validation_secret(name: str, validator: Resource, version: str = "1") -> Res
     """SDS file content of a validation secret (see ``ProcessConfig.trust``)."""
     return discovery_response(
         [{"@type": SECRET_TYPE, "name": name, "validation_context": validator}], version
+    )
+
+
+def extension_config(name: str, typed_config: Resource, version: str = "1") -> Resource:
+    """ECDS file content of filter configuration ``name`` (see ``ProcessConfig.extensions``)."""
+    return discovery_response(
+        [{"@type": EXTENSION_CONFIG, "name": name, "typed_config": typed_config}], version
     )

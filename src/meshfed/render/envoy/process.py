@@ -28,6 +28,10 @@ class ProcessConfig:
     with ``files.validation_secret(name, value)``)."""
     workload: str | None = None
     """For sidecars: ``<namespace>/<name>``."""
+    extensions: dict[str, Resource] = field(default_factory=dict)
+    """Filter configurations the listeners load through ECDS, by resource name -> the
+    ``typed_config`` to serve (write each with ``files.extension_config(name, value)``, before
+    the listeners that name it)."""
 
     @property
     def sds_names(self) -> list[str]:

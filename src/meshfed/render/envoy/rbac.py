@@ -59,23 +59,31 @@ SPIFFE = "spiffe://"
 _URI_SAN: Resource = {"name": "uri_san", "typed_config": {"@type": URI_SAN_INPUT}}
 
 
-def http_filter(server: IngressServer) -> Resource:
-    """The HTTP RBAC filter of ``server``'s chain: principals, methods and paths."""
+def http_config(server: IngressServer) -> Resource:
+    """The HTTP RBAC configuration of ``server``'s chain: principals, methods and paths."""
+    return {"@type": HTTP_RBAC, "matcher": matcher(server.allow, http=True)}
+
+
+def network_config(server: IngressServer, stat_prefix: str) -> Resource:
+    """The network RBAC configuration of a TCP export's chain: principals only, on the first
+    byte."""
     return {
-        "name": "envoy.filters.http.rbac",
-        "typed_config": {"@type": HTTP_RBAC, "matcher": matcher(server.allow, http=True)},
+        "@type": NET_RBAC,
+        "stat_prefix": stat_prefix,
+        "matcher": matcher(server.allow, http=False),
     }
 
 
+def http_filter(server: IngressServer) -> Resource:
+    """The HTTP RBAC filter of ``server``'s chain, inline."""
+    return {"name": "envoy.filters.http.rbac", "typed_config": http_config(server)}
+
+
 def network_filter(server: IngressServer, stat_prefix: str) -> Resource:
-    """The network RBAC filter of a TCP export's chain: principals only, on the first byte."""
+    """The network RBAC filter of a TCP export's chain, inline."""
     return {
         "name": "envoy.filters.network.rbac",
-        "typed_config": {
-            "@type": NET_RBAC,
-            "stat_prefix": stat_prefix,
-            "matcher": matcher(server.allow, http=False),
-        },
+        "typed_config": network_config(server, stat_prefix),
     }
 
 

@@ -40,6 +40,20 @@ def spiffe_validator(bundles: Iterable[TrustBundle]) -> Resource:
     }
 
 
+def peer_validator(
+    bundles: Iterable[TrustBundle], san_exact: Sequence[str] = (), san_prefix: Sequence[str] = ()
+) -> Resource:
+    """``spiffe_validator(bundles)`` that also admits only the listed URI SANs (exact or
+    prefix), for an SDS validation secret: a long list then lives in the secret, not in the
+    listener. Envoy merges a secret over the chain's (empty) ``default_validation_context``, so
+    this checks exactly what the same matchers inline in the listener did (checked on Envoy
+    1.40, the SPIFFE validator honours ``match_typed_subject_alt_names``)."""
+    validator = spiffe_validator(bundles)
+    if san_exact or san_prefix:
+        validator["match_typed_subject_alt_names"] = _san(san_exact, san_prefix)
+    return validator
+
+
 def _san(exact: Sequence[str] = (), prefix: Sequence[str] = ()) -> list[Resource]:
     return [{"san_type": "URI", "matcher": {"exact": v}} for v in exact] + [
         {"san_type": "URI", "matcher": {"prefix": v}} for v in prefix

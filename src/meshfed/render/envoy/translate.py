@@ -21,7 +21,7 @@ from meshfed.plan.model import (
     Workload,
 )
 from meshfed.render.envoy import rbac, tls
-from meshfed.render.envoy.files import log_path
+from meshfed.render.envoy.files import ecds_ref, log_path
 from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.render.envoy.process import ProcessConfig, Resource
 
@@ -48,6 +48,9 @@ LOCAL_CA = "LOCAL_CA"
 """The mesh's own root, for its own trust domain: in-mesh peers."""
 PEER_CA = "PEER_CA"
 """Sidecar: roots of the exporting meshes it imports from, each for its own domain."""
+
+ECDS_MIN_PRINCIPALS = 32
+"""An ingress chain's RBAC filter with at least this many principals loads through ECDS."""
 
 NOTHING_SNI = "nothing-exported.invalid"
 """Envoy refuses a listener without filter chains; this reserved name (RFC 2606) is never sent."""
@@ -253,8 +256,51 @@ def _consumer_trust(trusted: tuple[TrustBundle, ...], server: IngressServer) -> 
     ]
 
 
+def _principal_count(server: IngressServer) -> int:
+    return sum(len(rule.principals) for rule in server.allow)
+
+
+def rbac_extension(server: IngressServer) -> str:
+    """The ECDS resource (and file) name of ``server``'s RBAC filter configuration."""
+    return f"rbac-{server.sni}"
+
+
+def _rbac_filter(
+    process: str,
+    server: IngressServer,
+    runtime_dir: Path,
+    extensions: dict[str, Resource],
+) -> Resource:
+    """The RBAC filter of ``server``'s chain: inline, or (with many principals) loaded through
+    ECDS from its own file, added to ``extensions``.
+
+    With thousands of principals the RBAC configuration is most of the listener (megabytes), and
+    Envoy re-parses the whole listener on every change of it. Through ECDS a change of one
+    export's principals rewrites only that export's file, and a change elsewhere leaves it alone.
+    Small configurations stay inline: every ECDS file is a watched source, and each costs Envoy
+    an inotify instance, of which a user has a few hundred on a host.
+    """
+    http = server.protocol == "HTTP"
+    if http:
+        config = rbac.http_config(server)
+    else:
+        config = rbac.network_config(server, f"ingress_{server.sni}")
+    if _principal_count(server) < ECDS_MIN_PRINCIPALS:
+        name = "envoy.filters.http.rbac" if http else "envoy.filters.network.rbac"
+        return {"name": name, "typed_config": config}
+    name = rbac_extension(server)
+    extensions[name] = config
+    # Fails closed: the listener warms until Envoy read the file; if it rejects the file, the
+    # filter has no configuration and Envoy answers 500 (HTTP) or closes the connection (TCP).
+    return {"name": name, "config_discovery": ecds_ref(runtime_dir, process, name, config["@type"])}
+
+
 def _ingress_chain(
-    process: str, mesh: MeshPlan, server: IngressServer, runtime_dir: Path
+    process: str,
+    mesh: MeshPlan,
+    server: IngressServer,
+    runtime_dir: Path,
+    extensions: dict[str, Resource],
 ) -> Resource:
     cluster = f"inbound|{server.workload.ref}"
     http = server.protocol == "HTTP"
@@ -276,15 +322,8 @@ def _ingress_chain(
         # cost the ingress ~1 ms more CPU (median 1.6 -> 2.7 ms, handshakes to caller and
         # workload included; 1,000: +0.3 ms); requests on open connections cost nothing more.
         # Kept as the first lock; network RBAC is the matcher (one hash lookup, rbac.py).
-        principals = [p for rule in server.allow for p in rule.principals]
-        transport = tls.downstream(
-            runtime_dir,
-            process,
-            tcp_caller_ca(server),
-            [],
-            san_exact=[p.value for p in principals if not p.prefix],
-            san_prefix=[p.value for p in principals if p.prefix],
-        )
+        # The SAN list lives in the chain's own validation secret (``_ingress``), not here.
+        transport = tls.downstream(runtime_dir, process, tcp_caller_ca(server), [])
     if http:
         route_config = {
             "name": server.sni,
@@ -304,7 +343,7 @@ def _ingress_chain(
             _hcm(
                 f"ingress_{server.sni}",
                 route_config,
-                [rbac.http_filter(server)],
+                [_rbac_filter(process, server, runtime_dir, extensions)],
                 [_request_log(log_path(runtime_dir, process, "access"), mesh.name, "ingress")],
                 forward_client_cert_details="SANITIZE_SET",
                 set_current_client_cert_details={"uri": True},
@@ -315,7 +354,7 @@ def _ingress_chain(
         ]
     else:
         filters = [
-            rbac.network_filter(server, f"ingress_{server.sni}"),
+            _rbac_filter(process, server, runtime_dir, extensions),
             _tcp_proxy(f"ingress_{server.sni}", cluster),
         ]
     return {
@@ -331,7 +370,10 @@ def _ingress(
 ) -> ProcessConfig:
     name = f"{mesh.name}/ingress"
     ing = mesh.ingress
-    chains = [_ingress_chain(name, mesh, s, runtime_dir) for s in ing.servers] or [_nothing_chain()]
+    extensions: dict[str, Resource] = {}
+    chains = [_ingress_chain(name, mesh, s, runtime_dir, extensions) for s in ing.servers] or [
+        _nothing_chain()
+    ]
     clusters: list[Resource] = []
     for workload in sorted({s.workload for s in ing.servers}, key=lambda w: w.ref):
         sidecar = ports.sidecars[workload.ref]
@@ -363,8 +405,12 @@ def _ingress(
         trust[CALLER_CA] = tls.spiffe_validator(ing.trusted)
     for server in ing.servers:
         if server.protocol == "TCP":
-            trust[tcp_caller_ca(server)] = tls.spiffe_validator(
-                _consumer_trust(ing.trusted, server)
+            # Only allowed identities complete the handshake (see ``_ingress_chain``).
+            principals = [p for rule in server.allow for p in rule.principals]
+            trust[tcp_caller_ca(server)] = tls.peer_validator(
+                _consumer_trust(ing.trusted, server),
+                san_exact=[p.value for p in principals if not p.prefix],
+                san_prefix=[p.value for p in principals if p.prefix],
             )
     return ProcessConfig(
         name=name,
@@ -375,6 +421,7 @@ def _ingress(
         listeners=[listener],
         spiffe_id=ing.spiffe_id,
         trust=trust,
+        extensions=extensions,
     )
 
 
