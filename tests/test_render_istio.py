@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from cryptography import x509
 
 from meshfed.cli.main import main
+from meshfed.pki.certs import permitted_uri_domains
 from meshfed.pki.verify import verify_chain
 from meshfed.render.istio.imports import FAILOVER_LABEL
 from meshfed.sinks.files import MARKER
@@ -253,7 +254,14 @@ def test_cacerts_and_ingress_credential(bank_rendered: Rendered) -> None:
 def test_federated_ingress_trusts_only_its_consumers(partners_rendered: Rendered) -> None:
     pki = partners_rendered.workspace.pki
     credential = partners_rendered.secret_docs("globex")["ingress-credential.yaml"]
-    assert _pem_certs(_secret_data(credential, "ca.crt")) == [pki.roots["acme"]]
+    # Federated: never a consumer root itself, but globex's federation anchor and a
+    # cross-certificate of acme's root limited to acme's trust domain (tests/test_pki_cross.py).
+    anchor, cross = _pem_certs(_secret_data(credential, "ca.crt"))
+    assert anchor.subject.rfc4514_string() == "CN=globex federation anchor,O=meshfed"
+    assert cross.subject == pki.roots["acme"].subject and cross != pki.roots["acme"]
+    assert cross.public_key() == pki.roots["acme"].public_key()
+    assert permitted_uri_domains(cross) == ["acme.example"]
+    cross.verify_directly_issued_by(anchor)
     operator = partners_rendered.secret_docs("acme")["istio-operator.yaml"]
     mesh_config = operator["spec"]["meshConfig"]
     assert mesh_config["trustDomain"] == "acme.example"

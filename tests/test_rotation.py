@@ -199,10 +199,12 @@ def test_federated_root_rotation_reaches_the_peers(tmp_path: Path) -> None:
     assert (["globex.example"], [old]) in entries and (["globex.example"], [new]) in entries
     globex_secrets = _render(ws, "globex")
     assert _pems(_secret(globex_secrets, "cacerts.yaml", "root-cert.pem")) == [old, new]
-    # globex's ingress trusts acme (its consumer) only: acme's root, unchanged.
-    assert _pems(_secret(globex_secrets, "ingress-credential.yaml", "ca.crt")) == [
-        before.pki.roots["acme"]
-    ]
+    # globex's ingress trusts acme (its consumer) only: acme's root, unchanged, through its
+    # anchor's cross-certificate.
+    anchor, cross = _pems(_secret(globex_secrets, "ingress-credential.yaml", "ca.crt"))
+    assert cross.subject == before.pki.roots["acme"].subject
+    assert cross.public_key() == before.pki.roots["acme"].public_key()
+    cross.verify_directly_issued_by(anchor)
     assert rotator.run(record).finished
     ws = open_workspace(PARTNERS, state)
     assert _pems((state / "pki/acme/peers/globex.pem").read_text()) == [new]

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.pki.errors import PKIError
@@ -181,6 +181,85 @@ def sign_intermediate_ca(
         )
     )
     return builder.sign(issuer_key, hashes.SHA256())
+
+
+CROSS_PATH_LENGTH = 1
+"""CA certificates a cross-certified root may have below it: its mesh's intermediate (which
+signs the leaves, pathlen 0)."""
+
+
+ANCHOR_SUFFIX = " federation anchor"
+
+
+def anchor_name(mesh: str) -> str:
+    """The common name of a mesh's federation anchor (see `cross_certify`)."""
+    return mesh + ANCHOR_SUFFIX
+
+
+def cross_certify(
+    root: x509.Certificate,
+    trust_domains: Sequence[str],
+    anchor_cert: x509.Certificate,
+    anchor_key: PrivateKey,
+    now: datetime,
+) -> x509.Certificate:
+    """A cross-certificate of a partner's `root`, issued by a federation anchor.
+
+    It carries the root's subject and public key, so chains the partner's CAs signed build
+    through it to the anchor (RFC 5280 path building by name and key), and NameConstraints
+    permitting exactly the URI hosts `trust_domains`: every leaf below it must hold only
+    ``spiffe://<one of trust_domains>/...`` URI SANs, whatever the partner's root itself signs.
+    pathlen 1 leaves room for the partner's intermediate only. It is valid while both the root
+    and the anchor are.
+    """
+    if not trust_domains:
+        raise ValueError("a cross-certificate needs at least one trust domain")
+    for domain in trust_domains:
+        validate_trust_domain(domain)
+    _check_issuer_key(anchor_cert, anchor_key)
+    public_key = root.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError(f"unsupported root key type {type(public_key).__name__}")
+    if root.not_valid_after_utc <= as_utc(now):
+        raise PKIError(
+            root.subject.rfc4514_string(),
+            f"root certificate expired at {root.not_valid_after_utc.isoformat()}",
+            "rotate that mesh's root",
+        )
+    not_before, not_after = _validity(now, root.not_valid_after_utc - as_utc(now), anchor_cert)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(root.subject)
+        .issuer_name(anchor_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=CROSS_PATH_LENGTH), critical=True)
+        .add_extension(_ca_key_usage(digital_signature=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .add_extension(_aki(anchor_cert), critical=False)
+        .add_extension(
+            x509.NameConstraints(
+                permitted_subtrees=[x509.UniformResourceIdentifier(d) for d in trust_domains],
+                excluded_subtrees=None,
+            ),
+            critical=True,
+        )
+    )
+    return builder.sign(anchor_key, hashes.SHA256())
+
+
+def is_cross_certificate(cert: x509.Certificate) -> bool:
+    """A CA certificate issued by a federation anchor (see `cross_certify`)."""
+    cn = cert.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return cert.issuer != cert.subject and len(cn) == 1 and str(cn[0].value).endswith(ANCHOR_SUFFIX)
+
+
+def same_public_key(a: x509.Certificate, b: x509.Certificate) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    return a.public_key().public_bytes(der, fmt) == b.public_key().public_bytes(der, fmt)
 
 
 def issue_leaf(

@@ -7,6 +7,8 @@ Layout (see docs/design.md, Trust):
     pki/<mesh>/root/root-{cert,key}.pem  Federated: the mesh's own root
     pki/<mesh>/ca-cert.pem ca-key.pem root-cert.pem cert-chain.pem   Istio plug-in CA files
     pki/<mesh>/peers/<peer>.pem          Federated: the peer mesh's root (both during a rotation)
+    pki/<mesh>/federation-anchor/        Federated: the ingress's anchor CA and cross-certificates
+                                         (kept by pki/anchor.py, not by this store)
     pki/rotation.json, pki/_rotation/    a trust rotation in progress (see pki/record.py)
     pki/_requests/<mesh>/                split custody: an intermediate's key and CSR, until import
 

@@ -10,7 +10,7 @@ from meshfed.audit.istio import mesh_configs
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.yamlsrc import as_str
-from meshfed.pki.certs import permitted_uri_domains
+from meshfed.pki.certs import is_cross_certificate, permitted_uri_domains
 
 
 def _expected_domains(ctx: AuditContext) -> dict[str, str]:
@@ -52,6 +52,18 @@ def intermediate_name_constraints(ctx: AuditContext) -> Iterator[Hit]:
                 "identities of any trust domain",
                 record.location,
             )
+            continue
+        if is_cross_certificate(record.cert):
+            # A federation anchor's cross-certificate of a partner root (Federated ingress
+            # ca.crt): limited to that partner's trust domain, not to this mesh's.
+            foreign = sorted(set(permitted) - set(expected.values()))
+            if expected and foreign:
+                yield Hit(
+                    Severity.HIGH,
+                    f"cross-certificate {record.subject} is constrained to {', '.join(foreign)}, "
+                    "not to a trust domain of the federation",
+                    record.location,
+                )
             continue
         domain = expected.get(record.scope)
         if domain is not None and domain not in permitted:

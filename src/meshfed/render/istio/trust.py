@@ -35,6 +35,11 @@ class MeshCredentials:
     ingress_cert_chain: str
     """The ingress gateway's server certificate followed by the mesh intermediate."""
     ingress_key: str = field(repr=False)
+    ingress_ca: str | None = None
+    """The ingress credential's ``ca.crt`` when it is not the plan's roots: in Federated trust
+    the mesh's federation anchor and one name-constrained cross-certificate per consumer root
+    (`meshfed.pki.anchor`). None: the roots of ``mesh.ingress.trusted`` as they are (SharedRoot,
+    whose intermediates are name-constrained already)."""
 
 
 def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
@@ -56,9 +61,15 @@ def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj
 
 
 def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
-    """The ingress server certificate, and in ``ca.crt`` only the roots of allowed callers."""
+    """The ingress server certificate, and in ``ca.crt`` what vouches for allowed callers only.
+
+    Federated: the federation anchor and the cross-certificates binding each consumer root to
+    its trust domain (``creds.ingress_ca``); SharedRoot: the shared root.
+    """
     data = {"tls.crt": b64(creds.ingress_cert_chain), "tls.key": b64(creds.ingress_key)}
     bundle = "".join(b.pem for b in mesh.ingress.trusted)
+    if creds.ingress_ca is not None and bundle:
+        bundle = creds.ingress_ca
     if bundle:  # nobody may call a mesh that exports nothing: no empty CA entry either
         data["ca.crt"] = b64(bundle)
     return obj(
