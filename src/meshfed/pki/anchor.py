@@ -54,7 +54,7 @@ from meshfed.pki.certs import (
 from meshfed.pki.errors import PKIError
 from meshfed.pki.files import CERT_MODE, KEY_MODE, mkdir_private, write_atomic
 from meshfed.pki.keys import KeyAlgorithm, PrivateKey, generate_key, key_to_pem
-from meshfed.pki.store import PKIStore
+from meshfed.pki.store import PKIStore, check_started
 
 ANCHOR_DIR = "federation-anchor"
 ANCHOR_CERT = "anchor-cert.pem"
@@ -158,12 +158,7 @@ def _load_anchor(
     cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     if [a.value for a in cn] != [anchor_name(mesh)]:
         raise PKIError(cert_path, f"is not the federation anchor of mesh {mesh}", fix)
-    if now < cert.not_valid_before_utc:
-        raise PKIError(
-            cert_path,
-            f"is not valid before {cert.not_valid_before_utc.isoformat()} (clock wrong?)",
-            "check the system clock",
-        )
+    check_started(cert_path, cert, now)
     if now >= renewal_time(cert, RENEW_AT):
         return None  # due (or expired): replaced as a whole, see the module docstring
     return cert, key

@@ -1014,6 +1014,11 @@ def _check_ca_cert(path: Path, cert: x509.Certificate, now: datetime, fix: str) 
         raise PKIError(path, "is not a CA certificate", fix)
     if now > cert.not_valid_after_utc:
         raise PKIError(path, f"expired at {cert.not_valid_after_utc.isoformat()}", fix)
+    check_started(path, cert, now)
+
+
+def check_started(path: Path, cert: x509.Certificate, now: datetime) -> None:
+    """A kept certificate whose validity has not begun means a wrong clock, not a bad file."""
     if now < cert.not_valid_before_utc:
         raise PKIError(
             path,
