@@ -262,3 +262,15 @@ def read_log_lines(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def tcp_greeting_and_echo(port: int) -> dict[str, Any]:
+    """Through a TCP import on ``port``: the exporting workload's greeting (it speaks first),
+    after checking that one line sent comes back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        f = s.makefile("rwb")
+        greeting: dict[str, Any] = json.loads(f.readline())
+        f.write(b"ping\n")
+        f.flush()
+        assert f.readline() == b"ping\n"
+    return greeting

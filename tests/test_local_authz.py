@@ -23,7 +23,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from local_helpers import Fed, client_context, poll, read_log_lines, tls_request
+from local_helpers import (
+    Fed,
+    client_context,
+    poll,
+    read_log_lines,
+    tcp_greeting_and_echo,
+    tls_request,
+)
 from meshfed.local import admin
 from meshfed.local.ports import PortAllocator
 from meshfed.pki.keys import PrivateKey, generate_key, load_key_pem
@@ -359,13 +366,7 @@ def _tcp(fed: Fed, tmp: Path, cred: tuple[PrivateKey, list[x509.Certificate]]) -
 
 def test_tcp_listed_last_among_many_is_served(fed: Fed) -> None:
     port = fed.sidecar("web", "shop/checkout").tcp_outbound["ledger.shop.svc.cluster.local:9000"]
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rwb")
-        greeting = json.loads(f.readline())
-        f.write(b"ping\n")
-        f.flush()
-        assert f.readline() == b"ping\n"
-    assert greeting == {"mesh": "pay", "workload": "cards/ledger"}
+    assert tcp_greeting_and_echo(port) == {"mesh": "pay", "workload": "cards/ledger"}
 
 
 def test_tcp_partner_root_is_not_trusted_on_a_chain_partner_may_not_use(

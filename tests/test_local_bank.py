@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +23,7 @@ from local_helpers import (
     poll,
     read_log_lines,
     spec_copy,
+    tcp_greeting_and_echo,
     tls_request,
 )
 from meshfed.local.logs import boundary_view, gateway_logs, read_entries
@@ -93,13 +93,7 @@ def test_allowed_caller_gets_200_and_its_own_identity(bank: Fed) -> None:
 
 def test_tcp_import_reaches_the_exporting_workload(bank: Fed) -> None:
     port = bank.sidecar("web", "shop/checkout").tcp_outbound["ledger.shop.svc.cluster.local:9000"]
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        f = s.makefile("rwb")
-        greeting = json.loads(f.readline())
-        f.write(b"ping\n")
-        f.flush()
-        assert f.readline() == b"ping\n"
-    assert greeting == {"mesh": "payments", "workload": "cards/ledger"}
+    assert tcp_greeting_and_echo(port) == {"mesh": "payments", "workload": "cards/ledger"}
 
 
 # --- 2. who may call -----------------------------------------------------------------------------
