@@ -109,18 +109,19 @@ class StoredState:
     """As recorded; None in a state written before meshfed recorded them (then: the spec's)."""
 
     def plan(self) -> FederationPlan:
-        fed = parse_spec(self.spec_text, f"{state_name('')}(stored on {self.cluster})")
+        """The plan as applied; KubeError when the stored spec does not parse."""
+        try:
+            fed = parse_spec(self.spec_text, f"{state_name('')}(stored on {self.cluster})")
+        except SpecError as exc:
+            raise KubeError(
+                f"the state stored on {self.cluster} is not a valid spec: {exc}"
+            ) from None
         return build_plan(fed, self.roots)
 
     def applied_clusters(self) -> tuple[AppliedCluster, ...]:
         if self.clusters is not None:
             return self.clusters
-        try:
-            return tuple(plan_clusters(self.plan()))
-        except SpecError as exc:
-            raise KubeError(
-                f"the state stored on {self.cluster} is not a valid spec: {exc}"
-            ) from None
+        return tuple(plan_clusters(self.plan()))
 
 
 def _read_clusters(text: str | None, where: str) -> tuple[AppliedCluster, ...] | None:
@@ -159,9 +160,4 @@ def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, Sto
     if not ordered:
         return None, None
     newest = ordered[-1]
-    try:
-        return newest.plan(), newest
-    except SpecError as exc:
-        raise KubeError(
-            f"the state stored on {newest.cluster} is not a valid spec: {exc}"
-        ) from None
+    return newest.plan(), newest
