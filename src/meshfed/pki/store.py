@@ -587,13 +587,12 @@ class PKIStore:
                 cert_path, "is not a self-signed root certificate", self._restore_fix()
             ) from None
         _check_ca_cert(cert_path, cert, now, f"remove {self.dir} to start over")
-        if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
-            raise PKIError(
-                cert_path,
-                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
-                f"{self._rel(self.dir / STATE_FILE)} ({recorded.get('fingerprint')})",
-                f"restore the original root, or remove {self.dir} to start over",
-            )
+        self._check_recorded(
+            cert_path,
+            cert,
+            recorded,
+            f"restore the original root, or remove {self.dir} to start over",
+        )
         return _Root(name=name, dir=rdir, cert=cert, key=key, new=False)
 
     def _external_root(
@@ -618,13 +617,12 @@ class PKIStore:
                 cert_path, "is not a self-signed root certificate", self._restore_fix()
             ) from None
         _check_ca_cert(cert_path, cert, now, "have the root holder rotate the root")
-        if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
-            raise PKIError(
-                cert_path,
-                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
-                f"{self._rel(self.dir / STATE_FILE)}",
-                "restore the original root (a new root comes only through meshfed rotate root)",
-            )
+        self._check_recorded(
+            cert_path,
+            cert,
+            recorded,
+            "restore the original root (a new root comes only through meshfed rotate root)",
+        )
         return _Root(name=name, dir=rdir, cert=cert, key=None, new=False)
 
     def _root_only(
@@ -639,14 +637,26 @@ class PKIStore:
             return _Root(name, rdir, make_root_ca(cn, key, req.root_ttl, now), key, new=True)
         cert, key = self._read_pair(req, cert_path, key_path, f"remove {self.dir} to start over")
         _check_ca_cert(cert_path, cert, now, "rotate the root (meshfed rotate root)")
-        if recorded is not None and recorded.get("fingerprint") != fingerprint(cert):
-            raise PKIError(
-                cert_path,
-                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
-                f"{self._rel(self.dir / STATE_FILE)}",
-                "restore the original root",
-            )
+        self._check_recorded(cert_path, cert, recorded, "restore the original root")
         return _Root(name=name, dir=rdir, cert=cert, key=key, new=False)
+
+    def _check_recorded(
+        self,
+        path: Path,
+        cert: x509.Certificate,
+        recorded: dict[str, Any] | None,
+        fix: str,
+        field: str = "fingerprint",
+    ) -> None:
+        """The certificate on disk is the one the state file recorded under ``field`` (when it
+        recorded one): a CA is never silently replaced."""
+        if recorded is not None and recorded.get(field) != fingerprint(cert):
+            raise PKIError(
+                path,
+                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
+                f"{self._rel(self.dir / STATE_FILE)} ({recorded.get(field)})",
+                fix,
+            )
 
     def _mesh(
         self,
@@ -723,13 +733,9 @@ class PKIStore:
                 f"restore the trust domain in the spec, or {reissue} "
                 "(its workloads get new identities)",
             )
-        if recorded is not None and recorded.get("ca_fingerprint") != fingerprint(cert):
-            raise PKIError(
-                cert_path,
-                f"fingerprint {fingerprint(cert)} differs from the one recorded in "
-                f"{self._rel(self.dir / STATE_FILE)}",
-                f"restore the original file, or {reissue}",
-            )
+        self._check_recorded(
+            cert_path, cert, recorded, f"restore the original file, or {reissue}", "ca_fingerprint"
+        )
         return _Mesh(req=m, dir=mdir, root=root, cert=cert, key=key, new=False)
 
     def _check_algorithm(self, req: TrustRequest, key: PrivateKey, path: Path) -> None:
