@@ -38,9 +38,9 @@ from meshfed.local.paths import RuntimePaths
 from meshfed.local.probe import ProbeResult, plan_probes, run_probe
 from meshfed.local.state import load_processes
 from meshfed.local.xds import EnvoyFiles, Pending, secrets_for, wait_for_stats
+from meshfed.pki import MeshCA
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
-from meshfed.pki.store import MeshCA
 from meshfed.plan.model import FederationPlan, IngressServer
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig

@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
+from meshfed.pki import MeshCA, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
 from meshfed.pki.certs import describe, load_certs_pem
 from meshfed.pki.errors import PKIError
@@ -43,7 +44,6 @@ from meshfed.pki.record import (
     history,
     write_record,
 )
-from meshfed.pki.store import MeshCA, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.model import FederationPlan, TrustBundle
 from meshfed.plan.names import INGRESS_GATEWAY
