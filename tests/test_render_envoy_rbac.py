@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 
 from meshfed.plan.model import AllowRule, IngressServer, PathMatch, Workload
-from meshfed.render.envoy import rbac
-from meshfed.render.envoy.translate import CALLER_CA, render_local, tcp_caller_ca
+from meshfed.render.envoy import rbac, render_local
+from meshfed.render.envoy.ingress import tcp_caller_ca
+from meshfed.render.envoy.tls import CALLER_CA
 from meshfed.spec.principals import PrincipalMatch
 from meshfed.workspace import open_workspace
 from test_render_envoy import fake_layout, validate_with_envoy, walk

@@ -42,9 +42,9 @@ from meshfed.pki import MeshCA
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.plan.model import FederationPlan, IngressServer
+from meshfed.render.envoy import render_local
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.render.envoy.translate import render_local
 from meshfed.spec.principals import PrincipalMatch
 
 APPLY_TIMEOUT = 10.0
