@@ -13,10 +13,11 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from meshfed.pki.certs import issue_leaf, spiffe_trust_domain, validate_trust_domain
+from meshfed.pki.certs import issue_leaf
 from meshfed.pki.keys import KEY_ALGORITHMS, KeyAlgorithm, PrivateKey, generate_key
 from meshfed.pki.layout import SHARED_ROOT_NAME, TRUST_MODES, TrustMode
 from meshfed.pki.record import Custody, RotationRecord
+from meshfed.spiffe import spiffe_trust_domain, validate_trust_domain
 
 _MESH_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 

@@ -54,7 +54,7 @@ def tcp_caller_ca(server: IngressServer) -> str:
 
 def _consumer_trust(trusted: tuple[TrustBundle, ...], server: IngressServer) -> list[TrustBundle]:
     """``trusted`` limited to the trust domains ``server``'s rules name."""
-    domains = {rbac.trust_domain(p.value) for rule in server.allow for p in rule.principals}
+    domains = {p.trust_domain for rule in server.allow for p in rule.principals}
     return [
         TrustBundle(b.name, b.pem, tuple(d for d in b.trust_domains if d in domains))
         for b in trusted

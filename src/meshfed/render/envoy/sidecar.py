@@ -13,6 +13,7 @@ from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
 from meshfed.render.envoy.process import ProcessConfig, Resource
 from meshfed.render.envoy.rbac import HTTP_RBAC
 from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA
+from meshfed.spiffe import domain_prefix
 
 
 def inbound(
@@ -25,7 +26,7 @@ def inbound(
         process,
         LOCAL_CA,
         ["h2", "http/1.1"] if http else [],
-        san_prefix=[f"spiffe://{mesh.trust_domain}/"],
+        san_prefix=[domain_prefix(mesh.trust_domain)],
     )
     if not http:
         filters = [tcp_proxy("inbound", "app")]
