@@ -25,8 +25,8 @@ def run_case(meshes: int, exports: int, state: Path) -> dict[str, float]:
     sys.path.insert(0, str(HERE))
     from synth import synthetic_spec
 
+    from meshfed.credentials import mesh_credentials
     from meshfed.render.istio import render_mesh
-    from meshfed.render.istio.credentials import mesh_credentials
     from meshfed.sinks.yaml_out import dump_all
     from meshfed.workspace import open_workspace
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from meshfed.credentials import mesh_credentials
 from meshfed.render.istio import RenderedMesh, render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.sinks.files import write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshfed.credentials import MeshCredentials
 from meshfed.kube.apply import Rollout
 from meshfed.kube.client import FIELD_MANAGER, Obj, Resource
 from meshfed.kube.config import merged_kubeconfig, resolve_context
@@ -36,7 +37,7 @@ from meshfed.kube.targets import (
 )
 from meshfed.plan.build import build_plan
 from meshfed.plan.model import ClusterPlan, FederationPlan
-from meshfed.render.istio import MeshCredentials, RenderedMesh, render_mesh
+from meshfed.render.istio import RenderedMesh, render_mesh
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation

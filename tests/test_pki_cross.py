@@ -38,6 +38,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshfed.credentials import mesh_credentials
 from meshfed.pki.anchor import (
     ANCHOR_CERT,
     ANCHOR_KEY,
@@ -63,7 +64,6 @@ from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, generate_key, key_to_pem, load_key_pem
 from meshfed.pki.verify import verify_chain
 from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation.machine import Rotator
 from meshfed.workspace import Workspace, open_workspace
 

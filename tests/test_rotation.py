@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
+from meshfed.credentials import mesh_credentials
 from meshfed.examples import example_path
 from meshfed.local.certs import Renewer, identity_for, kept_identity
 from meshfed.local.files import read_json
@@ -30,7 +31,6 @@ from meshfed.pki.verify import verify_chain
 from meshfed.plan.trust import root_pems
 from meshfed.render.envoy import render_local
 from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation import machine
 from meshfed.rotation.machine import RotationError, Rotator
 from meshfed.workspace import Workspace, open_workspace

@@ -14,10 +14,10 @@ from rich.table import Table
 
 from meshfed import __version__
 from meshfed.cli.common import reported
+from meshfed.credentials import mesh_credentials
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
 from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshfed.credentials import mesh_credentials
 from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
@@ -14,7 +15,6 @@ from meshfed.pki import PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.trust import root_pems, trust_request
 from meshfed.render.istio import RenderedMesh, render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.spec.load import load_spec
 from meshfed.workspace import Workspace, default_state_dir
 

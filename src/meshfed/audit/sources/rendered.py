@@ -8,14 +8,11 @@ are those of the files ``meshfed render`` writes, so findings point into its out
 from __future__ import annotations
 
 from meshfed.audit.sources.manifests import Doc, docs_from_text
+from meshfed.credentials import NO_CREDENTIALS
 from meshfed.plan.build import build_plan
-from meshfed.render.istio import MeshCredentials, render_mesh
+from meshfed.render.istio import render_mesh
 from meshfed.sinks.yaml_out import dump_all
 from meshfed.spec.model import Federation
-
-_NO_CREDENTIALS = MeshCredentials(
-    ca_cert="", ca_key="", root_cert="", cert_chain="", ingress_cert_chain="", ingress_key=""
-)
 
 
 def rendered_docs(fed: Federation) -> list[Doc]:
@@ -23,7 +20,7 @@ def rendered_docs(fed: Federation) -> list[Doc]:
     plan = build_plan(fed, {m.name: "" for m in fed.spec.meshes})
     docs: list[Doc] = []
     for mesh in plan.meshes:
-        rendered = render_mesh(plan, mesh, _NO_CREDENTIALS)
+        rendered = render_mesh(plan, mesh, NO_CREDENTIALS)
         files = {
             **rendered.files,
             **{f"secrets/{name}": objs for name, objs in rendered.secret_files.items()},
