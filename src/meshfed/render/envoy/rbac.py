@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meshfed.plan.model import AllowRule, IngressServer, PathMatch
+from meshfed.plan.model import AllowRule, IngressServer, PathMatch, PrincipalMatch
 from meshfed.render.envoy.process import Resource
 
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -101,7 +101,7 @@ class _Rule:
     permission: Resource | None
     """Methods AND paths; None: any request."""
     exact: tuple[str, ...]
-    prefixes: tuple[str, ...]
+    prefixes: tuple[PrincipalMatch, ...]
 
 
 def matcher(rules: Sequence[AllowRule], http: bool) -> Resource:
@@ -134,7 +134,7 @@ def _compile(rule: AllowRule, index: int, http: bool) -> _Rule:
         name=policy_id(rule, index),
         permission=permission,
         exact=tuple(p.value for p in rule.principals if not p.prefix),
-        prefixes=tuple(p.value for p in rule.principals if p.prefix),
+        prefixes=tuple(p for p in rule.principals if p.prefix),
     )
 
 
@@ -157,7 +157,7 @@ def _branch(rules: list[_Rule]) -> Resource:
     if len(in_domain) == 1:
         ((rule, exact, prefixes),) = in_domain
         allow = _allow(rule.name)
-        prefixed = [(_any_of([_san_prefix(q) for q in prefixes]), allow)] if prefixes else []
+        prefixed = [(_any_of([_san_prefix(q.value) for q in prefixes]), allow)] if prefixes else []
         identities = _identities({p: allow for p in exact}, prefixed)
         if rule.permission is None:
             return identities
@@ -168,7 +168,7 @@ def _branch(rules: list[_Rule]) -> Resource:
             covering.setdefault(p, []).append(rule)
     for p, found in covering.items():
         for rule, _, prefixes in in_domain:
-            if rule not in found and any(p.startswith(q) for q in prefixes):
+            if rule not in found and any(q.matches(p) for q in prefixes):
                 found.append(rule)
     table = {
         p: _decide(sorted(found, key=lambda r: rules.index(r))) for p, found in covering.items()
@@ -177,7 +177,7 @@ def _branch(rules: list[_Rule]) -> Resource:
     # must not end the search: a later rule may allow the same caller).
     fallback = [
         (
-            _all_of([_any_of([_san_prefix(q) for q in prefixes]), *_maybe(r.permission)]),
+            _all_of([_any_of([_san_prefix(q.value) for q in prefixes]), *_maybe(r.permission)]),
             _allow(r.name),
         )
         for r, _, prefixes in in_domain
