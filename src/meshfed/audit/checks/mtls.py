@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
+from meshfed.audit.install import root_namespace
 from meshfed.audit.istio import (
     bound_virtual_services,
     control_plane_only,
@@ -13,7 +14,6 @@ from meshfed.audit.istio import (
     host_namespace,
     istio,
     of_kind,
-    root_namespace,
     route_destinations,
 )
 from meshfed.audit.model import Location, Severity
@@ -33,7 +33,7 @@ def _has_selector(pa: Doc) -> bool:
     return bool(dig(pa.spec, "selector", "matchLabels"))
 
 
-def _namespaces(docs: list[Doc]) -> dict[str, Location]:
+def federation_namespaces(docs: list[Doc]) -> dict[str, Location]:
     """Namespaces that must be STRICT, each with the object that makes it so."""
     out: dict[str, Location] = {}
     for workload in gateway_workloads(docs):
@@ -65,7 +65,7 @@ def peer_authentication_strict(ctx: AuditContext) -> Iterator[Hit]:
     ctx.require_docs()
     found = False
     for docs in ctx.scopes().values():
-        needed = _namespaces(docs)
+        needed = federation_namespaces(docs)
         found = found or bool(needed)
         root = root_namespace(docs)
         pas = istio(docs, "PeerAuthentication")
