@@ -26,6 +26,15 @@ def mode_of(pa: Doc) -> str | None:
     return None if mode in (None, "UNSET") else mode
 
 
+def port_modes(pa: Doc) -> list[tuple[str, str | None]]:
+    """(workload port, its own mode or None for UNSET) of ``portLevelMtls``."""
+    out: list[tuple[str, str | None]] = []
+    for port, setting in as_dict(pa.spec.get("portLevelMtls")).items():
+        mode = as_str(as_dict(setting).get("mode"))
+        out.append((str(port), None if mode in (None, "UNSET") else mode))
+    return out
+
+
 def has_selector(pa: Doc) -> bool:
     return bool(str_map(dig(pa.spec, "selector", "matchLabels")))
 
@@ -99,9 +108,8 @@ def decide(
             mode, by = mode_of(pa) or mode, pa
     ports: dict[str, tuple[str, Doc]] = {}
     if workload is not None:
-        for port, setting in as_dict(workload.spec.get("portLevelMtls")).items():
-            port_mode = as_str(as_dict(setting).get("mode"))
-            ports[str(port)] = (mode if port_mode in (None, "UNSET") else str(port_mode), workload)
+        for port, port_mode in port_modes(workload):
+            ports[port] = (port_mode or mode, workload)
     return MtlsDecision(mode, by, ports)
 
 

@@ -16,10 +16,9 @@ from meshfed.audit.context import AuditContext
 from meshfed.audit.install import mesh_configs, root_namespace
 from meshfed.audit.istio import istio
 from meshfed.audit.model import Severity
-from meshfed.audit.peer_auth import competing, decide, mode_of
+from meshfed.audit.peer_auth import competing, decide, mode_of, port_modes
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
-from meshfed.audit.yamlsrc import as_dict, as_str
 
 # (mode, scope rank) -> severity: the wider the scope, the worse.
 _MODE_SEVERITY = {
@@ -64,14 +63,13 @@ def _policy(pa: Doc, scope: Attachment) -> Iterator[Hit]:
             f"{pa.name} sets mTLS {mode} for {scope.describe()}: {_MEANS[mode]}",
             pa.at("spec", "mtls", "mode"),
         )
-    for port, setting in as_dict(pa.spec.get("portLevelMtls")).items():
-        port_mode = as_str(as_dict(setting).get("mode")) or ""
+    for port, port_mode in port_modes(pa):
         if port_mode in _MEANS:
             yield Hit(
                 Severity.HIGH if port_mode == "DISABLE" else Severity.MEDIUM,
                 f"{pa.name} sets mTLS {port_mode} on workload port {port} of "
                 f"{scope.describe()}: {_MEANS[port_mode]}",
-                pa.at("spec", "portLevelMtls", str(port)),
+                pa.at("spec", "portLevelMtls", port),
             )
 
 
