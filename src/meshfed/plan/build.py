@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+from meshfed.pki.certs import split_pem
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -26,7 +27,8 @@ from meshfed.plan.model import (
 )
 from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
 from meshfed.spec.model import Export, Federation, Mesh
-from meshfed.spec.principals import parse_principal, spiffe_id
+from meshfed.spec.principals import parse_principal
+from meshfed.spiffe import workload_id
 
 
 def root_name(fed: Federation, mesh: str) -> str:
@@ -59,7 +61,7 @@ def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
             service_account=w.service_account,
             port=w.port,
             protocol=w.protocol,
-            spiffe_id=spiffe_id(mesh.trust_domain, w.namespace, w.service_account),
+            spiffe_id=workload_id(mesh.trust_domain, w.namespace, w.service_account),
             fqdn=service_fqdn(w.namespace, w.name),
         )
         for w in sorted(mesh.workloads, key=lambda w: (w.namespace, w.name))
@@ -112,7 +114,9 @@ class _Resolver:
                 _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
                 importers.add(imp.mesh)
 
-    def bundles(self, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
+    def bundles(
+        self, meshes: dict[str, set[str]], cross_certify: bool = False
+    ) -> tuple[TrustBundle, ...]:
         """One bundle per root, for the given {mesh: trust domains} it must vouch for."""
         by_root: dict[str, set[str]] = defaultdict(set)
         for mesh, domains in meshes.items():
@@ -120,7 +124,10 @@ class _Resolver:
         out = []
         for name, domains in sorted(by_root.items()):
             mesh = name if name != "root" else next(iter(sorted(meshes)))
-            out.append(TrustBundle(name, self.root_pems[mesh], tuple(sorted(domains))))
+            pem = self.root_pems[mesh]
+            out.append(
+                TrustBundle(name, pem, tuple(sorted(domains)), split_pem(pem), cross_certify)
+            )
         return tuple(out)
 
     def source(self, priority: int, ref: str) -> Source:
@@ -160,7 +167,9 @@ class _Resolver:
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(servers),
-            trusted=self.bundles(callers),
+            # Istio's ingress credential cannot bind a root to its trust domains; Federated
+            # roots constrain nothing, so there the ingress trusts them cross-certified only.
+            trusted=self.bundles(callers, cross_certify=self.fed.spec.trust.mode == "Federated"),
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -195,13 +204,15 @@ class _Resolver:
         for route in imports:
             for source in route.sources:
                 trusted.setdefault(source.mesh, set()).add(source.trust_domain)
+        workload_trust = self.bundles(trusted)
+        root = root_name(self.fed, mesh.name)
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
             network=mesh.network,
-            root_name=root_name(self.fed, mesh.name),
+            root_name=root,
             ingress=self.ingress(mesh),
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
@@ -209,8 +220,9 @@ class _Resolver:
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
-            workload_trust=self.bundles(trusted),
+            workload_trust=workload_trust,
             local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
+            foreign_trust=tuple(b for b in workload_trust if b.name != root),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
