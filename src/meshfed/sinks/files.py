@@ -66,13 +66,14 @@ def write_tree(out: Path, fill: Callable[[Path], None]) -> None:
 
 
 def write_rendered(out: Path, meshes: list[RenderedMesh]) -> None:
-    """``out/<mesh>/`` per mesh: manifests and kustomization; keys only under ``secrets/``."""
+    """``out/<mesh>/`` per mesh: manifests and kustomization, and beside them (outside the
+    kustomization) the Istio install settings; keys only under ``secrets/``."""
 
     def fill(root: Path) -> None:
         for rendered in meshes:
             mesh_dir = root / rendered.mesh
             mesh_dir.mkdir()
-            for name, docs in rendered.files.items():
+            for name, docs in {**rendered.files, **rendered.install_files}.items():
                 (mesh_dir / name).write_text(dump_all(docs))
             (mesh_dir / "kustomization.yaml").write_text(dump(rendered.kustomization()))
             secrets = mesh_dir / "secrets"
