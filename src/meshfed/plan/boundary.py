@@ -19,6 +19,7 @@ network when they leave it."""
 
 RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     "server",
+    "x-powered-by",
     "x-envoy-upstream-service-time",
     "x-envoy-overloaded",
     "x-envoy-ratelimited",
@@ -29,7 +30,8 @@ RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     *ADDRESS_HEADERS,
 )
 """Response headers that would tell a caller about the exporting mesh's insides (software,
-timings, load, routing, addresses). Envoy cannot remove by prefix, so x-envoy-* are listed."""
+timings, load, routing, addresses). ``x-powered-by``: frameworks name themselves in it (seen
+reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are listed."""
 
 
 @dataclass(frozen=True)
