@@ -51,6 +51,6 @@ def followed(fed: Federation, spec_dir: Path) -> tuple[FollowedPeer, ...]:
                 file = file if file.is_absolute() else spec_dir / file
             bootstrap = Bootstrap(file=file, fingerprint=ep.bootstrap_fingerprint)
         out.append(
-            FollowedPeer(name, peer.trust_domain, endpoint(ep), tuple(sorted(who)), bootstrap)
+            FollowedPeer(name, target.trust_domain, endpoint(ep), tuple(sorted(who)), bootstrap)
         )
     return tuple(out)
