@@ -166,7 +166,9 @@ def fetch_document(
                     )
                 body = bytearray()
                 while True:
-                    sock.settimeout(_remaining(deadline, peer, url, timeout))
+                    left = _remaining(deadline, peer, url, timeout)
+                    if sock.fileno() >= 0:  # http.client closes it once the body is read
+                        sock.settimeout(left)
                     chunk = resp.read(_CHUNK)
                     if not chunk:
                         break
