@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.bundles import document
-from meshfed.bundles.errors import BundleError
 from meshfed.bundles.follow import Fetcher, Follower
 from meshfed.bundles.model import Bootstrap, Endpoint, FollowedPeer, SpiffeBundle
 from meshfed.bundles.server import BundleServer, FileTls, SvidTls
