@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshfed.bundles.config import followed_pems
 from meshfed.pki.store import PKIMaterial, PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.model import FederationPlan
@@ -31,5 +32,5 @@ def open_workspace(spec_path: Path, state_dir: Path | None = None) -> Workspace:
     fed = load_spec(spec_path)
     state = state_dir if state_dir is not None else default_state_dir(fed)
     material = PKIStore(state).ensure(trust_request(fed))
-    plan = build_plan(fed, root_pems(material))
+    plan = build_plan(fed, root_pems(material), followed_pems(fed, state))
     return Workspace(spec_path, fed, state, material, plan)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshfed.bundles.errors import BundleError
 from meshfed.bundles.model import Bootstrap, Endpoint, FollowedPeer, PublishedMesh
+from meshfed.bundles.state import PeerBundles
 from meshfed.spec.model import BundleEndpoint, Federation
 
 
@@ -54,3 +56,26 @@ def followed(fed: Federation, spec_dir: Path) -> tuple[FollowedPeer, ...]:
             FollowedPeer(name, target.trust_domain, endpoint(ep), tuple(sorted(who)), bootstrap)
         )
     return tuple(out)
+
+
+def followed_pems(fed: Federation, state_dir: Path) -> dict[str, str]:
+    """Peer -> PEM of the X.509 authorities of its last accepted bundle, for every peer a local
+    mesh follows (what ``build_plan`` takes as ``followed``). Reads only the kept PEM files.
+
+    BundleError when a followed peer has no accepted bundle yet: the plan cannot say what to
+    trust for it, and guessing (trusting nothing, or its held roots) would be a silent change.
+    """
+    store = PeerBundles(state_dir)
+    out: dict[str, str] = {}
+    for peer in followed(fed, Path(".")):
+        kept = store.current(peer.name)
+        if kept is None:
+            raise BundleError(
+                peer.name,
+                f"{', '.join(peer.followers)} follow(s) the bundle of {peer.name} "
+                f"({peer.trust_domain}), and none has been accepted yet",
+                "run meshfed trust fetch SPEC (same --state) once the peer's bundle endpoint "
+                f"{peer.endpoint.url} is reachable",
+            )
+        out[peer.name] = kept.pem
+    return out

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshfed.bundles.config import followed_pems
 from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
@@ -80,6 +81,8 @@ def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connec
     state = state_dir if state_dir is not None else default_state_dir(fed)
     material = PKIStore(state).ensure(trust_request(fed))
     roots = root_pems(material)
-    plan = build_plan(fed, roots)
+    followed = followed_pems(fed, state)
+    plan = build_plan(fed, roots, followed)
     ws = Workspace(spec_path, fed, state, material, plan)
-    return KubeWorkspace(ws, roots, found, connect, addresses)
+    # Recorded with the applied spec: a partner's roots are those of its followed bundle.
+    return KubeWorkspace(ws, {**followed, **roots}, found, connect, addresses)

@@ -38,8 +38,11 @@ def peerings(fed: Federation) -> tuple[tuple[str, str], ...]:
     """(mesh, peer) pairs where mesh must hold peer's root.
 
     An exporting mesh's ingress verifies its consumers' workloads; a consumer's sidecars verify
-    the ingress gateways of the meshes it imports from. Nobody else trusts anybody.
+    the ingress gateways of the meshes it imports from. Nobody else trusts anybody. Partner
+    meshes are left out on both sides: meshfed runs nothing of theirs and holds no root of
+    theirs (their roots come from their bundles, see ``build_plan``'s ``followed``).
     """
+    partners = {m.name for m in fed.spec.meshes if m.partner}
     pairs: set[tuple[str, str]] = set()
     for export in fed.spec.exports:
         for consumer in export.consumers:
@@ -47,7 +50,7 @@ def peerings(fed: Federation) -> tuple[tuple[str, str], ...]:
     for imp in fed.spec.imports:
         for ref in imp.from_:
             pairs.add((imp.mesh, ref.partition("/")[0]))
-    return tuple(sorted(pairs))
+    return tuple(sorted((m, p) for m, p in pairs if m not in partners and p not in partners))
 
 
 def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
@@ -97,9 +100,12 @@ def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tu
 
 
 class _Resolver:
-    def __init__(self, fed: Federation, root_pems: Mapping[str, str]) -> None:
+    def __init__(
+        self, fed: Federation, root_pems: Mapping[str, str], followed: Mapping[str, str] | None
+    ) -> None:
         self.fed = fed
         self.root_pems = root_pems
+        self.followed = followed
         self.workloads = {m.name: {w.ref: w for w in _workloads(m)} for m in fed.spec.meshes}
         # Meshes that reach (mesh, wire host) as a failover alias of one of mesh's exports.
         self.aliases: dict[tuple[str, str], tuple[str, set[str]]] = {}
@@ -112,15 +118,26 @@ class _Resolver:
                 _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
                 importers.add(imp.mesh)
 
-    def bundles(self, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
-        """One bundle per root, for the given {mesh: trust domains} it must vouch for."""
+    def root_pem(self, truster: Mesh, mesh: str) -> str:
+        """The roots ``truster`` trusts for ``mesh``: those of the bundle it follows for that
+        peer (fetched, checked and kept by ``meshfed.bundles``), else the ones the PKI holds."""
+        if self.followed is not None and mesh != truster.name and mesh in (truster.follows or ()):
+            return self.followed[mesh]
+        return self.root_pems[mesh]
+
+    def bundles(self, truster: Mesh, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
+        """One bundle per root, for the given {mesh: trust domains} it must vouch for, as
+        ``truster`` trusts them. A followed peer whose bundle is empty (it revoked every key)
+        gets none: nothing of it is trusted."""
         by_root: dict[str, set[str]] = defaultdict(set)
         for mesh, domains in meshes.items():
             by_root[root_name(self.fed, mesh)] |= domains
         out = []
         for name, domains in sorted(by_root.items()):
             mesh = name if name != "root" else next(iter(sorted(meshes)))
-            out.append(TrustBundle(name, self.root_pems[mesh], tuple(sorted(domains))))
+            pem = self.root_pem(truster, mesh)
+            if pem:
+                out.append(TrustBundle(name, pem, tuple(sorted(domains))))
         return tuple(out)
 
     def source(self, priority: int, ref: str) -> Source:
@@ -160,7 +177,7 @@ class _Resolver:
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(servers),
-            trusted=self.bundles(callers),
+            trusted=self.bundles(mesh, callers),
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -180,7 +197,7 @@ class _Resolver:
                     protocol=protocol,
                     wire_host=self.fed.wire_host(imp),
                     sources=sources,
-                    trusted=self.bundles({s.mesh: {s.trust_domain} for s in sources}),
+                    trusted=self.bundles(mesh, {s.mesh: {s.trust_domain} for s in sources}),
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))
@@ -209,23 +226,32 @@ class _Resolver:
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
-            workload_trust=self.bundles(trusted),
-            local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
+            workload_trust=self.bundles(mesh, trusted),
+            local_trust=self.bundles(mesh, {mesh.name: {mesh.trust_domain}}),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
         )
 
 
-def build_plan(fed: Federation, root_pems: Mapping[str, str]) -> FederationPlan:
-    """Resolve ``fed``; ``root_pems`` maps each mesh to the PEM of the root it chains to."""
-    resolver = _Resolver(fed, root_pems)
+def build_plan(
+    fed: Federation, root_pems: Mapping[str, str], followed: Mapping[str, str] | None = None
+) -> FederationPlan:
+    """Resolve ``fed``; ``root_pems`` maps each mesh this state directory holds to the PEM of
+    the root(s) it chains to; ``followed`` maps each peer some mesh follows to the PEM of the
+    X.509 authorities of its last accepted bundle. A mesh trusts a peer it follows through that
+    bundle only, and partner meshes (whose roots are not held) are planned only as peers: no
+    ``MeshPlan``, nothing rendered or run for them. ``followed`` None: callers that plan without
+    trust material (audit of a spec, tests) give every mesh's PEM in ``root_pems``."""
+    resolver = _Resolver(fed, root_pems, followed)
     trust = fed.spec.trust
     return FederationPlan(
         name=fed.name,
         trust_mode=trust.mode,
         workload_ttl=trust.ttl("workload"),
         gateway_ttl=trust.ttl("gateway"),
-        meshes=tuple(resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name)),
+        meshes=tuple(
+            resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name) if not m.partner
+        ),
         peerings=peerings(fed) if trust.mode == "Federated" else (),
     )
