@@ -19,6 +19,7 @@ from meshfed.plan.model import (
     Ingress,
     IngressServer,
     MeshPlan,
+    PartnerPlan,
     PathMatch,
     Source,
     TrustBundle,
@@ -154,7 +155,7 @@ class _Resolver:
             network=mesh.network,
         )
 
-    def ingress(self, mesh: Mesh) -> Ingress:
+    def ingress(self, mesh: Mesh, trust: bool = True) -> Ingress:
         servers: list[IngressServer] = []
         for export in self.fed.spec.exports:
             if export.mesh != mesh.name:
@@ -177,7 +178,7 @@ class _Resolver:
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(servers),
-            trusted=self.bundles(mesh, callers),
+            trusted=self.bundles(mesh, callers) if trust else (),
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -254,4 +255,9 @@ def build_plan(
             resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name) if not m.partner
         ),
         peerings=peerings(fed) if trust.mode == "Federated" else (),
+        partners=tuple(
+            PartnerPlan(m.name, m.trust_domain, resolver.ingress(m, trust=False))
+            for m in sorted(fed.spec.meshes, key=lambda m: m.name)
+            if m.partner
+        ),
     )
