@@ -23,9 +23,9 @@ from meshfed.bundles.follow import Fetcher, Follower
 from meshfed.bundles.model import Bootstrap, Endpoint, FollowedPeer, SpiffeBundle
 from meshfed.bundles.server import BundleServer, FileTls, SvidTls
 from meshfed.bundles.state import Change, PeerBundles, publish
+from meshfed.pki import MeshCA, MeshTrustRequest, PKIStore, TrustRequest
 from meshfed.pki.certs import cert_to_pem, certs_to_pem, fingerprint
 from meshfed.pki.keys import key_to_pem
-from meshfed.pki.store import MeshCA, MeshTrustRequest, PKIStore, TrustRequest
 from test_bundles_format import ca
 
 ENDPOINT_ID = "spiffe://globex.example/meshfed/bundle-endpoint"

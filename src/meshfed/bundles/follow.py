@@ -38,7 +38,8 @@ from meshfed.bundles.errors import BundleError
 from meshfed.bundles.fetch import DEFAULT_TIMEOUT, fetch_document
 from meshfed.bundles.model import DEFAULT_REFRESH_HINT, FollowedPeer, SpiffeBundle
 from meshfed.bundles.state import Change, PeerBundles
-from meshfed.pki.certs import fingerprint, spiffe_trust_domain
+from meshfed.pki.certs import fingerprint
+from meshfed.spiffe import spiffe_trust_domain
 
 MIN_REFRESH = 1.0
 MAX_REFRESH = 24 * 3600.0

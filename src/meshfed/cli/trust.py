@@ -30,8 +30,8 @@ from meshfed.bundles.server import BundleServer, FileTls, SvidTls, TlsSource
 from meshfed.bundles.state import Change, PeerBundles, publish
 from meshfed.cli.common import reported
 from meshfed.local.errors import LocalError
+from meshfed.pki import PKIMaterial, PKIStore
 from meshfed.pki.errors import PKIError
-from meshfed.pki.store import PKIMaterial, PKIStore
 from meshfed.plan.build import root_name
 from meshfed.plan.trust import trust_request
 from meshfed.spec.bundle_checks import split_bundle_url

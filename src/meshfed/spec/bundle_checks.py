@@ -1,21 +1,18 @@
 """Checks of the bundle exchange fields: ``bundleEndpoint``, ``follows``, ``partner``.
 
-Run by ``check_federation`` with every other whole-document check. Every command loads the spec,
-so nothing here imports py-spiffe (0.2 s): SPIFFE IDs are checked against the SPIFFE-ID spec's
-grammar directly; ``meshfed.bundles`` parses them with py-spiffe where bundles are handled.
+Run by ``check_federation`` with every other whole-document check. SPIFFE IDs are checked by
+`meshfed.spiffe` (every command loads the spec: no py-spiffe import here, see its docstring);
+``meshfed.bundles`` uses py-spiffe where bundle documents are parsed.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from meshfed.spec.errors import Problem
 from meshfed.spec.model import Federation, Mesh
-
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+from meshfed.spiffe import spiffe_trust_domain
 
 
 def split_bundle_url(url: str) -> tuple[str, int, str]:
@@ -38,21 +35,6 @@ def split_bundle_url(url: str) -> tuple[str, int, str]:
     if parts.query:
         path += "?" + parts.query
     return parts.hostname, port, path
-
-
-def spiffe_id_problem(value: str) -> str | None:
-    """Why ``value`` is not a SPIFFE ID with a path (SPIFFE-ID 2.1, 2.2), or None."""
-    if not value.startswith("spiffe://"):
-        return f"{value!r} does not start with spiffe://"
-    domain, slash, path = value.removeprefix("spiffe://").partition("/")
-    if not domain or not _TRUST_DOMAIN.match(domain):
-        return f"{value!r}: the trust domain may hold only a-z, 0-9, '.', '-' and '_'"
-    if not slash or not path:
-        return f"{value!r} has no path (an endpoint server is a workload: spiffe://TD/PATH)"
-    for segment in path.split("/"):
-        if not segment or segment in (".", "..") or not _SEGMENT.match(segment):
-            return f"{value!r}: path segment {segment!r} is empty, '.', '..' or not [A-Za-z0-9._-]"
-    return None
 
 
 def trusted_peers(fed: Federation, mesh: Mesh) -> dict[str, str]:
@@ -88,11 +70,11 @@ def _endpoint(fed: Federation, i: int, mesh: Mesh) -> Iterator[Problem]:
                 f"set spiffeId, e.g. spiffe://{mesh.trust_domain}/meshfed/bundle-endpoint",
             )
         else:
-            problem = spiffe_id_problem(ep.spiffe_id)
-            if problem is not None:
-                yield Problem((*path, "spiffeId"), problem, "use spiffe://TRUST_DOMAIN/PATH")
+            try:
+                domain = spiffe_trust_domain(ep.spiffe_id)
+            except ValueError as exc:
+                yield Problem((*path, "spiffeId"), str(exc), "use spiffe://TRUST_DOMAIN/PATH")
             else:
-                domain = ep.spiffe_id.removeprefix("spiffe://").partition("/")[0]
                 domains = {m.trust_domain for m in fed.spec.meshes}
                 if domain not in domains:
                     yield Problem(
