@@ -175,3 +175,17 @@ def test_bundle_error_is_a_pki_error_for_every_command() -> None:
     from meshfed.pki.errors import PKIError
 
     assert issubclass(BundleError, PKIError)
+
+
+def test_an_empty_bundle_revokes_all_trust_in_the_peer(tmp_path: Path) -> None:
+    """SPIFFE bundle 4.1.3: an empty key set means every key is revoked."""
+    spec, state = _acme(tmp_path)
+    root = roots_of(pki(tmp_path / "globex", "globex", "globex.example"))[0]
+    _keep(state, (root,), 1)
+    acme = open_workspace(spec, state).plan.mesh("acme")
+    assert "globex" in [b.name for b in acme.ingress.trusted]
+    _keep(state, (), 2)
+    acme = open_workspace(spec, state).plan.mesh("acme")
+    assert [b.name for b in acme.ingress.trusted] == []
+    assert [b.name for b in acme.workload_trust] == ["acme"]
+    assert all(b.name != "globex" for r in acme.imports for b in r.trusted)

@@ -54,6 +54,8 @@ class Outcome:
     error: BundleError | None = None
     refresh: float = float(DEFAULT_REFRESH_HINT)
     """Seconds until the next attempt should be made."""
+    kept: bool = True
+    """After a failure: a last good bundle is kept (and stays in force)."""
 
     @property
     def ok(self) -> bool:
@@ -61,7 +63,8 @@ class Outcome:
 
     def describe(self) -> str:
         if self.error is not None:
-            return f"{self.peer}: refused, last good bundle stays in force: {self.error}"
+            keeps = "the last good bundle stays in force" if self.kept else "no bundle accepted yet"
+            return f"{self.peer}: refused ({keeps}): {self.error}"
         assert self.change is not None
         return self.change.describe()
 
@@ -104,7 +107,10 @@ class Fetcher:
             with contextlib.suppress(BundleError):
                 kept = store.current(peer.name)
             return Outcome(
-                peer.name, error=exc, refresh=refresh_interval(kept.refresh_hint if kept else None)
+                peer.name,
+                error=exc,
+                refresh=refresh_interval(kept.refresh_hint if kept else None),
+                kept=kept is not None,
             )
         return Outcome(peer.name, change=change, refresh=refresh_interval(bundle.refresh_hint))
 

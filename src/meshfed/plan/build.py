@@ -120,12 +120,13 @@ class _Resolver:
                 _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
                 importers.add(imp.mesh)
 
-    def root_pem(self, truster: Mesh, mesh: str) -> str:
-        """The roots ``truster`` trusts for ``mesh``: those of the bundle it follows for that
-        peer (fetched, checked and kept by ``meshfed.bundles``), else the ones the PKI holds."""
+    def root_pem(self, truster: Mesh, mesh: str) -> tuple[str, bool]:
+        """The roots ``truster`` trusts for ``mesh``, and whether they come from a bundle: the
+        bundle it follows for that peer (fetched, checked and kept by ``meshfed.bundles``), else
+        the ones the PKI holds."""
         if self.followed is not None and mesh != truster.name and mesh in (truster.follows or ()):
-            return self.followed[mesh]
-        return self.root_pems[mesh]
+            return self.followed[mesh], True
+        return self.root_pems[mesh], False
 
     def bundles(self, truster: Mesh, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
         """One bundle per root, for the given {mesh: trust domains} it must vouch for, as
@@ -137,8 +138,8 @@ class _Resolver:
         out = []
         for name, domains in sorted(by_root.items()):
             mesh = name if name != "root" else next(iter(sorted(meshes)))
-            pem = self.root_pem(truster, mesh)
-            if pem:
+            pem, followed = self.root_pem(truster, mesh)
+            if pem or not followed:
                 out.append(TrustBundle(name, pem, tuple(sorted(domains))))
         return tuple(out)
 
