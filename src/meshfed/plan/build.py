@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
+from meshfed.pki.certs import split_pem
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -128,7 +129,9 @@ class _Resolver:
             return self.followed[mesh], True
         return self.root_pems[mesh], False
 
-    def bundles(self, truster: Mesh, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
+    def bundles(
+        self, truster: Mesh, meshes: dict[str, set[str]], cross_certify: bool = False
+    ) -> tuple[TrustBundle, ...]:
         """One bundle per root, for the given {mesh: trust domains} it must vouch for, as
         ``truster`` trusts them. A followed peer whose bundle is empty (it revoked every key)
         gets none: nothing of it is trusted."""
@@ -140,7 +143,9 @@ class _Resolver:
             mesh = name if name != "root" else next(iter(sorted(meshes)))
             pem, followed = self.root_pem(truster, mesh)
             if pem or not followed:
-                out.append(TrustBundle(name, pem, tuple(sorted(domains))))
+                out.append(
+                    TrustBundle(name, pem, tuple(sorted(domains)), split_pem(pem), cross_certify)
+                )
         return tuple(out)
 
     def source(self, priority: int, ref: str) -> Source:
@@ -180,7 +185,13 @@ class _Resolver:
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(servers),
-            trusted=self.bundles(mesh, callers) if trust else (),
+            # Istio's ingress credential cannot bind a root to its trust domains; Federated
+            # roots constrain nothing, so there the ingress trusts them cross-certified only.
+            trusted=self.bundles(
+                mesh, callers, cross_certify=self.fed.spec.trust.mode == "Federated"
+            )
+            if trust
+            else (),
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -215,13 +226,15 @@ class _Resolver:
         for route in imports:
             for source in route.sources:
                 trusted.setdefault(source.mesh, set()).add(source.trust_domain)
+        workload_trust = self.bundles(mesh, trusted)
+        root = root_name(self.fed, mesh.name)
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
             network=mesh.network,
-            root_name=root_name(self.fed, mesh.name),
+            root_name=root,
             ingress=self.ingress(mesh),
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
@@ -229,8 +242,9 @@ class _Resolver:
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
-            workload_trust=self.bundles(mesh, trusted),
+            workload_trust=workload_trust,
             local_trust=self.bundles(mesh, {mesh.name: {mesh.trust_domain}}),
+            foreign_trust=tuple(b for b in workload_trust if b.name != root),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,

@@ -94,7 +94,16 @@ class TrustBundle:
 
     name: str
     pem: str
+    """The root(s), PEM: one, or both generations during a root rotation's overlap."""
     trust_domains: tuple[str, ...]
+    roots: tuple[str, ...] = ()
+    """``pem`` one certificate each (what takes one root per entry, e.g. Istio's
+    ``caCertificates``)."""
+    cross_certify: bool = False
+    """Set where a verifier that cannot bind a root to trust domains (the CA bundle of Istio's
+    ingress gateway credential) must not trust these roots as they are, only through
+    cross-certificates constrained to ``trust_domains`` (`meshfed.pki.anchor`): Federated
+    trust, whose roots constrain nothing. SharedRoot's intermediates carry the constraint."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +208,10 @@ class MeshPlan:
     exports they import, each limited to that mesh's trust domain."""
     local_trust: tuple[TrustBundle, ...] = ()
     """The mesh's own root, for its own trust domain only: what in-mesh peers chain to."""
+    foreign_trust: tuple[TrustBundle, ...] = ()
+    """Roots the mesh's sidecars trust beyond the mesh's own trust anchor (Istio's
+    ``root-cert.pem``): Federated, the roots of meshes it imports from, each for its trust
+    domain (Istio: ``meshConfig.caCertificates``). Empty in SharedRoot: one root serves all."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
     clusters: tuple[ClusterPlan, ...] = ()
