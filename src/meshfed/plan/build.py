@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 
 from meshfed.pki.certs import split_pem
+from meshfed.plan.boundary import boundary_policy
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -21,13 +23,13 @@ from meshfed.plan.model import (
     IngressServer,
     MeshPlan,
     PartnerPlan,
-    PathMatch,
     Source,
     TrustBundle,
     Workload,
 )
 from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
 from meshfed.spec.model import Export, Federation, Mesh
+from meshfed.spec.paths import parse_path
 from meshfed.spec.principals import parse_principal
 from meshfed.spiffe import workload_id
 
@@ -91,15 +93,23 @@ def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tu
         rules.append(
             AllowRule(
                 consumer_mesh=consumer.mesh,
+                trust_domain=domain,
                 principals=tuple(parse_principal(p, domain) for p in consumer.principals),
                 methods=tuple(consumer.methods or ()),
-                paths=tuple(
-                    PathMatch(p[:-1], prefix=True) if p.endswith("*") else PathMatch(p)
-                    for p in consumer.paths or ()
-                ),
+                paths=tuple(parse_path(p) for p in consumer.paths or ()),
             )
         )
     return tuple(rules)
+
+
+def _limited(trusted: tuple[TrustBundle, ...], server: IngressServer) -> tuple[TrustBundle, ...]:
+    """``trusted`` limited to the trust domains ``server``'s rules name."""
+    domains = {rule.trust_domain for rule in server.allow}
+    return tuple(
+        replace(b, trust_domains=tuple(d for d in b.trust_domains if d in domains))
+        for b in trusted
+        if domains.intersection(b.trust_domains)
+    )
 
 
 class _Resolver:
@@ -179,19 +189,21 @@ class _Resolver:
         callers: dict[str, set[str]] = defaultdict(set)
         for server in servers:
             for rule in server.allow:
-                callers[rule.consumer_mesh].add(self.fed.mesh(rule.consumer_mesh).trust_domain)
+                callers[rule.consumer_mesh].add(rule.trust_domain)
+        # Istio's ingress credential cannot bind a root to its trust domains; Federated roots
+        # constrain nothing, so there the ingress trusts them cross-certified only. A partner's
+        # ingress (``trust`` False) trusts nothing of ours: it is only described.
+        trusted = (
+            self.bundles(mesh, callers, cross_certify=self.fed.spec.trust.mode == "Federated")
+            if trust
+            else ()
+        )
         return Ingress(
             address=mesh.ingress.address,
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
-            servers=tuple(servers),
-            # Istio's ingress credential cannot bind a root to its trust domains; Federated
-            # roots constrain nothing, so there the ingress trusts them cross-certified only.
-            trusted=self.bundles(
-                mesh, callers, cross_certify=self.fed.spec.trust.mode == "Federated"
-            )
-            if trust
-            else (),
+            servers=tuple(replace(s, trusted=_limited(trusted, s)) for s in servers),
+            trusted=trusted,
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -230,12 +242,13 @@ class _Resolver:
         root = root_name(self.fed, mesh.name)
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
+        ingress = self.ingress(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
             network=mesh.network,
             root_name=root,
-            ingress=self.ingress(mesh),
+            ingress=ingress,
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
                 routes=tuple(sorted(egress_routes.values(), key=lambda r: r.wire_host)),
@@ -244,7 +257,11 @@ class _Resolver:
             workloads=tuple(self.workloads[mesh.name].values()),
             workload_trust=workload_trust,
             local_trust=self.bundles(mesh, {mesh.name: {mesh.trust_domain}}),
+            import_trust=self.bundles(
+                mesh, {s.mesh: {s.trust_domain} for route in imports for s in route.sources}
+            ),
             foreign_trust=tuple(b for b in workload_trust if b.name != root),
+            boundary=boundary_policy(ingress.spiffe_id),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
