@@ -320,3 +320,52 @@ def test_served_svid_follows_the_signing_ca(tmp_path: Path) -> None:
     assert leaf.issuer == ca_now.ca_cert.subject
     assert json.loads(document.encode(SpiffeBundle("globex.example", (leaf,))))["keys"]
     assert certs_to_pem([leaf])
+
+
+def test_redirects_are_followed_only_to_https_with_the_same_checks(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    roots = (ca(),)
+    body = document.encode(SpiffeBundle("globex.example", roots, 1, 60))
+    web_ca, cert, key = web_pki(tmp_path, "127.0.0.1")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            targets = {
+                "/moved": "/bundle",
+                "/insecure": "http://127.0.0.1/bundle",
+                "/loop": "/loop",
+            }
+            if self.path in targets:
+                self.send_response(302)
+                self.send_header("Location", targets[self.path])
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = FileTls(cert, key).context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+
+    def fetch(path: str) -> object:
+        web = FollowedPeer("globex", "globex.example", Endpoint(base + path, "https_web"), ("a",))
+        return Fetcher(tmp_path / path.strip("/"), web_ca=web_ca).fetch(web)
+
+    try:
+        moved = fetch("/moved")
+        assert moved.ok, moved.describe()  # type: ignore[attr-defined]
+        insecure = fetch("/insecure")
+        assert "must use https" in str(insecure.error)  # type: ignore[attr-defined]
+        loop = fetch("/loop")
+        assert "redirected more than" in str(loop.error)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
