@@ -462,14 +462,20 @@ _ISTIO = {
 class FakeCluster:
     """Just enough of an API server: objects in a dict, every call recorded."""
 
-    def __init__(self, name: str, log: list[tuple[str, str, str]], istio: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: list[tuple[str, str, str]],
+        istio: bool = True,
+        namespaces: tuple[str, ...] = ("istio-system", "cards", "shop", "default"),
+    ) -> None:
         self.name = name
         self.server = f"https://{name}.test"
         self.log = log
         self.kinds = {**_KINDS, **(_ISTIO if istio else {})}
         self.store: dict[tuple[str, str, str, str], Obj] = {}
         self.version_ = 0
-        for ns in ("istio-system", "cards", "shop", "default"):
+        for ns in namespaces:
             meta = {"name": ns, "resourceVersion": "0"}
             self.store[("v1", "Namespace", "", ns)] = {
                 "apiVersion": "v1",
