@@ -11,27 +11,9 @@ from datetime import timedelta
 from typing import Literal
 
 from meshfed.plan.boundary import BoundaryPolicy
-from meshfed.spec.paths import PathMatch
-from meshfed.spiffe import PrincipalMatch, domain_prefix, whole_domain
-
-__all__ = [
-    "AllowRule",
-    "BoundaryPolicy",
-    "ClusterPlan",
-    "Egress",
-    "EgressRoute",
-    "FederationPlan",
-    "ImportRoute",
-    "Ingress",
-    "IngressServer",
-    "MeshPlan",
-    "PathMatch",
-    "PrincipalMatch",
-    "Protocol",
-    "Source",
-    "TrustBundle",
-    "Workload",
-]
+from meshfed.spec.paths import PathMatch as PathMatch  # the plan's type, defined with its rule
+from meshfed.spiffe import PrincipalMatch as PrincipalMatch
+from meshfed.spiffe import domain_prefix, whole_domain
 
 Protocol = Literal["HTTP", "TCP"]
 
