@@ -8,11 +8,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
 from meshfed.audit.model import Location
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list, str_map
+from meshfed.spec.yamlsafe import InputError, load_one
 
 DEFAULT_ROOT_NAMESPACE = "istio-system"
 Role = Literal["ingress", "egress"]
@@ -60,9 +59,10 @@ def mesh_configs(docs: Iterable[Doc]) -> list[MeshConfig]:
             if not isinstance(text, str):
                 continue
             try:
-                cfg = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue
+                found = load_one(text, doc.file, plain_text=False)
+            except InputError:
+                continue  # not read: the checks that need it say so
+            cfg = found.data if found is not None else None
             if isinstance(cfg, dict):
                 out.append(MeshConfig(doc, cfg, ("data", "mesh")))
     return out

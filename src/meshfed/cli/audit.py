@@ -21,6 +21,7 @@ from meshfed.graph import build_graph, render_html, render_svg
 from meshfed.spec.duration import parse_duration
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
+from meshfed.spec.yamlsafe import InputError
 
 EXIT_FINDINGS = 1
 EXIT_UNREADABLE = 2
@@ -110,7 +111,12 @@ def audit(
         try:
             report = audit_spec(spec, state, options)
         except OSError as exc:
-            click.echo(f"error: {spec}: cannot read the spec: {exc.strerror}", err=True)
+            click.echo(f"error: {spec}: cannot read the spec: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_UNREADABLE)
+        except InputError as exc:
+            for line in exc.lines:
+                click.echo(line, err=True)
+            click.echo(f"{exc.file}: cannot be read; nothing was audited", err=True)
             sys.exit(EXIT_UNREADABLE)
     else:
         assert manifests is not None
