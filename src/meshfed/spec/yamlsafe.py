@@ -287,7 +287,7 @@ def _scalar_problem(node: yaml.ScalarNode, plain_text: bool) -> tuple[str, str] 
         )
     try:
         yaml.constructor.SafeConstructor().construct_object(node)
-    except (ValueError, OverflowError, TypeError, yaml.YAMLError) as exc:
+    except Exception as exc:  # whatever PyYAML raises for this scalar (!!timestamp x: ...)
         shown = node.value if len(node.value) <= 40 else f"{node.value[:20]}...({len(node.value)})"
         return (
             f"{shown!r} cannot be read as {node.tag.rpartition(':')[2]}: {exc}",
@@ -378,7 +378,7 @@ def _document(loader: Any, node: yaml.Node, plain_text: bool) -> Document:
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _Refused(_yaml_problem(exc, "cannot be read")) from None
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+    except Exception as exc:  # anything else PyYAML raises: still this document's problem
         raise _Refused(
             InputProblem(
                 node.start_mark.line + 1, (), f"cannot be read: {exc}", "simplify the document"
