@@ -10,7 +10,7 @@ from pathlib import Path
 from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
-from meshfed.pki.store import PKIStore
+from meshfed.pki import PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.trust import root_pems, trust_request
 from meshfed.render.istio import RenderedMesh, render_mesh
