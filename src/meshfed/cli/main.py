@@ -139,7 +139,8 @@ def pki_init(spec: Path, state: Path | None) -> None:
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Output directory (default ./out/<federation>); replaced whole on success.",
+    help="Output directory (default ./out/<federation>). Written whole on success; on a new "
+    "render meshfed replaces the files it wrote there and keeps any you added.",
 )
 @click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
 @state_option
@@ -152,7 +153,7 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
             for mesh in ws.plan.meshes
         ]
         target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
-        write_rendered(target_dir, rendered)
+        kept = write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
         table.add_column(column)
@@ -168,3 +169,9 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
         markup=False,
     )
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        out.print(
+            f"Kept {len(kept)} file(s) in {target_dir} that meshfed did not write: {shown}",
+            markup=False,
+        )
