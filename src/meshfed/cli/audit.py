@@ -79,6 +79,12 @@ def _emit(text: str, output: Path | None) -> None:
     "--production", is_flag=True, help="Loopback addresses at the boundary are findings too."
 )
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 on what `meshfed validate` warns about too (a principal that matches no "
+    "declared workload), whatever --fail-on says.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -93,6 +99,7 @@ def audit(
     fail_on: str,
     window: str | None,
     production: bool,
+    strict: bool,
     output: Path | None,
 ) -> None:
     """Audit a federation for boundary protection and report the controls it evidences.
@@ -128,12 +135,25 @@ def audit(
         text = render(report, fmt)
     _emit(text, output)
     failing = report.at_or_above(Severity.parse(fail_on))
+    warnings = _spec_warnings(spec) if strict and spec is not None else []
     if output is not None or fmt != "table":
         click.echo(
             f"meshfed audit: {verdict(report)}; {len(failing)} at or above {fail_on}", err=True
         )
-    if failing:
+    for line in warnings:
+        click.echo(line, err=True)
+    if failing or warnings:
         sys.exit(EXIT_FINDINGS)
+
+
+def _spec_warnings(spec: Path) -> list[str]:
+    """validate's warnings for a spec that validates (--strict); none for one that does not."""
+    warnings: list[str] = []
+    try:
+        load_spec(spec, warnings=warnings)
+    except SpecError:
+        return []
+    return warnings
 
 
 @click.command()

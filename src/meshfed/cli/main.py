@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,10 +80,21 @@ def main() -> None:
 
 @main.command()
 @SPEC
-def validate(spec: Path) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail (exit 1) on warnings too, e.g. a principal that matches no declared workload.",
+)
+def validate(spec: Path, strict: bool) -> None:
     """Check a federation spec; list every problem with file:line, field and fix."""
+    warnings: list[str] = []
     with reported(PKIError, OutputError):
-        fed = load_spec(spec)
+        fed = load_spec(spec, warnings=warnings)
+    for line in warnings:
+        click.echo(line, err=True)
+    if warnings and strict:
+        click.echo(f"{spec}: {len(warnings)} warning(s); --strict makes them fatal", err=True)
+        sys.exit(1)
     s = fed.spec
     out.print(
         f"{spec}: valid: federation {fed.name!r}, {len(s.meshes)} meshes, "

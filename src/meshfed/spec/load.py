@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshfed.spec import yamlsafe
-from meshfed.spec.check import check_federation
+from meshfed.spec.check import check_federation, warn_federation
 from meshfed.spec.errors import Path_, Problem, SpecError
 from meshfed.spec.model import Federation
 from meshfed.spec.yamlsafe import InputError, line_for
@@ -49,10 +49,18 @@ def _type_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse_spec(text: str, file: str = "<spec>", *, discovery_pending: bool = False) -> Federation:
+def parse_spec(
+    text: str,
+    file: str = "<spec>",
+    *,
+    discovery_pending: bool = False,
+    warnings: list[str] | None = None,
+) -> Federation:
     """Parse and validate spec text; raise SpecError listing every problem with its line.
 
-    ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`.
+    ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`. ``warnings``: when
+    given, a valid spec's warnings (:func:`meshfed.spec.check.warn_federation`) are appended to
+    it, one ``file:line: warning: field: what. Fix: how`` line each.
     """
     try:
         doc = yamlsafe.load_one(text, file)
@@ -85,12 +93,21 @@ def parse_spec(text: str, file: str = "<spec>", *, discovery_pending: bool = Fal
         )
         raise SpecError(file, [p.render(file, line) for line, p in located])
     assert federation is not None
+    if warnings is not None:
+        for problem in warn_federation(federation):
+            line = line_for(lines, problem.path)
+            where = f"{file}:{line}" if line is not None else file
+            warnings.append(f"{where}: warning: {problem.render(file, line)[len(where) + 2 :]}")
     return federation
 
 
-def load_spec(path: Path | str, *, discovery_pending: bool = False) -> Federation:
-    """Read and validate a spec file."""
-    return parse_spec(read_spec_text(path), str(path), discovery_pending=discovery_pending)
+def load_spec(
+    path: Path | str, *, discovery_pending: bool = False, warnings: list[str] | None = None
+) -> Federation:
+    """Read and validate a spec file (``warnings``: see :func:`parse_spec`)."""
+    return parse_spec(
+        read_spec_text(path), str(path), discovery_pending=discovery_pending, warnings=warnings
+    )
 
 
 def read_spec_text(path: Path | str) -> str:
