@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from meshfed.local.layout import allocate_layout
@@ -95,14 +95,50 @@ def _set(data: Any, path: tuple[Any, ...], value: Any, delete: bool = False) -> 
     return data
 
 
+def _plausible(draw: st.DrawFn, original: Any) -> Any:
+    """A value of the same kind as ``original``: such a spec is often still valid."""
+    if isinstance(original, bool):
+        return not original
+    if isinstance(original, int):
+        return draw(st.integers(1, 65535))
+    if isinstance(original, str):
+        return draw(
+            st.one_of(
+                _names,
+                _principals,
+                _durations,
+                st.sampled_from(["HTTP", "TCP", "Federated", "RSA_2048", "GET", "/v1/*"]),
+                st.just(original + "x"),
+                st.just(original.upper()),
+            )
+        )
+    if isinstance(original, list) and original:
+        index = draw(st.integers(0, len(original) - 1))
+        if draw(st.booleans()):
+            return [*original, original[index]]
+        return original[:index] + original[index + 1 :]
+    if isinstance(original, dict) and original:
+        key = draw(st.sampled_from(sorted(original)))
+        return {k: v for k, v in original.items() if k != key}
+    return original
+
+
+def _get(data: Any, path: tuple[Any, ...]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
 @st.composite
 def _data_mutation(draw: st.DrawFn, text: str) -> bytes:
     """Change one field of the example: another type, size or text; drop it; add a stranger."""
     data = yaml.safe_load(text)
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_paths(data)))
-        action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
-        if action == "delete" and path:
+        action = draw(st.sampled_from(["replace", "plausible", "plausible", "delete", "add"]))
+        if action == "plausible":
+            data = _set(data, path, _plausible(draw, _get(data, path)))
+        elif action == "delete" and path:
             data = _set(data, path, None, delete=True)
         elif action == "add":
             target = data
@@ -134,7 +170,7 @@ def _replace_value(text: str, key: str, new: str) -> str:
 def _text_mutation(draw: st.DrawFn, text: str) -> bytes:
     """Change the bytes: encodings, YAML features (tags, anchors, bombs), sizes, nesting."""
     lines = text.splitlines(keepends=True)
-    op = draw(
+    op: str = draw(
         st.sampled_from(
             [
                 "bytes",
@@ -151,6 +187,7 @@ def _text_mutation(draw: st.DrawFn, text: str) -> bytes:
             ]
         )
     )
+    event(f"mutation: {op}")
     if op == "bytes":
         raw = text.encode()
         at = draw(st.integers(0, len(raw)))
@@ -226,6 +263,7 @@ def _text_mutation(draw: st.DrawFn, text: str) -> bytes:
 def mutated_spec(draw: st.DrawFn) -> bytes:
     text = EXAMPLE_TEXT[draw(st.sampled_from(sorted(EXAMPLE_TEXT)))]
     if draw(st.booleans()):
+        event("mutation: a field's value, type or presence")
         return draw(_data_mutation(text))
     return draw(_text_mutation(text))
 
@@ -270,7 +308,7 @@ def check_input(raw: bytes, run: Callable[[str], None] = _survives_everything) -
 )
 @given(mutated_spec())
 def test_mutated_examples_never_crash(raw: bytes) -> None:
-    check_input(raw)
+    event(f"outcome: {check_input(raw)}")
 
 
 def test_the_unmutated_examples_are_accepted() -> None:
