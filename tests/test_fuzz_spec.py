@@ -19,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from meshfed.audit import audit_spec
 from meshfed.local.layout import allocate_layout
 from meshfed.pki.store import PKIStore
 from meshfed.plan.build import build_plan
@@ -314,3 +315,25 @@ def test_mutated_examples_never_crash(raw: bytes) -> None:
 def test_the_unmutated_examples_are_accepted() -> None:
     for text in EXAMPLE_TEXT.values():
         assert check_input(text.encode()) == "accepted"
+
+
+@settings(
+    max_examples=max(50, EXAMPLES_TO_RUN // 10),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+@given(mutated_spec())
+def test_audit_reads_mutated_examples(raw: bytes) -> None:
+    """audit reads the same input: a report, or InputError (exit 2), never a traceback."""
+    with tempfile.TemporaryDirectory(prefix="meshfed-fuzz-") as tmp:
+        path = Path(tmp) / FILE
+        path.write_bytes(raw)
+        try:
+            report = audit_spec(path, Path(tmp) / "state")
+        except InputError as exc:
+            assert all(line.startswith(f"{path}") for line in exc.lines), exc.lines
+            event("audit: unreadable (exit 2)")
+        else:
+            assert report.results
+            event("audit: report")
