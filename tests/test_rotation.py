@@ -29,8 +29,6 @@ from meshfed.pki.record import FORWARD_STEPS, read_record
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.trust import root_pems
 from meshfed.render.envoy import render_local
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation import machine
 from meshfed.rotation.machine import RotationError, Rotator
 from meshfed.workspace import Workspace, open_workspace
@@ -66,9 +64,7 @@ def _secret(rendered: dict, name: str, key: str) -> str:  # type: ignore[type-ar
 
 
 def _render(ws: Workspace, mesh: str) -> dict:  # type: ignore[type-arg]
-    plan_mesh = ws.plan.mesh(mesh)
-    creds = mesh_credentials(ws.state_dir, ws.plan, plan_mesh, ws.pki)
-    return render_mesh(ws.plan, plan_mesh, creds).secret_files
+    return ws.istio_mesh(mesh).secret_files
 
 
 @pytest.fixture

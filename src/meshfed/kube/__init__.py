@@ -3,3 +3,29 @@
 Data still flows one way: the spec and plan decide, ``render/istio`` builds the objects, and
 this package only puts them on clusters (server-side apply, field manager ``meshfed``).
 """
+
+# The public face, loaded on first use (the Kubernetes client is imported only when needed).
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from meshfed.kube.client import KubeClient
+    from meshfed.kube.errors import ApplyRefused, KubeError
+    from meshfed.kube.workspace import KubeWorkspace, open_kube_workspace
+
+__all__ = ["ApplyRefused", "KubeClient", "KubeError", "KubeWorkspace", "open_kube_workspace"]
+
+_FACE = {
+    "ApplyRefused": "meshfed.kube.errors",
+    "KubeClient": "meshfed.kube.client",
+    "KubeError": "meshfed.kube.errors",
+    "KubeWorkspace": "meshfed.kube.workspace",
+    "open_kube_workspace": "meshfed.kube.workspace",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _FACE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_FACE[name]), name)

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 
+from meshfed.pki.certs import split_pem
+from meshfed.plan.boundary import boundary_policy
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -19,13 +22,13 @@ from meshfed.plan.model import (
     Ingress,
     IngressServer,
     MeshPlan,
-    PathMatch,
     Source,
     TrustBundle,
     Workload,
 )
 from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
 from meshfed.spec.model import Export, Federation, Mesh
+from meshfed.spec.paths import parse_path
 from meshfed.spec.principals import parse_principal
 from meshfed.spiffe import workload_id
 
@@ -86,15 +89,23 @@ def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tu
         rules.append(
             AllowRule(
                 consumer_mesh=consumer.mesh,
+                trust_domain=domain,
                 principals=tuple(parse_principal(p, domain) for p in consumer.principals),
                 methods=tuple(consumer.methods or ()),
-                paths=tuple(
-                    PathMatch(p[:-1], prefix=True) if p.endswith("*") else PathMatch(p)
-                    for p in consumer.paths or ()
-                ),
+                paths=tuple(parse_path(p) for p in consumer.paths or ()),
             )
         )
     return tuple(rules)
+
+
+def _limited(trusted: tuple[TrustBundle, ...], server: IngressServer) -> tuple[TrustBundle, ...]:
+    """``trusted`` limited to the trust domains ``server``'s rules name."""
+    domains = {rule.trust_domain for rule in server.allow}
+    return tuple(
+        replace(b, trust_domains=tuple(d for d in b.trust_domains if d in domains))
+        for b in trusted
+        if domains.intersection(b.trust_domains)
+    )
 
 
 class _Resolver:
@@ -113,7 +124,9 @@ class _Resolver:
                 _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
                 importers.add(imp.mesh)
 
-    def bundles(self, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
+    def bundles(
+        self, meshes: dict[str, set[str]], cross_certify: bool = False
+    ) -> tuple[TrustBundle, ...]:
         """One bundle per root, for the given {mesh: trust domains} it must vouch for."""
         by_root: dict[str, set[str]] = defaultdict(set)
         for mesh, domains in meshes.items():
@@ -121,7 +134,10 @@ class _Resolver:
         out = []
         for name, domains in sorted(by_root.items()):
             mesh = name if name != "root" else next(iter(sorted(meshes)))
-            out.append(TrustBundle(name, self.root_pems[mesh], tuple(sorted(domains))))
+            pem = self.root_pems[mesh]
+            out.append(
+                TrustBundle(name, pem, tuple(sorted(domains)), split_pem(pem), cross_certify)
+            )
         return tuple(out)
 
     def source(self, priority: int, ref: str) -> Source:
@@ -155,13 +171,16 @@ class _Resolver:
         callers: dict[str, set[str]] = defaultdict(set)
         for server in servers:
             for rule in server.allow:
-                callers[rule.consumer_mesh].add(self.fed.mesh(rule.consumer_mesh).trust_domain)
+                callers[rule.consumer_mesh].add(rule.trust_domain)
+        # Istio's ingress credential cannot bind a root to its trust domains; Federated roots
+        # constrain nothing, so there the ingress trusts them cross-certified only.
+        trusted = self.bundles(callers, cross_certify=self.fed.spec.trust.mode == "Federated")
         return Ingress(
             address=mesh.ingress.address,
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
-            servers=tuple(servers),
-            trusted=self.bundles(callers),
+            servers=tuple(replace(s, trusted=_limited(trusted, s)) for s in servers),
+            trusted=trusted,
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -196,22 +215,30 @@ class _Resolver:
         for route in imports:
             for source in route.sources:
                 trusted.setdefault(source.mesh, set()).add(source.trust_domain)
+        workload_trust = self.bundles(trusted)
+        root = root_name(self.fed, mesh.name)
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
+        ingress = self.ingress(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
             network=mesh.network,
-            root_name=root_name(self.fed, mesh.name),
-            ingress=self.ingress(mesh),
+            root_name=root,
+            ingress=ingress,
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
                 routes=tuple(sorted(egress_routes.values(), key=lambda r: r.wire_host)),
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
-            workload_trust=self.bundles(trusted),
+            workload_trust=workload_trust,
             local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
+            import_trust=self.bundles(
+                {s.mesh: {s.trust_domain} for route in imports for s in route.sources}
+            ),
+            foreign_trust=tuple(b for b in workload_trust if b.name != root),
+            boundary=boundary_policy(ingress.spiffe_id),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
