@@ -21,15 +21,10 @@ from hypothesis import strategies as st
 
 from meshfed.audit import audit_spec
 from meshfed.local.layout import allocate_layout
-from meshfed.pki.store import PKIStore
-from meshfed.plan.build import build_plan
-from meshfed.plan.trust import root_pems, trust_request
-from meshfed.render.envoy.translate import render_local
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.yamlsafe import InputError, decode
+from meshfed.workspace import workspace_for
 
 from conftest import EXAMPLES
 
@@ -276,13 +271,10 @@ def _survives_everything(text: str) -> None:
     """validate; if accepted: pki init, plan, the Istio renderer and the Envoy translation."""
     fed = parse_spec(text, FILE)
     with tempfile.TemporaryDirectory(prefix="meshfed-fuzz-") as tmp:
-        state = Path(tmp) / "state"
-        material = PKIStore(state).ensure(trust_request(fed))
-        plan = build_plan(fed, root_pems(material))
-        for mesh in plan.meshes:
-            render_mesh(plan, mesh, mesh_credentials(state, plan, mesh, material))
-        layout, _ = allocate_layout(plan, None, set())
-        render_local(plan, layout, Path(tmp) / "local")
+        ws = workspace_for(Path(tmp) / FILE, fed, Path(tmp) / "state")  # pki init + plan
+        assert len(ws.istio()) == len(fed.spec.meshes)
+        layout, _ = allocate_layout(ws.plan, None, set())
+        assert ws.envoy(layout, Path(tmp) / "local")
 
 
 def check_input(raw: bytes, run: Callable[[str], None] = _survives_everything) -> str:
