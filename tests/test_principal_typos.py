@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from meshfed.cli.main import main
-from meshfed.spec.check import warn_federation
+from meshfed.spec.lint import warn_federation
 from meshfed.spec.load import parse_spec
 
 from conftest import EXAMPLES

@@ -6,7 +6,6 @@ sees every problem at once.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -17,7 +16,6 @@ from meshfed.spec.errors import Problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
-from meshfed.spiffe import relative_to, workload_id
 
 _METHOD = re.compile(r"^[A-Z]+$")
 
@@ -464,46 +462,3 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
         *_check_imports(fed),
         *_check_sni(fed),
     ]
-
-
-def unmatched_principals(fed: Federation) -> Iterator[Problem]:
-    """Principals that match no workload the consumer mesh declares (a typo, most likely).
-
-    A warning, not an error: the mesh may run workloads the spec does not list. Meshes whose
-    workloads are discovered from their clusters are not judged here.
-    """
-    meshes = {m.name: m for m in fed.spec.meshes}
-    for i, export in enumerate(fed.spec.exports):
-        for j, consumer in enumerate(export.consumers):
-            mesh = meshes.get(consumer.mesh)
-            if mesh is None or mesh.workloads_omitted:
-                continue
-            ids = {
-                workload_id(mesh.trust_domain, w.namespace, w.service_account)
-                for w in mesh.workloads
-            }
-            for k, principal in enumerate(consumer.principals):
-                try:
-                    match = parse_principal(principal, mesh.trust_domain)
-                except ValueError:
-                    continue  # an error already
-                if any(match.matches(identity) for identity in ids):
-                    continue
-                known = sorted(relative_to(identity, mesh.trust_domain) for identity in ids)
-                close = difflib.get_close_matches(
-                    relative_to(principal, mesh.trust_domain), known, 1
-                )
-                listed = ", ".join(known) if known else "none"
-                yield Problem(
-                    ("spec", "exports", i, "consumers", j, "principals", k),
-                    f"{principal!r} matches no workload mesh {mesh.name!r} declares (its "
-                    f"service accounts: {listed})",
-                    (f"did you mean {close[0]!r}? " if close else "")
-                    + "name a declared workload's ns/<namespace>/sa/<service account>, or add "
-                    "the workload to the mesh",
-                )
-
-
-def warn_federation(fed: Federation) -> list[Problem]:
-    """What is valid but probably not meant: reported by validate, fatal with --strict."""
-    return list(unmatched_principals(fed))

@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshfed.spec import yamlsafe
-from meshfed.spec.check import check_federation, warn_federation
+from meshfed.spec.check import check_federation
 from meshfed.spec.errors import Path_, Problem, SpecError
+from meshfed.spec.lint import warn_federation
 from meshfed.spec.model import Federation
 from meshfed.spec.yamlsafe import InputError, line_for
 
@@ -59,7 +60,7 @@ def parse_spec(
     """Parse and validate spec text; raise SpecError listing every problem with its line.
 
     ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`. ``warnings``: when
-    given, a valid spec's warnings (:func:`meshfed.spec.check.warn_federation`) are appended to
+    given, a valid spec's warnings (:func:`meshfed.spec.lint.warn_federation`) are appended to
     it, one ``file:line: warning: field: what. Fix: how`` line each.
     """
     try:

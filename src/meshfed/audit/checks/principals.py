@@ -13,7 +13,7 @@ from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.sources.spec import SpecSource
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, str_list
-from meshfed.spec.check import unmatched_principals
+from meshfed.spec.lint import unmatched_principals
 
 
 def classify(principal: str) -> tuple[Severity, str] | None:
