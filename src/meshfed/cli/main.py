@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("audit", "graph"), "meshfed.cli.audit"),
     **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
     "rotate": "meshfed.cli.rotate",
+    "trust": "meshfed.cli.trust",
 }
 PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")
 """Modules that add subcommands to ``pki`` (install; request, sign, import, init-root)."""
@@ -86,10 +88,21 @@ def main() -> None:
 
 @main.command()
 @SPEC
-def validate(spec: Path) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail (exit 1) on warnings too, e.g. a principal that matches no declared workload.",
+)
+def validate(spec: Path, strict: bool) -> None:
     """Check a federation spec; list every problem with file:line, field and fix."""
+    warnings: list[str] = []
     with reported(PKIError, OutputError):
-        fed = load_spec(spec)
+        fed = load_spec(spec, warnings=warnings)
+    for line in warnings:
+        click.echo(line, err=True)
+    if warnings and strict:
+        click.echo(f"{spec}: {len(warnings)} warning(s); --strict makes them fatal", err=True)
+        sys.exit(1)
     s = fed.spec
     out.print(
         f"{spec}: valid: federation {fed.name!r}, {len(s.meshes)} meshes, "
@@ -146,7 +159,8 @@ def pki_init(spec: Path, state: Path | None) -> None:
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Output directory (default ./out/<federation>); replaced whole on success.",
+    help="Output directory (default ./out/<federation>). Written whole on success; on a new "
+    "render meshfed replaces the files it wrote there and keeps any you added.",
 )
 @click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
 @click.option(
@@ -220,7 +234,7 @@ def render(
             values_dir = write_values(
                 ws.state_dir, {k: v for _, d in converted for k, v in d.items()}
             )
-        write_rendered(target_dir, rendered)
+        kept = write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
         table.add_column(column)
@@ -251,3 +265,9 @@ def render(
         f"the manifests in {target_dir}/<mesh>/, outside the kustomization.",
         markup=False,
     )
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        out.print(
+            f"Kept {len(kept)} file(s) in {target_dir} that meshfed did not write: {shown}",
+            markup=False,
+        )

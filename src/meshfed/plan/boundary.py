@@ -31,7 +31,8 @@ RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
 )
 """Response headers that would tell a caller about the exporting mesh's insides (software,
 timings, load, routing, addresses). ``x-powered-by``: frameworks name themselves in it (seen
-reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are listed."""
+reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are
+listed."""
 
 
 @dataclass(frozen=True)
