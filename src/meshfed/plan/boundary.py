@@ -19,6 +19,7 @@ network when they leave it."""
 
 RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     "server",
+    "x-powered-by",
     "x-envoy-upstream-service-time",
     "x-envoy-overloaded",
     "x-envoy-ratelimited",
@@ -29,7 +30,9 @@ RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     *ADDRESS_HEADERS,
 )
 """Response headers that would tell a caller about the exporting mesh's insides (software,
-timings, load, routing, addresses). Envoy cannot remove by prefix, so x-envoy-* are listed."""
+timings, load, routing, addresses). ``x-powered-by``: frameworks name themselves in it (seen
+reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are
+listed."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,20 @@ class ClientCertPolicy:
 
 
 @dataclass(frozen=True)
+class PathPolicy:
+    """How the ingress reads a request's path before authorization decides on it: the path
+    the policy sees is the path the workload gets, so a path rule cannot be walked around."""
+
+    normalize: bool = True
+    """RFC 3986 normalization: ``.`` and ``..`` segments resolved, backslashes made slashes."""
+    merge_slashes: bool = True
+    """``//a///b`` is ``/a/b``, for the policy and the workload alike."""
+    escaped_slashes: Literal["REJECT"] = "REJECT"
+    """A path holding ``%2F``/``%5C`` (which a workload may decode into a separator the policy
+    never saw) is refused with 400."""
+
+
+@dataclass(frozen=True)
 class BoundaryPolicy:
     """What the federation ingress of a mesh does to every HTTP request coming in and every
     response going back out."""
@@ -61,10 +78,14 @@ class BoundaryPolicy:
     """Request headers a caller may send that never reach the exported workload."""
     response_headers_removed: tuple[str, ...] = RESPONSE_HEADERS_REMOVED
     """Response headers that never leave the mesh."""
+    proxy_debug_headers: bool = False
+    """Whether the gateway adds its own diagnostic headers (``x-envoy-upstream-service-time``
+    and kin): never, they tell about the mesh's insides."""
     forward_caller_address: bool = False
     """Whether the workload learns the caller's network address (``x-forwarded-for``): never,
     addresses of one mesh do not leak into another. The caller is its verified identity."""
     client_cert: ClientCertPolicy = field(default_factory=ClientCertPolicy)
+    paths: PathPolicy = field(default_factory=PathPolicy)
 
 
 def boundary_policy(ingress_spiffe_id: str) -> BoundaryPolicy:
