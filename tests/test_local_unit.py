@@ -233,8 +233,8 @@ def test_stale_records_are_cleaned_up(tmp_path: Path) -> None:
     paths.ensure()
     save_processes(paths, {"x/ingress": ProcessRecord("x/ingress", "envoy", 2**22 + 7, 1, 0.0)})
     runtime = Runtime(tmp_path)
-    runtime._load()
-    notes = runtime._cleanup_stale()
+    runtime.sup.load()
+    notes = runtime.sup.cleanup_stale()
     assert notes and "gone" in notes[0]
     assert not paths.processes.exists()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from local_helpers import spec_copy
-from meshfed.cli.local import _edit_line
+from meshfed.local.watchloop import edit_line
 from meshfed.local.certs import identity_for
 from meshfed.local.files import write_json
 from meshfed.local.layout import allocate_layout
@@ -171,19 +171,19 @@ def test_edit_line_names_changes_envoys_and_probes(bank_ws: Workspace) -> None:
         probes=[ProbeResult(probe, True, "200"), ProbeResult(probe, True, "kept", False)],
     )
     changes = security_diff(None, bank_ws.plan)
-    line = _edit_line("12:00:00", "bank.yaml", 0.1184, changes, report)
+    line = edit_line("12:00:00", "bank.yaml", 0.1184, changes, report)
     assert line.startswith("12:00:00 applied bank.yaml in 118 ms: ")
     assert str(changes[0]) in line and f"(+{len(changes) - 3} more)" in line
     assert "| started payments/sidecar/cards/fraud, updated payments/ingress, web/egress |" in line
     assert line.endswith("| 1 import probed: ok")
     assert "dashboard" not in line
 
-    quiet = _edit_line("12:00:01", "bank.yaml", 0.02, [], _report(bank_ws))
+    quiet = edit_line("12:00:01", "bank.yaml", 0.02, [], _report(bank_ws))
     assert quiet.endswith(
         "no security-relevant change | no Envoy changed | no import to probe again"
     )
     failed = _report(bank_ws, probes=[ProbeResult(probe, False, "HTTP 503")])
-    assert _edit_line("t", "s", 0, [], failed).endswith("| 1 import probed: 1 FAILED")
+    assert edit_line("t", "s", 0, [], failed).endswith("| 1 import probed: 1 FAILED")
 
 
 # --- what a re-apply touches ---------------------------------------------------------------------

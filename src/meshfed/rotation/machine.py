@@ -27,6 +27,7 @@ from typing import cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from meshfed.interrupts import deferred, signal_name, uninterrupted
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
@@ -240,6 +241,12 @@ class Rotator:
         _hold(step)
         try:
             detail = action(self, record)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, SIGTERM or SIGHUP: the step stays ``running`` and is done again next time
+            # (every step is idempotent), as after a command that was killed.
+            record.event(step, "interrupted", signal_name(exc))
+            uninterrupted(lambda: write_record(self.store.dir, record))
+            raise
         except Waiting:
             record.running = None
             record.event(step, "waiting")
@@ -263,9 +270,11 @@ class Rotator:
         if record.next_step is None:
             self.workspace(record)  # the files as they stay (repaired while the record exists)
             outcome = "aborted" if record.aborting else "completed"
-            material.finish(self.store, record, outcome, datetime.now(UTC))
+            with deferred():  # the record is archived whole or not at all
+                material.finish(self.store, record, outcome, datetime.now(UTC))
         else:
-            write_record(self.store.dir, record)
+            with deferred():
+                write_record(self.store.dir, record)
         self.out(f"{step}: {detail} ({seconds:.2f} s)")
         return StepResult(step, detail, seconds)
 
