@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from local_helpers import spec_copy
-from meshfed.local.watchloop import edit_line
 from meshfed.local.certs import identity_for
 from meshfed.local.files import write_json
 from meshfed.local.layout import allocate_layout
@@ -39,6 +38,7 @@ from meshfed.local.watch import (
     concerns,
     parse_events,
 )
+from meshfed.local.watchloop import edit_line
 from meshfed.local.xds import EnvoyFiles, file_state, secrets_for
 from meshfed.plan.diff import security_diff
 from meshfed.render.envoy.translate import render_local

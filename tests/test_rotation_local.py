@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from local_helpers import Fed, Loop, poll, spec_copy
+from meshfed.holds import HOLD_ENV
 from meshfed.local.client import Response, tcp_call
 from meshfed.pki.record import read_record
 from meshfed.pki.store import MeshCA
 from meshfed.rotation.live import Target, handshake, handshake_targets
-from meshfed.rotation.machine import HOLD_ENV, Rotator
+from meshfed.rotation.machine import Rotator
 from meshfed.workspace import open_workspace
 
 pytestmark = pytest.mark.envoy

@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+from meshfed.holds import hold
 from meshfed.local import dashboard
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
@@ -195,6 +196,7 @@ class Runtime:
         self.progress.phase("workloads")
         self._ensure_workload_host(self._workload_specs(plan, layout), report)
         self._ensure_dashboard(all_ports(layout) | {m.ingress.port for m in plan.meshes}, report)
+        hold("up:workloads")
 
         # New Envoys (and those whose bootstrap changed) start from their files.
         running = self.sup.running("envoy")
@@ -216,6 +218,7 @@ class Runtime:
             files, pending = wanted[name]
             files.write_cold(pending)
             self.sup.start_envoy(envoy, name)
+        hold("up:envoys")
         fresh = to_start + to_restart
         self.progress.phase("waiting for Envoys", len(fresh))
         self.sup.wait_ready(
@@ -257,6 +260,7 @@ class Runtime:
         probes = plan_probes(plan, layout)
         stale = self._probes_to_run(plan, probes, hops)
         self.progress.phase("probing imports", len(stale))
+        hold("up:probes")
         results = {}
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
             for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT), stale):

@@ -16,7 +16,6 @@ PKI store derives the bundles from them, so ``up`` and ``render`` need no specia
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import cast
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from meshfed.holds import hold
 from meshfed.interrupts import deferred, signal_name, uninterrupted
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
@@ -53,9 +53,8 @@ from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
 from meshfed.spec.load import load_spec
 from meshfed.workspace import Workspace, open_workspace
 
-HOLD_ENV = "MESHFED_TEST_HOLD"
-"""Tests: ``<step>`` or ``mid-switch``: stop there (write ``MESHFED_TEST_HOLD_FILE``, then sleep)
-so a test can kill the command at a known point."""
+# Tests: MESHFED_TEST_HOLD=<step> or mid-switch parks the command there (meshfed.holds), so a
+# test can kill or signal it at a known point.
 _CHECK_PATH = "ns/meshfed-system/sa/rotation-check"
 TEST_TTL = timedelta(minutes=10)
 RETRIES = 4
@@ -99,14 +98,8 @@ class RunResult:
 
 
 def _hold(point: str) -> None:
-    """Test hook: park the command at ``point`` (see HOLD_ENV)."""
-    if os.environ.get(HOLD_ENV) != point:
-        return
-    marker = os.environ.get(f"{HOLD_ENV}_FILE")
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-    while True:
-        time.sleep(60)
+    """Test hook: park the command at ``point`` (see ``meshfed.holds``)."""
+    hold(point)
 
 
 class Rotator:
@@ -238,8 +231,8 @@ class Rotator:
         record.running = step
         record.event(step, "started")
         write_record(self.store.dir, record)
-        _hold(step)
         try:
+            _hold(step)
             detail = action(self, record)
         except KeyboardInterrupt as exc:
             # Ctrl-C, SIGTERM or SIGHUP: the step stays ``running`` and is done again next time
