@@ -156,6 +156,7 @@ def call(
             raise LocalError(f"--as {as_!r} is not NS/SA", "e.g. --as shop/checkout")
         runtime = _runtime(spec, spec_option, state)
         workload = runtime.workload_for(mesh, namespace, service_account)
+        check_imported(runtime.summary(), mesh, url)
         layout = runtime.layout()
         if layout is None or mesh not in layout.meshes:
             raise LocalError("no port layout for this federation", "run meshfed up")
@@ -166,7 +167,6 @@ def call(
         record = runtime.processes().get(process)
         if record is None or not record.alive:
             raise LocalError(f"the sidecar of {mesh}/{workload} is not running", "run meshfed up")
-        check_imported(runtime.summary(), mesh, url)
         body = data.encode() if data is not None else None
         if url.startswith("tcp://"):
             port = tcp_port(sidecar, url)
