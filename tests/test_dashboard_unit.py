@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from meshfed.dashboard.collect import Collector, load_model
-from meshfed.dashboard.logtail import BoundaryTail, row, tls_reason
+from meshfed.dashboard.logtail import BoundaryTail, outcome, row, tls_reason
 from meshfed.dashboard.server import DashboardServer, Handler
 from meshfed.dashboard.stats import (
     STATS_FILTER,
@@ -27,7 +27,7 @@ from meshfed.local import dashboard as launch
 from meshfed.local.files import write_json
 from meshfed.local.health import SourceStatus
 from meshfed.local.layout import allocate_layout
-from meshfed.local.logs import LogEntry
+from meshfed.local.logs import LogEntry, decision
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import LOOPBACK, PortAllocator
 from meshfed.local.procs import start_time
@@ -617,3 +617,30 @@ def test_launch_reports_a_dashboard_that_exits(tmp_path: Path) -> None:
     launch.log_path(paths).write_text("cannot listen on 127.0.0.1:1: in use\n")
     with pytest.raises(LocalError, match="exited"):
         launch.wait_listening(paths, lambda: False, timeout=0.1)
+
+
+# Request lines an ingress wrote for requests its codec refused (Envoy 1.40, bank example).
+CODEC_LINES = [
+    ('{"code":400,"decision":null,"details":"http1.codec_error","flags":"DPE","kind":"request"}',
+     "rejected 400: malformed HTTP (http1.codec_error)"),
+    ('{"code":431,"decision":null,"details":"http1.headers_too_large","flags":"DPE",'
+     '"kind":"request"}', "rejected 431: headers too large (http1.headers_too_large)"),
+    ('{"code":426,"decision":null,"details":"low_version","flags":"DPE","kind":"request"}',
+     "rejected 426: HTTP/1.0 not accepted (low_version)"),
+    ('{"code":501,"decision":null,"details":"http1.invalid_transfer_encoding","flags":"DPE",'
+     '"kind":"request"}', "rejected 501: unsupported transfer encoding "
+     "(http1.invalid_transfer_encoding)"),
+    ('{"code":404,"decision":null,"details":"route_not_found","flags":"NR","kind":"request"}',
+     "refused 404: no route"),
+    ('{"code":403,"decision":"denied","details":"rbac_access_denied_matched_policy[default-deny]",'
+     '"flags":"-","kind":"request"}', "denied 403"),
+    ('{"code":503,"decision":"allowed","details":"upstream_reset_before_response_started",'
+     '"flags":"UF","kind":"request"}', "allowed 503"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "said"), CODEC_LINES)
+def test_requests_refused_before_the_policy_are_not_called_allowed(line: str, said: str) -> None:
+    doc = json.loads(line)
+    assert decision(doc) == said
+    assert outcome(doc) == said.split()[0]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshfed.local.logs import Kind, LogEntry, boundary_view, decision
+from meshfed.local.logs import Kind, LogEntry, boundary_view, decision, request_verdict
 from meshfed.local.summary import RuntimeSummary
 
 CHUNK = 64 * 1024
@@ -140,12 +140,11 @@ def tls_reason(raw: str) -> str:
 
 
 def outcome(doc: dict[str, Any]) -> str:
-    """One word for the row's colour: allowed, denied, tls, refused, failed, passed."""
+    """One word for the row's colour: allowed, denied, rejected, tls, refused, failed, passed."""
     if doc.get("tls_failure"):
         return "tls"
     if doc.get("kind") == "request":
-        verdict = doc.get("decision") or ("denied" if doc.get("code") == 403 else "allowed")
-        return "denied" if verdict == "denied" else "allowed"
+        return request_verdict(doc)
     text = decision(doc)
     if text.startswith("denied"):
         return "denied"

@@ -100,6 +100,7 @@ border-radius:4px;white-space:nowrap}
 #log tr.denied .badge{background:#fdecec;color:#9b1c1c}
 #log tr.tls .badge{background:#fff1e0;color:#8a4100}
 #log tr.refused .badge{background:#efe9fb;color:#4c2f94}
+#log tr.rejected .badge{background:#efe9fb;color:#4c2f94}
 #log tr.failed .badge{background:#fdecec;color:#9b1c1c}
 #log tr.passed .badge{background:#eef2f7;color:#33465e}
 #log td.reason{color:var(--tls)}
