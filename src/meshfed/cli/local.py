@@ -37,9 +37,11 @@ from meshfed.local.logs import (
     boundary_view,
     follow,
     gateway_logs,
+    marked,
     read_entries,
     summary_line,
 )
+from meshfed.local.prober import ledger_path, load_marks
 from meshfed.local.runtime import Runtime
 from meshfed.local.status import Status, collect_status
 from meshfed.pki.errors import PKIError
@@ -236,11 +238,16 @@ def logs(
         summary = runtime.summary()
         files = gateway_logs(runtime.root, summary, mesh, boundary)
         entries = read_entries(files, boundary)
+        marks = load_marks(runtime.paths)
 
     def show(batch: list[LogEntry]) -> None:
+        marks.read(ledger_path(runtime.paths))  # probes recorded since
+        batch = marked(batch, marks)
         for entry in boundary_view(batch, summary) if boundary else batch:
             if as_json:
                 doc = {"process": entry.process, "file": entry.file, **entry.doc}
+                if entry.probe is not None:
+                    doc["meshfed_probe"] = entry.probe
                 click.echo(json.dumps(doc))
             else:
                 out.print(summary_line(entry, summary), markup=False, soft_wrap=True)

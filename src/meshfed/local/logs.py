@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from meshfed.local.prober import FALSE_CLAIM, Marks
 from meshfed.local.summary import RuntimeSummary
 from meshfed.render.envoy.files import log_path
 
@@ -34,6 +35,8 @@ class LogEntry:
     process: str
     file: Kind
     doc: dict[str, Any]
+    probe: str | None = None
+    """meshfed's own traffic: what probe it is (``prober.Marks.mark``); None: a caller's."""
 
     @property
     def time(self) -> str:
@@ -241,4 +244,13 @@ def summary_line(entry: LogEntry, summary: RuntimeSummary | None = None) -> str:
     if upstream and d.get("gateway") == "egress":
         target = summary.ingress_at(str(upstream)) if summary else None
         parts.append(f"-> {target} ingress" if target else f"-> {upstream}")
+    if entry.probe == FALSE_CLAIM:
+        parts.append("[NOT meshfed's: a probe mark meshfed did not send]")
+    elif entry.probe:
+        parts.append(f"[meshfed's own {entry.probe}]")
     return "  ".join(parts)
+
+
+def marked(entries: list[LogEntry], marks: Marks) -> list[LogEntry]:
+    """``entries`` (in the order they were written) with meshfed's own probes marked."""
+    return [replace(e, probe=marks.mark(e.doc)) for e in entries]

@@ -51,6 +51,7 @@ from meshfed.local.probe import (
     probe_path,
     run_probe,
 )
+from meshfed.local.prober import ProbeLedger
 from meshfed.local.procs import envoy_watches, find_envoy
 from meshfed.local.report import Progress, Silent, UpReport
 from meshfed.local.state import WORKLOAD_HOST, ProcessRecord, load_processes
@@ -263,7 +264,8 @@ class Runtime:
         hold("up:probes")
         results = {}
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
-            for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT), stale):
+            ledger = ProbeLedger(self.paths)
+            for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT, ledger), stale):
                 results[result.probe] = result
                 self.progress.advance()
         for probe in probes:

@@ -20,6 +20,7 @@ from meshfed.plan.model import (
     TrustBundle,
     Workload,
 )
+from meshfed.plan.names import PROBE_HEADER
 from meshfed.render.envoy import rbac, tls
 from meshfed.render.envoy.files import ecds_ref, log_path
 from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
@@ -103,6 +104,8 @@ def _request_log(path: Path, mesh: str, gateway: str) -> Resource:
             "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
             "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
             "duration_ms": "%DURATION%",
+            "probe": f"%REQ({PROBE_HEADER})%",
+            "peer_cert": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
         },
     )
 
@@ -125,6 +128,7 @@ def _connection_log(path: Path, mesh: str, gateway: str) -> Resource:
             "bytes_received": "%BYTES_RECEIVED%",
             "bytes_sent": "%BYTES_SENT%",
             "duration_ms": "%DURATION%",
+            "peer_cert": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
         },
     )
 
