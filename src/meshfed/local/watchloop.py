@@ -57,11 +57,13 @@ class StopSignals:
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.applying and self.requested:
+        # Decided first thing: a second signal may come while this handler is still saying
+        # something, and its handler then runs in the middle of this one.
+        second, self.requested = self.requested, True
+        if self.applying and second:
             raise Interrupted(signum)
         if self.applying:
             self.say("stopping after this edit is applied (Ctrl-C again aborts the edit)")
-        self.requested = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
