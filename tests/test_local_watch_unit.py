@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,13 +34,16 @@ from meshfed.local.watch import (
     IN_CLOSE_WRITE,
     IN_IGNORED,
     IN_MOVED_TO,
+    SETTLE_S,
     Event,
     FileWatcher,
     concerns,
+    look,
     parse_events,
 )
 from meshfed.local.watchloop import edit_line
-from meshfed.local.xds import EnvoyFiles, file_state, secrets_for
+from meshfed.local.xds import EnvoyFiles, secrets_for
+from meshfed.local.xds_state import file_state
 from meshfed.plan.diff import security_diff
 from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import Workspace, open_workspace
@@ -101,6 +105,21 @@ def test_in_place_write_is_a_change(watcher: FileWatcher) -> None:
     _after(0.05, lambda: watcher.path.write_text("version: 2\n"))
     assert watcher.wait(timeout=10)
     assert not watcher.wait(timeout=NO_CHANGE)  # reported once
+
+
+def test_a_re_stat_does_not_report_a_save_half_done(tmp_path: Path) -> None:
+    """An in-place save truncates first: a re-stat in between must not report the empty file
+    (and then the saved one as a second change)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\n")
+    w = FileWatcher(spec)
+    w.close()  # re-stat only, as without inotify
+    with open(spec, "w") as f:  # truncated, not written yet
+        assert not w.changed()
+        f.write("version: 2\n")
+    time.sleep(SETTLE_S * 2)
+    assert w.changed()
+    assert w.last == look(spec) and not w.changed()
 
 
 def test_rename_into_place_is_a_change(watcher: FileWatcher) -> None:

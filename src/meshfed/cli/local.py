@@ -217,7 +217,8 @@ def _print_response(resp: Response, include: bool) -> None:
 @click.option(
     "--boundary",
     is_flag=True,
-    help="Every crossing at ingress and egress, with TLS handshake failures.",
+    help="Every crossing at ingress and egress, with TLS handshake failures; meshfed's own "
+    "probes and rotation checks are marked (JSON: meshfed_probe).",
 )
 @click.option("--json", "as_json", is_flag=True, help="The raw JSON lines.")
 @click.option("-f", "--follow", "follow_", is_flag=True, help="Keep printing new entries.")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from meshfed.interrupts import deferred, uninterrupted
 from meshfed.local import admin, dashboard
+from meshfed.local.admin import ecds_stats, ecds_stats_pattern
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json
 from meshfed.local.paths import RuntimePaths
@@ -29,7 +30,6 @@ from meshfed.local.procs import (
     stop,
 )
 from meshfed.local.state import Kind, ProcessRecord, load_processes, save_processes
-from meshfed.local.xds import ecds_stats, ecds_stats_pattern
 from meshfed.render.envoy.files import process_dir, process_slug
 
 READY_TIMEOUT = 30.0

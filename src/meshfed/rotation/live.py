@@ -30,6 +30,7 @@ from typing import Any
 
 from cryptography import x509
 
+from meshfed.local.admin import wait_for_stats
 from meshfed.local.certs import kept_identity
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json
@@ -38,7 +39,7 @@ from meshfed.local.paths import RuntimePaths
 from meshfed.local.probe import ProbeResult, plan_probes, run_probe
 from meshfed.local.prober import PROBE_HEADER, ROTATION_CHECK, ProbeLedger
 from meshfed.local.state import load_processes
-from meshfed.local.xds import EnvoyFiles, Pending, secrets_for, wait_for_stats
+from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.pki.store import MeshCA
