@@ -33,7 +33,6 @@ import pytest
 from meshfed.examples import example_path
 from meshfed.local.layout import allocate_layout
 from meshfed.local.procs import envoy_watches, start_time
-from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import open_workspace
 
 DEFAULT_LIMIT = 128
@@ -45,9 +44,9 @@ RECOUNT = 5.0
 
 def demo_instances(base: Path) -> int:
     """What ``./dev demo`` (the bank example) needs, by the runtime's own estimate."""
-    plan = open_workspace(example_path("bank"), base).plan
-    layout, _ = allocate_layout(plan, None, set())
-    processes = render_local(plan, layout, base / "local")
+    ws = open_workspace(example_path("bank"), base)
+    layout, _ = allocate_layout(ws.plan, None, set())
+    processes = ws.envoy(layout, base / "local")
     return sum(envoy_watches(len(p.sds_names) + len(p.extensions)) for p in processes)
 
 

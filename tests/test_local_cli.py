@@ -17,7 +17,6 @@ from meshfed.local.layout import allocate_layout, layout_to_json
 from meshfed.local.locate import locate_state
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import save_summary, summarize
-from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import open_workspace
 
 TOKENIZE = "http://tokenizer.shop.svc.cluster.local/v1/tokenize"
@@ -30,7 +29,7 @@ def _runtime_dir(spec: Path) -> Path:
     paths.ensure()
     layout, _ = allocate_layout(ws.plan, None, set())
     write_json(paths.layout, layout_to_json(layout))
-    processes = render_local(ws.plan, layout, paths.root)
+    processes = ws.envoy(layout, paths.root)
     save_summary(paths, summarize(ws.plan, spec.resolve(), processes))
     paths.processes.write_text('{"version": 1, "processes": {}}\n')
     return ws.state_dir

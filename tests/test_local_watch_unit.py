@@ -45,7 +45,7 @@ from meshfed.local.watchloop import edit_line
 from meshfed.local.xds import EnvoyFiles, secrets_for
 from meshfed.local.xds_state import file_state
 from meshfed.plan.diff import security_diff
-from meshfed.render.envoy.translate import render_local
+from meshfed.render.envoy import render_local
 from meshfed.workspace import Workspace, open_workspace
 
 NO_CHANGE = 0.3

@@ -21,6 +21,7 @@ from meshfed.graph import build_graph, render_html, render_svg
 from meshfed.spec.duration import parse_duration
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
+from meshfed.workspace import plan_of
 
 EXIT_FINDINGS = 1
 EXIT_UNREADABLE = 2
@@ -148,7 +149,7 @@ def graph(spec: Path, output: Path | None) -> None:
             click.echo(line, err=True)
         click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was drawn", err=True)
         sys.exit(1)
-    picture = build_graph(fed)
+    picture = build_graph(plan_of(fed))
     if output is not None and output.suffix.lower() in (".html", ".htm"):
         text = render_html(picture)
     elif output is None or output.suffix.lower() == ".svg":

@@ -17,8 +17,6 @@ from meshfed import __version__, interrupts
 from meshfed.cli.common import reported
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
@@ -48,6 +46,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("audit", "graph"), "meshfed.cli.audit"),
     **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
     "rotate": "meshfed.cli.rotate",
+    "trust": "meshfed.cli.trust",
 }
 PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")
 """Modules that add subcommands to ``pki`` (install; request, sign, import, init-root)."""
@@ -160,10 +159,7 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
     """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
     with reported(PKIError, OutputError):
         ws = open_workspace(spec, state)
-        rendered = [
-            render_mesh(ws.plan, mesh, mesh_credentials(ws.state_dir, ws.plan, mesh, ws.pki))
-            for mesh in ws.plan.meshes
-        ]
+        rendered = ws.istio()
         target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
         write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")

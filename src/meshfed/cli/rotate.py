@@ -18,6 +18,7 @@ from meshfed.cli.common import reported
 from meshfed.interrupts import exit_code, signal_name
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
+from meshfed.pki import PKIStore
 from meshfed.pki.errors import PKIError
 from meshfed.pki.record import FORWARD_STEPS, STEP_HELP, RotationRecord
 from meshfed.pki.signing import (
@@ -26,14 +27,9 @@ from meshfed.pki.signing import (
     request_intermediate,
     sign_request,
 )
-from meshfed.pki.store import PKIStore
 from meshfed.plan.trust import trust_request
-from meshfed.rotation.machine import (
-    RotationError,
-    Rotator,
-    RunResult,
-    describe_record,
-)
+from meshfed.rotation.describe import describe_record
+from meshfed.rotation.machine import RotationError, Rotator, RunResult
 from meshfed.spec.duration import parse_duration
 from meshfed.spec.load import load_spec
 from meshfed.workspace import default_state_dir

@@ -62,7 +62,6 @@ from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
 from meshfed.plan.model import FederationPlan
 from meshfed.render.envoy.files import process_dir
 from meshfed.render.envoy.layout import LocalLayout
-from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import Workspace
 
 __all__ = ["Progress", "Runtime", "Silent", "UpReport"]
@@ -168,7 +167,7 @@ class Runtime:
         previous = layout_from_json(read_json(self.paths.layout))
         layout, moved = allocate_layout(plan, previous, own_ports)
         write_json(self.paths.layout, layout_to_json(layout))
-        processes = render_local(plan, layout, self.root)
+        processes = ws.envoy(layout, self.root)
         summary = summarize(plan, ws.spec_path.resolve(), processes)
         report = UpReport(plan.name, ws.state_dir, layout, summary, first_run, notes=notes + moved)
 

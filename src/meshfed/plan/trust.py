@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from meshfed.pki import MeshTrustRequest, PKIMaterial, TrustRequest
 from meshfed.pki.certs import certs_to_pem
-from meshfed.pki.store import MeshTrustRequest, PKIMaterial, TrustRequest
 from meshfed.plan.build import peerings
 from meshfed.spec.model import Federation
 
@@ -16,7 +16,9 @@ def trust_request(fed: Federation) -> TrustRequest:
         key_algorithm=trust.key_algorithm,
         root_ttl=trust.ttl("root"),
         intermediate_ttl=trust.ttl("intermediate"),
-        meshes=tuple(MeshTrustRequest(m.name, m.trust_domain) for m in fed.spec.meshes),
+        meshes=tuple(
+            MeshTrustRequest(m.name, m.trust_domain) for m in fed.spec.meshes if not m.partner
+        ),
         peerings=peerings(fed) if trust.mode == "Federated" else (),
     )
 

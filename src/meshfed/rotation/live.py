@@ -40,15 +40,15 @@ from meshfed.local.probe import ProbeResult, plan_probes, run_probe
 from meshfed.local.prober import PROBE_HEADER, ROTATION_CHECK, ProbeLedger
 from meshfed.local.state import load_processes
 from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
+from meshfed.pki import MeshCA
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
-from meshfed.pki.store import MeshCA
 from meshfed.plan.model import FederationPlan, IngressServer
 from meshfed.plan.names import prober_spiffe_id
+from meshfed.render.envoy import render_local
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.render.envoy.translate import render_local
-from meshfed.spec.principals import PrincipalMatch
+from meshfed.spiffe import PrincipalMatch, validate_spiffe_id
 
 APPLY_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 5.0
@@ -226,8 +226,6 @@ def _client_id(
     for w in plan.mesh(consumer_mesh).workloads:
         if any(p.matches(w.spiffe_id) for p in matches):
             return w.spiffe_id
-    from meshfed.pki.certs import validate_spiffe_id
-
     for p in matches:
         for suffix in CHECK_ID_SUFFIXES:
             cand = p.value + suffix
@@ -243,14 +241,15 @@ def _client_id(
 def handshake_targets(plan: FederationPlan, layout: LocalLayout) -> list[Target]:
     """Every mTLS listener of the local federation, once per caller mesh it admits."""
     out: list[Target] = []
+    local = {m.name for m in plan.meshes}
     for mesh in plan.meshes:
         ing = mesh.ingress
         seen: set[tuple[str, str]] = set()
         for server in ing.servers:
             for rule in server.allow:
                 key = (rule.consumer_mesh, server.protocol)
-                if key in seen:
-                    continue
+                if key in seen or rule.consumer_mesh not in local:
+                    continue  # a partner's callers: no CA here to issue a test certificate
                 cid = _client_id(plan, server, rule.consumer_mesh, list(rule.principals))
                 if cid is None:
                     continue

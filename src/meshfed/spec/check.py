@@ -10,8 +10,10 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
+from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
+from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
 
 _METHOD = re.compile(r"^[A-Z]+$")
@@ -198,25 +200,10 @@ def _check_consumer(
                 f"use upper case, one of {', '.join(sorted(_HTTP_METHODS))}",
             )
     for k, http_path in enumerate(consumer.paths or []):
-        if (
-            not http_path.startswith("/")
-            or "*" in http_path[:-1]
-            or any(c.isspace() for c in http_path)
-        ):
-            yield Problem(
-                (*path, "paths", k),
-                f"{http_path!r} is not a path: it must start with '/' and may end in '*'",
-                "write e.g. /v1/tokenize or /v1/*",
-            )
-        elif "?" in http_path or "#" in http_path:
-            # Authorization compares the path without its query or fragment (Istio's
-            # ``paths``, Envoy's ``url_path``): such a rule would never match a request.
-            yield Problem(
-                (*path, "paths", k),
-                f"{http_path!r} holds a query or fragment; paths are matched without them, "
-                "so this one would allow nothing",
-                "write the path alone (e.g. /v1/tokenize): every query on it is then allowed",
-            )
+        try:
+            parse_path(http_path)
+        except PathError as exc:
+            yield Problem((*path, "paths", k), exc.problem, exc.fix)
 
 
 def _check_imports(fed: Federation) -> Iterator[Problem]:
@@ -429,4 +416,5 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),
         *_check_sni(fed),
+        *check_bundles(fed),
     ]

@@ -81,7 +81,7 @@ class Doc:
             file=self.file,
             line=line,
             kind=self.kind or None,
-            namespace=None if self.kind == "Namespace" else self.namespace,
+            namespace=None if self.kind in ("Namespace", "") else self.namespace,
             name=self.name or None,
             detail=detail,
         )
@@ -149,8 +149,16 @@ def _kustomize_namespace(root: Path, scope: Path) -> str | None:
     return None
 
 
+HELM_VALUE_KEYS = ("meshConfig", "pilot")
+"""Top-level keys of the istiod chart's values that the audit reads (see ``audit/install.py``)."""
+
+
 def _objects(data: Any) -> list[tuple[Obj, FieldPath]]:
-    """Kubernetes objects of one document (``kind: List`` expanded), with their field path."""
+    """Kubernetes objects of one document (``kind: List`` expanded), with their field path;
+    a document of istiod Helm values (no ``kind``) is kept as it is."""
+    if isinstance(data, dict) and "kind" not in data:
+        helm = any(isinstance(data.get(k), dict) for k in HELM_VALUE_KEYS)
+        return [(data, ())] if helm else []
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
         return []
     if data["kind"].endswith("List") and isinstance(data.get("items"), list):

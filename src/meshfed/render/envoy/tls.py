@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshfed.plan.boundary import ClientCertPolicy
 from meshfed.plan.model import TrustBundle
 from meshfed.render.envoy.files import SPIFFE_VALIDATOR, sds_ref
 from meshfed.render.envoy.process import Resource
@@ -13,6 +14,13 @@ from meshfed.render.envoy.process import Resource
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 DOWNSTREAM_TLS = _TLS + "DownstreamTlsContext"
 UPSTREAM_TLS = _TLS + "UpstreamTlsContext"
+CALLER_CA = "CALLER_CA"
+"""Ingress: roots of the meshes allowed to call, each for its own trust domain."""
+LOCAL_CA = "LOCAL_CA"
+"""The mesh's own root, for its own trust domain: in-mesh peers."""
+PEER_CA = "PEER_CA"
+"""Sidecar: roots of the exporting meshes it imports from, each for its own domain."""
+
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
 
 
@@ -121,3 +129,8 @@ def upstream(
             "common_tls_context": _common(runtime_dir, process, trust, alpn, san_exact=server_ids),
         },
     }
+
+
+def cert_details(policy: ClientCertPolicy) -> dict[str, bool]:
+    """HCM ``set_current_client_cert_details``: the client certificate fields XFCC carries."""
+    return {field.lower(): True for field in policy.fields}

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWAY
-from meshfed.render.istio.objects import Obj, istio_principal, obj, slug
-
-# Response headers that would tell a caller about the exporting mesh's insides.
-_RESPONSE_HEADERS_REMOVED = [
-    "server",
-    "x-envoy-upstream-service-time",
-    "x-envoy-decorator-operation",
-]
+from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.spiffe import istio_principal
 
 
 def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
@@ -31,7 +25,7 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
             {
                 "name": slug(server.export.replace("/", "-")),
                 "route": [destination],
-                "headers": {"response": {"remove": _RESPONSE_HEADERS_REMOVED}},
+                "headers": {"response": {"remove": list(mesh.boundary.response_headers_removed)}},
             }
         ]
     else:
@@ -47,15 +41,9 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
     )
 
 
-def _principal(match: str, prefix: bool) -> str:
-    return f"{istio_principal(match)}*" if prefix else istio_principal(match)
-
-
 def _rule(server: IngressServer, rule: AllowRule) -> Obj:
     out: Obj = {
-        "from": [
-            {"source": {"principals": [_principal(p.value, p.prefix) for p in rule.principals]}}
-        ],
+        "from": [{"source": {"principals": [istio_principal(p) for p in rule.principals]}}],
         "when": [{"key": "connection.sni", "values": [server.sni]}],
     }
     operation: Obj = {}
