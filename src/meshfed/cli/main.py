@@ -91,10 +91,21 @@ def main() -> None:
 
 @main.command()
 @SPEC
-def validate(spec: Path) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail (exit 1) on warnings too, e.g. a principal that matches no declared workload.",
+)
+def validate(spec: Path, strict: bool) -> None:
     """Check a federation spec; list every problem with file:line, field and fix."""
+    warnings: list[str] = []
     with reported(PKIError, OutputError):
-        fed = load_spec(spec)
+        fed = load_spec(spec, warnings=warnings)
+    for line in warnings:
+        click.echo(line, err=True)
+    if warnings and strict:
+        click.echo(f"{spec}: {len(warnings)} warning(s); --strict makes them fatal", err=True)
+        sys.exit(1)
     s = fed.spec
     out.print(
         f"{spec}: valid: federation {fed.name!r}, {len(s.meshes)} meshes, "
@@ -151,7 +162,8 @@ def pki_init(spec: Path, state: Path | None) -> None:
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Output directory (default ./out/<federation>); replaced whole on success.",
+    help="Output directory (default ./out/<federation>). Written whole on success; on a new "
+    "render meshfed replaces the files it wrote there and keeps any you added.",
 )
 @click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
 @state_option
@@ -161,7 +173,7 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         ws = open_workspace(spec, state)
         rendered = ws.istio()
         target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
-        write_rendered(target_dir, rendered)
+        kept = write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
         table.add_column(column)
@@ -177,3 +189,9 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
         markup=False,
     )
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        out.print(
+            f"Kept {len(kept)} file(s) in {target_dir} that meshfed did not write: {shown}",
+            markup=False,
+        )
