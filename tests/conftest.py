@@ -14,6 +14,8 @@ from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import Workspace, open_workspace
 
+pytest_plugins = ["inotify_budget"]
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 

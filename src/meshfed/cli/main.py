@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from meshfed import __version__
+from meshfed import __version__, interrupts
 from meshfed.cli.common import reported
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
@@ -78,6 +78,18 @@ class _LazyGroup(click.Group):
             for module in PKI_EXTENSIONS:
                 self._load(module)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command: SIGTERM and SIGHUP act as Ctrl-C (``meshfed.interrupts``); one that
+        reaches this far ends the command with ``128 + signal`` and one line, no traceback."""
+        previous = interrupts.install()
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted ({interrupts.signal_name(exc)})", err=True)
+            sys.exit(interrupts.exit_code(exc))
+        finally:
+            interrupts.restore(previous)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

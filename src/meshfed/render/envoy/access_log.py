@@ -1,16 +1,26 @@
 """Access logs of the local gateways: one JSON line per request or connection.
 
-The local runtime (``meshfed logs``, the dashboard) reads these fields back by name.
+The local runtime (``meshfed logs``, the dashboard) reads these fields back by name. ``probe``
+(the ``x-meshfed-probe`` header) and ``peer_cert`` (the client certificate's SHA-256, also for a
+refused handshake) let it tell meshfed's own probes from callers' traffic.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from meshfed.plan.names import PROBE_HEADER
 from meshfed.render.boundary_log import CONNECTION_FIELDS, REQUEST_FIELDS
 from meshfed.render.envoy.process import Resource
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+# Local-only fields beside the shared boundary-log ones: how ``meshfed logs`` and the dashboard
+# tell meshfed's own probes (its ledger vouches for the token or the certificate) from callers.
+_PROBE_FIELDS: dict[str, str] = {
+    "probe": f"%REQ({PROBE_HEADER})%",
+    "peer_cert": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
+}
 
 
 def file_log(path: Path, fields: dict[str, str]) -> Resource:
@@ -25,11 +35,12 @@ def file_log(path: Path, fields: dict[str, str]) -> Resource:
 
 
 def request_log(path: Path, mesh: str, gateway: str) -> Resource:
-    return file_log(path, {"kind": "request", "mesh": mesh, "gateway": gateway, **REQUEST_FIELDS})
+    fields = {"kind": "request", "mesh": mesh, "gateway": gateway, **REQUEST_FIELDS}
+    return file_log(path, {**fields, **_PROBE_FIELDS})
 
 
 def connection_log(path: Path, mesh: str, gateway: str) -> Resource:
     fields = {"kind": "connection", "mesh": mesh, "gateway": gateway, **CONNECTION_FIELDS}
     # The local log's name for what Istio's log calls ``termination`` (``meshfed logs`` reads it).
     fields["details"] = fields.pop("termination")
-    return file_log(path, fields)
+    return file_log(path, {**fields, "peer_cert": _PROBE_FIELDS["peer_cert"]})
