@@ -16,7 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, PublicKey
-from meshfed.spiffe import SCHEME, validate_spiffe_id, validate_trust_domain
+from meshfed.spiffe import is_spiffe_uri, validate_spiffe_id, validate_trust_domain
 
 ORGANIZATION = "meshfed"
 #: Certificates start this long before `now`, so peers with slightly slow clocks accept them.
@@ -329,9 +329,7 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [
-        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SCHEME)
-    ]
+    return [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if is_spiffe_uri(u)]
 
 
 def permitted_uri_domains(cert: x509.Certificate) -> list[str] | None:

@@ -15,11 +15,10 @@ from meshfed.pki.errors import PKIError
 from meshfed.pki.record import RotationRecord
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.model import FederationPlan, TrustBundle
+from meshfed.plan.names import prober_spiffe_id
 from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
-from meshfed.spiffe import domain_prefix
 from meshfed.workspace import Workspace
 
-_CHECK_PATH = "ns/meshfed-system/sa/rotation-check"
 TEST_TTL = timedelta(minutes=10)
 RETRIES = 4
 
@@ -127,7 +126,7 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
-    spiffe_id = domain_prefix(ca.trust_domain) + _CHECK_PATH
+    spiffe_id = prober_spiffe_id(ca.trust_domain)
     _, leaf = ca.issue(spiffe_id, TEST_TTL, now)
     try:
         verify_chain(leaf, [ca.ca_cert], roots, now, spiffe_id)
