@@ -206,3 +206,14 @@ def test_every_completion_matches(domain: str, path: str, prefix: bool, name: st
     for identity in match.completions(name):
         spiffe.validate_spiffe_id(identity)
         assert match.matches(identity)
+
+
+def test_matches_within_matches() -> None:
+    ns = spiffe.namespace_workloads("w.t", "meshfed-system")
+    assert ns == PrincipalMatch("spiffe://w.t/ns/meshfed-system/", prefix=True)
+    assert PrincipalMatch("spiffe://w.t/ns/meshfed-system/sa/p").within(ns)
+    assert PrincipalMatch("spiffe://w.t/ns/meshfed-system/sa/", prefix=True).within(ns)
+    assert not spiffe.whole_domain("w.t").within(ns)
+    assert not PrincipalMatch("spiffe://w.t/ns/meshfed-systemx/sa/p").within(ns)
+    exact = PrincipalMatch("spiffe://w.t/ns/a/sa/b")
+    assert exact.within(exact) and not PrincipalMatch(exact.value, prefix=True).within(exact)

@@ -171,6 +171,12 @@ class PrincipalMatch:
             return ids.startswith(self.value) or self.value.startswith(ids)
         return self.value.startswith(ids)
 
+    def within(self, other: PrincipalMatch) -> bool:
+        """Whether every identity this matches is matched by ``other``."""
+        if other.prefix:
+            return self.value.startswith(other.value)
+        return not self.prefix and self.value == other.value
+
     def completions(self, service_account: str) -> tuple[str, ...]:
         """Valid SPIFFE IDs this matches, for a check that must present one: the value itself
         when it is an ID, then a prefix completed with ``service_account`` (``<prefix>`` +
@@ -192,6 +198,11 @@ class PrincipalMatch:
 def whole_domain(trust_domain: str) -> PrincipalMatch:
     """Every identity of ``trust_domain``."""
     return PrincipalMatch(domain_prefix(trust_domain), prefix=True)
+
+
+def namespace_workloads(trust_domain: str, namespace: str) -> PrincipalMatch:
+    """Every workload of a Kubernetes namespace (Istio's form)."""
+    return PrincipalMatch(f"{domain_prefix(trust_domain)}ns/{namespace}/", prefix=True)
 
 
 def istio_principal(match: PrincipalMatch) -> str:
