@@ -9,6 +9,9 @@ reports a process ended by that signal.
 A signal whose handler is ``SIG_IGN`` when meshfed starts stays ignored (``nohup`` ignores
 SIGHUP; a background job of a non-interactive shell inherits an ignored SIGINT).
 
+``stopping(event)`` is for a command that runs until stopped (``trust serve``, ``trust fetch
+--follow``): the first signal sets the event and the command winds down by itself.
+
 ``deferred()`` holds the three signals over a few lines that must not be cut in half (a process
 started but not yet recorded); the first one that came is handled when the block ends. Handlers
 are Python-level: Python runs them in the main thread only, whatever thread the kernel chose.
@@ -106,6 +109,36 @@ def deferred() -> Iterator[None]:
         restore(previous)
     if hit:
         _deliver(hit[0], previous.get(hit[0]))
+
+
+@contextlib.contextmanager
+def stopping(stop: threading.Event) -> Iterator[list[int]]:
+    """For a command whose normal end is a stop signal (a server, a follower): while the block
+    runs, the first stop signal sets ``stop`` (the command winds down by itself, its work in
+    hand finished) and is listed in the yielded list; a second one raises ``Interrupted``, for
+    when winding down takes too long. The same signals as everywhere (``STOP_SIGNALS``, those
+    not ignored). Outside the main thread: nothing is installed."""
+    came: list[int] = []
+    if not _main_thread():
+        yield came
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if came:
+            raise Interrupted(signum)
+        came.append(signum)
+        stop.set()
+
+    previous: dict[int, Handler] = {}
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current == signal.SIG_IGN or current is None:
+            continue
+        previous[sig] = signal.signal(sig, handle)
+    try:
+        yield came
+    finally:
+        restore(previous)
 
 
 def _deliver(signum: int, handler: Handler) -> None:

@@ -8,7 +8,6 @@ the next ``render``/``apply`` (the plan reads the kept bundles); ``status`` show
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections import defaultdict
@@ -16,11 +15,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 import click
 from cryptography import x509
 
+from meshfed import interrupts
 from meshfed.bundles import document
 from meshfed.bundles.config import followed, published
 from meshfed.bundles.errors import BundleError
@@ -110,12 +109,10 @@ def propagate(spec: Path, state: Path, changes: Sequence[Change]) -> str:
     return f"{peers}: local federation: {report.describe()}"
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+def _stopped(what: str, came: list[int]) -> str:
+    """``stopped serving (SIGHUP)``: what ended, and on which signal."""
+    names = ", ".join(interrupts.NAMES.get(s, f"signal {s}") for s in came)
+    return f"stopped {what} ({names})" if names else f"stopped {what}"
 
 
 def register(main: click.Group) -> None:
@@ -202,17 +199,20 @@ def register(main: click.Group) -> None:
                 servers.append(
                     BundleServer(host, port, routes, tls, log=lambda s: click.echo(s, err=True))
                 )
-        for server in servers:
-            server.start()
-        for m in chosen:
-            how = m.endpoint.profile + (
-                f" as {m.endpoint.spiffe_id}" if m.endpoint.spiffe_id else ""
-            )
-            click.echo(f"serving {m.name}'s bundle at {m.endpoint.url} ({how})")
-        _stop_on_signals(stop)
-        stop.wait()
-        for server in servers:
-            server.stop()
+        with interrupts.stopping(stop) as came:
+            try:
+                for server in servers:
+                    server.start()
+                for m in chosen:
+                    how = m.endpoint.profile + (
+                        f" as {m.endpoint.spiffe_id}" if m.endpoint.spiffe_id else ""
+                    )
+                    click.echo(f"serving {m.name}'s bundle at {m.endpoint.url} ({how})")
+                stop.wait()
+            finally:
+                for server in servers:
+                    server.stop()
+        click.echo(_stopped("serving", came), err=True)
 
     @trust.command("fetch")
     @_SPEC
@@ -274,10 +274,11 @@ def register(main: click.Group) -> None:
                 sys.exit(1)
             return
         stop = threading.Event()
-        _stop_on_signals(stop)
         follower.quiet_unchanged = True
-        click.echo(f"following {', '.join(p.name for p in chosen)} (Ctrl-C stops)")
-        follower.run_forever(stop)
+        with interrupts.stopping(stop) as came:
+            click.echo(f"following {', '.join(p.name for p in chosen)} (Ctrl-C stops)")
+            follower.run_forever(stop)
+        click.echo(_stopped("following", came), err=True)
 
     @trust.command("status")
     @_SPEC
