@@ -148,3 +148,16 @@ def test_only_the_spiffe_module_parses_or_formats_identities() -> None:
         for hit in _hand_parsing(path)
     ]
     assert found == []
+
+
+MAX_MODULE_LINES = 500
+"""The developers' guide: modules small (aim under ~500 lines), named for what they hold."""
+
+
+def test_no_module_outgrows_the_guide() -> None:
+    big = {
+        str(path.relative_to(SRC)): n
+        for path in sorted(SRC.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert big == {}, f"split these by concern: {big}"
