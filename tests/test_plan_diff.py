@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import security_diff
 from meshfed.plan.model import FederationPlan
@@ -78,3 +80,63 @@ def test_failover_order_change_is_reported() -> None:
     )
     changes = lines(BANK, swapped)
     assert any("now fails over payments-dr/tokenizer then payments/tokenizer" in c for c in changes)
+
+
+def _with_boundary(plan: FederationPlan, mesh: str, **changes: object) -> FederationPlan:
+    meshes = tuple(
+        replace(m, boundary=replace(m.boundary, **changes)) if m.name == mesh else m  # type: ignore[arg-type]
+        for m in plan.meshes
+    )
+    return replace(plan, meshes=meshes)
+
+
+def test_boundary_policy_changes_are_reported_both_ways() -> None:
+    before = plan(BANK)
+    policy = before.mesh("payments").boundary
+    after = _with_boundary(
+        before,
+        "payments",
+        request_headers_removed=(*policy.request_headers_removed[1:], "x-debug"),
+        response_headers_removed=policy.response_headers_removed[1:],
+        forward_caller_address=True,
+        client_cert=replace(policy.client_cert, forwarder="spiffe://payments.bank.example/x"),
+        paths=replace(policy.paths, normalize=False),
+    )
+    dropped_request = policy.request_headers_removed[0]
+    dropped_response = policy.response_headers_removed[0]
+    changes = [str(c) for c in security_diff(before, after)]
+    assert sorted(changes) == sorted(
+        [
+            "- [payments] the ingress strips the caller's x-debug header",
+            f"+ [payments] the ingress lets the caller's {dropped_request} header through to "
+            "the exported workloads",
+            f"+ [payments] responses may carry {dropped_response} out of the mesh",
+            "+ [payments] exported workloads learn callers' network addresses",
+            "~ [payments] the one peer a workload accepts an XFCC from: "
+            "spiffe://payments.bank.example/x (was "
+            "spiffe://payments.bank.example/ns/meshfed-system/sa/federation-ingress)",
+            "+ [payments] the ingress no longer normalizes paths before deciding on them ('..' "
+            "can walk around a path rule)",
+        ]
+    )
+    back = [str(c) for c in security_diff(after, before)]
+    assert f"+ [payments] the ingress strips the caller's {dropped_request} header" not in back
+    assert f"- [payments] the ingress strips the caller's {dropped_request} header" in back
+    assert f"- [payments] responses no longer carry {dropped_response} out of the mesh" in back
+    assert "- [payments] exported workloads no longer learn callers' network addresses" in back
+    assert "- [payments] the ingress normalizes paths before deciding on them" in back
+
+
+def test_egress_allow_list_changes_are_reported() -> None:
+    without = BANK.replace(
+        "    - name: ledger\n      mesh: payments\n      workload: cards/ledger\n      consumers:\n"
+        "        - mesh: web\n          principals: [ns/shop/sa/checkout]\n",
+        "",
+    ).replace(
+        "    - mesh: web\n      host: ledger.shop.svc.cluster.local\n      port: 9000\n"
+        "      from: [payments/ledger]\n",
+        "",
+    )
+    changes = lines(BANK, without)
+    assert "- [web] egress no longer lets ledger.payments.bank.global out of the mesh" in changes
+    assert "+ [web] egress lets ledger.payments.bank.global out of the mesh" in lines(without, BANK)

@@ -2,16 +2,20 @@
 
 Compares two plans: which services become exposed or stop being exposed, to which meshes,
 which principals gain or lose access (and to which methods and paths), which roots a gateway
-or a mesh's sidecars start or stop trusting, and where imports now lead.
+or a mesh's sidecars start or stop trusting, where imports now lead, what the egress lets out,
+and every change of a mesh's boundary policy (headers, XFCC, paths).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, fields, is_dataclass
+from typing import TYPE_CHECKING, Literal
 
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan, TrustBundle
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Effect = Literal["widens", "narrows", "neutral"]
 
@@ -106,7 +110,98 @@ def _mesh_changes(name: str, old: MeshPlan | None, new: MeshPlan | None) -> list
                 f"{key[0]}:{key[1]} now fails over "
                 f"{' then '.join(after_src)} (was {' then '.join(before_src)})",
             )
+    if old is not None and new is not None:
+        for effect, text in _boundary_changes(old.boundary, new.boundary):
+            add(effect, text)
+    old_snis = set(old.egress.allowed_snis if old else ())
+    new_snis = set(new.egress.allowed_snis if new else ())
+    for sni in sorted(new_snis - old_snis):
+        add("widens", f"egress lets {sni} out of the mesh")
+    for sni in sorted(old_snis - new_snis):
+        add("narrows", f"egress no longer lets {sni} out of the mesh")
     return out
+
+
+# How each change of the boundary policy reads (`meshfed.plan.boundary`); a field not listed
+# here is still reported, by its name.
+_LISTS: dict[str, tuple[tuple[Effect, str], tuple[Effect, str]]] = {
+    # field: ((effect, text) when an item is added, (effect, text) when one is removed)
+    "request_headers_removed": (
+        ("narrows", "the ingress strips the caller's {} header"),
+        ("widens", "the ingress lets the caller's {} header through to the exported workloads"),
+    ),
+    "response_headers_removed": (
+        ("narrows", "responses no longer carry {} out of the mesh"),
+        ("widens", "responses may carry {} out of the mesh"),
+    ),
+    "client_cert.fields": (
+        ("widens", "the ingress passes the caller certificate's {} on to workloads (XFCC)"),
+        ("narrows", "the ingress no longer passes the caller certificate's {} on (XFCC)"),
+    ),
+}
+_FLAGS: dict[str, tuple[Effect, str, str]] = {
+    # field: (effect when it turns true, text when true, text when false)
+    "proxy_debug_headers": (
+        "widens",
+        "the ingress adds its own diagnostic headers to responses",
+        "the ingress no longer adds its diagnostic headers to responses",
+    ),
+    "forward_caller_address": (
+        "widens",
+        "exported workloads learn callers' network addresses",
+        "exported workloads no longer learn callers' network addresses",
+    ),
+    "paths.normalize": (
+        "narrows",
+        "the ingress normalizes paths before deciding on them",
+        "the ingress no longer normalizes paths before deciding on them ('..' can walk around "
+        "a path rule)",
+    ),
+    "paths.merge_slashes": (
+        "narrows",
+        "the ingress merges repeated slashes before deciding on paths",
+        "the ingress no longer merges repeated slashes before deciding on paths",
+    ),
+}
+_OPPOSITE: dict[Effect, Effect] = {"widens": "narrows", "narrows": "widens", "neutral": "neutral"}
+_VALUES: dict[str, str] = {
+    "client_cert.at_ingress": "the caller's XFCC at the ingress",
+    "client_cert.forwarder": "the one peer a workload accepts an XFCC from",
+    "client_cert.to_workload": "XFCC from a sidecar to its workload",
+    "client_cert.leaving": "a workload's XFCC leaving the mesh",
+    "paths.escaped_slashes": "escaped slashes in paths at the ingress",
+}
+
+
+def _boundary_changes(
+    old: DataclassInstance, new: DataclassInstance, prefix: str = ""
+) -> list[tuple[Effect, str]]:
+    """Every field of two boundary policies (nested policies too) that differs, in words."""
+    out: list[tuple[Effect, str]] = []
+    for f in fields(old):
+        name = prefix + f.name
+        before, after = getattr(old, f.name), getattr(new, f.name)
+        if before == after:
+            continue
+        if is_dataclass(type(before)) and type(before) is type(after):
+            out += _boundary_changes(before, after, f"{name}.")
+        elif name in _LISTS:
+            (added, added_text), (removed, removed_text) = _LISTS[name]
+            out += [(added, added_text.format(v)) for v in sorted(set(after) - set(before))]
+            out += [(removed, removed_text.format(v)) for v in sorted(set(before) - set(after))]
+        elif name in _FLAGS:
+            effect, on, off = _FLAGS[name]
+            out.append((effect, on) if after else (_OPPOSITE[effect], off))
+        else:
+            label = _VALUES.get(name, f"boundary policy {name}")
+            out.append(("neutral", f"{label}: {_shown(after)} (was {_shown(before)})"))
+    return out
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(str(v) for v in value) or "none"
+    return str(value)
 
 
 def security_diff(old: FederationPlan | None, new: FederationPlan) -> list[SecurityChange]:
