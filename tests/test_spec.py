@@ -237,7 +237,7 @@ CASES = {
             "meshfed-system/meshfed-prober, meshfed's prober identity",
             "namespace of its own",
         ),
-    ),  # fmt: skip
+    ),
     "workload as a federation gateway": (
         [
             (
@@ -251,7 +251,7 @@ CASES = {
             "the identity of the mesh's federation ingress",
             "meshfed-system is meshfed's",
         ),
-    ),  # fmt: skip
+    ),
     "workload in meshfed's namespace": (
         [("{name: catalog, namespace: shop,", "{name: catalog, namespace: meshfed-system,")],
         (
@@ -260,7 +260,7 @@ CASES = {
             "namespace meshfed-system is meshfed's own",
             "namespace of its own",
         ),
-    ),  # fmt: skip
+    ),
     "principal naming meshfed's identities": (
         [
             (
@@ -274,7 +274,7 @@ CASES = {
             "names meshfed's own identities in mesh web",
             "ns/<namespace>/sa/<service account>",
         ),
-    ),  # fmt: skip
+    ),
     "shared ingress listener": (
         [("port: 15444}", "port: 15443}")],
         (
