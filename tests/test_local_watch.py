@@ -229,7 +229,7 @@ def test_edits_apply_live_and_bad_ones_change_nothing(
     assert "exposes left/pay2" in line and "stops exposing left/pay " in line
     status, doc = _call(runtime, "http://pay2.app.svc.cluster.local/x")
     assert status == 200 and doc is not None and doc["workload"] == "app/pay"
-    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == 404  # no such name
+    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == 502  # no import
     assert _pids(runtime) == after
 
     # Ctrl-C: the watch ends cleanly; the federation keeps running for meshfed down.
@@ -254,4 +254,4 @@ def test_sigterm_stops_the_watch_and_leaves_the_federation(
     assert records and all(r.alive for r in records.values())
     assert ("left/sidecar/app/pay" in records) == applied
     assert _call(runtime, API)[0] == 200
-    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == (200 if applied else 404)
+    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == (200 if applied else 502)

@@ -244,6 +244,25 @@ def test_sidecar_presents_its_own_identity_and_checks_the_exporters(rendered: Re
                 assert validation["validation_context_sds_secret_config"]["name"] == PEER_CA
 
 
+def test_sidecars_let_out_only_imports_as_the_plan_says(rendered: Rendered) -> None:
+    """The plan's outbound policy (REGISTRY_ONLY, Istio's meshConfig.outboundTrafficPolicy):
+    the outbound listener routes each HTTP import's local name, and answers any other host
+    itself with 502, as Istio's ``block_all`` virtual host does."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        assert mesh.boundary.outbound == "REGISTRY_ONLY"
+        imports = sorted(r.local_host for r in mesh.imports if r.protocol == "HTTP")
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            (outbound,) = [x for x in sidecar.listeners if x["name"] == "outbound"]
+            (hcm,) = outbound["filter_chains"][0]["filters"]
+            hosts = hcm["typed_config"]["route_config"]["virtual_hosts"]
+            *routed, catch_all = hosts
+            assert sorted(d for h in routed for d in h["domains"]) == imports
+            assert catch_all["domains"] == ["*"] and catch_all["name"] == "block_all"
+            assert [r["direct_response"] for r in catch_all["routes"]] == [{"status": 502}]
+
+
 def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:
     ws, _, processes = rendered
     roots = {name: cert for name, cert in ws.pki.roots.items()}

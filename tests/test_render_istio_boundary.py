@@ -64,7 +64,9 @@ def test_every_install_form_says_the_same(example: str, request: pytest.FixtureR
         assert metadata["ISTIO_META_DNS_CAPTURE"] == "true"
         assert env["PILOT_ENABLE_IP_AUTOALLOCATE"] == "true"
         assert "ISTIO_META_DNS_AUTO_ALLOCATE" not in metadata
-        assert config["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
+        plan = rendered.workspace.plan.mesh(mesh)
+        assert config["outboundTrafficPolicy"] == {"mode": plan.boundary.outbound}
+        assert plan.boundary.outbound == "REGISTRY_ONLY"
 
 
 def test_install_forms_are_beside_the_manifests_and_never_applied(bank_rendered: Rendered) -> None:

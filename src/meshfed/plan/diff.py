@@ -170,6 +170,7 @@ _VALUES: dict[str, str] = {
     "client_cert.to_workload": "XFCC from a sidecar to its workload",
     "client_cert.leaving": "a workload's XFCC leaving the mesh",
     "paths.escaped_slashes": "escaped slashes in paths at the ingress",
+    "outbound": "what sidecars let out of the mesh (outbound traffic policy)",
 }
 
 

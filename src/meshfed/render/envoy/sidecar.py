@@ -5,6 +5,7 @@ outbound listeners to its imports, through the mesh's egress, with the workload'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy import tls
@@ -97,6 +98,16 @@ def inbound(
     )
 
 
+def _unregistered(mesh: MeshPlan) -> list[Resource]:
+    """The outbound listener's answer to a host that is none of the mesh's imports, as the
+    plan's outbound policy says: REGISTRY_ONLY refuses it with 502, as Istio's sidecars do
+    (their ``block_all`` virtual host)."""
+    if mesh.boundary.outbound == "REGISTRY_ONLY":
+        route = {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}
+        return [{"name": "block_all", "domains": ["*"], "routes": [route]}]
+    assert_never(mesh.boundary.outbound)
+
+
 def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
     virtual_hosts = [
         {
@@ -120,6 +131,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
         }
         for route in imports
     ]
+    virtual_hosts += _unregistered(mesh)
     return listener(
         "outbound",
         "127.0.0.1",
