@@ -65,19 +65,23 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def install() -> dict[int, Handler]:
-    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (those not ignored); the handlers
-    that were in place, for ``restore``. Outside the main thread: nothing (Python allows
-    signal handlers only there)."""
-    if not _main_thread():
-        return {}
+def take(handler: Handler) -> dict[int, Handler]:
+    """Install ``handler`` for the stop signals that are not ignored; the handlers that were in
+    place, for ``restore``. The caller runs in the main thread (Python allows signal handlers
+    only there)."""
     previous: dict[int, Handler] = {}
     for sig in STOP_SIGNALS:
         current = signal.getsignal(sig)
         if current == signal.SIG_IGN or current is None:
             continue
-        previous[sig] = signal.signal(sig, raise_interrupted)
+        previous[sig] = signal.signal(sig, handler)
     return previous
+
+
+def install() -> dict[int, Handler]:
+    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (those not ignored); the handlers
+    that were in place, for ``restore``. Outside the main thread: nothing."""
+    return take(raise_interrupted) if _main_thread() else {}
 
 
 def restore(previous: dict[int, Handler]) -> None:
@@ -97,12 +101,7 @@ def deferred() -> Iterator[None]:
     def hold(signum: int, frame: FrameType | None) -> None:
         hit.append(signum)
 
-    previous: dict[int, Handler] = {}
-    for sig in STOP_SIGNALS:
-        current = signal.getsignal(sig)
-        if current == signal.SIG_IGN or current is None:
-            continue
-        previous[sig] = signal.signal(sig, hold)
+    previous = take(hold)
     try:
         yield
     finally:
@@ -129,12 +128,7 @@ def stopping(stop: threading.Event) -> Iterator[list[int]]:
         came.append(signum)
         stop.set()
 
-    previous: dict[int, Handler] = {}
-    for sig in STOP_SIGNALS:
-        current = signal.getsignal(sig)
-        if current == signal.SIG_IGN or current is None:
-            continue
-        previous[sig] = signal.signal(sig, handle)
+    previous = take(handle)
     try:
         yield came
     finally:
