@@ -9,8 +9,8 @@ reports a process ended by that signal.
 A signal whose handler is ``SIG_IGN`` when meshfed starts stays ignored (``nohup`` ignores
 SIGHUP; a background job of a non-interactive shell inherits an ignored SIGINT).
 
-``stopping(event)`` is for a command that runs until stopped (``trust serve``, ``trust fetch
---follow``): the first signal sets the event and the command winds down by itself.
+``stopping()`` is for a command that runs until stopped (``trust serve``, ``trust fetch
+--follow``): the first signal sets its `StopRequest` and the command winds down by itself.
 
 ``deferred()`` holds the three signals over a few lines that must not be cut in half (a process
 started but not yet recorded); the first one that came is handled when the block ends. Handlers
@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -110,27 +111,56 @@ def deferred() -> Iterator[None]:
         _deliver(hit[0], previous.get(hit[0]))
 
 
+class StopRequest:
+    """Whether a stop signal asked a long-running command to end, and which ones came.
+
+    Set by a signal handler, so it takes no lock: a handler runs in the middle of whatever the
+    main thread was doing, and ``threading.Event.set`` there can wait forever for the lock the
+    interrupted ``Event.wait`` holds (seen: ``trust serve`` hung on SIGTERM now and then).
+    ``wait`` polls instead; ``time.sleep`` goes on after a handler that does not raise."""
+
+    POLL = 0.05
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def is_set(self) -> bool:
+        return bool(self.signals)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until a stop signal came (True) or ``timeout`` seconds passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.signals:
+            left = self.POLL if deadline is None else min(self.POLL, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(left)
+        return self.is_set()
+
+    def describe(self) -> str:
+        return ", ".join(NAMES.get(s, f"signal {s}") for s in self.signals)
+
+
 @contextlib.contextmanager
-def stopping(stop: threading.Event) -> Iterator[list[int]]:
+def stopping() -> Iterator[StopRequest]:
     """For a command whose normal end is a stop signal (a server, a follower): while the block
-    runs, the first stop signal sets ``stop`` (the command winds down by itself, its work in
-    hand finished) and is listed in the yielded list; a second one raises ``Interrupted``, for
-    when winding down takes too long. The same signals as everywhere (``STOP_SIGNALS``, those
-    not ignored). Outside the main thread: nothing is installed."""
-    came: list[int] = []
+    runs, the first stop signal sets the yielded `StopRequest` (the command winds down by
+    itself, its work in hand finished); a second one raises ``Interrupted``, for when winding
+    down takes too long. The same signals as everywhere (``STOP_SIGNALS``, those not ignored).
+    Outside the main thread: nothing is installed."""
+    request = StopRequest()
     if not _main_thread():
-        yield came
+        yield request
         return
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if came:
+        if request.signals:
             raise Interrupted(signum)
-        came.append(signum)
-        stop.set()
+        request.signals.append(signum)
 
     previous = take(handle)
     try:
-        yield came
+        yield request
     finally:
         restore(previous)
 

@@ -9,7 +9,6 @@ the next ``render``/``apply`` (the plan reads the kept bundles); ``status`` show
 from __future__ import annotations
 
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -109,12 +108,6 @@ def propagate(spec: Path, state: Path, changes: Sequence[Change]) -> str:
     return f"{peers}: local federation: {report.describe()}"
 
 
-def _stopped(what: str, came: list[int]) -> str:
-    """``stopped serving (SIGHUP)``: what ended, and on which signal."""
-    names = ", ".join(interrupts.NAMES.get(s, f"signal {s}") for s in came)
-    return f"stopped {what} ({names})" if names else f"stopped {what}"
-
-
 def register(main: click.Group) -> None:
     @main.group()
     def trust() -> None:
@@ -159,7 +152,6 @@ def register(main: click.Group) -> None:
         web_key: Path | None,
     ) -> None:
         """Serve each local mesh's bundle at its bundleEndpoint until stopped (Ctrl-C)."""
-        stop = threading.Event()
         servers: list[BundleServer] = []
         with reported(PKIError, BundleError, OSError):
             spec, fed, state_dir = _load(spec, state)
@@ -199,7 +191,7 @@ def register(main: click.Group) -> None:
                 servers.append(
                     BundleServer(host, port, routes, tls, log=lambda s: click.echo(s, err=True))
                 )
-        with interrupts.stopping(stop) as came:
+        with interrupts.stopping() as stop:
             try:
                 for server in servers:
                     server.start()
@@ -212,7 +204,7 @@ def register(main: click.Group) -> None:
             finally:
                 for server in servers:
                     server.stop()
-        click.echo(_stopped("serving", came), err=True)
+        click.echo(f"stopped serving ({stop.describe()})", err=True)
 
     @trust.command("fetch")
     @_SPEC
@@ -273,12 +265,11 @@ def register(main: click.Group) -> None:
             if any(not o.ok for o in outcomes):
                 sys.exit(1)
             return
-        stop = threading.Event()
         follower.quiet_unchanged = True
-        with interrupts.stopping(stop) as came:
+        with interrupts.stopping() as stop:
             click.echo(f"following {', '.join(p.name for p in chosen)} (Ctrl-C stops)")
             follower.run_forever(stop)
-        click.echo(_stopped("following", came), err=True)
+        click.echo(f"stopped following ({stop.describe()})", err=True)
 
     @trust.command("status")
     @_SPEC
