@@ -55,17 +55,20 @@ def test_principal_and_method_changes() -> None:
     ]
 
 
+WITHOUT_LEDGER = BANK.replace(
+    "    - name: ledger\n      mesh: payments\n      workload: cards/ledger\n      consumers:\n"
+    "        - mesh: web\n          principals: [ns/shop/sa/checkout]\n",
+    "",
+).replace(
+    "    - mesh: web\n      host: ledger.shop.svc.cluster.local\n      port: 9000\n"
+    "      from: [payments/ledger]\n",
+    "",
+)
+"""The bank without its ledger export and the import of it."""
+
+
 def test_removing_an_export_closes_it_and_its_import() -> None:
-    without = BANK.replace(
-        "    - name: ledger\n      mesh: payments\n      workload: cards/ledger\n      consumers:\n"
-        "        - mesh: web\n          principals: [ns/shop/sa/checkout]\n",
-        "",
-    ).replace(
-        "    - mesh: web\n      host: ledger.shop.svc.cluster.local\n      port: 9000\n"
-        "      from: [payments/ledger]\n",
-        "",
-    )
-    changes = lines(BANK, without)
+    changes = lines(BANK, WITHOUT_LEDGER)
     assert (
         "- [payments] stops exposing payments/ledger as ledger.payments.bank.global "
         "(was open to web)" in changes
@@ -128,15 +131,8 @@ def test_boundary_policy_changes_are_reported_both_ways() -> None:
 
 
 def test_egress_allow_list_changes_are_reported() -> None:
-    without = BANK.replace(
-        "    - name: ledger\n      mesh: payments\n      workload: cards/ledger\n      consumers:\n"
-        "        - mesh: web\n          principals: [ns/shop/sa/checkout]\n",
-        "",
-    ).replace(
-        "    - mesh: web\n      host: ledger.shop.svc.cluster.local\n      port: 9000\n"
-        "      from: [payments/ledger]\n",
-        "",
-    )
-    changes = lines(BANK, without)
+    changes = lines(BANK, WITHOUT_LEDGER)
     assert "- [web] egress no longer lets ledger.payments.bank.global out of the mesh" in changes
-    assert "+ [web] egress lets ledger.payments.bank.global out of the mesh" in lines(without, BANK)
+    assert "+ [web] egress lets ledger.payments.bank.global out of the mesh" in lines(
+        WITHOUT_LEDGER, BANK
+    )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,25 @@ def _listening(port: int) -> bool:
     return True
 
 
+def _stops(
+    proc: MeshfedProcess, sig: int, what: str, ready: Callable[[], bool], *lines: str
+) -> None:
+    """Once ``proc`` said ``lines`` (in order) and is ``ready``, ``sig`` ends it with status 0
+    and one line saying what stopped on which signal: no traceback, no 'interrupted'."""
+    try:
+        for text in lines:
+            proc.expect("out", lambda line, text=text: text in line)  # type: ignore[misc]
+        assert ready()
+        proc.signal(sig)
+        code = proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert code == 0, proc.seen
+    assert f"stopped {what} ({NAMES[sig]})" in proc.output("err"), proc.seen
+    assert not [line for line in proc.output("err") if "Traceback" in line], proc.seen
+    assert not [line for line in proc.output("err") if "interrupted" in line], proc.seen
+
+
 @pytest.mark.parametrize("sig", SIGNALS, ids=[NAMES[s] for s in SIGNALS])
 def test_trust_serve_stops_cleanly_on_every_stop_signal(tmp_path: Path, sig: int) -> None:
     alloc = PortAllocator()
@@ -53,17 +73,7 @@ def test_trust_serve_stops_cleanly_on_every_stop_signal(tmp_path: Path, sig: int
     spec = tmp_path / "serve.yaml"
     spec.write_text(SPEC.format(ingress=ingress, endpoint=endpoint))
     proc = MeshfedProcess("trust", "serve", str(spec), "--state", str(tmp_path / "state"))
-    try:
-        proc.expect("out", lambda line: line.startswith("serving acme's bundle at"))
-        assert _listening(endpoint)
-        proc.signal(sig)
-        code = proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    assert code == 0, proc.seen
-    assert f"stopped serving ({NAMES[sig]})" in proc.output("err"), proc.seen
-    assert not [line for line in proc.output("err") if "Traceback" in line], proc.seen
-    assert not [line for line in proc.output("err") if "interrupted" in line], proc.seen
+    _stops(proc, sig, "serving", lambda: _listening(endpoint), "serving acme's bundle at")
     assert poll(lambda: not _listening(endpoint), timeout=5) is not None
 
 
@@ -110,13 +120,4 @@ def test_trust_fetch_follow_stops_cleanly(tmp_path: Path, sig: int) -> None:
     # Nobody serves acme's bundle: the follower keeps trying (and keeps the bootstrap) until
     # stopped.
     proc = MeshfedProcess("trust", "fetch", str(spec), "--state", str(tmp_path / "st"), "--follow")
-    try:
-        proc.expect("out", lambda line: line.startswith("following acme"))
-        proc.expect("out", lambda line: "unreachable" in line)
-        proc.signal(sig)
-        code = proc.wait(timeout=30)
-    finally:
-        proc.kill()
-    assert code == 0, proc.seen
-    assert f"stopped following ({NAMES[sig]})" in proc.output("err"), proc.seen
-    assert not [line for line in proc.output("err") if "Traceback" in line], proc.seen
+    _stops(proc, sig, "following", lambda: True, "following acme", "unreachable")
