@@ -73,16 +73,12 @@ def verify_live(
                 if mesh is None:
                     continue
                 roots = load_certs_pem(pem.encode(), f"{process.name} {secret}")
-                for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                    if gen not in cas:
-                        continue
-                    sds += 1
-                    ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                    if ok != expect:
-                        problems.append(
-                            f"{process.name} {secret} for {domain}: a {gen}-CA certificate "
-                            f"is {'accepted' if ok else 'refused'}"
-                        )
+                checked, wrong = _judged(cas, mesh, roots, accept, refuse, now)
+                sds += checked
+                problems += [
+                    f"{process.name} {secret} for {domain}: a {gen}-CA certificate is {verdict}"
+                    for gen, verdict in wrong
+                ]
     return shakes, sds
 
 
@@ -123,6 +119,28 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
+
+
+def _judged(
+    cas: dict[str, dict[str, MeshCA]],
+    mesh: str,
+    roots: list[x509.Certificate],
+    accept: list[str],
+    refuse: list[str],
+    now: datetime,
+) -> tuple[int, list[tuple[str, str]]]:
+    """A leaf of ``mesh`` from each generation in ``accept`` must verify against ``roots``, one
+    from each in ``refuse`` must not: how many were checked, and (generation, 'accepted' or
+    'refused') for each that went the other way."""
+    checked, wrong = 0, []
+    for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
+        if gen not in cas:
+            continue
+        checked += 1
+        ok = _leaf_verifies(cas[gen][mesh], roots, now)
+        if ok != expect:
+            wrong.append((gen, "accepted" if ok else "refused"))
+    return checked, wrong
 
 
 def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
@@ -169,14 +187,9 @@ def check_bundles(
             mesh = domains.get(domain)
             if mesh is None:
                 continue
-            for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                if gen not in cas:
-                    continue
-                count += 1
-                ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                if ok != expect:
-                    problems.append(
-                        f"{where} ({domain}): a {gen}-CA certificate is "
-                        f"{'accepted' if ok else 'refused'}"
-                    )
+            checked, wrong = _judged(cas, mesh, roots, accept, refuse, now)
+            count += checked
+            problems += [
+                f"{where} ({domain}): a {gen}-CA certificate is {verdict}" for gen, verdict in wrong
+            ]
     return count
