@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -354,6 +356,21 @@ def cert_to_pem(cert: x509.Certificate) -> bytes:
 
 def certs_to_pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert_to_pem(c) for c in certs)
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``cert`` (names and signature; ``cert`` itself: self-signed)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def check_self_signed(path: Path | str, cert: x509.Certificate, fix: str) -> None:
+    """PKIError unless ``cert`` (read from ``path``) is a self-signed root."""
+    if not issued_by(cert, cert):
+        raise PKIError(path, "is not a self-signed root certificate", fix)
 
 
 def split_pem(bundle: str) -> tuple[str, ...]:

@@ -7,10 +7,9 @@ import time
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from meshfed.pki import MeshCA, PKIMaterial
-from meshfed.pki.certs import describe, load_certs_pem
+from meshfed.pki.certs import describe, issued_by, load_certs_pem
 from meshfed.pki.errors import PKIError
 from meshfed.pki.record import RotationRecord
 from meshfed.pki.verify import verify_chain
@@ -111,14 +110,6 @@ def _check_served(
             f"{process} still serves a certificate not issued by the {served} "
             f"intermediate of {mesh} ({describe(cert)})"
         )
-
-
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _judged(
