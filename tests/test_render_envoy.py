@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from local_helpers import numbered_layout
 from meshfed.pki.certs import certs_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.render.envoy import files, render_local
-from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
+from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
 from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, PEER_CA
 from meshfed.workspace import Workspace, open_workspace
@@ -28,33 +29,7 @@ ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
 
 
 def fake_layout(ws: Workspace) -> LocalLayout:
-    ports = iter(range(21000, 29000))
-    return LocalLayout(
-        {
-            m.name: MeshLayout(
-                m.name,
-                next(ports),
-                next(ports),
-                next(ports),
-                {
-                    w.ref: SidecarLayout(
-                        w.ref,
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        {
-                            f"{i.local_host}:{i.port}": next(ports)
-                            for i in m.imports
-                            if i.protocol == "TCP"
-                        },
-                    )
-                    for w in m.workloads
-                },
-            )
-            for m in ws.plan.meshes
-        }
-    )
+    return numbered_layout(ws.plan)
 
 
 Rendered = tuple[Workspace, Path, dict[str, ProcessConfig]]
