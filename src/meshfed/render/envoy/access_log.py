@@ -66,3 +66,28 @@ def connection_log(path: Path, mesh: str, gateway: str) -> Resource:
             "duration_ms": "%DURATION%",
         },
     )
+
+
+def tunnel_log(path: Path, mesh: str, caller_header: str) -> Resource:
+    """One line per TCP session through a TCP export's tunnel (`render/envoy/tunnel.py`), shaped
+    like `connection_log`: the caller is what the ingress read from the verified certificate,
+    the decision the tunnel's RBAC made before the workload was connected."""
+    return file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "connection",
+            "mesh": mesh,
+            "gateway": "ingress",
+            "sni": "%REQ(:AUTHORITY)%",
+            "caller": f"%REQ({caller_header.upper()})%",
+            "upstream": "%UPSTREAM_HOST%",
+            "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+            "details": "%RESPONSE_CODE_DETAILS%",
+            "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
+            "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
+            "bytes_received": "%BYTES_RECEIVED%",
+            "bytes_sent": "%BYTES_SENT%",
+            "duration_ms": "%DURATION%",
+        },
+    )
