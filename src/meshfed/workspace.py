@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshfed.bundles.config import followed_pems
 from meshfed.credentials import NO_CREDENTIALS, MeshCredentials, issue_credentials, mesh_credentials
 from meshfed.pki import PKIMaterial, PKIStore
 from meshfed.plan.build import build_plan
@@ -39,14 +40,20 @@ def default_state_dir(fed: Federation) -> Path:
     return Path(".meshfed") / fed.name
 
 
-def plan_of(fed: Federation, roots: Mapping[str, str] | None = None) -> FederationPlan:
-    """The plan of ``fed``; ``roots`` maps each mesh to the PEM of the root(s) it chains to.
+def plan_of(
+    fed: Federation,
+    roots: Mapping[str, str] | None = None,
+    followed: Mapping[str, str] | None = None,
+) -> FederationPlan:
+    """The plan of ``fed``; ``roots`` maps each mesh to the PEM of the root(s) it chains to,
+    ``followed`` each peer a mesh follows to the PEM of its last accepted bundle
+    (`meshfed.bundles.config.followed_pems`).
 
     Without ``roots`` the plan carries no trust material (every bundle empty): enough for what
     only asks who may call what (the graph, the audit of what ``render`` would write)."""
     if roots is None:
         roots = {m.name: "" for m in fed.spec.meshes}
-    return build_plan(fed, roots)
+    return build_plan(fed, roots, followed)
 
 
 def render_istio(
@@ -75,8 +82,9 @@ class Workspace:
 
     @property
     def roots(self) -> dict[str, str]:
-        """The root PEMs the plan was resolved with, by mesh (what a cluster's state records)."""
-        return root_pems(self.pki)
+        """The root PEMs the plan was resolved with, by mesh (what a cluster's state records):
+        the PKI's, and for a partner mesh the roots of its followed bundle."""
+        return {**followed_pems(self.federation, self.state_dir), **root_pems(self.pki)}
 
     def credentials(self) -> dict[str, MeshCredentials]:
         """Issue (or keep, while still good) every mesh's credentials in the state directory."""
@@ -101,7 +109,8 @@ def workspace_for(spec_path: Path, fed: Federation, state_dir: Path | None = Non
     """Create any missing PKI material of a loaded spec, and resolve its plan."""
     state = state_dir if state_dir is not None else default_state_dir(fed)
     material = PKIStore(state).ensure(trust_request(fed))
-    return Workspace(spec_path, fed, state, material, plan_of(fed, root_pems(material)))
+    plan = plan_of(fed, root_pems(material), followed_pems(fed, state))
+    return Workspace(spec_path, fed, state, material, plan)
 
 
 def open_workspace(spec_path: Path, state_dir: Path | None = None) -> Workspace:

@@ -5,7 +5,9 @@ this package only puts them on clusters (server-side apply, field manager ``mesh
 """
 
 # The public face, loaded on first use (the Kubernetes client is imported only when needed).
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from meshfed._face import lazy_face
 
 if TYPE_CHECKING:
     from meshfed.kube.client import KubeClient
@@ -14,18 +16,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ApplyRefused", "KubeClient", "KubeError", "KubeWorkspace", "open_kube_workspace"]
 
-_FACE = {
-    "ApplyRefused": "meshfed.kube.errors",
-    "KubeClient": "meshfed.kube.client",
-    "KubeError": "meshfed.kube.errors",
-    "KubeWorkspace": "meshfed.kube.workspace",
-    "open_kube_workspace": "meshfed.kube.workspace",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _FACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_FACE[name]), name)
+__getattr__ = lazy_face(
+    __name__,
+    {
+        "ApplyRefused": "meshfed.kube.errors",
+        "KubeClient": "meshfed.kube.client",
+        "KubeError": "meshfed.kube.errors",
+        "KubeWorkspace": "meshfed.kube.workspace",
+        "open_kube_workspace": "meshfed.kube.workspace",
+    },
+)

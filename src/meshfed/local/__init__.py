@@ -7,7 +7,9 @@ processes (Envoys and one workload host), and answers ``status``, ``call`` and `
 
 # The public face, loaded on first use: importing one module of the package (the dashboard
 # process reads only paths and summaries) must not load the runtime and its Envoy machinery.
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from meshfed._face import lazy_face
 
 if TYPE_CHECKING:
     from meshfed.local.errors import LocalError
@@ -17,18 +19,13 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalError", "Runtime", "RuntimePaths", "RuntimeSummary", "load_summary"]
 
-_FACE = {
-    "LocalError": "meshfed.local.errors",
-    "Runtime": "meshfed.local.runtime",
-    "RuntimePaths": "meshfed.local.paths",
-    "RuntimeSummary": "meshfed.local.summary",
-    "load_summary": "meshfed.local.summary",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _FACE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(_FACE[name]), name)
+__getattr__ = lazy_face(
+    __name__,
+    {
+        "LocalError": "meshfed.local.errors",
+        "Runtime": "meshfed.local.runtime",
+        "RuntimePaths": "meshfed.local.paths",
+        "RuntimeSummary": "meshfed.local.summary",
+        "load_summary": "meshfed.local.summary",
+    },
+)

@@ -12,30 +12,12 @@ from typing import TYPE_CHECKING, Literal
 
 from meshfed.plan.boundary import BoundaryPolicy
 from meshfed.plan.limits import FailoverPolicy, MeshLimits
-from meshfed.spec.paths import PathMatch
-from meshfed.spiffe import PrincipalMatch, domain_prefix, whole_domain
+from meshfed.spec.paths import PathMatch as PathMatch  # the plan's type, defined with its rule
+from meshfed.spiffe import PrincipalMatch as PrincipalMatch
+from meshfed.spiffe import domain_prefix, whole_domain
 
 if TYPE_CHECKING:
     from meshfed.plan.guard import WorkloadGuard
-
-__all__ = [
-    "AllowRule",
-    "BoundaryPolicy",
-    "ClusterPlan",
-    "Egress",
-    "EgressRoute",
-    "FederationPlan",
-    "ImportRoute",
-    "Ingress",
-    "IngressServer",
-    "MeshPlan",
-    "PathMatch",
-    "PrincipalMatch",
-    "Protocol",
-    "Source",
-    "TrustBundle",
-    "Workload",
-]
 
 Protocol = Literal["HTTP", "TCP"]
 
@@ -298,6 +280,19 @@ class MeshPlan:
 
 
 @dataclass(frozen=True)
+class PartnerPlan:
+    """A mesh another organisation runs (``partner: true``): planned only as a peer.
+
+    Nothing is rendered or run for it. Its ``ingress`` lists what the spec says it offers this
+    state directory's meshes (its own control plane enforces that) and trusts nothing here.
+    """
+
+    name: str
+    trust_domain: str
+    ingress: Ingress
+
+
+@dataclass(frozen=True)
 class FederationPlan:
     name: str
     trust_mode: Literal["SharedRoot", "Federated"]
@@ -306,9 +301,18 @@ class FederationPlan:
     meshes: tuple[MeshPlan, ...]
     peerings: tuple[tuple[str, str], ...] = field(default=())
     """(mesh, peer): mesh must hold peer's root, for Federated trust."""
+    partners: tuple[PartnerPlan, ...] = ()
+    """Meshes run by other organisations, by name."""
 
     def mesh(self, name: str) -> MeshPlan:
         for m in self.meshes:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def ingress_of(self, name: str) -> Ingress:
+        """The ingress of a mesh of this plan, or of a partner mesh (what it offers)."""
+        for p in self.partners:
+            if p.name == name:
+                return p.ingress
+        return self.mesh(name).ingress

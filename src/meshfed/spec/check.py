@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Iterator
 
+from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
 from meshfed.spec.headers import keep_problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
@@ -440,4 +441,5 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),
         *_check_sni(fed),
+        *check_bundles(fed),
     ]
