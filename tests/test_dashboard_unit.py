@@ -66,9 +66,9 @@ http.ingress_tokenizer.payments.global.rbac.allowed: 4
 http.ingress_tokenizer.payments.global.rbac.denied: 1
 http.ingress_tokenizer.payments.global.rbac.shadow_allowed: 0
 http.ingress_tokenizer.payments.global.rbac.shadow_denied: 0
-ingress_ledger.payments.bank.global.rbac.allowed: 1
-ingress_ledger.payments.bank.global.rbac.denied: 0
-ingress_ledger.payments.bank.global.rbac.shadow_allowed: 0
+http.ingress_ledger.payments.bank.global.rbac.allowed: 1
+http.ingress_ledger.payments.bank.global.rbac.denied: 0
+http.ingress_ledger.payments.bank.global.rbac.shadow_allowed: 0
 listener.127.0.0.1_24364.downstream_cx_destroy: 7
 listener.127.0.0.1_24364.downstream_cx_total: 7
 listener.127.0.0.1_24364.no_filter_chain_match: 1
@@ -126,8 +126,8 @@ def test_the_stats_filter_selects_exactly_what_the_mapping_reads() -> None:
                 *(f"downstream_cx_http{v}_{k}" for v in (1, 2, 3) for k in ("total", "active")),
             )
         ),
-        f"ingress_{LEDGER}.rbac.allowed",
-        f"ingress_{LEDGER}.rbac.denied",
+        f"http.ingress_{LEDGER}.rbac.allowed",
+        f"http.ingress_{LEDGER}.rbac.denied",
         *(
             f"listener.127.0.0.1_24364.{s}"
             for s in (

@@ -14,10 +14,11 @@ HTTP export (http_connection_manager with the RBAC HTTP filter):
   its codec only when the first decrypted bytes arrive, so a closed connection that never got a
   codec is one whose TLS handshake failed (an HTTP client always speaks first after it).
 
-TCP export (network RBAC filter, then tcp_proxy):
+TCP export (tcp_proxy into the export's tunnel, whose connection manager runs the RBAC HTTP
+filter on the CONNECT, before the workload is connected: ``render/envoy/tunnel.py``):
 
-- allowed: ``ingress_<sni>.rbac.allowed``; denied: ``ingress_<sni>.rbac.denied`` (connections,
-  decided on the caller's first byte).
+- allowed: ``http.ingress_<sni>.rbac.allowed``; denied: ``http.ingress_<sni>.rbac.denied``
+  (connections, decided once the handshake is done).
 - TLS failures: the listener's TLS failures (below) less those of its HTTP chains. Exact when the
   ingress has one TCP export; with several the remainder is shared (``tls_exact`` False). A TCP
   export admits only its allowed identities to the handshake, so a caller it does not allow is
@@ -40,7 +41,6 @@ from dataclasses import dataclass
 
 STATS_FILTER = (
     r"^(http\.ingress_.+\.(rbac\.(allowed|denied)|downstream_cx_(destroy|http[123]_(total|active)))"
-    r"|ingress_.+\.rbac\.(allowed|denied)"
     r"|listener\.[0-9.]+_[0-9]+\.(ssl\.(handshake|connection_error|fail_verify_[a-z_]+)"
     r"|no_filter_chain_match))$"
 )
@@ -79,7 +79,7 @@ def http_prefix(sni: str) -> str:
 
 
 def tcp_rbac_prefix(sni: str) -> str:
-    return f"ingress_{sni}.rbac."
+    return f"http.ingress_{sni}.rbac."
 
 
 @dataclass(frozen=True)
