@@ -7,8 +7,8 @@ The guard makes it check the original caller too, on the identity the ingress vo
 - a request from the mesh's federation ingress is admitted only if the caller header the
   ingress set (`BoundaryPolicy.caller_header`, the caller's verified URI SAN(s)) names exactly
   one identity that some export of this workload allows for that method and path;
-- a request from anyone else that carries the caller header is refused (a forger inside the
-  mesh: only the ingress sets it);
+- a request from anyone else that carries a caller header (a value) is refused (a forger inside
+  the mesh: only the ingress sets it);
 - everything else is the mesh's own traffic, which the guard leaves to the mesh's policies.
 
 Why a header of meshfed's own and not XFCC: a sidecar appends its own element to XFCC before
@@ -52,4 +52,4 @@ class WorkloadGuard:
         caller header ``caller`` (None: absent)."""
         if peer == self.forwarder:
             return caller is not None and self.allows(caller, method, path)
-        return caller is None
+        return not caller  # an empty value names nobody

@@ -96,7 +96,7 @@ def sidecar_config(forwarder: str, guard: WorkloadGuard | None) -> Resource:
         from_ingress = _nested(matcher(guard.rules, http=True, identity=identity))
     entries = [(_single(_URI_SAN, {"exact": forwarder}), from_ingress)]
     if guard is not None:
-        present = {"safe_regex": {"google_re2": {}, "regex": "(?s).*"}}
+        present = {"safe_regex": {"google_re2": {}, "regex": "(?s).+"}}
         forged = _single(header_input(guard.header), present)
         entries.append((forged, _deny(CALLER_NOT_FROM_INGRESS)))
     xfcc = _single(header_input("x-forwarded-client-cert"), {"contains": ","})

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 from meshfed.credentials import MeshCredentials
 from meshfed.plan.model import FederationPlan, MeshPlan
-from meshfed.render.istio import boundary, gateways, imports, multicluster, trust
+from meshfed.render.istio import (
+    boundary,
+    gateways,
+    imports,
+    limits,
+    multicluster,
+    trust,
+    workload,
+)
 from meshfed.render.istio.objects import Obj
 
 __all__ = ["RenderedMesh", "render_mesh"]
@@ -37,6 +45,8 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         "mtls.yaml": boundary.peer_authentication(plan, mesh),
         "telemetry.yaml": boundary.access_logging(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
+        "limits.yaml": limits.objects(plan, mesh),
+        "guards.yaml": workload.guard_policies(plan, mesh),
     }
     if mesh.remotes:
         files["eastwest-gateway.yaml"] = multicluster.eastwest_gateway(plan, mesh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.workload import route_headers
 from meshfed.spiffe import istio_principal
 
 
@@ -25,7 +26,8 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
             {
                 "name": slug(server.export.replace("/", "-")),
                 "route": [destination],
-                "headers": {"response": {"remove": list(mesh.boundary.response_headers_removed)}},
+                # Override headers stripped, the caller header set, inner headers kept in.
+                "headers": route_headers(mesh, server),
             }
         ]
     else:

@@ -10,6 +10,7 @@ import json
 
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, INGRESS_GATEWAY
+from meshfed.render.istio import limits
 from meshfed.render.istio.objects import Obj, obj, slug
 
 INGRESS_CREDENTIAL = "federation-ingress-credential"
@@ -33,6 +34,7 @@ def _gateway_workload(plan: FederationPlan, mesh: MeshPlan, name: str) -> list[O
         pod_metadata_labels["topology.istio.io/network"] = mesh.network
     xfcc = mesh.boundary.client_cert.at_ingress
     proxy_config = {"gatewayTopology": {"forwardClientCertDetails": xfcc}}
+    proxy_config.update(limits.proxy_config(mesh, name))
     return [
         obj("v1", "ServiceAccount", name, plan.name, GATEWAY_NAMESPACE),
         obj(
