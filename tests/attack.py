@@ -56,6 +56,9 @@ class Staller:
     stall: Stall
     sni: str = "attack.invalid"
     keep: bool = False
+    rate: float | None = None
+    """With ``keep``: at most this many new connections per second (a bounded flood); None:
+    each one as soon as the server closes one."""
     source: str = "127.0.0.2"
     """The attacker's own loopback address (its ports apart from the legitimate traffic's)."""
     held: list[Held] = field(default_factory=list)
@@ -64,6 +67,8 @@ class Staller:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _hello: bytes = b""
+    _owed: int = 0
+    """Connections to reopen, waiting for the rate."""
 
     def __post_init__(self) -> None:
         self._hello = client_hello(self.sni)
@@ -96,8 +101,18 @@ class Staller:
         return self
 
     def _run(self) -> None:
+        last = time.monotonic()
+        budget = 0.0
         while not self._stop.is_set():
-            for key, events in self._selector.select(timeout=0.05):
+            now = time.monotonic()
+            if self.rate is not None and self._owed:
+                budget = min(budget + (now - last) * self.rate, float(self._owed))
+                while budget >= 1 and self._owed:
+                    budget -= 1
+                    self._owed -= 1
+                    self._open()
+            last = now
+            for key, events in self._selector.select(timeout=0.01 if self._owed else 0.05):
                 entry: Held = key.data
                 if events & selectors.EVENT_WRITE:
                     self._connected(entry)
@@ -133,7 +148,14 @@ class Staller:
         self._selector.unregister(entry.sock)
         entry.sock.close()
         if self.keep and not self._stop.is_set():
-            self._open()
+            if self.rate is None:
+                self._open()
+            else:
+                self._owed += 1
+
+    def hold_times(self) -> list[float]:
+        """Seconds each closed connection was held open (refused connects left out)."""
+        return [h.closed - h.opened for h in self.held if h.closed is not None and not h.refused]
 
     def pending(self) -> list[Held]:
         return [h for h in self.held if h.closed is None]
