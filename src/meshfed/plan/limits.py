@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 
 __all__ = ["FailoverPolicy", "ListenerLimits", "MeshLimits"]
 
@@ -46,9 +47,10 @@ class ListenerLimits:
     """HTTP: the request headers' total size (Envoy answers 431 above it)."""
     max_headers_count: int = 64
     """HTTP: how many request headers (Envoy answers 431 above it)."""
-    reject_underscore_headers: bool = True
-    """HTTP: a header name with ``_`` is refused (400): CGI-style backends map ``-`` and ``_`` to
-    the same variable, so ``x_meshfed_caller`` could stand in for a header the ingress sets."""
+    underscore_headers: Literal["REJECT", "DROP", "ALLOW"] = "REJECT"
+    """HTTP: a request header whose name holds ``_``: the request is refused (400), the header
+    dropped, or let through. CGI-style backends map ``-`` and ``_`` to the same variable, so
+    ``x_meshfed_caller`` could stand in for the header the ingress sets."""
     buffer_limit_bytes: int = 32 * 1024
     """Bytes buffered per connection before the proxy stops reading from that side (flow
     control, instead of Envoy's 1 MiB)."""
@@ -65,13 +67,15 @@ class MeshLimits:
     ingress: ListenerLimits = field(default_factory=ListenerLimits)
     internal: ListenerLimits = field(
         default_factory=lambda: ListenerLimits(
+            underscore_headers="DROP",
             idle_timeout=timedelta(minutes=5),
             request_timeout=timedelta(minutes=5),
             stream_idle_timeout=timedelta(minutes=5),
         )
     )
     """In-mesh callers (a workload's own sidecar, the mesh's egress): the same handshake and
-    size bounds, longer idle times for the mesh's own long-lived connections."""
+    size bounds, longer idle times for the mesh's own long-lived connections, and headers with
+    ``_`` dropped rather than refused (a workload's own requests keep working)."""
     max_connections_per_proxy: int = 8192
     """Downstream connections one proxy process holds at once, all listeners together (its
     admin endpoint aside). A TCP export costs two descriptors per connection, so a proxy needs

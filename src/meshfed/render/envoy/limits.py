@@ -32,6 +32,10 @@ INTERNAL_LISTENER = (
 )
 
 
+UNDERSCORES = {"REJECT": "REJECT_REQUEST", "DROP": "DROP_HEADER", "ALLOW": "ALLOW"}
+"""The plan's choice for header names with ``_``, as Envoy's ``headers_with_underscores_action``."""
+
+
 def duration(value: timedelta) -> str:
     """A protobuf Duration in Envoy's JSON: ``1.5s``."""
     return f"{value.total_seconds():g}s"
@@ -64,9 +68,7 @@ def hcm_fields(limits: ListenerLimits) -> dict[str, Any]:
             "idle_timeout": duration(limits.idle_timeout),
             "max_connection_duration": duration(limits.max_connection_duration),
             "max_headers_count": limits.max_headers_count,
-            "headers_with_underscores_action": (
-                "REJECT_REQUEST" if limits.reject_underscore_headers else "ALLOW"
-            ),
+            "headers_with_underscores_action": UNDERSCORES[limits.underscore_headers],
         },
     }
 

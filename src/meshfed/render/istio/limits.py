@@ -33,11 +33,10 @@ audit`` says so).
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from meshfed.plan.limits import FailoverPolicy, ListenerLimits
 from meshfed.plan.model import FederationPlan, MeshPlan, Workload
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, INGRESS_GATEWAY
+from meshfed.render.envoy.limits import chain_fields, duration, hcm_fields, listener_fields
 from meshfed.render.istio.objects import Obj, obj, slug
 
 HCM_NAME = "envoy.filters.network.http_connection_manager"
@@ -45,10 +44,6 @@ HCM = (
     "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
     "HttpConnectionManager"
 )
-
-
-def _d(value: timedelta) -> str:
-    return f"{value.total_seconds():g}s"
 
 
 def _gateway(mesh: MeshPlan, gateway: str) -> tuple[ListenerLimits, int]:
@@ -62,7 +57,7 @@ def proxy_config(mesh: MeshPlan, gateway: str) -> Obj:
     it: idle connections, and its connection caps."""
     limits, port = _gateway(mesh, gateway)
     return {
-        "proxyMetadata": {"ISTIO_META_IDLE_TIMEOUT": _d(limits.idle_timeout)},
+        "proxyMetadata": {"ISTIO_META_IDLE_TIMEOUT": duration(limits.idle_timeout)},
         "runtimeValues": {
             "overload.global_downstream_max_connections": str(
                 mesh.limits.max_connections_per_proxy
@@ -83,37 +78,14 @@ def _listener_patch(port: int, value: Obj) -> Obj:
 
 
 def _ingress_patches(limits: ListenerLimits, port: int) -> list[Obj]:
-    handshake = _d(limits.handshake_timeout)
-    hcm = {
-        "@type": HCM,
-        "request_headers_timeout": _d(limits.request_headers_timeout),
-        "stream_idle_timeout": _d(limits.stream_idle_timeout),
-        "request_timeout": _d(limits.request_timeout),
-        "max_request_headers_kb": limits.max_request_headers_kb,
-        "common_http_protocol_options": {
-            "idle_timeout": _d(limits.idle_timeout),
-            "max_connection_duration": _d(limits.max_connection_duration),
-            "max_headers_count": limits.max_headers_count,
-            "headers_with_underscores_action": (
-                "REJECT_REQUEST" if limits.reject_underscore_headers else "ALLOW"
-            ),
-        },
-    }
+    # The same Envoy fields the local ingress gets (render/envoy/limits.py), merged into what
+    # istiod generates.
     return [
-        _listener_patch(
-            port,
-            {
-                "listener_filters_timeout": handshake,
-                "per_connection_buffer_limit_bytes": limits.buffer_limit_bytes,
-            },
-        ),
+        _listener_patch(port, listener_fields(limits, listener_filters=True)),
         {
             "applyTo": "FILTER_CHAIN",
             "match": {"context": "GATEWAY", "listener": {"portNumber": port}},
-            "patch": {
-                "operation": "MERGE",
-                "value": {"transport_socket_connect_timeout": handshake},
-            },
+            "patch": {"operation": "MERGE", "value": chain_fields(limits)},
         },
         {
             "applyTo": "NETWORK_FILTER",
@@ -121,12 +93,13 @@ def _ingress_patches(limits: ListenerLimits, port: int) -> list[Obj]:
                 "context": "GATEWAY",
                 "listener": {
                     "portNumber": port,
-                    "filterChain": {
-                        "filter": {"name": "envoy.filters.network.http_connection_manager"}
-                    },
+                    "filterChain": {"filter": {"name": HCM_NAME}},
                 },
             },
-            "patch": {"operation": "MERGE", "value": {"typed_config": hcm}},
+            "patch": {
+                "operation": "MERGE",
+                "value": {"typed_config": {"@type": HCM, **hcm_fields(limits)}},
+            },
         },
     ]
 
@@ -141,11 +114,7 @@ def envoy_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
         if gateway == INGRESS_GATEWAY:
             patches = _ingress_patches(limits, port)
         else:
-            value = {
-                "listener_filters_timeout": _d(limits.handshake_timeout),
-                "per_connection_buffer_limit_bytes": limits.buffer_limit_bytes,
-            }
-            patches = [_listener_patch(port, value)]
+            patches = [_listener_patch(port, listener_fields(limits, listener_filters=True))]
         out.append(
             obj(
                 "networking.istio.io/v1alpha3",
@@ -167,7 +136,7 @@ def _upstream(plan: FederationPlan, mesh: MeshPlan, workload: Workload) -> Obj:
     tcp: Obj = {"maxConnections": limits.max_connections}
     pool: Obj = {"tcp": tcp}
     if workload.protocol == "TCP":
-        tcp["idleTimeout"] = _d(limits.tcp_idle_timeout)
+        tcp["idleTimeout"] = duration(limits.tcp_idle_timeout)
     else:
         pool["http"] = {
             "http1MaxPendingRequests": limits.max_connections,
@@ -204,11 +173,11 @@ def failover_policy(failover: FailoverPolicy) -> Obj:
             "splitExternalLocalOriginErrors": True,
             "consecutiveGatewayErrors": 1,
             "consecutive5xxErrors": 1,
-            "interval": _d(failover.analysis_interval),
-            "baseEjectionTime": _d(failover.ejection_time),
+            "interval": duration(failover.analysis_interval),
+            "baseEjectionTime": duration(failover.ejection_time),
             "maxEjectionPercent": 100,
         },
-        "connectionPool": {"tcp": {"connectTimeout": _d(failover.connect_timeout)}},
+        "connectionPool": {"tcp": {"connectTimeout": duration(failover.connect_timeout)}},
     }
 
 
