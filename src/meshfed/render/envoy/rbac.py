@@ -28,6 +28,12 @@ The matcher, deny by default (every level ends in DENY; Envoy also denies when n
    domain, each identity in the exact map leads to the methods/paths of every rule that covers
    it (so the predicates repeat per identity: a larger config, still one hash lookup).
 
+The caller's identity is the client certificate's URI SANs at an HTTP export's chain; elsewhere
+it is a header the ingress itself set from them (``%DOWNSTREAM_PEER_URI_SAN%``, joined by ``,``
+exactly as ``UriSanInput`` joins them, a caller's own copy removed first): in a TCP export's
+tunnel, which decides before the workload is connected (`render/envoy/tunnel.py`), and in the
+exported workload's sidecar (`sidecar_config`, `meshfed.plan.guard`). One matcher, three places.
+
 ALLOW actions are named like the policies of the ``rules`` form (``<consumer mesh>-<index>``), so
 the access log's ``policy`` field names the rule that let a request through.
 
