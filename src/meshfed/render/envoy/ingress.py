@@ -242,6 +242,7 @@ def ingress_process(
         trust=trust,
         max_connections=mesh.limits.max_connections_per_proxy,
         listener_caps={LISTENER_NAME: limits.max_connections},
-        internal_listeners=bool(internal),
+        # Always: the first TCP export must not change the bootstrap (a restart).
+        internal_listeners=True,
         extensions=extensions,
     )

@@ -35,7 +35,7 @@ class ProcessConfig:
     """Per listener name, the connections it holds at once (Envoy's runtime
     ``envoy.resource_limits.listener.<name>.connection_limit``)."""
     internal_listeners: bool = False
-    """Whether some listener is an internal one (needs the bootstrap extension)."""
+    """Whether listeners may be internal ones (the bootstrap extension they need)."""
     extensions: dict[str, Resource] = field(default_factory=dict)
     """Filter configurations the listeners load through ECDS, by resource name -> the
     ``typed_config`` to serve (write each with ``files.extension_config(name, value)``, before

@@ -183,5 +183,8 @@ def sidecar_process(
         trust=trust,
         workload=workload.ref,
         max_connections=mesh.limits.max_connections_per_proxy,
-        listener_caps={str(item["name"]): limits.max_connections for item in listeners},
+        # Listeners whose names never change: a cap per listener is in the bootstrap, and an
+        # import's own listener coming or going must not restart the sidecar (the proxy's
+        # overall cap covers those).
+        listener_caps={"inbound": limits.max_connections, "outbound": limits.max_connections},
     )
