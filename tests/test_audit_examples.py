@@ -11,8 +11,10 @@ from meshfed.audit.model import Report, Severity
 
 from conftest import EXAMPLES, Rendered
 
-KNOWN_MEDIUM: set[str] = set()  # accepted medium findings on the examples (none)
-"""meshfed's meshConfig overlay leaves outboundTrafficPolicy at Istio's default ALLOW_ANY."""
+KNOWN_MEDIUM: set[str] = {"istio-boundary-gaps"}
+"""Accepted findings on the examples: what Istio cannot refuse (a leaf with two URI SANs, one
+allowed: low on HTTP exports until the workload-level check of the caller lands, #15 item 4;
+info on TCP exports)."""
 
 
 @pytest.fixture(params=["bank_rendered", "partners_rendered"])

@@ -3,7 +3,9 @@
 Needs two clusters (two contexts with different servers; ``MESHFED_TEST_CONTEXTS=a,b`` picks
 them, else the first two such contexts of the file), each reachable with cluster-admin rights,
 and for the remote-secret tests the service-account token controller (kube-controller-manager).
-The suite installs Istio's CRDs (../shared/istio/crd-all.gen.yaml) itself, makes its own
+The suite installs Istio's CRDs itself (the bundle ../shared/istio/crd-all.gen.yaml where it is
+beside the checkout, else CRDs registering the kinds of the npm registry's
+@kubernetes-models/istio, whose specs the offline schema tests check), makes its own
 credential without any RBAC for the refusal tests (TokenRequest), and removes what it applied.
 
 It starts from bare clusters (Istio's CRDs, no Istio, no application namespaces) and walks
@@ -40,8 +42,10 @@ from meshfed.kube.remote_secret import READER, TOKEN_PREFIX, token_secrets
 from meshfed.kube.targets import FEDERATION_LABEL, PRUNE_KINDS, selector
 from meshfed.kube.workspace import open_kube_workspace
 
+from istio_registry import cluster_crds
+from k8s_schema import CRD_PATH, bundle_present
+
 ROOT = Path(__file__).resolve().parents[1]
-CRDS = ROOT.parent / "shared" / "istio" / "crd-all.gen.yaml"
 KUBECONFIG = os.environ.get("MESHFED_TEST_KUBECONFIG", "")
 FED = "itest"
 APP_LABEL = "meshfed.dev/itest-application"
@@ -55,6 +59,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 Obj = dict[str, Any]
+
+
+def _istio_crds() -> list[Obj]:
+    if bundle_present():
+        return [d for d in yaml.safe_load_all(CRD_PATH.read_text()) if d]
+    return cluster_crds()
 
 
 def _contexts() -> tuple[str, str]:
@@ -81,7 +91,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     first, second = _contexts()
     base = tmp_path_factory.mktemp("kube")
     clients = {ctx: KubeClient.for_context(ctx, KUBECONFIG, name=ctx) for ctx in (first, second)}
-    crds = [d for d in yaml.safe_load_all(CRDS.read_text()) if d]
+    crds = _istio_crds()
     for client in clients.values():
         for crd in crds:
             client.apply(crd, force=True)

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from local_helpers import cli, poll, spec_copy
+from meshfed.local import procs
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.layout import (
@@ -233,8 +234,8 @@ def test_stale_records_are_cleaned_up(tmp_path: Path) -> None:
     paths.ensure()
     save_processes(paths, {"x/ingress": ProcessRecord("x/ingress", "envoy", 2**22 + 7, 1, 0.0)})
     runtime = Runtime(tmp_path)
-    runtime._load()
-    notes = runtime._cleanup_stale()
+    runtime.sup.load()
+    notes = runtime.sup.cleanup_stale()
     assert notes and "gone" in notes[0]
     assert not paths.processes.exists()
 
@@ -507,3 +508,19 @@ def test_up_refuses_a_taken_ingress_port_before_starting_anything(
     assert result.exit_code == 1
     assert f"127.0.0.1:{listening} is already in use" in result.output
     assert not (tmp_path / "state" / "local" / "processes.json").exists()
+
+
+def test_inotify_limit_is_the_lower_of_the_kernel_and_the_user_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a container (a user namespace) ``/proc/sys/user/max_inotify_instances`` may be lower
+    than ``fs.inotify.max_user_instances``; both apply, so ``up`` checks the lower one."""
+    kernel, userns = tmp_path / "kernel", tmp_path / "userns"
+    kernel.write_text("4096\n")
+    userns.write_text("128\n")
+    monkeypatch.setattr(procs, "INOTIFY_LIMITS", (kernel, userns))
+    headroom = procs.inotify_headroom()
+    assert headroom is not None and headroom[1] == 128
+    monkeypatch.setattr(procs, "INOTIFY_LIMITS", (kernel, tmp_path / "missing"))
+    headroom = procs.inotify_headroom()
+    assert headroom is not None and headroom[1] == 4096

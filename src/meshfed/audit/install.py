@@ -19,11 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import yaml
-
 from meshfed.audit.model import Location
 from meshfed.audit.sources.manifests import HELM_VALUE_KEYS, Doc
 from meshfed.audit.yamlsrc import FieldPath, Obj, as_dict, as_list, as_str, dig
+from meshfed.spec.yamlsafe import InputError, load_one
 
 SAIL_KINDS = ("Istio", "IstioRevision")
 
@@ -86,9 +85,10 @@ def mesh_configs(docs: Iterable[Doc]) -> list[MeshConfig]:
             if not isinstance(text, str):
                 continue
             try:
-                cfg = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue
+                found = load_one(text, doc.file, plain_text=False)
+            except InputError:
+                continue  # not read: the checks that need it say so
+            cfg = found.data if found is not None else None
             if isinstance(cfg, dict):
                 out.append(MeshConfig(doc, cfg, ("data", "mesh")))
     return out

@@ -4,7 +4,7 @@
 that does); `security_diff` words what a change of plan widens or narrows.
 """
 
-from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy
+from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy, PathPolicy
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import SecurityChange, security_diff
 from meshfed.plan.guard import WorkloadGuard
@@ -43,6 +43,7 @@ __all__ = [
     "MeshLimits",
     "MeshPlan",
     "PathMatch",
+    "PathPolicy",
     "PrincipalMatch",
     "SecurityChange",
     "Source",

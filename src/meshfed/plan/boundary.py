@@ -17,6 +17,7 @@ from meshfed.spec.headers import ADDRESS_HEADERS, CALLER_HEADER, STRIPPED_HEADER
 
 RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     "server",
+    "x-powered-by",
     "x-envoy-upstream-service-time",
     "x-envoy-overloaded",
     "x-envoy-ratelimited",
@@ -27,7 +28,9 @@ RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     *ADDRESS_HEADERS,
 )
 """Response headers that would tell a caller about the exporting mesh's insides (software,
-timings, load, routing, addresses). Envoy cannot remove by prefix, so x-envoy-* are listed."""
+timings, load, routing, addresses). ``x-powered-by``: frameworks name themselves in it (seen
+reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are
+listed."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,20 @@ class ClientCertPolicy:
     direct peer appended."""
     leaving: Literal["SANITIZE"] = "SANITIZE"
     """A workload's own XFCC never leaves the mesh: the exporting ingress sets its own."""
+
+
+@dataclass(frozen=True)
+class PathPolicy:
+    """How the ingress reads a request's path before authorization decides on it: the path
+    the policy sees is the path the workload gets, so a path rule cannot be walked around."""
+
+    normalize: bool = True
+    """RFC 3986 normalization: ``.`` and ``..`` segments resolved, backslashes made slashes."""
+    merge_slashes: bool = True
+    """``//a///b`` is ``/a/b``, for the policy and the workload alike."""
+    escaped_slashes: Literal["REJECT"] = "REJECT"
+    """A path holding ``%2F``/``%5C`` (which a workload may decode into a separator the policy
+    never saw) is refused with 400."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +92,14 @@ class BoundaryPolicy:
     server-first workload would greet at once.)"""
     response_headers_removed: tuple[str, ...] = RESPONSE_HEADERS_REMOVED
     """Response headers that never leave the mesh."""
+    proxy_debug_headers: bool = False
+    """Whether the gateway adds its own diagnostic headers (``x-envoy-upstream-service-time``
+    and kin): never, they tell about the mesh's insides."""
     forward_caller_address: bool = False
     """Whether the workload learns the caller's network address (``x-forwarded-for``): never,
     addresses of one mesh do not leak into another. The caller is its verified identity."""
     client_cert: ClientCertPolicy = field(default_factory=ClientCertPolicy)
+    paths: PathPolicy = field(default_factory=PathPolicy)
 
     def request_headers_removed_for(self, sni: str) -> tuple[str, ...]:
         """The request headers the ingress removes on ``sni``: all, less what its export keeps."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import timedelta
 
 from meshfed.pki.certs import split_pem
 from meshfed.plan.boundary import boundary_policy
@@ -37,6 +38,10 @@ from meshfed.spiffe import workload_id
 
 FAILOVER = FailoverPolicy()
 """When an exporter counts as down: the same for every import (`meshfed.plan.limits`)."""
+
+CONNECTION_LIFE = timedelta(seconds=2)
+"""Life of a consumer's pooled HTTP connection to its egress: failback waits at most this long
+for the connections pinned to a failover exporter (plus the primary's ejection)."""
 
 
 def root_name(fed: Federation, mesh: str) -> str:
@@ -258,6 +263,7 @@ class _Resolver:
                     wire_host=self.fed.wire_host(imp),
                     sources=sources,
                     trusted=self.bundles(mesh, {s.mesh: {s.trust_domain} for s in sources}),
+                    connection_life=CONNECTION_LIFE if protocol == "HTTP" else None,
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))

@@ -192,6 +192,11 @@ class ImportRoute:
     trusted: tuple[TrustBundle, ...] = ()
     """Roots a consumer sidecar verifies the sources' ingress gateways with, each bound to the
     trust domains it may vouch for."""
+    connection_life: timedelta | None = None
+    """How long a consumer sidecar may reuse a pooled connection to the egress gateway (HTTP):
+    each is pinned end to end to one exporter through the pass-through egress, so this bounds
+    how long calls stay on a failover exporter once the primary is back. None (TCP): a session
+    is the application's own connection, and cutting it would break the application."""
 
     @property
     def upstream_spiffe_ids(self) -> tuple[str, ...]:

@@ -48,13 +48,13 @@ def verify_live(
         else:
             tries = [("current", ws.pki.meshes[target.client_mesh], True)]
         for gen, ca, expect in tries:
-            result = handshake(target, ca, now)
+            result = handshake(target, ca, now, live.ledger)
             shakes += 1
             for _ in range(RETRIES):  # a listener may be between two contexts for a moment
                 if result.accepted == expect:
                     break
                 time.sleep(0.2)
-                result = handshake(target, ca, now)
+                result = handshake(target, ca, now, live.ledger)
                 shakes += 1
             if result.accepted != expect:
                 want = "accepted" if expect else "refused"

@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Literal
 
 from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
@@ -18,6 +20,21 @@ from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
 
 _METHOD = re.compile(r"^[A-Z]+$")
+
+MAX_MESH_NAME = 31
+"""A mesh's CA certificates are named ``<mesh> intermediate CA <generation>`` (generation: a
+16-character time stamp); X.509 caps a common name at 64 characters."""
+MAX_FEDERATION_NAME = 39
+"""The shared root is named ``<federation> root CA <generation>`` (64 characters at most)."""
+MIN_TTL = timedelta(seconds=10)
+"""Shortest certificate lifetime: certificates count whole seconds, and the renewer issues a
+new one at 2/3 of the lifetime (a workload TTL of 12s is tested)."""
+_TTL_FIELDS: tuple[tuple[Literal["root", "intermediate", "workload", "gateway"], str], ...] = (
+    ("root", "rootTTL"),
+    ("intermediate", "intermediateTTL"),
+    ("workload", "workloadTTL"),
+    ("gateway", "gatewayTTL"),
+)
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
 
@@ -429,6 +446,34 @@ def _check_clusters(fed: Federation) -> Iterator[Problem]:
                 )
 
 
+def _check_names_and_ttls(fed: Federation) -> Iterator[Problem]:
+    """What the certificates meshfed issues can hold: names in common names, lifetimes."""
+    if len(fed.name) > MAX_FEDERATION_NAME:
+        yield Problem(
+            ("metadata", "name"),
+            f"the federation name has {len(fed.name)} characters; the shared root CA is named "
+            f"'<federation> root CA <generation>', and a certificate's common name holds at "
+            "most 64",
+            f"use a federation name of at most {MAX_FEDERATION_NAME} characters",
+        )
+    for i, mesh in enumerate(fed.spec.meshes):
+        if len(mesh.name) > MAX_MESH_NAME:
+            yield Problem(
+                ("spec", "meshes", i, "name"),
+                f"the mesh name has {len(mesh.name)} characters; its CA is named '<mesh> "
+                "intermediate CA <generation>', and a certificate's common name holds at most 64",
+                f"use a mesh name of at most {MAX_MESH_NAME} characters",
+            )
+    for which, field in _TTL_FIELDS:
+        if fed.spec.trust.ttl(which) < MIN_TTL:
+            yield Problem(
+                ("spec", "trust", field),
+                f"{getattr(fed.spec.trust, f'{which}_ttl')!r} is shorter than "
+                f"{int(MIN_TTL.total_seconds())}s, too short for a certificate to be used",
+                f"give {field} at least {int(MIN_TTL.total_seconds())}s (e.g. 24h)",
+            )
+
+
 def check_federation(fed: Federation, *, discovery_pending: bool = False) -> list[Problem]:
     """Every whole-document problem of a type-valid spec.
 
@@ -436,6 +481,7 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     references to them are checked later, once discovered (the Kubernetes commands).
     """
     return [
+        *_check_names_and_ttls(fed),
         *_check_meshes(fed),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),

@@ -13,6 +13,7 @@ from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.sources.spec import SpecSource
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, str_list
+from meshfed.spec.lint import unmatched_principals
 
 
 def classify(principal: str) -> tuple[Severity, str] | None:
@@ -42,6 +43,15 @@ def spec_classify(principal: str) -> tuple[Severity, str] | None:
 
 
 def _from_spec(spec: SpecSource) -> Iterator[Hit]:
+    if spec.federation is not None:
+        for problem in unmatched_principals(spec.federation):
+            yield Hit(
+                Severity.MEDIUM,
+                f"{problem.message}: the intended caller is refused, and whoever may create "
+                "that service account in the consumer mesh is let in",
+                spec.at(*problem.path),
+                fix=problem.fix[0].upper() + problem.fix[1:] + ".",
+            )
     for i, export in spec.exports():
         name = f"{export.get('mesh')}/{export.get('name')}"
         for j, consumer in enumerate(as_list(export.get("consumers"))):

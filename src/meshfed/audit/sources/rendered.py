@@ -19,6 +19,7 @@ def rendered_docs(fed: Federation) -> list[Doc]:
     for rendered in preview_istio(fed):
         files = {
             **rendered.files,
+            **rendered.install_files,
             **{f"secrets/{name}": objs for name, objs in rendered.secret_files.items()},
         }
         for name, objects in sorted(files.items()):

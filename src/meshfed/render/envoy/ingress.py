@@ -111,6 +111,7 @@ def _http_chain(
         route_config,
         [_rbac_filter(process, server, runtime_dir, extensions)],
         [request_log(log_path(runtime_dir, process, "access"), mesh.name, "ingress")],
+        suppress_envoy_headers=not boundary.proxy_debug_headers,
         forward_client_cert_details=boundary.client_cert.at_ingress,
         set_current_client_cert_details=cert_details(boundary.client_cert),
         # The upstream's server header reaches the route, which removes it (above).
@@ -119,6 +120,9 @@ def _http_chain(
         # appended to x-forwarded-for unless the plan forwards it.
         use_remote_address=True,
         skip_xff_append=not boundary.forward_caller_address,
+        normalize_path=boundary.paths.normalize,
+        merge_slashes=boundary.paths.merge_slashes,
+        path_with_escaped_slashes_action=f"{boundary.paths.escaped_slashes}_REQUEST",
         **hcm_fields(mesh.limits.ingress),
     )
     return {

@@ -152,8 +152,11 @@ def sidecar_process(
             alpn=["h2"] if http else [],
         )
         if http:
-            # Bounded connection life: failback and certificate rotation reach new connections.
-            cluster["typed_extension_protocol_options"] = http_options(True, "10s", "2s")
+            # Bounded connection life (the plan's): failback and certificate rotation reach
+            # new connections.
+            life = route.connection_life
+            max_duration = f"{life.total_seconds():g}s" if life is not None else None
+            cluster["typed_extension_protocol_options"] = http_options(True, "10s", max_duration)
         else:
             key = f"{route.local_host}:{route.port}"
             proxy = tcp_proxy(

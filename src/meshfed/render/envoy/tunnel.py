@@ -28,7 +28,7 @@ from pathlib import Path
 
 from meshfed.plan.model import IngressServer, MeshPlan
 from meshfed.render.envoy import rbac
-from meshfed.render.envoy.access_log import tunnel_log
+from meshfed.render.envoy.access_log import TUNNEL_PEER_CERT, tunnel_log
 from meshfed.render.envoy.builders import LISTENER, hcm, http_options
 from meshfed.render.envoy.files import ecds_ref, log_path
 from meshfed.render.envoy.limits import cluster_fields, duration, tunnel_hcm_fields
@@ -72,7 +72,13 @@ def outer_proxy(mesh: MeshPlan, server: IngressServer) -> Resource:
                             "key": mesh.boundary.caller_header,
                             "value": "%DOWNSTREAM_PEER_URI_SAN%",
                         }
-                    }
+                    },
+                    {
+                        "header": {
+                            "key": TUNNEL_PEER_CERT,
+                            "value": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
+                        }
+                    },
                 ],
             },
         },

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 
 from meshfed.plan.limits import FailoverPolicy
 from meshfed.plan.model import EgressRoute, FederationPlan, ImportRoute, MeshPlan
@@ -20,7 +21,19 @@ def _subset(wire_host: str) -> str:
 
 
 def _local_entry(plan: FederationPlan, route: ImportRoute) -> Obj:
-    """The local name consumers call. DNS capture with auto-allocation makes it resolvable."""
+    """The local name consumers call, given an address of its own so that it resolves and a TCP
+    import captures only traffic to it.
+
+    ``resolution: STATIC`` without endpoints (the import's VirtualService sends its traffic to
+    the egress gateway; nothing dials the entry itself): istiod's IP auto-allocation gives it an
+    address in its status (pilot/pkg/networking/serviceentry/ip_autoallocation.go: never for
+    ``NONE``, nor with ``spec.addresses``), proxies capturing DNS use that address
+    (``nodeUsesAutoallocatedIPs``, pilot/pkg/model/service.go), the DNS proxy's name table
+    answers the name with it (pkg/dns/server/name_table.go skips a service without one), and a
+    TCP import's listener binds ``<address>:<port>``. With ``NONE`` and no address the name did
+    not resolve, and a TCP import's listener was ``0.0.0.0:<port>``: every connection to that
+    port, to any address, went to the federation.
+    """
     return obj(
         "networking.istio.io/v1",
         "ServiceEntry",
@@ -30,7 +43,7 @@ def _local_entry(plan: FederationPlan, route: ImportRoute) -> Obj:
         spec={
             "hosts": [route.local_host],
             "location": "MESH_EXTERNAL",
-            "resolution": "NONE",
+            "resolution": "STATIC",
             "ports": [
                 {
                     "number": route.port,
@@ -74,22 +87,40 @@ def _local_route(plan: FederationPlan, route: ImportRoute) -> Obj:
     )
 
 
+def _duration(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
+
+
 def _egress_subsets(plan: FederationPlan, mesh: MeshPlan) -> Obj:
     """Per wire host: the sidecar originates mTLS with its own workload certificate, the SNI
-    of the export, and accepts only the exporting meshes' ingress gateway identities."""
+    of the export, and accepts only the exporting meshes' ingress gateway identities.
+
+    A pooled connection's life is the plan's (HTTP imports): ``connectionPool.tcp.
+    maxConnectionDuration`` of a subset becomes its cluster's HTTP ``max_connection_duration``
+    (cluster_traffic_policy.go ``applyConnectionPool``), so connections pinned to a failover
+    exporter drain and failback happens. A subset's value never reaches a TCP listener's
+    ``tcp_proxy`` (networkfilter.go reads only the top-level policy): TCP sessions live on.
+    """
+    life = {r.wire_host: r.connection_life for r in mesh.imports}
     subsets = []
     for route in mesh.egress.routes:
+        policy: Obj = {
+            "tls": {
+                "mode": "ISTIO_MUTUAL",
+                "sni": route.wire_host,
+                "subjectAltNames": [s.ingress_spiffe_id for s in route.sources],
+            }
+        }
+        connection_life = life.get(route.wire_host)
+        if connection_life is not None:
+            policy["connectionPool"] = {
+                "tcp": {"maxConnectionDuration": _duration(connection_life)}
+            }
         subsets.append(
             {
                 "name": _subset(route.wire_host),
                 "labels": {"istio": EGRESS_GATEWAY},
-                "trafficPolicy": {
-                    "tls": {
-                        "mode": "ISTIO_MUTUAL",
-                        "sni": route.wire_host,
-                        "subjectAltNames": [s.ingress_spiffe_id for s in route.sources],
-                    }
-                },
+                "trafficPolicy": policy,
             }
         )
     return obj(
