@@ -17,6 +17,7 @@ prefix principal with two URI SANs whose first matches the prefix.
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
@@ -254,3 +255,22 @@ def test_generated_guards_decide_as_the_plan(rules: list[AllowRule]) -> None:
 
     (policy,) = guard_policies(_Plan(), _Mesh())  # type: ignore[arg-type]
     check(guard, policy)
+
+
+def test_audit_names_the_prefix_gap_where_it_exists(tmp_path: Path) -> None:
+    from meshfed.audit import audit_manifests
+    from meshfed.sinks.files import write_rendered
+    from meshfed.workspace import open_workspace
+
+    from conftest import EXAMPLES
+
+    spec = tmp_path / "bank.yaml"
+    text = (EXAMPLES / "bank.yaml").read_text()
+    spec.write_text(text.replace("principals: [ns/shop/sa/checkout]", "principals: [ns/shop/*]"))
+    ws = open_workspace(spec, tmp_path / "state")
+    write_rendered(tmp_path / "out", ws.istio())
+    report = audit_manifests(tmp_path / "out")
+    notes = [f for f in report.findings if f.check == "istio-boundary-gaps"]
+    prefix = [f for f in notes if "prefix principal" in f.message]
+    assert prefix and all(f.severity.value == "info" for f in notes)
+    assert all("tokenizer.payments.global" in f.message for f in prefix)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshfed.plan.model import AllowRule, Workload
+from meshfed.plan.model import AllowRule, PrincipalMatch, Workload
 
 __all__ = ["WorkloadGuard"]
 
@@ -39,6 +39,29 @@ class WorkloadGuard:
     rules: tuple[AllowRule, ...]
     """Every rule of every ingress server (export or failover alias) that leads to this
     workload: a caller the ingress let through on any of them, for that method and path."""
+
+    @property
+    def callers(self) -> tuple[PrincipalMatch, ...]:
+        """Every caller (identity or prefix) some rule names, exact ones first."""
+        found = {p for rule in self.rules for p in rule.principals}
+        return tuple(sorted(found, key=lambda p: (p.prefix, p.value)))
+
+    def rules_for(self, caller: PrincipalMatch) -> tuple[AllowRule, ...]:
+        """The rules that admit every identity ``caller`` stands for: a rule naming it, or a
+        prefix of it."""
+        return tuple(
+            rule
+            for rule in self.rules
+            if any(
+                (p.prefix and caller.value.startswith(p.value)) or (not p.prefix and p == caller)
+                for p in rule.principals
+            )
+        )
+
+    def callers_below(self, prefix: PrincipalMatch) -> tuple[PrincipalMatch, ...]:
+        """The other callers a prefix caller also matches (each has rules of its own, and every
+        rule of the prefix covers them too)."""
+        return tuple(c for c in self.callers if c != prefix and c.value.startswith(prefix.value))
 
     def allows(self, caller: str, method: str = "GET", path: str = "/") -> bool:
         """Whether ``caller`` (the header's value as the ingress set it) may make the request:

@@ -110,6 +110,8 @@ def envoy_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     through, so it has no handshake or HTTP of its own)."""
     out = []
     for gateway in (INGRESS_GATEWAY, EGRESS_GATEWAY):
+        if not (mesh.ingress.servers if gateway == INGRESS_GATEWAY else mesh.egress.routes):
+            continue  # no Gateway, so no listener to patch
         limits, port = _gateway(mesh, gateway)
         if gateway == INGRESS_GATEWAY:
             patches = _ingress_patches(limits, port)

@@ -76,16 +76,6 @@ def _path(path: PathMatch) -> str:
     return f"{path.value}*" if path.prefix else path.value
 
 
-def _covers(rule: AllowRule, key: PrincipalMatch) -> bool:
-    """Whether ``rule`` admits every caller ``key`` stands for."""
-    for p in rule.principals:
-        if p.prefix and key.value.startswith(p.value):
-            return True
-        if not p.prefix and not key.prefix and p.value == key.value:
-            return True
-    return False
-
-
 def _refusals(rules: list[AllowRule]) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """(notMethods, notPaths) of the DENY rules that refuse exactly what none of ``rules``
     allows; empty: every request is allowed."""
@@ -110,7 +100,7 @@ def _deny_rules(guard: WorkloadGuard, ingress: str) -> list[Obj]:
     def from_ingress() -> list[Obj]:  # a new object each time: no YAML aliases in the output
         return [{"source": {"principals": [ingress]}}]
 
-    keys = sorted({p for r in guard.rules for p in r.principals}, key=lambda p: (p.prefix, p.value))
+    keys = guard.callers
     rules: list[Obj] = [
         {"from": from_ingress(), "when": [{"key": header, "notValues": [_value(k) for k in keys]}]},
         {
@@ -120,13 +110,11 @@ def _deny_rules(guard: WorkloadGuard, ingress: str) -> list[Obj]:
         },
     ]
     for key in keys:
-        covering = [r for r in guard.rules if _covers(r, key)]
         when: list[Obj] = [{"key": header, "values": [_value(key)]}]
-        if key.prefix:
-            below = [k for k in keys if k != key and k.value.startswith(key.value)]
-            if below:
-                when.append({"key": header, "notValues": [_value(k) for k in below]})
-        for not_methods, not_paths in _refusals(covering):
+        below = guard.callers_below(key) if key.prefix else ()
+        if below:
+            when.append({"key": header, "notValues": [_value(k) for k in below]})
+        for not_methods, not_paths in _refusals(list(guard.rules_for(key))):
             operation: Obj = {}
             if not_methods:
                 operation["notMethods"] = list(not_methods)
