@@ -51,7 +51,7 @@ TUNNEL_PEER_CERT = "x-meshfed-peer-cert"
 caller's certificate fingerprint, for the tunnel's log line."""
 
 
-def tunnel_log(path: Path, mesh: str, caller_header: str) -> Resource:
+def tunnel_log(path: Path, mesh: str, sni: str, caller_header: str) -> Resource:
     """One line per TCP session through a TCP export's tunnel (`render/envoy/tunnel.py`), with
     the connection log's fields: the caller (and its certificate) as the export's chain read them
     from the verified certificate, the decision the tunnel's RBAC made before the workload was
@@ -63,7 +63,7 @@ def tunnel_log(path: Path, mesh: str, caller_header: str) -> Resource:
             "kind": "connection",
             "mesh": mesh,
             "gateway": "ingress",
-            "sni": "%REQ(:AUTHORITY)%",
+            "sni": sni,  # a tunnel per export: its SNI (the CONNECT's authority has a port)
             "caller": f"%REQ({caller_header.upper()})%",
             "upstream": "%UPSTREAM_HOST%",
             "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",

@@ -167,7 +167,10 @@ def tunnel_listener(
         [_rbac_filter(process, mesh, server, runtime_dir, extensions)],
         [
             tunnel_log(
-                log_path(runtime_dir, process, "access"), mesh.name, mesh.boundary.caller_header
+                log_path(runtime_dir, process, "access"),
+                mesh.name,
+                server.sni,
+                mesh.boundary.caller_header,
             )
         ],
         **tunnel_hcm_fields(mesh.limits.ingress),
