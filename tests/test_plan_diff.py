@@ -78,3 +78,15 @@ def test_failover_order_change_is_reported() -> None:
     )
     changes = lines(BANK, swapped)
     assert any("now fails over payments-dr/tokenizer then payments/tokenizer" in c for c in changes)
+
+
+def test_a_kept_request_header_is_a_widening() -> None:
+    anchor = "      host: tokenizer.payments.global\n"
+    keeping = BANK.replace(anchor, anchor + "      keepRequestHeaders: [X-Forwarded-Host]\n", 1)
+    assert lines(BANK, keeping) == [
+        "+ [payments] tokenizer.payments.global: lets the caller's x-forwarded-host header "
+        "through to the workload"
+    ]
+    assert lines(keeping, BANK) == [
+        "- [payments] tokenizer.payments.global: strips the caller's x-forwarded-host header again"
+    ]

@@ -80,6 +80,14 @@ def _mesh_changes(name: str, old: MeshPlan | None, new: MeshPlan | None) -> list
         for grant in sorted(_server_grants(before) - _server_grants(after)):
             add("narrows", f"{sni}: revokes {grant}")
 
+    old_kept = dict(old.boundary.kept_request_headers) if old else {}
+    new_kept = dict(new.boundary.kept_request_headers) if new else {}
+    for sni in sorted(new_kept.keys() | old_kept.keys()):
+        for header in sorted(set(new_kept.get(sni, ())) - set(old_kept.get(sni, ()))):
+            add("widens", f"{sni}: lets the caller's {header} header through to the workload")
+        for header in sorted(set(old_kept.get(sni, ())) - set(new_kept.get(sni, ()))):
+            add("narrows", f"{sni}: strips the caller's {header} header again")
+
     for label, old_b, new_b in (
         ("ingress", old.ingress.trusted if old else (), new.ingress.trusted if new else ()),
         ("sidecars", old.workload_trust if old else (), new.workload_trust if new else ()),
