@@ -2,7 +2,8 @@
 does with one request: filter chain by SNI, the handshake's validation (Envoy's SPIFFE
 validator picks the trust bundle by the first URI SAN; typed SAN matchers admit a certificate
 if any URI SAN matches one), the connection manager's path handling, the RBAC matcher
-(evaluated as Envoy does, tests/test_render_envoy_rbac.py), and the route.
+(evaluated as Envoy does, tests/test_render_envoy_rbac.py), and the route; for a TCP export,
+the tunnel's RBAC on the headers the chain set (render/envoy/tunnel.py).
 
 Real Envoy runs the same configurations in tests/test_local_*.py; this evaluator lets the
 matrix of tests/authz_cases.py run over every bundled example and many generated federations
@@ -49,8 +50,32 @@ def _rbac(process: ProcessConfig, filt: Obj) -> Obj:
     return matcher
 
 
+def _tunnel(process: ProcessConfig, proxy: Obj, case: Case) -> Verdict:
+    """A TCP export's tcp_proxy: a CONNECT to the export's internal listener, carrying the
+    headers the chain set from the verified certificate; that listener's RBAC decides before
+    the workload is connected (render/envoy/tunnel.py)."""
+    assert proxy["upstream_connect_mode"] == "ON_DOWNSTREAM_TLS_HANDSHAKE"
+    values = {"%DOWNSTREAM_PEER_URI_SAN%": ",".join(case.sans or ())}
+    headers = {
+        h["header"]["key"]: values.get(h["header"]["value"], "fingerprint")
+        for h in proxy["tunneling_config"]["headers_to_add"]
+    }
+    (internal,) = [item for item in process.listeners if item["name"] == proxy["cluster"]]
+    assert "internal_listener" in internal
+    (chain,) = internal["filter_chains"]
+    hcm = chain["filters"][0]["typed_config"]
+    (rbac_filter,) = [f for f in hcm["http_filters"] if "rbac" in f["name"]]
+    _, action = evaluate(_rbac(process, rbac_filter), [], {":method": "CONNECT", **headers})
+    if action != "ALLOW":
+        return Verdict("forbidden", "tunnel RBAC")
+    (vhost,) = hcm["route_config"]["virtual_hosts"]
+    (route,) = vhost["routes"]
+    assert route["match"] == {"connect_matcher": {}}
+    return Verdict("routed", "", route["route"]["cluster"])
+
+
 def request(process: ProcessConfig, case: Case) -> Verdict:
-    (listener,) = process.listeners
+    (listener,) = [item for item in process.listeners if "address" in item]
     chains = [
         c
         for c in listener["filter_chains"]
@@ -70,11 +95,8 @@ def request(process: ProcessConfig, case: Case) -> Verdict:
         return Verdict("handshake", "no SAN admitted")
     filters = chain["filters"]
     if filters[0]["name"] != "envoy.filters.network.http_connection_manager":
-        _, action = evaluate(_rbac(process, filters[0]), list(case.sans), {})
-        if action != "ALLOW":
-            return Verdict("forbidden", "network RBAC")
-        proxy = filters[-1]["typed_config"]
-        return Verdict("routed", "", proxy["cluster"])
+        (proxy,) = filters
+        return _tunnel(process, proxy["typed_config"], case)
     hcm = filters[0]["typed_config"]
     path = normalize(
         case.path,

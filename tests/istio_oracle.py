@@ -65,6 +65,8 @@ class Verdict:
     detail: str = ""
     destination: str | None = None
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    upstream_path: str = ""
+    """The path the upstream request carries (after the connection manager's normalization)."""
 
     @property
     def allowed(self) -> bool:
@@ -425,4 +427,39 @@ class Gateway:
         upstream = {k: v for k, v in headers.items() if k not in ops.get("remove", [])}
         for k, v in (ops.get("set") or {}).items():
             upstream[k.lower()] = v.replace("%DOWNSTREAM_PEER_URI_SAN%", ",".join(case.sans))
-        return Verdict("routed", why, dest["destination"]["host"], upstream)
+        return Verdict("routed", why, dest["destination"]["host"], upstream, path)
+
+
+# --- the exported workload's sidecar --------------------------------------------------------------
+
+
+@dataclass
+class Sidecar:
+    """The sidecar of an exported workload: the AuthorizationPolicies that select its pods
+    (meshfed's workload guard among them). Its inbound HTTP chain authorizes the request the
+    gateway forwarded, with the gateway's identity as the mTLS peer and the headers the gateway
+    set (XFCC is appended before authorization runs, which no rule here reads)."""
+
+    docs: list[Obj]
+    namespace: str
+    labels: dict[str, str]
+    root: str = DEFAULT_ROOT_NAMESPACE
+
+    def policies(self) -> list[Obj]:
+        out = []
+        for p in self.docs:
+            if p.get("kind") != "AuthorizationPolicy":
+                continue
+            ns = p["metadata"].get("namespace")
+            spec = p.get("spec") or {}
+            if (ns == self.namespace and _selects(spec.get("selector"), self.labels)) or (
+                ns == self.root and not spec.get("selector")
+            ):
+                out.append(p)
+        return out
+
+    def request(self, peer: str, port: int, routed: Verdict, method: str) -> Verdict:
+        """What the sidecar does with a request the gateway routed (``routed``)."""
+        req = AuthzRequest((peer,), "", port, method, routed.upstream_path, routed.upstream_headers)
+        ok, why = authorize(self.policies(), req, tcp=False)
+        return routed if ok else Verdict("workload-forbidden", why, routed.destination)

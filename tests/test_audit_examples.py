@@ -13,8 +13,7 @@ from conftest import EXAMPLES, Rendered
 
 KNOWN_MEDIUM: set[str] = {"istio-boundary-gaps"}
 """Accepted findings on the examples: what Istio cannot refuse (a leaf with two URI SANs, one
-allowed: low on HTTP exports until the workload-level check of the caller lands, #15 item 4;
-info on TCP exports)."""
+allowed, on a TCP export: info; on HTTP exports the exported workload's guard refuses it)."""
 
 
 @pytest.fixture(params=["bank_rendered", "partners_rendered"])

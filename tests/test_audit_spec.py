@@ -15,10 +15,10 @@ from meshfed.spec.load import load_spec
 from test_audit_corpus import BAD_SPECS, GOOD_SPEC, read_case
 
 PKI_CHECKS = {"certificate-rotation", "intermediate-name-constraints", "key-file-permissions"}
-RENDERER_GAPS: set[str] = {"istio-boundary-gaps"}
-"""Found in what meshfed renders: on Istio a leaf with two URI SANs, one allowed, passes the
-ingress (low on HTTP exports until the workload-level check of the caller lands, #15 item 4;
-info on TCP exports, where no Istio setting refuses it)."""
+RENDERER_GAPS: set[str] = set()
+"""Found in what meshfed renders for the clean spec: nothing. (A leaf with two URI SANs, one
+allowed, passes an Istio ingress; on its HTTP exports the exported workload's guard refuses it,
+and it has no TCP export, where ``istio-boundary-gaps`` would note it as info.)"""
 
 
 def statuses(report: Report) -> dict[str, str]:

@@ -39,6 +39,10 @@ from conftest import EXAMPLES
 
 TOKENIZER = "tokenizer.payments.global"
 LEDGER = "ledger.payments.bank.global"
+TWO_SANS = (
+    "spiffe://web.bank.example/ns/shop/sa/checkout,spiffe://web.bank.example/ns/shop/sa/catalog"
+)
+SEVERAL = "rbac_access_denied_matched_policy[several-uri-sans]"
 EXPORTS = {LEDGER: "TCP", TOKENIZER: "HTTP"}
 CHECKOUT = "spiffe://web.bank.example/ns/shop/sa/checkout"
 CATALOG = "spiffe://web.bank.example/ns/shop/sa/catalog"
@@ -86,6 +90,12 @@ def _traffic(root: Path, ledger: ProbeLedger) -> tuple[Path, Path]:
     requests.append(_request(_at(5), CATALOG, 403))
     requests.append({**_request(now, PROBER, 403), "probe": token, "peer_cert": checks["cert"]})
     requests.append({**_request(_at(6), CATALOG, 403), "probe": "f" * 32})  # a false claim
+    # The ledger's sessions as its tunnel logs them: checkout's, and a leaf with two URI SANs
+    # its tunnel refused before the workload was connected.
+    requests += [
+        _conn(12, LEDGER, CHECKOUT, details="via_upstream", decision="allowed"),
+        _conn(16, LEDGER, TWO_SANS, details=SEVERAL, decision="denied", bytes_received=0),
+    ]
     _append(access, requests)
     lines = [_health_check(_at(i)) for i in range(10)]
     lines += [_conn(i, TOKENIZER, CHECKOUT) for i in range(1, 5)]  # the handshakes of the calls
@@ -93,7 +103,8 @@ def _traffic(root: Path, ledger: ProbeLedger) -> tuple[Path, Path]:
         _conn(11, TOKENIZER, "spiffe://payments-dr.bank.example/ns/cards/sa/x",
               tls_failure="TLS_error:|268435581:CERTIFICATE_VERIFY_FAILED:_no_trust_bundle",
               bytes_received=0),
-        _conn(12, LEDGER, CHECKOUT),
+        _conn(12, LEDGER, CHECKOUT, upstream="envoy://tunnel|ledger/"),
+        _conn(16, LEDGER, TWO_SANS, upstream_failure="tunnel_response:403", flags="UF,URX"),
         _conn(13, LEDGER, CATALOG, tls_failure=SAN, bytes_received=0),
         _conn(14, LEDGER, None, tls_failure=NO_CERT, bytes_received=0),
         _conn(15, "nothing.global", None, flags="NR", bytes_received=0),
@@ -125,8 +136,9 @@ def test_counts_from_the_logs_map_to_the_calls_that_were_made(tmp_path: Path) ->
     tok, led = counts.chains[TOKENIZER], counts.chains[LEDGER]
     # The false claim is a caller's denial like any other.
     assert (tok.allowed, tok.denied, tok.rejected, tok.tls_failures) == (4, 2, 0, 1)
-    assert (led.allowed, led.denied, led.tls_failures) == (1, 0, 2)
-    assert (counts.tls_failures, counts.handshakes, counts.unknown_sni) == (3, 5, 1)
+    # One count per TCP session (the tunnel's line), the two-SAN leaf's denial included.
+    assert (led.allowed, led.denied, led.tls_failures) == (1, 1, 2)
+    assert (counts.tls_failures, counts.handshakes, counts.unknown_sni) == (3, 6, 1)
     # meshfed's own: the rotation check's request and its refused handshake, apart.
     own = counts.probes[TOKENIZER]
     assert (own.denied, own.tls_failures) == (1, 1) and counts.probe_tls_failures == 1
@@ -425,18 +437,18 @@ def test_state_has_the_graph_counters_health_and_log(runtime_dir: tuple[RuntimeP
         and tok["principals"] == ["ns/shop/sa/checkout"]
     )
     led = arrow("web", "payments/ledger")
-    assert (led["allowed"], led["denied"], led["tls_failures"]) == (1, 0, 2)
+    assert (led["allowed"], led["denied"], led["tls_failures"]) == (1, 1, 2)
     dr = arrow("web", "payments-dr/tokenizer")
     assert dr["state"] == "standby" and dr["allowed"] == 0 and dr["order"] == 2
     # payments-dr answers the wire host too (the failover alias): both chains count.
     assert dr["snis"] == [TOKENIZER, "tokenizer.payments-dr.global"]
     assert state["totals"] == {
-        "allowed": 5, "denied": 2, "rejected": 0, "tls_failures": 3, "unknown_sni": 1,
+        "allowed": 5, "denied": 3, "rejected": 0, "tls_failures": 3, "unknown_sni": 1,
         "probes": 2,
     }  # fmt: skip
     assert state["since"] == _at(1)
     payments = next(m for m in state["meshes"] if m["name"] == "payments")
-    assert payments["ingress_up"] and payments["handshakes"] == 5
+    assert payments["ingress_up"] and payments["handshakes"] == 6
     imp = next(i for i in state["imports"] if i["local"].startswith("tokenizer."))
     assert imp["current"] == "payments"
     assert [s["mesh"] for s in imp["sources"]] == ["payments", "payments-dr"]

@@ -1,9 +1,10 @@
 """Golden files for each shape of policy, like Istio's own authorization builder tests
 (pilot/pkg/security/authz/builder/testdata/*-in.yaml / *-out.yaml): a small federation in
 (tests/fixtures/istio_authz/<shape>-in.yaml), the exporting meshes' authorization objects out
-(<shape>-out.yaml: Gateway servers, ingress VirtualServices, AuthorizationPolicies, the
-ingress EnvoyFilter). A change of the Istio output shows here as a diff to review; what the
-objects mean is checked for every shape by the oracle (tests/test_authz_matrix.py).
+(<shape>-out.yaml: Gateway servers, ingress VirtualServices, AuthorizationPolicies of the
+ingress and of the exported workloads (their guards), the ingress EnvoyFilter). A change of the
+Istio output shows here as a diff to review; what the objects mean is checked for every shape by
+the oracle (tests/test_authz_matrix.py).
 
 Regenerate after an intended change: ``MESHFED_UPDATE_GOLDEN=1 pytest tests/test_istio_golden.py``.
 """
@@ -30,7 +31,7 @@ KINDS = ("Gateway", "VirtualService", "AuthorizationPolicy", "EnvoyFilter")
 def _authz_objects(spec: Path) -> list[dict[str, Any]]:
     out = []
     for rendered in preview_istio(load_spec(spec)):
-        for name in ("ingress-gateway.yaml", "exports.yaml", "envoy-filters.yaml"):
+        for name in ("ingress-gateway.yaml", "exports.yaml", "envoy-filters.yaml", "guards.yaml"):
             out += [d for d in rendered.files.get(name, []) if d["kind"] in KINDS]
     return out
 

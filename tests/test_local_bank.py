@@ -84,6 +84,9 @@ def test_allowed_caller_gets_200_and_its_own_identity(bank: Fed) -> None:
     resp = bank.call("web", "shop/checkout", TOKENIZE, "POST", b"4111111111111111")
     assert resp.status == 200
     doc = json.loads(resp.body)
+    headers = doc.pop("headers")
+    # The ingress set the caller header from checkout's verified certificate.
+    assert headers["x-meshfed-caller"] == CHECKOUT
     assert doc == {
         "mesh": "payments",
         "workload": "cards/tokenizer",

@@ -33,7 +33,7 @@ from meshfed.local.layout import (
     layout_to_json,
 )
 from meshfed.local.locate import locate_state
-from meshfed.local.logs import LogEntry, boundary_view, decision, is_health_check
+from meshfed.local.logs import PROBE_SNI, LogEntry, boundary_view, decision, is_health_check
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import PortAllocator, is_loopback, port_free
 from meshfed.local.procs import find_envoy, is_running, start_time
@@ -340,7 +340,9 @@ def test_workload_host_answers_with_the_verified_caller() -> None:
         conn.request("POST", "/v1/x?y=1", body=b"abc", headers={"x-forwarded-client-cert": xfcc})
         resp = conn.getresponse()
         assert resp.status == 200
-        assert json.loads(resp.read()) == {
+        doc = json.loads(resp.read())
+        assert doc.pop("headers")["x-forwarded-client-cert"] == xfcc
+        assert doc == {
             "mesh": "a", "workload": "shop/tokenizer", "caller": CALLER,
             "method": "POST", "path": "/v1/x?y=1",
         }  # fmt: skip
@@ -426,23 +428,43 @@ def test_boundary_view_keeps_each_crossing_once(bank_ws: Workspace, tmp_path: Pa
         code=403,
         decision="denied",
     )
-    kept = boundary_view([health, http_conn, tcp_conn, refused, unknown, request], summary)
-    assert kept == [tcp_conn, refused, unknown, request]
-    assert is_health_check(health.doc)
-    assert decision(refused.doc).startswith("TLS handshake failed")
-    assert decision(unknown.doc) == "refused: no route for this SNI"
-    assert decision(request.doc) == "denied 403"
-    # A connection the network RBAC closed (Envoy's %CONNECTION_TERMINATION_DETAILS%).
-    closed = _entry(
-        "conn",
+    # A TCP session: the listener's line, and the line of the export's tunnel (its decision).
+    tunnel = _entry(
+        "access",
         kind="connection",
         sni="ledger.payments.bank.global",
         caller=CALLER,
         upstream="127.0.0.1:1",
-        flags="-",
-        details="rbac_access_denied_matched_policy[none]",
+        decision="allowed",
     )
-    assert decision(closed.doc) == "denied (rbac_access_denied_matched_policy[none])"
+    tunnel_refused = _entry(
+        "conn",
+        kind="connection",
+        sni="ledger.payments.bank.global",
+        caller=f"{CALLER},{CALLER}x",
+        upstream="envoy://tunnel|ledger.payments.bank.global/",
+        upstream_failure="tunnel_response:403",
+        flags="UF,URX",
+    )
+    probe = _entry("conn", kind="connection", sni=PROBE_SNI, caller=None, flags="-")
+    entries = [health, probe, http_conn, tcp_conn, tunnel_refused, tunnel, refused, unknown]
+    kept = boundary_view([*entries, request], summary)
+    assert kept == [tunnel, refused, unknown, request]
+    assert is_health_check(health.doc) and is_health_check(probe.doc)
+    assert decision(tunnel.doc) == "passed"
+    assert decision(refused.doc).startswith("TLS handshake failed")
+    assert decision(unknown.doc) == "refused: no route for this SNI"
+    assert decision(request.doc) == "denied 403"
+    # A session the tunnel's RBAC refused (Envoy's %RESPONSE_CODE_DETAILS% of the CONNECT).
+    closed = _entry(
+        "access",
+        kind="connection",
+        sni="ledger.payments.bank.global",
+        caller=f"{CALLER},{CALLER}x",
+        upstream=None,
+        details="rbac_access_denied_matched_policy[several-uri-sans]",
+    )
+    assert decision(closed.doc) == "denied (rbac_access_denied_matched_policy[several-uri-sans])"
 
 
 # --- locating a runtime, CLI errors --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import security_diff
@@ -136,3 +137,56 @@ def test_egress_allow_list_changes_are_reported() -> None:
     assert "+ [web] egress lets ledger.payments.bank.global out of the mesh" in lines(
         WITHOUT_LEDGER, BANK
     )
+
+
+def test_a_kept_request_header_is_a_widening() -> None:
+    anchor = "      host: tokenizer.payments.global\n"
+    keeping = BANK.replace(anchor, anchor + "      keepRequestHeaders: [X-Forwarded-Host]\n", 1)
+    assert lines(BANK, keeping) == [
+        "+ [payments] tokenizer.payments.global: lets the caller's x-forwarded-host header "
+        "through to the workload"
+    ]
+    assert lines(keeping, BANK) == [
+        "- [payments] tokenizer.payments.global: strips the caller's x-forwarded-host header again"
+    ]
+
+
+def test_proxy_bounds_and_failover_changes_are_reported() -> None:
+    before = plan(BANK)
+    payments = before.mesh("payments")
+    limits = replace(
+        payments.limits,
+        ingress=replace(
+            payments.limits.ingress,
+            handshake_timeout=timedelta(seconds=60),
+            max_connections=100,
+            underscore_headers="ALLOW",
+        ),
+        max_connections_per_proxy=20000,
+    )
+    egress = replace(
+        payments.egress,
+        failover=replace(payments.egress.failover, connect_timeout=timedelta(seconds=2)),
+    )
+    after = replace(
+        before,
+        meshes=tuple(
+            replace(m, limits=limits, egress=egress) if m.name == "payments" else m
+            for m in before.meshes
+        ),
+    )
+    changes = [str(c) for c in security_diff(before, after)]
+    assert sorted(changes) == sorted(
+        [
+            "+ [payments] the ingress waits for a TLS handshake up to 60s (was 5s)",
+            "- [payments] the ingress holds up to 100 connections (was 8000)",
+            "+ [payments] the ingress treats request headers with '_' as ALLOW (was REJECT)",
+            "+ [payments] each proxy holds up to 20000 connections (was 8192)",
+            "~ [payments] egress failover connect timeout: 2s (was 1s)",
+        ]
+    )
+    tcp = _with_boundary(before, "payments", tcp_authorized_before_connect=False)
+    assert [str(c) for c in security_diff(before, tcp)] == [
+        "+ [payments] TCP exports connect their workload before the caller is authorized (a "
+        "server-first workload greets callers the policy refuses)"
+    ]

@@ -108,22 +108,30 @@ def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
     validate_with_envoy(ws, run, processes)
 
 
+def _gateway(process: ProcessConfig) -> dict[str, Any]:
+    """The process's one socket listener (an ingress also has internal listeners)."""
+    (listener,) = [item for item in process.listeners if "address" in item]
+    return listener
+
+
 def test_ingress_chains_are_exactly_the_planned_snis(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
-        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        listener = _gateway(processes[f"{mesh.name}/ingress"])
         assert listener["address"]["socket_address"] == {
             "address": mesh.ingress.address,
             "port_value": mesh.ingress.port,
         }
         names = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
-        if mesh.ingress.servers:
-            assert names == [[s.sni] for s in mesh.ingress.servers]
-            for chain in listener["filter_chains"]:
-                assert chain["transport_socket"]["typed_config"]["require_client_certificate"]
-        else:
-            assert names == [["nothing-exported.invalid"]]
+        # Every exported SNI, and the probe consumers' egress gateways send (no export).
+        assert names == [[s.sni] for s in mesh.ingress.servers] + [[mesh.ingress.probe_sni]]
+        for chain in listener["filter_chains"]:
+            assert chain["transport_socket"]["typed_config"]["require_client_certificate"]
+        probe = listener["filter_chains"][-1]
+        assert [f["name"] for f in probe["filters"]] == ["envoy.filters.network.tcp_proxy"]
         assert "default_filter_chain" not in listener  # unknown SNI: no chain, reset
+        tunnels = [item["name"] for item in processes[f"{mesh.name}/ingress"].listeners][1:]
+        assert tunnels == [f"tunnel|{s.sni}" for s in mesh.ingress.servers if s.protocol == "TCP"]
 
 
 def _rbac_config(process: ProcessConfig, chain: dict[str, Any]) -> dict[str, Any]:
@@ -148,11 +156,16 @@ def _rbac_config(process: ProcessConfig, chain: dict[str, Any]) -> dict[str, Any
 def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
-        (listener,) = processes[f"{mesh.name}/ingress"].listeners
-        if not mesh.ingress.servers:
-            continue
-        for server, chain in zip(mesh.ingress.servers, listener["filter_chains"], strict=True):
-            config = _rbac_config(processes[f"{mesh.name}/ingress"], chain)
+        ingress = processes[f"{mesh.name}/ingress"]
+        chains = {c["name"]: c for c in _gateway(ingress)["filter_chains"]}
+        tunnels = {item["name"]: item for item in ingress.listeners}
+        for server in mesh.ingress.servers:
+            # TCP: the RBAC sits in the export's tunnel, on the caller header the chain set.
+            chain = (
+                chains[server.sni] if server.protocol == "HTTP" else tunnels[f"tunnel|{server.sni}"]
+            )
+            config = _rbac_config(ingress, chain)
+            input_name = "uri_san" if server.protocol == "HTTP" else mesh.boundary.caller_header
             assert "rules" not in config  # the matcher (render/envoy/rbac.py), deny by default
             exact = {
                 key
@@ -164,7 +177,7 @@ def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) 
                 m["single_predicate"]["value_match"]["prefix"] + "*"
                 for m in walk(config["matcher"])
                 if isinstance(m, dict)
-                and m.get("single_predicate", {}).get("input", {}).get("name") == "uri_san"
+                and m.get("single_predicate", {}).get("input", {}).get("name") == input_name
                 and "prefix" in m["single_predicate"]["value_match"]
             }
             assert sorted(exact | prefixes) == sorted(
@@ -194,7 +207,7 @@ def test_egress_fails_over_in_planned_order(rendered: Rendered) -> None:
             ]
             assert endpoints == [(s.priority, s.port) for s in route.sources]
             assert cluster["health_checks"] and cluster["outlier_detection"]
-        (listener,) = egress.listeners
+        listener = _gateway(egress)
         snis = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
         assert snis == (
             [[r.wire_host] for r in mesh.egress.routes] or [["nothing-exported.invalid"]]
@@ -265,8 +278,7 @@ def test_tcp_exports_admit_only_allowed_identities_to_the_handshake(rendered: Re
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
         ingress = processes[f"{mesh.name}/ingress"]
-        (listener,) = ingress.listeners
-        chains = {c["name"]: c for c in listener["filter_chains"]}
+        chains = {c["name"]: c for c in _gateway(ingress)["filter_chains"]}
         for server in mesh.ingress.servers:
             common = chains[server.sni]["transport_socket"]["typed_config"]["common_tls_context"]
             combined = common["combined_validation_context"]

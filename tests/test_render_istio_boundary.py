@@ -154,7 +154,12 @@ def test_gateways_add_no_server_header_and_routes_remove_the_workloads(
 
 
 def _ingress_filter(rendered: Rendered, mesh: str) -> Obj:
-    (envoy_filter,) = rendered.docs(mesh, "EnvoyFilter")
+    # The ingress's boundary filter (its limits have their own: render/istio/limits.py).
+    (envoy_filter,) = [
+        f
+        for f in rendered.docs(mesh, "EnvoyFilter")
+        if f["metadata"]["name"] == "federation-ingress-boundary"
+    ]
     return envoy_filter
 
 
@@ -208,7 +213,9 @@ def test_refused_handshakes_are_logged_by_one_listener_patch(bank_rendered: Rend
 
 
 def test_a_mesh_that_exports_nothing_has_no_filter(bank_rendered: Rendered) -> None:
-    assert bank_rendered.docs("web", "EnvoyFilter") == []
+    # No ingress listener to patch; the egress (web imports) has its limits only.
+    names = [f["metadata"]["name"] for f in bank_rendered.docs("web", "EnvoyFilter")]
+    assert names == ["federation-egress-limits"]
 
 
 @pytest.mark.skipif(not os.access(ENVOY, os.X_OK), reason="no envoy binary")

@@ -10,8 +10,9 @@ Per ingress and exported SNI, from the ingress's two files (``local/logs.py``):
 - HTTP export, one request line each: ``allowed`` (the RBAC policy let it through), ``denied``
   (the policy refused it: 403), ``rejected`` (refused before the policy: a malformed request or
   an unknown route, Envoy's 400, 404, 426, 431, 501);
-- TCP export, one connection line each: ``denied`` (the network RBAC closed it), else
-  ``allowed`` (its handshake admits only the export's allowed identities);
+- TCP export, one line of its tunnel each (access file): ``denied`` (the tunnel's RBAC refused
+  it before the workload was connected: a leaf with two URI SANs), else ``allowed`` (its
+  handshake admits only the export's allowed identities);
 - both: ``tls_failures``, connection lines with a failed handshake (no, an untrusted or an
   unadmitted certificate) for that SNI.
 
@@ -95,8 +96,12 @@ class IngressCounts:
         if "NR" in str(doc.get("flags") or "").split(","):
             self.unknown_sni += 1
             return
-        if doc.get("caller"):
-            self.handshakes += 1
+        if entry.file == "conn":
+            # The listener's line: the handshake. A TCP export's decision is in the line of
+            # its tunnel, in the access file (render/envoy/tunnel.py).
+            if doc.get("caller"):
+                self.handshakes += 1
+            return
         if exports.get(sni) == "TCP":
             tally = self.tally(sni, probe)
             if "rbac_access_denied" in str(doc.get("details") or ""):

@@ -8,10 +8,11 @@ Each gateway writes two files (paths from ``render/envoy/files.log_path``):
   (``tls_failure``) or an unknown SNI (flag ``NR``) shows.
 
 The boundary view (``boundary_view``) records every crossing once: the requests at each ingress,
-the TCP connections to each ingress's TCP exports, the connections each egress let out, and every
-refused connection (failed TLS handshake, unknown SNI). It leaves out what would repeat a request
-line (the connection an HTTP request came on) and the egress gateways' TCP health checks
-(plaintext connections without SNI, identity or bytes).
+the TCP sessions of each ingress's TCP exports (the line of the export's tunnel, with its RBAC
+decision), the connections each egress let out, and every refused connection (failed TLS
+handshake, unknown SNI). It leaves out what would repeat an access line (the connection an HTTP
+request or a TCP session came on) and the egress gateways' health checks (plaintext connections
+without SNI, and TLS probes that got their ServerHello).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, Literal
 
 from meshfed.local.prober import FALSE_CLAIM, Marks
 from meshfed.local.summary import RuntimeSummary
+from meshfed.plan.limits import FailoverPolicy
 from meshfed.render.envoy.files import log_path
 
 Kind = Literal["access", "conn"]
@@ -58,10 +60,16 @@ def gateway_logs(
     ]
 
 
+PROBE_SNI = FailoverPolicy().probe_sni
+"""The SNI of the egress gateways' TLS probes (``render/envoy/probe.py``)."""
+
+
 def is_health_check(doc: dict[str, Any]) -> bool:
+    """An egress gateway's check of an exporter's ingress: a plaintext connect (no SNI), or a
+    TLS probe that got its ServerHello and left (the probe SNI, no certificate, no failure)."""
     return (
         doc.get("kind") == "connection"
-        and not doc.get("sni")
+        and doc.get("sni") in (None, "", PROBE_SNI)
         and not doc.get("caller")
         and not doc.get("tls_failure")
         and not doc.get("bytes_received")
@@ -100,16 +108,25 @@ def boundary_view(entries: list[LogEntry], summary: RuntimeSummary) -> list[LogE
         doc = entry.doc
         if is_health_check(doc):
             continue
-        if entry.file == "conn" and not is_failure(doc):
-            gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
-            if gateway == "egress":
-                continue  # the egress's access file has the same connection
-            mesh = doc.get("mesh")
-            exports = next((m.exports for m in summary.meshes if m.name == mesh), {})
-            if exports.get(str(doc.get("sni"))) == "HTTP":
-                continue  # its requests are in the access file
+        if entry.file == "conn" and _in_access_file(doc, entry, summary):
+            continue
         kept.append(entry)
     return kept
+
+
+def _in_access_file(doc: dict[str, Any], entry: LogEntry, summary: RuntimeSummary) -> bool:
+    """A listener line whose crossing the gateway's access file records: the egress's
+    connections; an ingress's connections to an export (HTTP: its requests; TCP: the line of
+    the export's tunnel, which names the RBAC decision, also when it refused the caller)."""
+    tunnel_refused = str(doc.get("upstream_failure") or "").startswith("tunnel_response")
+    if is_failure(doc) and not tunnel_refused:
+        return False
+    gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
+    if gateway == "egress":
+        return True
+    mesh = doc.get("mesh")
+    exports = next((m.exports for m in summary.meshes if m.name == mesh), {})
+    return str(doc.get("sni")) in exports
 
 
 def read_entries(files: list[tuple[str, Kind, Path]], boundary: bool) -> list[LogEntry]:

@@ -31,6 +31,7 @@ from meshfed.holds import hold
 from meshfed.local import dashboard
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
+from meshfed.local.fdlimit import raise_open_files
 from meshfed.local.files import read_json, write_json
 from meshfed.local.health import await_first_choice
 from meshfed.local.layout import (
@@ -161,6 +162,9 @@ class Runtime:
         self.progress.phase("checking state and ports")
         envoy = find_envoy()
         notes = self.sup.cleanup_stale()
+        notes += raise_open_files(
+            max((m.limits.descriptors_needed for m in plan.meshes), default=0)
+        )
         # Only our recorded processes' descriptors are read, not every process's on the host.
         own_ports = ports_held_by(r.pid for r in self.records.values() if r.alive)
         check_ingresses(plan, own_ports)

@@ -7,6 +7,8 @@ that does); `security_diff` words what a change of plan widens or narrows.
 from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy, PathPolicy
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import SecurityChange, security_diff
+from meshfed.plan.guard import WorkloadGuard
+from meshfed.plan.limits import FailoverPolicy, ListenerLimits, MeshLimits
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -32,10 +34,13 @@ __all__ = [
     "ClusterPlan",
     "Egress",
     "EgressRoute",
+    "FailoverPolicy",
     "FederationPlan",
     "ImportRoute",
     "Ingress",
     "IngressServer",
+    "ListenerLimits",
+    "MeshLimits",
     "MeshPlan",
     "PathMatch",
     "PathPolicy",
@@ -44,6 +49,7 @@ __all__ = [
     "Source",
     "TrustBundle",
     "Workload",
+    "WorkloadGuard",
     "build_plan",
     "root_pems",
     "security_diff",

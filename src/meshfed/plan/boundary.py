@@ -13,9 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ADDRESS_HEADERS: tuple[str, ...] = ("x-forwarded-for", "x-real-ip", "x-envoy-external-address")
-"""Headers that carry network addresses: a caller can forge them, and they tell about a mesh's
-network when they leave it."""
+from meshfed.spec.headers import ADDRESS_HEADERS, CALLER_HEADER, STRIPPED_HEADERS
 
 RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     "server",
@@ -74,8 +72,24 @@ class BoundaryPolicy:
     """What the federation ingress of a mesh does to every HTTP request coming in and every
     response going back out, and what the mesh's sidecars let out."""
 
-    request_headers_removed: tuple[str, ...] = ADDRESS_HEADERS
-    """Request headers a caller may send that never reach the exported workload."""
+    request_headers_removed: tuple[str, ...] = (*STRIPPED_HEADERS, CALLER_HEADER)
+    """Request headers a caller may send that never reach the exported workload: method, path
+    and host overrides, addresses, framework and proxy switches (`meshfed.spec.headers`), and
+    the caller header (set by the ingress itself). Per export, less what it keeps."""
+    kept_request_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(SNI, headers) an export keeps (spec ``keepRequestHeaders``): only these reach its
+    workload as the caller sent them."""
+    caller_header: str = CALLER_HEADER
+    """Set by the ingress on every request to the caller's verified URI SAN(s) (Envoy's
+    ``%DOWNSTREAM_PEER_URI_SAN%``; several SANs are joined by ``,`` and so never equal one
+    identity): what the exported workload's sidecar authorizes the original caller on
+    (`WorkloadGuard`). A caller's own copy is removed first."""
+    tcp_authorized_before_connect: bool = True
+    """A TCP export connects to its workload only once the caller's verified certificate has
+    been authorized (every URI SAN, exactly as for HTTP): a certificate with two URI SANs, one
+    of them allowed, completes the handshake but gets no byte of the workload, which never sees
+    a connection. (Envoy's network RBAC decides only on the caller's first byte, while a
+    server-first workload would greet at once.)"""
     response_headers_removed: tuple[str, ...] = RESPONSE_HEADERS_REMOVED
     """Response headers that never leave the mesh."""
     proxy_debug_headers: bool = False
@@ -93,7 +107,17 @@ class BoundaryPolicy:
     nothing listens), so nothing leaves the mesh around its egress gateway. Istio:
     ``meshConfig.outboundTrafficPolicy.mode``."""
 
+    def request_headers_removed_for(self, sni: str) -> tuple[str, ...]:
+        """The request headers the ingress removes on ``sni``: all, less what its export keeps."""
+        kept = dict(self.kept_request_headers).get(sni, ())
+        return tuple(h for h in self.request_headers_removed if h not in kept)
 
-def boundary_policy(ingress_spiffe_id: str) -> BoundaryPolicy:
-    """The boundary policy of a mesh whose federation ingress is ``ingress_spiffe_id``."""
-    return BoundaryPolicy(client_cert=ClientCertPolicy(forwarder=ingress_spiffe_id))
+
+def boundary_policy(
+    ingress_spiffe_id: str, kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
+) -> BoundaryPolicy:
+    """The boundary policy of a mesh whose federation ingress is ``ingress_spiffe_id``;
+    ``kept``: (SNI, request headers its export keeps)."""
+    return BoundaryPolicy(
+        kept_request_headers=kept, client_cert=ClientCertPolicy(forwarder=ingress_spiffe_id)
+    )

@@ -21,8 +21,9 @@ Three checks on every ingress gateway that terminates mutual TLS (a federation i
   ``,``) that the workload's policy matches exactly, which refuses such a leaf; a TCP route has
   nothing of the kind. What bounds it: the CA bundle's name constraints keep every SAN inside the
   caller's own trust domain, whose CA could issue the allowed identity anyway, and Istio's CA
-  signs exactly one URI SAN per workload. HTTP routes without such a header: low; TCP routes:
-  info (reported wherever it applies; nothing to fix).
+  signs exactly one URI SAN per workload. HTTP routes without such a header: low; TCP routes,
+  and HTTP routes whose callers are admitted by prefix (the workload's header match cannot
+  refuse ``a,b`` when ``a`` has the prefix): info (reported wherever it applies; nothing to fix).
 """
 
 from __future__ import annotations
@@ -228,6 +229,25 @@ def _guarded_hosts(docs: list[Doc], workload: GatewayWorkload) -> set[str]:
     return out
 
 
+def _prefix_hosts(docs: list[Doc]) -> set[str]:
+    """SNIs some ALLOW rule admits callers of by prefix (``ns/x/*``, ``td/*``): a workload's
+    exact-or-prefix header match cannot tell ``a,b`` from ``a`` when ``a`` has the prefix."""
+    out: set[str] = set()
+    for policy in istio(docs, "AuthorizationPolicy"):
+        for rule in (as_dict(r) for r in as_list(policy.spec.get("rules"))):
+            principals = [
+                p
+                for f in as_list(rule.get("from"))
+                for p in str_list(as_dict(as_dict(f).get("source")).get("principals"))
+            ]
+            if not any(p.endswith("*") for p in principals):
+                continue
+            for cond in (as_dict(c) for c in as_list(rule.get("when"))):
+                if as_str(cond.get("key")) == "connection.sni":
+                    out |= set(str_list(cond.get("values")))
+    return out
+
+
 @check(
     "istio-boundary-gaps",
     title="What Istio cannot enforce at the federation ingress is named",
@@ -250,6 +270,7 @@ def istio_boundary_gaps(ctx: AuditContext) -> Iterator[Hit]:
         for workload in _ingresses(docs):
             found = True
             guarded = _guarded_hosts(docs, workload)
+            by_prefix = _prefix_hosts(docs)
             for gateway, i, server in _mutual_servers(workload):
                 hosts = str_list(server.get("hosts"))
                 if _is_tcp(server):
@@ -260,6 +281,16 @@ def istio_boundary_gaps(ctx: AuditContext) -> Iterator[Hit]:
                         "allowed, is admitted to this TCP route (Istio matches any SAN, and a "
                         "TCP route has no header to pin one); bounded by the CA bundle's name "
                         "constraints and by issuance",
+                        gateway.at("spec", "servers", i),
+                    )
+                elif set(hosts) <= guarded and set(hosts) & by_prefix:
+                    yield Hit(
+                        Severity.INFO,
+                        f"{_where(gateway, i, server)}: a leaf with two URI SANs whose first one "
+                        "a prefix principal admits passes the exported workload's check too "
+                        "(Istio matches header values by exact, prefix or suffix only; the joined "
+                        "SANs start with the allowed prefix); bounded by the CA bundle's name "
+                        "constraints and by issuance, refused by the local federation",
                         gateway.at("spec", "servers", i),
                     )
                 elif not set(hosts) <= guarded:

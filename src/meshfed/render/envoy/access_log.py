@@ -44,3 +44,35 @@ def connection_log(path: Path, mesh: str, gateway: str) -> Resource:
     # The local log's name for what Istio's log calls ``termination`` (``meshfed logs`` reads it).
     fields["details"] = fields.pop("termination")
     return file_log(path, {**fields, "peer_cert": _PROBE_FIELDS["peer_cert"]})
+
+
+TUNNEL_PEER_CERT = "x-meshfed-peer-cert"
+"""Set by a TCP export's chain on its tunnel's CONNECT (never reaches the workload): the
+caller's certificate fingerprint, for the tunnel's log line."""
+
+
+def tunnel_log(path: Path, mesh: str, sni: str, caller_header: str) -> Resource:
+    """One line per TCP session through a TCP export's tunnel (`render/envoy/tunnel.py`), with
+    the connection log's fields: the caller (and its certificate) as the export's chain read them
+    from the verified certificate, the decision the tunnel's RBAC made before the workload was
+    connected, in ``details`` as for a request."""
+    return file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "connection",
+            "mesh": mesh,
+            "gateway": "ingress",
+            "sni": sni,  # a tunnel per export: its SNI (the CONNECT's authority has a port)
+            "caller": f"%REQ({caller_header.upper()})%",
+            "upstream": "%UPSTREAM_HOST%",
+            "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
+            "details": "%RESPONSE_CODE_DETAILS%",
+            "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
+            "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
+            "bytes_received": "%BYTES_RECEIVED%",
+            "bytes_sent": "%BYTES_SENT%",
+            "duration_ms": "%DURATION%",
+            "peer_cert": f"%REQ({TUNNEL_PEER_CERT.upper()})%",
+        },
+    )

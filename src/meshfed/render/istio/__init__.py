@@ -6,7 +6,17 @@ from dataclasses import dataclass, field
 
 from meshfed.credentials import MeshCredentials
 from meshfed.plan.model import FederationPlan, MeshPlan
-from meshfed.render.istio import boundary, filters, gateways, imports, install, multicluster, trust
+from meshfed.render.istio import (
+    boundary,
+    filters,
+    gateways,
+    imports,
+    install,
+    limits,
+    multicluster,
+    trust,
+    workload,
+)
 from meshfed.render.istio.objects import Obj
 
 __all__ = ["RenderedMesh", "render_mesh"]
@@ -45,6 +55,8 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         "telemetry.yaml": boundary.access_logging(plan, mesh),
         "envoy-filters.yaml": filters.ingress_filter(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
+        "limits.yaml": limits.objects(plan, mesh),
+        "guards.yaml": workload.guard_policies(plan, mesh),
     }
     if mesh.remotes:
         files["eastwest-gateway.yaml"] = multicluster.eastwest_gateway(plan, mesh)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.workload import route_headers
 from meshfed.spiffe import istio_principal
 
 
@@ -27,10 +28,8 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
                 "route": [destination],
                 # Istio has no virtual-host level header rules: they go on every route
                 # (route.go TranslateHeadersOperations -> the route's *_headers_to_remove).
-                "headers": {
-                    "request": {"remove": list(mesh.boundary.request_headers_removed)},
-                    "response": {"remove": list(mesh.boundary.response_headers_removed)},
-                },
+                # Override headers stripped, the caller header set (workload.py).
+                "headers": route_headers(mesh, server),
             }
         ]
     else:

@@ -10,6 +10,7 @@ import json
 
 from meshfed.plan.model import FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, INGRESS_GATEWAY
+from meshfed.render.istio import limits
 from meshfed.render.istio.objects import Obj, obj, slug
 
 INGRESS_CREDENTIAL = "federation-ingress-credential"
@@ -58,7 +59,8 @@ def _gateway_workload(plan: FederationPlan, mesh: MeshPlan, name: str) -> list[O
     pod_metadata_labels = {**pod_labels, "sidecar.istio.io/inject": "true"}
     if mesh.network:
         pod_metadata_labels["topology.istio.io/network"] = mesh.network
-    proxy_config = gateway_proxy_config(mesh)
+    # The boundary's header settings, then the gateway's bounds and caps (limits.py).
+    proxy_config = {**gateway_proxy_config(mesh), **limits.proxy_config(mesh, name)}
     return [
         obj("v1", "ServiceAccount", name, plan.name, GATEWAY_NAMESPACE),
         obj(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import ipaddress
 from datetime import timedelta
 
+from meshfed.plan.limits import FailoverPolicy
 from meshfed.plan.model import EgressRoute, FederationPlan, ImportRoute, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, service_fqdn
+from meshfed.render.istio.limits import failover_policy
 from meshfed.render.istio.objects import Obj, obj, slug
 
 EGRESS_HOST = service_fqdn(GATEWAY_NAMESPACE, EGRESS_GATEWAY)
@@ -139,7 +141,7 @@ def _is_ip(address: str) -> bool:
     return True
 
 
-def _remote(plan: FederationPlan, route: EgressRoute) -> list[Obj]:
+def _remote(plan: FederationPlan, route: EgressRoute, failover: FailoverPolicy) -> list[Obj]:
     """Where the egress gateway sends a wire host: the exporters' ingresses, in order.
 
     Endpoints carry no ``network``: Istio would treat them as behind an east-west gateway of
@@ -161,16 +163,7 @@ def _remote(plan: FederationPlan, route: EgressRoute) -> list[Obj]:
     destination = {"host": route.wire_host, "port": {"number": EGRESS_PORT}}
     resolution = "STATIC" if all(_is_ip(s.address) for s in route.sources) else "DNS"
     name = f"remote-{slug(route.wire_host, 56)}"
-    traffic_policy: Obj = {
-        "outlierDetection": {
-            "consecutiveGatewayErrors": 1,
-            "consecutive5xxErrors": 1,
-            "interval": "1s",
-            "baseEjectionTime": "5s",
-            "maxEjectionPercent": 100,
-        },
-        "connectionPool": {"tcp": {"connectTimeout": "2s"}},
-    }
+    traffic_policy: Obj = failover_policy(failover)
     if count > 1:
         traffic_policy["loadBalancer"] = {
             "simple": "ROUND_ROBIN",
@@ -232,5 +225,5 @@ def consumer(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
         objects += [_local_entry(plan, route), _local_route(plan, route)]
     objects.append(_egress_subsets(plan, mesh))
     for egress_route in mesh.egress.routes:
-        objects += _remote(plan, egress_route)
+        objects += _remote(plan, egress_route, mesh.egress.failover)
     return objects
