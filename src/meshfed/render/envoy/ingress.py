@@ -16,7 +16,6 @@ from meshfed.render.envoy import rbac, tls
 from meshfed.render.envoy.access_log import connection_log, request_log
 from meshfed.render.envoy.builders import (
     hcm,
-    http_options,
     listener,
     nothing_chain,
     static_cluster,
@@ -199,20 +198,18 @@ def ingress_process(
         clusters.append(static_cluster(PROBE_CLUSTER, []))
     for workload in sorted({s.workload for s in ing.servers}, key=lambda w: w.ref):
         sidecar = ports.sidecars[workload.ref]
-        http = workload.protocol == "HTTP"
-        cluster = static_cluster(
-            f"inbound|{workload.ref}", [("127.0.0.1", sidecar.inbound_port, 0)]
-        )
-        cluster["transport_socket"] = tls.upstream(
+        cluster = tls.mtls_cluster(
+            f"inbound|{workload.ref}",
+            sidecar.inbound_port,
             runtime_dir,
             name,
             LOCAL_CA,
             sni=workload.fqdn,
             server_ids=[workload.spiffe_id],
-            alpn=["h2"] if http else [],
+            http=workload.protocol == "HTTP",
+            idle="30s",
+            max_duration="300s",
         )
-        if http:
-            cluster["typed_extension_protocol_options"] = http_options(True, "30s", "300s")
         clusters.append({**cluster, **cluster_fields(limits)})
     gateway = listener(
         LISTENER_NAME,

@@ -152,24 +152,22 @@ def sidecar_process(
     clusters = [{**app, **cluster_fields(limits)}]
     for route in mesh.imports:
         http = route.protocol == "HTTP"
-        cluster = static_cluster(
-            f"outbound|{route.wire_host}", [("127.0.0.1", ports.egress_port, 0)]
-        )
-        cluster["transport_socket"] = tls.upstream(
+        # Bounded connection life (the plan's): failback and certificate rotation reach new
+        # connections.
+        life = route.connection_life
+        cluster = tls.mtls_cluster(
+            f"outbound|{route.wire_host}",
+            ports.egress_port,
             runtime_dir,
             name,
             PEER_CA,
             sni=route.wire_host,
-            server_ids=list(route.upstream_spiffe_ids),
-            alpn=["h2"] if http else [],
+            server_ids=route.upstream_spiffe_ids,
+            http=http,
+            idle="10s",
+            max_duration=f"{life.total_seconds():g}s" if life is not None else None,
         )
-        if http:
-            # Bounded connection life (the plan's): failback and certificate rotation reach
-            # new connections.
-            life = route.connection_life
-            max_duration = f"{life.total_seconds():g}s" if life is not None else None
-            cluster["typed_extension_protocol_options"] = http_options(True, "10s", max_duration)
-        else:
+        if not http:
             key = f"{route.local_host}:{route.port}"
             proxy = tcp_proxy(
                 f"outbound_{key}", f"outbound|{route.wire_host}", **tcp_fields(limits)
