@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,18 @@ from meshfed.workspace import Workspace, open_workspace
 from conftest import EXAMPLES
 
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
+
+
+def envoy_validates(path: Path, config: dict[str, Any], what: str = "") -> None:
+    """Envoy itself accepts ``config`` (``--mode validate``), written to ``path``."""
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"{what}{result.stdout}{result.stderr}"
 
 
 def fake_layout(ws: Workspace) -> LocalLayout:
@@ -91,16 +102,7 @@ def validate_with_envoy(ws: Workspace, run: Path, processes: dict[str, ProcessCo
             "listeners": [strip(inline(r)) for r in process.listeners],
             "clusters": [strip(r) for r in process.clusters],
         }
-        path = folder / "validate.json"
-        path.write_text(json.dumps(boot))
-        result = subprocess.run(
-            [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ},
-        )
-        assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
+        envoy_validates(folder / "validate.json", boot, f"{process.name}: ")
 
 
 def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from meshfed.render.boundary_log import HANDSHAKE_FIELDS, REFUSED_HANDSHAKE
 from meshfed.render.istio.filters import CEL_FILTER, FILE_LOG, HCM
 from meshfed.spec.load import load_spec
 from meshfed.workspace import preview_istio
-from test_render_envoy import ENVOY
+from test_render_envoy import ENVOY, envoy_validates
 
 from conftest import EXAMPLES, Rendered
 from k8s_schema import validate_manifest
@@ -294,15 +293,7 @@ def test_envoy_accepts_what_istio_would_merge(bank_rendered: Rendered, tmp_path:
             ],
         }
     }
-    path = tmp_path / "gateway.json"
-    path.write_text(json.dumps(config))
-    result = subprocess.run(
-        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    envoy_validates(tmp_path / "gateway.json", config)
 
 
 # --- 4. TCP exports pin their callers in the handshake --------------------------------------------
