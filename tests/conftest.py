@@ -7,12 +7,18 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
 
 from meshfed.render.istio import RenderedMesh
 from meshfed.sinks.files import write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import Workspace, open_workspace
+
+# No time limit per example: speed is measured in bench/, never asserted in a test (a loaded
+# 2-core machine took py-spiffe's first import past hypothesis's 200 ms default).
+settings.register_profile("meshfed", deadline=None)
+settings.load_profile("meshfed")
 
 pytest_plugins = ["inotify_budget"]
 

@@ -26,9 +26,42 @@ from meshfed.local.procs import processes_mentioning
 from meshfed.local.runtime import Runtime, UpReport
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import PrivateKey, key_to_pem
+from meshfed.plan.model import FederationPlan
+from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.workspace import Workspace, open_workspace
 
 LOOPBACK = "127.0.0.1"
+
+
+def numbered_layout(plan: FederationPlan) -> LocalLayout:
+    """A port layout for rendering only (nothing listens): ports handed out in order."""
+    ports = iter(range(21000, 60000))
+    return LocalLayout(
+        {
+            m.name: MeshLayout(
+                m.name,
+                next(ports),
+                next(ports),
+                next(ports),
+                {
+                    w.ref: SidecarLayout(
+                        w.ref,
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        {
+                            f"{i.local_host}:{i.port}": next(ports)
+                            for i in m.imports
+                            if i.protocol == "TCP"
+                        },
+                    )
+                    for w in m.workloads
+                },
+            )
+            for m in plan.meshes
+        }
+    )
 
 
 def spec_copy(name: str, directory: Path, edit: Callable[[str], str] | None = None) -> Path:

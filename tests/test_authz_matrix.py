@@ -36,10 +36,10 @@ import pytest
 from authz_cases import Case, cases_for, generated_spec, handshake_domains, plan_verdict
 from envoy_oracle import request as local_request
 from istio_oracle import Gateway, Sidecar, Verdict
+from local_helpers import numbered_layout
 from meshfed.plan.model import FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.envoy import render_local
-from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.render.envoy.process import ProcessConfig
 from meshfed.render.istio import RenderedMesh
 from meshfed.render.istio.gateways import handshake_identities
@@ -51,36 +51,6 @@ from conftest import EXAMPLES
 
 GENERATED = 50
 Obj = dict[str, Any]
-
-
-def layout(plan: FederationPlan) -> LocalLayout:
-    ports = iter(range(21000, 60000))
-    return LocalLayout(
-        {
-            m.name: MeshLayout(
-                m.name,
-                next(ports),
-                next(ports),
-                next(ports),
-                {
-                    w.ref: SidecarLayout(
-                        w.ref,
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        {
-                            f"{i.local_host}:{i.port}": next(ports)
-                            for i in m.imports
-                            if i.protocol == "TCP"
-                        },
-                    )
-                    for w in m.workloads
-                },
-            )
-            for m in plan.meshes
-        }
-    )
 
 
 def istio_gateway(
@@ -162,7 +132,9 @@ def run_matrix(
     objects), count the cases where the Istio verdict no longer holds instead of failing."""
     plan = plan_of(fed)
     istio = {r.mesh: r for r in preview_istio(fed)}
-    processes = {p.name: p for p in render_local(plan, layout(plan), Path("/run/meshfed-matrix"))}
+    processes = {
+        p.name: p for p in render_local(plan, numbered_layout(plan), Path("/run/meshfed-matrix"))
+    }
     seen: Counter[str] = Counter()
     for mesh in plan.meshes:
         gateway = istio_gateway(plan, mesh, istio[mesh.name], mutate)

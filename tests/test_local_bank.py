@@ -96,6 +96,15 @@ def test_allowed_caller_gets_200_and_its_own_identity(bank: Fed) -> None:
     }
 
 
+def test_a_host_that_is_no_import_never_leaves_the_mesh(bank: Fed) -> None:
+    # REGISTRY_ONLY (the plan's outbound policy): the caller's own sidecar answers 502, as
+    # Istio's block_all route does; nothing reaches the egress gateway.
+    for host in ("vault.cards.svc.cluster.local", "example.com", "tokenizer.payments.global"):
+        resp = bank.call("web", "shop/checkout", f"http://{host}/v1/tokenize", "POST", b"x")
+        assert resp.status == 502, (host, resp)
+        assert resp.body == b""
+
+
 def test_tcp_import_reaches_the_exporting_workload(bank: Fed) -> None:
     port = bank.sidecar("web", "shop/checkout").tcp_outbound["ledger.shop.svc.cluster.local:9000"]
     assert tcp_greeting_and_echo(port) == {"mesh": "payments", "workload": "cards/ledger"}

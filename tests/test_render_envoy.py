@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from local_helpers import numbered_layout
 from meshfed.pki.certs import certs_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.render.envoy import files, render_local
-from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
+from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
 from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, PEER_CA
 from meshfed.workspace import Workspace, open_workspace
@@ -27,34 +27,20 @@ from conftest import EXAMPLES
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
 
 
-def fake_layout(ws: Workspace) -> LocalLayout:
-    ports = iter(range(21000, 29000))
-    return LocalLayout(
-        {
-            m.name: MeshLayout(
-                m.name,
-                next(ports),
-                next(ports),
-                next(ports),
-                {
-                    w.ref: SidecarLayout(
-                        w.ref,
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        {
-                            f"{i.local_host}:{i.port}": next(ports)
-                            for i in m.imports
-                            if i.protocol == "TCP"
-                        },
-                    )
-                    for w in m.workloads
-                },
-            )
-            for m in ws.plan.meshes
-        }
+def envoy_validates(path: Path, config: dict[str, Any], what: str = "") -> None:
+    """Envoy itself accepts ``config`` (``--mode validate``), written to ``path``."""
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert result.returncode == 0, f"{what}{result.stdout}{result.stderr}"
+
+
+def fake_layout(ws: Workspace) -> LocalLayout:
+    return numbered_layout(ws.plan)
 
 
 Rendered = tuple[Workspace, Path, dict[str, ProcessConfig]]
@@ -116,16 +102,7 @@ def validate_with_envoy(ws: Workspace, run: Path, processes: dict[str, ProcessCo
             "listeners": [strip(inline(r)) for r in process.listeners],
             "clusters": [strip(r) for r in process.clusters],
         }
-        path = folder / "validate.json"
-        path.write_text(json.dumps(boot))
-        result = subprocess.run(
-            [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ},
-        )
-        assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
+        envoy_validates(folder / "validate.json", boot, f"{process.name}: ")
 
 
 def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
@@ -255,6 +232,25 @@ def test_sidecar_presents_its_own_identity_and_checks_the_exporters(rendered: Re
                 sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
                 assert [s["matcher"]["exact"] for s in sans] == list(route.upstream_spiffe_ids)
                 assert validation["validation_context_sds_secret_config"]["name"] == PEER_CA
+
+
+def test_sidecars_let_out_only_imports_as_the_plan_says(rendered: Rendered) -> None:
+    """The plan's outbound policy (REGISTRY_ONLY, Istio's meshConfig.outboundTrafficPolicy):
+    the outbound listener routes each HTTP import's local name, and answers any other host
+    itself with 502, as Istio's ``block_all`` virtual host does."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        assert mesh.boundary.outbound == "REGISTRY_ONLY"
+        imports = sorted(r.local_host for r in mesh.imports if r.protocol == "HTTP")
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            (outbound,) = [x for x in sidecar.listeners if x["name"] == "outbound"]
+            (hcm,) = outbound["filter_chains"][0]["filters"]
+            hosts = hcm["typed_config"]["route_config"]["virtual_hosts"]
+            *routed, catch_all = hosts
+            assert sorted(d for h in routed for d in h["domains"]) == imports
+            assert catch_all["domains"] == ["*"] and catch_all["name"] == "block_all"
+            assert [r["direct_response"] for r in catch_all["routes"]] == [{"status": 502}]
 
 
 def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from meshfed.render.boundary_log import HANDSHAKE_FIELDS, REFUSED_HANDSHAKE
 from meshfed.render.istio.filters import CEL_FILTER, FILE_LOG, HCM
 from meshfed.spec.load import load_spec
 from meshfed.workspace import preview_istio
-from test_render_envoy import ENVOY
+from test_render_envoy import ENVOY, envoy_validates
 
 from conftest import EXAMPLES, Rendered
 from k8s_schema import validate_manifest
@@ -64,7 +63,9 @@ def test_every_install_form_says_the_same(example: str, request: pytest.FixtureR
         assert metadata["ISTIO_META_DNS_CAPTURE"] == "true"
         assert env["PILOT_ENABLE_IP_AUTOALLOCATE"] == "true"
         assert "ISTIO_META_DNS_AUTO_ALLOCATE" not in metadata
-        assert config["outboundTrafficPolicy"] == {"mode": "REGISTRY_ONLY"}
+        plan = rendered.workspace.plan.mesh(mesh)
+        assert config["outboundTrafficPolicy"] == {"mode": plan.boundary.outbound}
+        assert plan.boundary.outbound == "REGISTRY_ONLY"
 
 
 def test_install_forms_are_beside_the_manifests_and_never_applied(bank_rendered: Rendered) -> None:
@@ -292,15 +293,7 @@ def test_envoy_accepts_what_istio_would_merge(bank_rendered: Rendered, tmp_path:
             ],
         }
     }
-    path = tmp_path / "gateway.json"
-    path.write_text(json.dumps(config))
-    result = subprocess.run(
-        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    envoy_validates(tmp_path / "gateway.json", config)
 
 
 # --- 4. TCP exports pin their callers in the handshake --------------------------------------------

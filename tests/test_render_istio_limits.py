@@ -9,7 +9,6 @@ name and value is one Envoy accepts.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from meshfed.plan.limits import FailoverPolicy
 from meshfed.sinks.files import write_rendered
 from meshfed.spec.headers import CALLER_HEADER, STRIPPED_HEADERS
 from meshfed.workspace import open_workspace
-from test_render_envoy import ENVOY
+from test_render_envoy import envoy_validates
 
 from conftest import EXAMPLES, Rendered
 
@@ -174,15 +173,7 @@ def test_envoy_filters_reach_only_the_gateways_and_envoy_accepts_them(
                 assert config["request_headers_timeout"] == "5s"
                 assert config["common_http_protocol_options"]["max_headers_count"] == 64
             boot = {"static_resources": {"listeners": [listener]}}
-            path = tmp_path / f"{mesh.name}-{name}.json"
-            path.write_text(json.dumps(boot))
-            result = subprocess.run(
-                [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            assert result.returncode == 0, result.stdout + result.stderr
+            envoy_validates(tmp_path / f"{mesh.name}-{name}.json", boot)
 
 
 def test_the_ingress_pool_towards_each_exported_workload(bank_rendered: Rendered) -> None:

@@ -9,6 +9,9 @@ reports a process ended by that signal.
 A signal whose handler is ``SIG_IGN`` when meshfed starts stays ignored (``nohup`` ignores
 SIGHUP; a background job of a non-interactive shell inherits an ignored SIGINT).
 
+``stopping()`` is for a command that runs until stopped (``trust serve``, ``trust fetch
+--follow``): the first signal sets its `StopRequest` and the command winds down by itself.
+
 ``deferred()`` holds the three signals over a few lines that must not be cut in half (a process
 started but not yet recorded); the first one that came is handled when the block ends. Handlers
 are Python-level: Python runs them in the main thread only, whatever thread the kernel chose.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
@@ -62,19 +66,23 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def install() -> dict[int, Handler]:
-    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (those not ignored); the handlers
-    that were in place, for ``restore``. Outside the main thread: nothing (Python allows
-    signal handlers only there)."""
-    if not _main_thread():
-        return {}
+def take(handler: Handler) -> dict[int, Handler]:
+    """Install ``handler`` for the stop signals that are not ignored; the handlers that were in
+    place, for ``restore``. The caller runs in the main thread (Python allows signal handlers
+    only there)."""
     previous: dict[int, Handler] = {}
     for sig in STOP_SIGNALS:
         current = signal.getsignal(sig)
         if current == signal.SIG_IGN or current is None:
             continue
-        previous[sig] = signal.signal(sig, raise_interrupted)
+        previous[sig] = signal.signal(sig, handler)
     return previous
+
+
+def install() -> dict[int, Handler]:
+    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` (those not ignored); the handlers
+    that were in place, for ``restore``. Outside the main thread: nothing."""
+    return take(raise_interrupted) if _main_thread() else {}
 
 
 def restore(previous: dict[int, Handler]) -> None:
@@ -94,18 +102,67 @@ def deferred() -> Iterator[None]:
     def hold(signum: int, frame: FrameType | None) -> None:
         hit.append(signum)
 
-    previous: dict[int, Handler] = {}
-    for sig in STOP_SIGNALS:
-        current = signal.getsignal(sig)
-        if current == signal.SIG_IGN or current is None:
-            continue
-        previous[sig] = signal.signal(sig, hold)
+    previous = take(hold)
     try:
         yield
     finally:
         restore(previous)
     if hit:
         _deliver(hit[0], previous.get(hit[0]))
+
+
+class StopRequest:
+    """Whether a stop signal asked a long-running command to end, and which ones came.
+
+    Set by a signal handler, so it takes no lock: a handler runs in the middle of whatever the
+    main thread was doing, and ``threading.Event.set`` there can wait forever for the lock the
+    interrupted ``Event.wait`` holds (seen: ``trust serve`` hung on SIGTERM now and then).
+    ``wait`` polls instead; ``time.sleep`` goes on after a handler that does not raise."""
+
+    POLL = 0.05
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+
+    def is_set(self) -> bool:
+        return bool(self.signals)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Until a stop signal came (True) or ``timeout`` seconds passed (False)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.signals:
+            left = self.POLL if deadline is None else min(self.POLL, deadline - time.monotonic())
+            if left <= 0:
+                break
+            time.sleep(left)
+        return self.is_set()
+
+    def describe(self) -> str:
+        return ", ".join(NAMES.get(s, f"signal {s}") for s in self.signals)
+
+
+@contextlib.contextmanager
+def stopping() -> Iterator[StopRequest]:
+    """For a command whose normal end is a stop signal (a server, a follower): while the block
+    runs, the first stop signal sets the yielded `StopRequest` (the command winds down by
+    itself, its work in hand finished); a second one raises ``Interrupted``, for when winding
+    down takes too long. The same signals as everywhere (``STOP_SIGNALS``, those not ignored).
+    Outside the main thread: nothing is installed."""
+    request = StopRequest()
+    if not _main_thread():
+        yield request
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if request.signals:
+            raise Interrupted(signum)
+        request.signals.append(signum)
+
+    previous = take(handle)
+    try:
+        yield request
+    finally:
+        restore(previous)
 
 
 def _deliver(signum: int, handler: Handler) -> None:

@@ -6,16 +6,15 @@ import importlib
 import json
 import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from meshfed import __version__, interrupts
-from meshfed.cli.common import reported
+from meshfed.cli.common import reported, state_option
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
 from meshfed.sinks.external_secrets import (
@@ -31,19 +30,8 @@ from meshfed.workspace import open_workspace
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 SPEC = click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
-
-
-def state_option(func: F) -> F:
-    return click.option(
-        "--state",
-        "state",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="State directory (default ./.meshfed/<federation>/).",
-    )(func)
 
 
 SECRET_PREFIX = re.compile(r"(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")

@@ -102,7 +102,7 @@ def import_url(imp: ImportInfo) -> str:
 
 def check_imported(summary: RuntimeSummary, mesh: str, url: str) -> ImportInfo:
     """The import of ``mesh`` that ``url`` calls; a clear error listing the mesh's imports if
-    it calls none (a sidecar routes only its mesh's imports: anything else would be a bare 404
+    it calls none (a sidecar routes only its mesh's imports: anything else would be a bare 502
     from the caller's own sidecar)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "tcp") or not parts.hostname:
@@ -125,6 +125,6 @@ def check_imported(summary: RuntimeSummary, mesh: str, url: str) -> ImportInfo:
         hint += f"; {parts.hostname} is an import of mesh {', '.join(others)} (--mesh)"
     raise LocalError(
         f"{parts.hostname or url} is not an import of mesh {mesh}: its sidecar has no route "
-        "for it (a call would get a bare 404 from the caller's own sidecar)",
+        "for it (a call would get a bare 502 from the caller's own sidecar: REGISTRY_ONLY)",
         hint,
     )

@@ -37,6 +37,27 @@ POLL = 0.005
 """How often a starting process is asked whether it is ready (each ask is one local connect)."""
 
 
+def envoy_argv(envoy: Path, bootstrap: Path) -> list[str]:
+    """How meshfed runs an Envoy (the benchmarks run theirs the same way)."""
+    return [
+        str(envoy),
+        "-c",
+        str(bootstrap),
+        "--concurrency",
+        "1",
+        # No hot restart: no shared memory or domain socket (so no --base-id to keep unique
+        # on this host), and Envoy does not set PR_SET_PDEATHSIG: with hot restart it gets
+        # SIGTERM as soon as the `meshfed up` that started it exits.
+        "--disable-hot-restart",
+        "--log-level",
+        "warn",
+        "--file-flush-interval-msec",
+        "100",
+        "--drain-time-s",
+        "5",
+    ]
+
+
 class Supervisor:
     """The processes of one runtime directory, as ``processes.json`` records them."""
 
@@ -142,24 +163,7 @@ class Supervisor:
             self.save()
 
     def envoy_argv(self, envoy: Path, name: str) -> list[str]:
-        base = process_dir(self.root, name)
-        return [
-            str(envoy),
-            "-c",
-            str(base / "bootstrap.json"),
-            "--concurrency",
-            "1",
-            # No hot restart: no shared memory or domain socket (so no --base-id to keep unique
-            # on this host), and Envoy does not set PR_SET_PDEATHSIG: with hot restart it gets
-            # SIGTERM as soon as the `meshfed up` that started it exits.
-            "--disable-hot-restart",
-            "--log-level",
-            "warn",
-            "--file-flush-interval-msec",
-            "100",
-            "--drain-time-s",
-            "5",
-        ]
+        return envoy_argv(envoy, process_dir(self.root, name) / "bootstrap.json")
 
     def start_envoy(self, envoy: Path, name: str) -> None:
         log = self.paths.logs / f"{process_slug(name)}.log"

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
-from meshfed.interrupts import STOP_SIGNALS, Handler, Interrupted
+from meshfed.interrupts import Interrupted, restore, take
 from meshfed.local import dashboard
 from meshfed.local.errors import LocalError
 from meshfed.local.report import UpReport
@@ -51,10 +51,7 @@ class StopSignals:
         self.requested = False
         self.fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
-        self._previous: dict[int, Handler] = {}
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) != signal.SIG_IGN:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous = take(self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         # Decided first thing: a second signal may come while this handler is still saying
@@ -66,8 +63,7 @@ class StopSignals:
             self.say("stopping after this edit is applied (Ctrl-C again aborts the edit)")
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        restore(self._previous)
         signal.set_wakeup_fd(self._previous_fd)
         os.close(self.fd)
         os.close(self._write_fd)

@@ -70,7 +70,7 @@ class PathPolicy:
 @dataclass(frozen=True)
 class BoundaryPolicy:
     """What the federation ingress of a mesh does to every HTTP request coming in and every
-    response going back out."""
+    response going back out, and what the mesh's sidecars let out."""
 
     request_headers_removed: tuple[str, ...] = (*STRIPPED_HEADERS, CALLER_HEADER)
     """Request headers a caller may send that never reach the exported workload: method, path
@@ -100,6 +100,12 @@ class BoundaryPolicy:
     addresses of one mesh do not leak into another. The caller is its verified identity."""
     client_cert: ClientCertPolicy = field(default_factory=ClientCertPolicy)
     paths: PathPolicy = field(default_factory=PathPolicy)
+    outbound: Literal["REGISTRY_ONLY"] = "REGISTRY_ONLY"
+    """What a workload's sidecar lets out: only registered destinations (the mesh's own
+    services, and its imports, which leave through the egress gateway); a request for any
+    other host is refused by the sidecar itself (HTTP 502, Istio's ``block_all`` route; TCP:
+    nothing listens), so nothing leaves the mesh around its egress gateway. Istio:
+    ``meshConfig.outboundTrafficPolicy.mode``."""
 
     def request_headers_removed_for(self, sni: str) -> tuple[str, ...]:
         """The request headers the ingress removes on ``sni``: all, less what its export keeps."""

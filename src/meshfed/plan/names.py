@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+# Kept for meshfed by the spec's checks (meshfed.spec.reserved): no workload may take them.
+from meshfed.spec.reserved import EGRESS_GATEWAY as EGRESS_GATEWAY
+from meshfed.spec.reserved import GATEWAY_NAMESPACE as GATEWAY_NAMESPACE
+from meshfed.spec.reserved import INGRESS_GATEWAY as INGRESS_GATEWAY
+from meshfed.spec.reserved import PROBER as PROBER
 from meshfed.spiffe import workload_id
 
-GATEWAY_NAMESPACE = "meshfed-system"
-INGRESS_GATEWAY = "federation-ingress"
-EGRESS_GATEWAY = "federation-egress"
 EGRESS_PORT = 15443
 """Port of the egress gateway's Service inside a cluster (sidecars reach it there)."""
 MANAGED_BY = "meshfed"
-PROBER = "meshfed-prober"
-"""Service account of meshfed's own checks (rotation handshakes): no policy admits it, so its
-requests are refused as any stranger's, and the boundary log names it."""
 PROBE_HEADER = "x-meshfed-probe"
 """Request header carrying the mark of meshfed's own probes; gateways log it (``probe``)."""
 

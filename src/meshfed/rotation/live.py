@@ -48,12 +48,13 @@ from meshfed.plan.names import prober_spiffe_id
 from meshfed.render.envoy import render_local
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.spiffe import PrincipalMatch, validate_spiffe_id
+from meshfed.spiffe import PrincipalMatch
 
 APPLY_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 5.0
 TEST_CERT_TTL = timedelta(minutes=10)
-CHECK_ID_SUFFIXES = ("", "meshfed-rotation-check", "sa/meshfed-rotation-check")
+CHECK_SERVICE_ACCOUNT = "meshfed-rotation-check"
+"""Completes an allowed prefix into the identity a handshake check of a TCP export presents."""
 
 
 @dataclass
@@ -227,12 +228,7 @@ def _client_id(
         if any(p.matches(w.spiffe_id) for p in matches):
             return w.spiffe_id
     for p in matches:
-        for suffix in CHECK_ID_SUFFIXES:
-            cand = p.value + suffix
-            try:
-                validate_spiffe_id(cand)
-            except ValueError:
-                continue
+        for cand in p.completions(CHECK_SERVICE_ACCOUNT):
             if server.allows(cand, "GET", "/") or server.protocol == "TCP":
                 return cand
     return None

@@ -30,6 +30,7 @@ from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
 from meshfed.pki import MeshCA, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
+from meshfed.pki.certs import issued_by
 from meshfed.pki.errors import PKIError
 from meshfed.pki.leaves import ensure_leaf, kept_leaf
 from meshfed.pki.record import (
@@ -43,7 +44,7 @@ from meshfed.pki.record import (
 )
 from meshfed.plan.names import INGRESS_GATEWAY
 from meshfed.plan.trust import trust_request
-from meshfed.rotation.checks import check_bundles, issued_by, verify_live
+from meshfed.rotation.checks import check_bundles, verify_live
 from meshfed.rotation.live import LiveFederation
 from meshfed.spec.load import load_spec
 from meshfed.workspace import Workspace, open_workspace

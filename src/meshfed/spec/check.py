@@ -18,6 +18,7 @@ from meshfed.spec.headers import keep_problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
+from meshfed.spec.reserved import check_reserved
 
 _METHOD = re.compile(r"^[A-Z]+$")
 
@@ -483,6 +484,7 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     return [
         *_check_names_and_ttls(fed),
         *_check_meshes(fed),
+        *check_reserved(fed),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),

@@ -16,22 +16,20 @@ from meshfed.render.envoy import rbac, tls
 from meshfed.render.envoy.access_log import connection_log, request_log
 from meshfed.render.envoy.builders import (
     hcm,
-    http_options,
     listener,
     nothing_chain,
     static_cluster,
     tcp_proxy,
     tls_listener_filters,
 )
-from meshfed.render.envoy.files import ecds_ref, log_path
+from meshfed.render.envoy.files import log_path
 from meshfed.render.envoy.layout import MeshLayout
 from meshfed.render.envoy.limits import chain_fields, cluster_fields, hcm_fields, listener_fields
 from meshfed.render.envoy.process import ProcessConfig, Resource
 from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, cert_details
 from meshfed.render.envoy.tunnel import (
-    ECDS_MIN_PRINCIPALS,
     outer_proxy,
-    rbac_extension,
+    rbac_filter,
     tunnel_cluster,
     tunnel_listener,
 )
@@ -42,35 +40,6 @@ LISTENER_NAME = "federation-ingress"
 def tcp_caller_ca(server: IngressServer) -> str:
     """The validation secret of a TCP export's chain: the roots of its consumers only."""
     return f"{CALLER_CA}-{server.sni}"
-
-
-def _principal_count(server: IngressServer) -> int:
-    return sum(len(rule.principals) for rule in server.allow)
-
-
-def _rbac_filter(
-    process: str,
-    server: IngressServer,
-    runtime_dir: Path,
-    extensions: dict[str, Resource],
-) -> Resource:
-    """The HTTP RBAC filter of ``server``'s chain: inline, or (with many principals) loaded
-    through ECDS from its own file, added to ``extensions``.
-
-    With thousands of principals the RBAC configuration is most of the listener (megabytes), and
-    Envoy re-parses the whole listener on every change of it. Through ECDS a change of one
-    export's principals rewrites only that export's file, and a change elsewhere leaves it alone.
-    Small configurations stay inline: every ECDS file is a watched source, and each costs Envoy
-    an inotify instance, of which a user has a few hundred on a host.
-    """
-    config = rbac.http_config(server)
-    if _principal_count(server) < ECDS_MIN_PRINCIPALS:
-        return {"name": "envoy.filters.http.rbac", "typed_config": config}
-    name = rbac_extension(server)
-    extensions[name] = config
-    # Fails closed: the listener warms until Envoy read the file; if it rejects the file, the
-    # filter has no configuration and Envoy answers 500.
-    return {"name": name, "config_discovery": ecds_ref(runtime_dir, process, name, config["@type"])}
 
 
 def _http_chain(
@@ -109,7 +78,7 @@ def _http_chain(
     manager = hcm(
         f"ingress_{server.sni}",
         route_config,
-        [_rbac_filter(process, server, runtime_dir, extensions)],
+        [rbac_filter(process, server, rbac.http_config(server), runtime_dir, extensions)],
         [request_log(log_path(runtime_dir, process, "access"), mesh.name, "ingress")],
         suppress_envoy_headers=not boundary.proxy_debug_headers,
         forward_client_cert_details=boundary.client_cert.at_ingress,
@@ -199,20 +168,18 @@ def ingress_process(
         clusters.append(static_cluster(PROBE_CLUSTER, []))
     for workload in sorted({s.workload for s in ing.servers}, key=lambda w: w.ref):
         sidecar = ports.sidecars[workload.ref]
-        http = workload.protocol == "HTTP"
-        cluster = static_cluster(
-            f"inbound|{workload.ref}", [("127.0.0.1", sidecar.inbound_port, 0)]
-        )
-        cluster["transport_socket"] = tls.upstream(
+        cluster = tls.mtls_cluster(
+            f"inbound|{workload.ref}",
+            sidecar.inbound_port,
             runtime_dir,
             name,
             LOCAL_CA,
             sni=workload.fqdn,
             server_ids=[workload.spiffe_id],
-            alpn=["h2"] if http else [],
+            http=workload.protocol == "HTTP",
+            idle="30s",
+            max_duration="300s",
         )
-        if http:
-            cluster["typed_extension_protocol_options"] = http_options(True, "30s", "300s")
         clusters.append({**cluster, **cluster_fields(limits)})
     gateway = listener(
         LISTENER_NAME,

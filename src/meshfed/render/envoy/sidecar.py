@@ -5,6 +5,7 @@ outbound listeners to its imports, through the mesh's egress, with the workload'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy import rbac, tls
@@ -77,6 +78,16 @@ def inbound(
     )
 
 
+def _unregistered(mesh: MeshPlan) -> list[Resource]:
+    """The outbound listener's answer to a host that is none of the mesh's imports, as the
+    plan's outbound policy says: REGISTRY_ONLY refuses it with 502, as Istio's sidecars do
+    (their ``block_all`` virtual host)."""
+    if mesh.boundary.outbound == "REGISTRY_ONLY":
+        route = {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}
+        return [{"name": "block_all", "domains": ["*"], "routes": [route]}]
+    assert_never(mesh.boundary.outbound)
+
+
 def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
     virtual_hosts = [
         {
@@ -100,6 +111,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
         }
         for route in imports
     ]
+    virtual_hosts += _unregistered(mesh)
     return listener(
         "outbound",
         "127.0.0.1",
@@ -140,24 +152,22 @@ def sidecar_process(
     clusters = [{**app, **cluster_fields(limits)}]
     for route in mesh.imports:
         http = route.protocol == "HTTP"
-        cluster = static_cluster(
-            f"outbound|{route.wire_host}", [("127.0.0.1", ports.egress_port, 0)]
-        )
-        cluster["transport_socket"] = tls.upstream(
+        # Bounded connection life (the plan's): failback and certificate rotation reach new
+        # connections.
+        life = route.connection_life
+        cluster = tls.mtls_cluster(
+            f"outbound|{route.wire_host}",
+            ports.egress_port,
             runtime_dir,
             name,
             PEER_CA,
             sni=route.wire_host,
-            server_ids=list(route.upstream_spiffe_ids),
-            alpn=["h2"] if http else [],
+            server_ids=route.upstream_spiffe_ids,
+            http=http,
+            idle="10s",
+            max_duration=f"{life.total_seconds():g}s" if life is not None else None,
         )
-        if http:
-            # Bounded connection life (the plan's): failback and certificate rotation reach
-            # new connections.
-            life = route.connection_life
-            max_duration = f"{life.total_seconds():g}s" if life is not None else None
-            cluster["typed_extension_protocol_options"] = http_options(True, "10s", max_duration)
-        else:
+        if not http:
             key = f"{route.local_host}:{route.port}"
             proxy = tcp_proxy(
                 f"outbound_{key}", f"outbound|{route.wire_host}", **tcp_fields(limits)

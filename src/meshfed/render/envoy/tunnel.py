@@ -35,7 +35,8 @@ from meshfed.render.envoy.limits import cluster_fields, duration, tunnel_hcm_fie
 from meshfed.render.envoy.process import Resource
 
 ECDS_MIN_PRINCIPALS = 32
-"""A tunnel's RBAC filter with at least this many principals loads through ECDS."""
+"""An export's RBAC filter (its chain's or its tunnel's) with at least this many principals
+loads through ECDS (`rbac_filter`)."""
 
 
 def tunnel_name(server: IngressServer) -> str:
@@ -117,20 +118,28 @@ def tunnel_cluster(mesh: MeshPlan, server: IngressServer) -> Resource:
     }
 
 
-def _rbac_filter(
+def rbac_filter(
     process: str,
-    mesh: MeshPlan,
     server: IngressServer,
+    config: Resource,
     runtime_dir: Path,
     extensions: dict[str, Resource],
 ) -> Resource:
-    """The tunnel's RBAC filter: inline, or (with many principals) through ECDS, added to
-    ``extensions`` (see `render/envoy/ingress.py` for why)."""
-    config = rbac.tunnel_config(server, mesh.boundary.caller_header)
+    """The RBAC filter of ``server`` (its chain's, or its tunnel's) with ``config``: inline,
+    or (with many principals) loaded through ECDS from its own file, added to ``extensions``.
+
+    With thousands of principals the RBAC configuration is most of the listener (megabytes), and
+    Envoy re-parses the whole listener on every change of it. Through ECDS a change of one
+    export's principals rewrites only that export's file, and a change elsewhere leaves it alone.
+    Small configurations stay inline: every ECDS file is a watched source, and each costs Envoy
+    an inotify instance, of which a user has a few hundred on a host.
+    """
     if sum(len(rule.principals) for rule in server.allow) < ECDS_MIN_PRINCIPALS:
         return {"name": "envoy.filters.http.rbac", "typed_config": config}
     name = rbac_extension(server)
     extensions[name] = config
+    # Fails closed: the listener warms until Envoy read the file; if it rejects the file, the
+    # filter has no configuration and Envoy answers 500.
     return {"name": name, "config_discovery": ecds_ref(runtime_dir, process, name, config["@type"])}
 
 
@@ -164,7 +173,15 @@ def tunnel_listener(
     manager = hcm(
         f"ingress_{server.sni}",
         route_config,
-        [_rbac_filter(process, mesh, server, runtime_dir, extensions)],
+        [
+            rbac_filter(
+                process,
+                server,
+                rbac.tunnel_config(server, mesh.boundary.caller_header),
+                runtime_dir,
+                extensions,
+            )
+        ],
         [
             tunnel_log(
                 log_path(runtime_dir, process, "access"),

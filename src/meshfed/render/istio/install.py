@@ -9,8 +9,9 @@ outside the kustomization.
 
 What they set, and why (Istio 1.25):
 
-- ``trustDomain``; ``outboundTrafficPolicy: REGISTRY_ONLY``: nothing leaves around the egress
-  gateway, imports are registered (ServiceEntry) to route through it.
+- ``trustDomain``; ``outboundTrafficPolicy`` (the plan's ``BoundaryPolicy.outbound``,
+  ``REGISTRY_ONLY``): nothing leaves around the egress gateway, imports are registered
+  (ServiceEntry) to route through it.
 - istiod ``ISTIO_MULTIROOT_MESH=true``: istiod builds a trust bundle of ``caCertificates`` and
   its own root, and takes a new root in ``cacerts`` live (on from the first install, so a root
   rotation never restarts istiod); ``caCertificates`` with ``trustDomains`` in Federated trust.
@@ -67,7 +68,7 @@ def mesh_config(mesh: MeshPlan) -> Obj:
     """The mesh config federation needs (meshConfig of every form)."""
     config: Obj = {
         "trustDomain": mesh.trust_domain,
-        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
+        "outboundTrafficPolicy": {"mode": mesh.boundary.outbound},
         "defaultConfig": {
             "proxyMetadata": {
                 "ISTIO_META_DNS_CAPTURE": "true",
