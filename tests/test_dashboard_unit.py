@@ -7,8 +7,10 @@ import http.client
 import json
 import os
 import re
+import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -652,3 +654,39 @@ def test_requests_refused_before_the_policy_are_not_called_allowed(line: str, sa
     doc = json.loads(line)
     assert decision(doc) == said
     assert outcome(doc) == said.split()[0]
+
+
+def test_no_client_can_hold_the_dashboard(
+    runtime_dir: tuple[RuntimePaths, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: no timeout at all, a thread per connection: a client that connects and sends
+    # nothing (or a byte now and then) held a thread for ever, and hundreds of them piled up.
+    monkeypatch.setattr(DashboardServer, "connection_deadline", 1.0)
+    monkeypatch.setattr(DashboardServer, "max_connections", 3)
+    paths, summary = runtime_dir
+    server = DashboardServer((LOOPBACK, 0), Handler)
+    server.collector = Collector(paths, FakeGateways(summary).read_health)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    held = [socket.create_connection((LOOPBACK, server.port)) for _ in range(3)]
+    try:
+        for s in held:
+            s.sendall(b"GET /api/state HTTP/1.1\r\n")  # and never the rest
+        deadline = time.monotonic() + 3
+        while server.active < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        over = socket.create_connection((LOOPBACK, server.port))
+        over.settimeout(5)
+        assert over.recv(1) == b""  # closed at accept: three are held
+        over.close()
+        for s in held:
+            s.settimeout(6)
+            assert s.recv(1) == b""  # cut at the deadline
+        assert (server.refused, server.cut) == (1, 3)
+        assert _get(server.port, "/healthz")[2] == b"ok\n"
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()
