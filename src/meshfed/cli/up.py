@@ -26,6 +26,7 @@ from meshfed.cli.common import reported, state_option, the_spec
 from meshfed.interrupts import exit_code, signal_name
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import default_spec
+from meshfed.local.probe import partner_sources
 from meshfed.local.report import Silent, UpReport
 from meshfed.local.runtime import Runtime
 from meshfed.local.state import WORKLOAD_HOST
@@ -122,6 +123,14 @@ def up(spec: Path | None, spec_option: Path | None, state: Path | None, watch: b
         failed = [p for p in report.probes if not p.ok]
         for p in failed:
             err.print(f"probe failed: {p.probe.mesh} {p.probe.key}: {p.detail}", markup=False)
+            partners = partner_sources(ws.plan, p.probe)
+            if partners:
+                where = ", ".join(f"{s.mesh} ({s.address}:{s.port})" for s in partners)
+                err.print(
+                    f"  served only by a partner's ingress, run by another organisation: {where}."
+                    " Once it is up, run meshfed up again: this import is probed again",
+                    markup=False,
+                )
         err.print(
             "the federation is running; see meshfed logs --boundary and meshfed status",
             markup=False,
