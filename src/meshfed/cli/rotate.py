@@ -20,6 +20,7 @@ from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
 from meshfed.pki import PKIStore
 from meshfed.pki.errors import PKIError
+from meshfed.pki.layout import root_label
 from meshfed.pki.record import FORWARD_STEPS, STEP_HELP, RotationRecord
 from meshfed.pki.signing import (
     bundle_pem,
@@ -289,7 +290,7 @@ def register(main: click.Group) -> None:
             fed = load_spec(spec or _default_spec())
             material = PKIStore(state).ensure_roots(trust_request(fed))
         for name, root in sorted(material.roots.items()):
-            _say(f"root {name}: {root.subject.rfc4514_string()} in {state}")
+            _say(f"{root_label(name)}: {root.subject.rfc4514_string()} in {state}")
 
 
 def _say(text: str) -> None:
