@@ -111,6 +111,15 @@ def test_https_spiffe_first_fetch_needs_a_bootstrap_never_tofu(
     assert fetcher.fetch(peer(served.url)).ok
 
 
+def test_a_bootstrap_file_is_read_bounded(tmp_path: Path, globex: tuple[PKIStore, Served]) -> None:
+    # Before: bootstrapBundle: /dev/zero made `trust fetch` read until memory ran out.
+    _, served = globex
+    out = Fetcher(tmp_path / "acme").fetch(peer(served.url, Bootstrap(file=Path("/dev/zero"))))
+    assert not out.ok
+    assert "its bootstrap bundle /dev/zero holds more than 1,048,576 bytes" in str(out.error)
+    assert PeerBundles(tmp_path / "acme").current("globex") is None
+
+
 def test_https_spiffe_fingerprint_bootstrap(
     tmp_path: Path, globex: tuple[PKIStore, Served]
 ) -> None:
