@@ -147,6 +147,30 @@ def test_counts_from_the_logs_map_to_the_calls_that_were_made(tmp_path: Path) ->
     assert counts.since == _at(1)
 
 
+def test_stalled_handshakes_count_as_failed_ones_and_reach_the_tail(tmp_path: Path) -> None:
+    # Before: a client that stalled its handshake until the ingress closed it was skipped as an
+    # egress's health check (no SNI, or the probes' SNI) or as the connection of a request.
+    timeout = "transport socket timeout was reached"
+    held = {"bytes_received": 0, "bytes_sent": 0, "duration_ms": 4999}
+    lines = [
+        _conn(1, None, None, **held),
+        _conn(2, "probe.meshfed.invalid", None, details=timeout, **held),
+        _conn(3, TOKENIZER, None, details=timeout, **held),
+        _health_check(_at(4)),
+        {**_health_check(_at(5)), "bytes_received": 0, "details": None, "duration_ms": 2},
+    ]
+    _append(tmp_path / "conn.log", lines)
+    (tmp_path / "access.log").write_text("")
+    counts = _counted(tmp_path, _summary(tmp_path), ProbeLedger(RuntimePaths(tmp_path)))
+    assert counts.tls_failures == 3 and counts.chains[TOKENIZER].tls_failures == 1
+    tail = BoundaryTail(keep=10)
+    tail.update([("payments/ingress", "conn", tmp_path / "conn.log")], _summary(tmp_path))
+    assert [e.time for e in tail.latest()] == [_at(3), _at(2), _at(1)]
+    shown = row(tail.latest()[0], _summary(tmp_path))
+    assert shown["outcome"] == "tls"
+    assert shown["decision"] == f"TLS handshake not completed: {timeout} after 5.0 s"
+
+
 def test_a_probe_mark_counts_once_and_only_from_the_ledger(tmp_path: Path) -> None:
     ledger = ProbeLedger(RuntimePaths(tmp_path))
     token = ledger.token("import probe", "web tokenizer")
