@@ -498,6 +498,13 @@ def test_stalled_handshakes_are_in_the_boundary_log_whatever_their_sni(
     )  # fmt: skip
     assert boundary_view([probe, *stalled], summary) == stalled
     assert not any(is_health_check(e.doc) for e in stalled) and is_health_check(probe.doc)
+    gave_up = _entry(
+        "conn", kind="connection", sni=PROBE_SNI, caller=None, bytes_received=0, flags="-",
+        tls_failure="TLS_error:|33554464:system_library:OPENSSL_internal:Broken_pipe:TLS_error_end",
+    )  # fmt: skip
+    assert decision(gave_up.doc).endswith(
+        "(the egress probes' name: a probe its egress gave up on, or a client's)"
+    )
     assert [decision(e.doc) for e in stalled] == [
         "TLS handshake not completed: closed after 5.0 s",
         f"TLS handshake not completed: {timeout} after 5.0 s",

@@ -247,7 +247,12 @@ def decision(doc: dict[str, Any]) -> str:
     """What happened, in a few words: ``allowed 200``, ``denied 403``, ``rejected 400:
     malformed HTTP (http1.codec_error)``, ``TLS handshake failed``."""
     if doc.get("tls_failure"):
-        return f"TLS handshake failed: {doc['tls_failure']}"
+        said = f"TLS handshake failed: {doc['tls_failure']}"
+        if doc.get("sni") == PROBE_SNI and not doc.get("caller"):
+            # Seen when an egress drops its probes (an exporter's ingress went away or answered
+            # late): the ingress's ServerHello meets a closed connection.
+            said += " (the egress probes' name: a probe its egress gave up on, or a client's)"
+        return said
     stalled = stalled_handshake(doc)
     if stalled is not None:
         return f"TLS handshake not completed: {stalled}"
