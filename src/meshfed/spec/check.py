@@ -99,10 +99,18 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
 def _check_address(mesh: Mesh, path: tuple[str | int, ...]) -> Iterator[Problem]:
     address = mesh.ingress.address
     try:
-        ipaddress.ip_address(address)
-        return
+        ip = ipaddress.ip_address(address)
     except ValueError:
         pass
+    else:
+        if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
+            yield Problem(
+                (*path, "ingress", "address"),
+                f"{address!r} is no address a peer can reach: to a listener it means every "
+                "address (or a group), to a caller none",
+                "use the IP address or host name peers reach this mesh's ingress on",
+            )
+        return
     if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address):
         yield Problem(
             (*path, "ingress", "address"),
