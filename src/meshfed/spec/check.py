@@ -100,21 +100,16 @@ def _check_address(mesh: Mesh, path: tuple[str | int, ...]) -> Iterator[Problem]
     address = mesh.ingress.address
     try:
         ip = ipaddress.ip_address(address)
-    except ValueError:
-        pass
-    else:
+        problem = None
         if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
-            yield Problem(
-                (*path, "ingress", "address"),
-                f"{address!r} is no address a peer can reach: to a listener it means every "
-                "address (or a group), to a caller none",
-                "use the IP address or host name peers reach this mesh's ingress on",
-            )
-        return
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address):
+            problem = "is no address a peer can reach (every address, or a group, to a listener)"
+    except ValueError:
+        valid = re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address)
+        problem = None if valid else "is neither an IP address nor a DNS name"
+    if problem:
         yield Problem(
             (*path, "ingress", "address"),
-            f"{address!r} is neither an IP address nor a DNS name",
+            f"{address!r} {problem}",
             "use the IP address or host name peers reach this mesh's ingress on",
         )
 
