@@ -1,0 +1,163 @@
+"""Make-before-break decisions: edges, waves, the union spec, frozen meshes (pure)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from meshfed.controller.ordering import (
+    FINAL,
+    OPEN,
+    ROUTE,
+    edge_changes,
+    frozen_meshes,
+    side,
+    union_spec,
+    waves,
+)
+from meshfed.plan.build import build_plan
+from meshfed.plan.model import FederationPlan
+from meshfed.render.istio import render_mesh
+from meshfed.render.istio.trust import MeshCredentials
+from meshfed.spec.model import Federation
+
+BANK = Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml"
+
+
+def _doc() -> dict[str, Any]:
+    loaded = yaml.safe_load(BANK.read_text())
+    assert isinstance(loaded, dict)
+    return loaded
+
+
+def _fed(doc: dict[str, Any]) -> Federation:
+    return Federation.model_validate(doc)
+
+
+def _plan(fed: Federation) -> FederationPlan:
+    return build_plan(fed, {m.name: f"PEM {m.name}" for m in fed.spec.meshes})
+
+
+def _without_ledger(doc: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    doc["spec"]["exports"] = [e for e in doc["spec"]["exports"] if e["name"] != "ledger"]
+    doc["spec"]["imports"] = [i for i in doc["spec"]["imports"] if "ledger" not in i["host"]]
+    return doc
+
+
+def test_unchanged_federation_is_one_final_wave() -> None:
+    plan = _plan(_fed(_doc()))
+    changes = edge_changes(plan, plan)
+    assert not changes.changed
+    assert waves(changes) == [FINAL]
+
+
+def test_first_apply_opens_exporters_before_importers() -> None:
+    changes = edge_changes(None, _plan(_fed(_doc())))
+    assert changes.opening == {("web", "payments"), ("web", "payments-dr")}
+    assert not changes.closing
+    assert waves(changes) == [OPEN, FINAL]
+
+
+def test_adding_an_export_and_import_opens_first() -> None:
+    old = _plan(_fed(_without_ledger(_doc())))
+    new = _plan(_fed(_doc()))
+    changes = edge_changes(old, new)
+    assert changes.opening == {("web", "payments")}
+    assert changes.closing == {("web", "payments")}  # the edge changes: it carries more
+    assert waves(changes) == [OPEN, ROUTE, FINAL]
+
+
+def test_removing_an_export_routes_away_before_closing() -> None:
+    old_fed, new_fed = _fed(_doc()), _fed(_without_ledger(_doc()))
+    changes = edge_changes(_plan(old_fed), _plan(new_fed))
+    assert ("web", "payments") in changes.closing
+    # The union keeps the ledger served while web still routes to it (wave 1) ...
+    union, reason = union_spec(old_fed, new_fed)
+    assert reason is None
+    assert {e.name for e in union.spec.exports if e.mesh == "payments"} == {"tokenizer", "ledger"}
+    # ... the importer stops routing (wave 2) before the final wave prunes the export.
+    order = waves(changes)
+    assert order.index(ROUTE) < order.index(FINAL)
+
+
+def test_union_merges_consumer_rules() -> None:
+    old_doc = _doc()
+    new_doc = copy.deepcopy(old_doc)
+    new_doc["spec"]["exports"][0]["consumers"][0]["principals"] = ["ns/shop/sa/catalog"]
+    new_doc["spec"]["exports"][0]["consumers"][0]["methods"] = ["GET"]
+    union, reason = union_spec(_fed(old_doc), _fed(new_doc))
+    assert reason is None
+    consumer = union.export("payments/tokenizer").consumers[0]
+    assert consumer.principals == ["ns/shop/sa/catalog", "ns/shop/sa/checkout"]
+    assert consumer.methods == ["GET", "POST"]
+    # A rule that allowed any method stays "any" in the union.
+    del new_doc["spec"]["exports"][0]["consumers"][0]["methods"]
+    union, _ = union_spec(_fed(old_doc), _fed(new_doc))
+    assert union.export("payments/tokenizer").consumers[0].methods is None
+
+
+def test_union_drops_what_a_removed_mesh_served() -> None:
+    old_doc = _doc()
+    new_doc = copy.deepcopy(old_doc)
+    new_doc["spec"]["meshes"] = [m for m in new_doc["spec"]["meshes"] if m["name"] != "payments-dr"]
+    new_doc["spec"]["exports"] = [
+        e for e in new_doc["spec"]["exports"] if e["mesh"] != "payments-dr"
+    ]
+    new_doc["spec"]["imports"][0]["from"] = ["payments/tokenizer"]
+    union, reason = union_spec(_fed(old_doc), _fed(new_doc))
+    assert reason is None
+    assert all(e.mesh != "payments-dr" for e in union.spec.exports)
+
+
+def test_unreachable_exporter_freezes_the_importers_that_change_with_it() -> None:
+    old = _plan(_fed(_without_ledger(_doc())))
+    new = _plan(_fed(_doc()))
+    frozen = frozen_meshes(edge_changes(old, new), new, {"payments": "cluster unreachable"})
+    assert frozen["payments"] == "cluster unreachable"
+    assert "changes, and payments waits" in frozen["web"]
+    assert "payments-dr" not in frozen  # its edges do not change: it is reconciled
+
+
+def test_unreachable_mesh_with_no_change_freezes_nobody_else() -> None:
+    plan = _plan(_fed(_doc()))
+    frozen = frozen_meshes(edge_changes(plan, plan), plan, {"payments-dr": "unreachable"})
+    assert frozen == {"payments-dr": "unreachable"}
+
+
+def test_pending_address_freezes_its_importers() -> None:
+    plan = _plan(_fed(_doc()))
+    frozen = frozen_meshes(edge_changes(plan, plan), plan, {}, pending_address=["payments-dr"])
+    assert set(frozen) == {"web"}
+    assert "load-balancer address" in frozen["web"]
+
+
+def _creds() -> MeshCredentials:
+    return MeshCredentials(
+        ca_cert="x",
+        ca_key="x",
+        root_cert="x",
+        cert_chain="x",
+        ingress_cert_chain="x",
+        ingress_key="x",
+    )
+
+
+def test_every_rendered_object_has_the_side_it_serves() -> None:
+    plan = _plan(_fed(_doc()))
+    sides: dict[str, set[str]] = {}
+    for mesh in plan.meshes:
+        rendered = render_mesh(plan, mesh, _creds())
+        for file, docs in {**rendered.files, **rendered.secret_files}.items():
+            for obj in docs:
+                sides.setdefault(file, set()).add(side(obj))
+    assert sides["imports.yaml"] == {"importer"}
+    assert sides["egress-gateway.yaml"] == {"importer"}
+    assert sides["ingress-gateway.yaml"] == {"exporter"}
+    assert sides["exports.yaml"] == {"exporter"}
+    assert sides["mtls.yaml"] == {"exporter"}
+    assert sides["cacerts.yaml"] == {"exporter"}
+    assert sides["namespace.yaml"] == {"base"}
