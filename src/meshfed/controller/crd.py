@@ -296,7 +296,7 @@ def _status_schema() -> Obj:
 def federation_schema() -> Obj:
     """The structural openAPIV3Schema of ``Federation``."""
     doc = Federation.model_json_schema(by_alias=True, mode="validation")
-    schema = _resolve(doc, doc.get("$defs", {}))
+    schema: Obj = _resolve(doc, doc.get("$defs", {}))
     props = schema["properties"]
     props["metadata"] = {"type": "object"}
     props["apiVersion"] = {"type": "string"}

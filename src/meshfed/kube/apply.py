@@ -178,10 +178,13 @@ class Rollout:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
+        prunable: Callable[[Obj], bool] | None = None,
     ) -> None:
-        """``retire``: also empty the recorded clusters the spec no longer names (a full
-        apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
-        without touching them (a cluster that is gone for good)."""
+        """``prunable``: prune only the stale objects it accepts (the controller's
+        make-before-break waves prune one side of the federation at a time). ``retire``:
+        also empty the recorded clusters the spec no longer names (a full apply). ``forget``:
+        kubeconfig contexts of recorded clusters to drop from the record without touching
+        them (a cluster that is gone for good)."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -192,6 +195,7 @@ class Rollout:
         self.retire = retire
         self.forget = frozenset(forget)
         self.progress: Progress = progress or _Quiet()
+        self.prunable = prunable
         self.tokens: dict[tuple[str, str], Token | None] = {}
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
@@ -376,6 +380,8 @@ class Rollout:
             except KubeError as exc:
                 run.refuse(f"(prune: list {kind})", exc.message)
         run.prune = prune_set(live, desired, self.fed.name)
+        if self.prunable is not None:
+            run.prune = [o for o in run.prune if self.prunable(o)]
         if run.target.retired and run.target.cluster.role == "remote":
             # The reader tokens the primary's remote secret carried: revoked with it.
             try:

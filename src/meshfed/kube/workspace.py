@@ -3,11 +3,12 @@ PKI and plan, each mesh rendered, and the rollout of those objects to the cluste
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshfed.kube.apply import Connect, Progress, Rollout
+from meshfed.kube.client import Obj
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
 from meshfed.pki.store import PKIStore
@@ -16,6 +17,7 @@ from meshfed.plan.trust import root_pems, trust_request
 from meshfed.render.istio import RenderedMesh, render_mesh
 from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.spec.load import load_spec
+from meshfed.spec.model import Federation
 from meshfed.workspace import Workspace, default_state_dir
 
 
@@ -46,6 +48,7 @@ class KubeWorkspace:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
+        prunable: Callable[[Obj], bool] | None = None,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -58,6 +61,7 @@ class KubeWorkspace:
             retire=retire,
             forget=forget,
             progress=progress,
+            prunable=prunable,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
@@ -78,8 +82,20 @@ def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connec
     fed = load_spec(spec_path, discovery_pending=True)
     fed, found, addresses = with_discovered(fed, connect, str(spec_path))
     state = state_dir if state_dir is not None else default_state_dir(fed)
-    material = PKIStore(state).ensure(trust_request(fed))
+    return kube_workspace(fed, spec_path, state, connect, found, addresses)
+
+
+def kube_workspace(
+    fed: Federation,
+    origin: Path,
+    state_dir: Path,
+    connect: Connect,
+    found: list[Discovery] | None = None,
+    addresses: list[AddressFound] | None = None,
+) -> KubeWorkspace:
+    """A complete spec (discovery done) with its PKI (created where missing) and plan."""
+    material = PKIStore(state_dir).ensure(trust_request(fed))
     roots = root_pems(material)
     plan = build_plan(fed, roots)
-    ws = Workspace(spec_path, fed, state, material, plan)
-    return KubeWorkspace(ws, roots, found, connect, addresses)
+    ws = Workspace(origin, fed, state_dir, material, plan)
+    return KubeWorkspace(ws, roots, found or [], connect, addresses or [])

@@ -130,7 +130,7 @@ class _Resolver:
             priority=priority,
             mesh=mesh.name,
             export=ref,
-            address=mesh.ingress.address,
+            address=_address(mesh),
             port=mesh.ingress.port,
             ingress_spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             trust_domain=mesh.trust_domain,
@@ -156,7 +156,7 @@ class _Resolver:
             for rule in server.allow:
                 callers[rule.consumer_mesh].add(self.fed.mesh(rule.consumer_mesh).trust_domain)
         return Ingress(
-            address=mesh.ingress.address,
+            address=_address(mesh),
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(servers),
@@ -215,6 +215,13 @@ class _Resolver:
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
         )
+
+
+def _address(mesh: Mesh) -> str:
+    """The ingress address: the spec's, or the one discovery filled in (checked before)."""
+    if mesh.ingress.address is None:
+        raise ValueError(f"mesh {mesh.name}: ingress address not discovered yet")
+    return mesh.ingress.address
 
 
 def build_plan(fed: Federation, root_pems: Mapping[str, str]) -> FederationPlan:

@@ -27,7 +27,7 @@ def _local_names(mesh: Mesh) -> dict[str, str]:
     return names
 
 
-def _check_meshes(fed: Federation) -> Iterator[Problem]:
+def _check_meshes(fed: Federation, discovery_pending: bool = False) -> Iterator[Problem]:
     names: dict[str, int] = {}
     domains: dict[str, int] = {}
     listeners: dict[tuple[str, int], int] = {}
@@ -55,7 +55,7 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
                 "'cluster.local' is Istio's default trust domain and not unique to this mesh",
                 f"choose a trust domain of its own, e.g. {mesh.name}.{fed.name}.example",
             )
-        key = (mesh.ingress.address, mesh.ingress.port)
+        key = (mesh.ingress.address or f"<{mesh.name}'s load balancer>", mesh.ingress.port)
         if key in listeners:
             yield Problem(
                 (*path, "ingress"),
@@ -63,7 +63,7 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
                 "give each mesh's ingress its own address or port",
             )
         listeners.setdefault(key, i)
-        yield from _check_address(mesh, path)
+        yield from _check_address(mesh, path, discovery_pending)
         seen: dict[str, int] = {}
         for j, w in enumerate(mesh.workloads):
             if w.ref in seen:
@@ -75,8 +75,26 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
             seen.setdefault(w.ref, j)
 
 
-def _check_address(mesh: Mesh, path: tuple[str | int, ...]) -> Iterator[Problem]:
+def _check_address(
+    mesh: Mesh, path: tuple[str | int, ...], discovery_pending: bool = False
+) -> Iterator[Problem]:
     address = mesh.ingress.address
+    if address is None:
+        if not mesh.in_cluster:
+            yield Problem(
+                (*path, "ingress", "address"),
+                "the ingress address is omitted, but the mesh names no cluster to read it from",
+                "set ingress.address, or kubernetes.context / clusters so it is read from the "
+                "federation-ingress load balancer",
+            )
+        elif not discovery_pending:
+            yield Problem(
+                (*path, "ingress", "address"),
+                f"mesh {mesh.name!r} leaves its ingress address to its load balancer, which only "
+                "the Kubernetes commands (apply, diff, discover, the controller) read",
+                "set ingress.address, or use meshfed apply/diff or the controller",
+            )
+        return
     try:
         ipaddress.ip_address(address)
         return
@@ -424,7 +442,7 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     references to them are checked later, once discovered (the Kubernetes commands).
     """
     return [
-        *_check_meshes(fed),
+        *_check_meshes(fed, discovery_pending),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),
