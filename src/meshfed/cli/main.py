@@ -47,6 +47,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("audit", "graph"), "meshfed.cli.audit"),
     **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
     "rotate": "meshfed.cli.rotate",
+    "controller": "meshfed.cli.controller",
 }
 PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")
 """Modules that add subcommands to ``pki`` (install; request, sign, import, init-root)."""
