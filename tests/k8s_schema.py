@@ -893,7 +893,6 @@ def _istio_errors(
         yield from _schema_errors(_object_meta_validator(), obj["metadata"], ("metadata",))
 
 
-
 def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any]) -> list[str]:
     """Problems the apiserver would report for creating ``obj`` as a resource of ``crd`` (a
     CRD this test suite has in hand, e.g. one meshfed generates): structural schema, list-map
@@ -918,6 +917,7 @@ def validate_custom_resource(obj: dict[str, Any], crd: dict[str, Any]) -> list[s
         *_cel_errors({**body, "metadata": {"name": _name_of(obj)}}, schema, ()),
     ]
     return [f"{obj.get('kind')}/{_name_of(obj)}: {path}: {problem}" for path, problem in problems]
+
 
 _WORKLOAD_KINDS: Final[frozenset[str]] = frozenset(
     {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet"}

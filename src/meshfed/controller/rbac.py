@@ -56,13 +56,19 @@ def _group(api_version: str) -> str:
     return api_version.rpartition("/")[0]
 
 
+def plural_of(kind: str) -> str:
+    """The resource name of a kind meshfed renders (English plural, lower case)."""
+    lower = kind.lower()
+    if lower.endswith("y") and lower[-2:-1] not in ("a", "e", "i", "o", "u"):
+        return lower[:-1] + "ies"
+    return lower + ("es" if lower.endswith("s") else "s")
+
+
 def target_cluster_rules(istio_namespaces: tuple[str, ...] = ("istio-system",)) -> list[Rule]:
     """The ClusterRole meshfed's controller holds on a mesh cluster."""
     by_group: dict[str, list[str]] = {}
     for api_version, kind in PRUNE_KINDS:
-        plural = kind.lower() + ("es" if kind.endswith("s") else "s")
-        if kind == "AuthorizationPolicy":
-            plural = "authorizationpolicies"
+        plural = plural_of(kind)
         by_group.setdefault(_group(api_version), []).append(plural)
     rules: list[Rule] = [
         # Server-side apply (create, patch), drift watches (watch), prune by labels (list,
