@@ -20,9 +20,9 @@ from cryptography.x509.oid import NameOID
 
 from meshfed.audit import AuditOptions, audit_manifests, audit_spec
 from meshfed.audit.model import Report, Severity
+from meshfed.pki import PKIStore
 from meshfed.pki.certs import cert_to_pem, issue_leaf, make_intermediate_ca, make_root_ca
 from meshfed.pki.keys import PrivateKey, generate_key, key_to_pem
-from meshfed.pki.store import PKIStore
 from meshfed.plan.trust import trust_request
 from meshfed.spec.load import load_spec
 from test_audit_corpus import GOOD_SPEC, GOOD_TREE

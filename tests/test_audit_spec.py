@@ -9,7 +9,7 @@ import pytest
 
 from meshfed.audit import AuditOptions, audit_spec
 from meshfed.audit.model import Report, Severity
-from meshfed.pki.store import PKIStore
+from meshfed.pki import PKIStore
 from meshfed.plan.trust import trust_request
 from meshfed.spec.load import load_spec
 from test_audit_corpus import BAD_SPECS, GOOD_SPEC, read_case

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.examples import example_path
+from meshfed.pki import PKIStore
 from meshfed.pki.certs import fingerprint, permitted_uri_domains
 from meshfed.pki.custody import check_csr, load_csr, make_csr
 from meshfed.pki.errors import PKIError
@@ -26,7 +27,6 @@ from meshfed.pki.signing import (
     request_intermediate,
     sign_request,
 )
-from meshfed.pki.store import PKIStore
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.trust import trust_request
 from meshfed.rotation.machine import Rotator

@@ -33,8 +33,8 @@ from meshfed.local.ports import LOOPBACK, PortAllocator
 from meshfed.local.procs import start_time
 from meshfed.local.state import ProcessRecord, load_processes, save_processes
 from meshfed.local.summary import ImportInfo, RuntimeSummary, save_summary, summarize
+from meshfed.render.envoy import render_local
 from meshfed.render.envoy.files import log_path
-from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import open_workspace
 
 from conftest import EXAMPLES

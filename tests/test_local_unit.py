@@ -42,7 +42,7 @@ from meshfed.local.summary import summarize
 from meshfed.local.workloads import Host, WorkloadSpec
 from meshfed.local.xds import EnvoyFiles, secrets_for
 from meshfed.local.xfcc import caller_from_xfcc, parse_xfcc
-from meshfed.render.envoy.translate import render_local
+from meshfed.render.envoy import render_local
 from meshfed.workspace import Workspace, open_workspace
 
 INGRESS = "spiffe://a.test/ns/meshfed-system/sa/federation-ingress"

@@ -41,7 +41,7 @@ from meshfed.local.watch import (
 )
 from meshfed.local.xds import EnvoyFiles, file_state, secrets_for
 from meshfed.plan.diff import security_diff
-from meshfed.render.envoy.translate import render_local
+from meshfed.render.envoy import render_local
 from meshfed.workspace import Workspace, open_workspace
 
 NO_CHANGE = 0.3

@@ -13,10 +13,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from meshfed.pki import MeshTrustRequest, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki.certs import cert_to_pem, certs_to_pem, load_certs_pem, spiffe_ids
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import KeyAlgorithm, generate_key, key_to_pem, load_key_pem
-from meshfed.pki.store import MeshTrustRequest, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki.verify import openssl_verify, verify_chain
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -16,10 +16,10 @@ import pytest
 
 from meshfed.pki.certs import certs_to_pem
 from meshfed.pki.keys import key_to_pem
-from meshfed.render.envoy import files
+from meshfed.render.envoy import files, render_local
 from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.render.envoy.translate import CALLER_CA, LOCAL_CA, PEER_CA, render_local
+from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, PEER_CA
 from meshfed.workspace import Workspace, open_workspace
 
 from conftest import EXAMPLES

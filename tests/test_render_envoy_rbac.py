@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from meshfed.plan.model import AllowRule, IngressServer, PathMatch, Workload
-from meshfed.render.envoy import rbac
-from meshfed.render.envoy.translate import CALLER_CA, render_local, tcp_caller_ca
-from meshfed.spec.principals import PrincipalMatch
+from meshfed.render.envoy import rbac, render_local
+from meshfed.render.envoy.ingress import tcp_caller_ca
+from meshfed.render.envoy.tls import CALLER_CA
+from meshfed.spiffe import PrincipalMatch
 from meshfed.workspace import open_workspace
 from test_render_envoy import fake_layout, validate_with_envoy, walk
 
@@ -306,14 +307,6 @@ def test_a_principal_with_a_comma_is_refused() -> None:
     srv = server(AllowRule("web", (exact(CHECKOUT + ",x"),)))
     with pytest.raises(ValueError, match="contains ','"):
         rbac.http_filter(srv)
-
-
-def test_trust_domain() -> None:
-    assert rbac.trust_domain(CHECKOUT) == "web.test"
-    assert rbac.trust_domain(WEB) == "web.test"
-    for bad in ("web.test/ns/a", "spiffe://web.test"):
-        with pytest.raises(ValueError):
-            rbac.trust_domain(bad)
 
 
 # --- the real renderer, many principals, checked by Envoy ----------------------------------------

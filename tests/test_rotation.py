@@ -28,7 +28,7 @@ from meshfed.pki.errors import PKIError
 from meshfed.pki.record import FORWARD_STEPS, read_record
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.trust import root_pems
-from meshfed.render.envoy.translate import render_local
+from meshfed.render.envoy import render_local
 from meshfed.render.istio import render_mesh
 from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation import machine

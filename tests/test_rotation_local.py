@@ -17,8 +17,8 @@ import pytest
 
 from local_helpers import Fed, Loop, poll, spec_copy
 from meshfed.local.client import Response, tcp_call
+from meshfed.pki import MeshCA
 from meshfed.pki.record import read_record
-from meshfed.pki.store import MeshCA
 from meshfed.rotation.live import Target, handshake, handshake_targets
 from meshfed.rotation.machine import HOLD_ENV, Rotator
 from meshfed.workspace import open_workspace

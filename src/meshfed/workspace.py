@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from meshfed.pki.store import PKIMaterial, PKIStore
+from meshfed.pki import PKIMaterial, PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.model import FederationPlan
 from meshfed.plan.trust import root_pems, trust_request

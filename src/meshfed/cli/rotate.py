@@ -17,6 +17,7 @@ import click
 from meshfed.cli.common import reported
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
+from meshfed.pki import PKIStore
 from meshfed.pki.errors import PKIError
 from meshfed.pki.record import FORWARD_STEPS, STEP_HELP, RotationRecord
 from meshfed.pki.signing import (
@@ -25,7 +26,6 @@ from meshfed.pki.signing import (
     request_intermediate,
     sign_request,
 )
-from meshfed.pki.store import PKIStore
 from meshfed.plan.trust import trust_request
 from meshfed.rotation.machine import (
     RotationError,

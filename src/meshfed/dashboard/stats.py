@@ -1,7 +1,7 @@
 """An ingress gateway's Envoy ``/stats`` turned into the dashboard's counters, per filter chain.
 
 Every exported SNI is one filter chain of the ingress listener ``federation-ingress``, whose
-filters carry the stat prefix ``ingress_<sni>`` (``render/envoy/translate.py``). The stats read,
+filters carry the stat prefix ``ingress_<sni>`` (``render/envoy/ingress.py``). The stats read,
 with ``<sni>`` the chain's server name and ``<listener>`` the listener's ``<address>_<port>``:
 
 HTTP export (http_connection_manager with the RBAC HTTP filter):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from meshfed.spec.model import Export, Federation
+from meshfed.spiffe import relative_to
 
 EdgeKind = Literal["import", "grant"]
 
@@ -106,14 +107,14 @@ class FederationGraph:
 def _rule(
     fed: Federation, export: Export, mesh: str
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    own = f"spiffe://{fed.mesh(mesh).trust_domain}/"
+    domain = fed.mesh(mesh).trust_domain
     principals: list[str] = []
     methods: list[str] = []
     paths: list[str] = []
     for consumer in export.consumers:
         if consumer.mesh != mesh:
             continue
-        short = [p.removeprefix(own) for p in consumer.principals]
+        short = [relative_to(p, domain) for p in consumer.principals]
         principals += [p for p in short if p not in principals]
         methods += [m for m in consumer.methods or () if m not in methods]
         paths += [p for p in consumer.paths or () if p not in paths]

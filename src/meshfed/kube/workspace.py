@@ -11,7 +11,7 @@ from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
-from meshfed.pki.store import PKIStore
+from meshfed.pki import PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.trust import root_pems, trust_request
 from meshfed.render.istio import RenderedMesh, render_mesh

@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import serialization
 
 from meshfed.local.files import read_json, write_atomic
 from meshfed.local.paths import RuntimePaths
+from meshfed.pki import MeshCA, PKIStore
 from meshfed.pki.certs import cert_to_pem, issued_at, keys_match, renewal_time, spiffe_ids
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import key_to_pem
-from meshfed.pki.store import MeshCA, PKIStore
 from meshfed.render.envoy.files import tls_secret
 
 RENEW_AT = 2 / 3

@@ -81,9 +81,9 @@ from meshfed.local.summary import (
 from meshfed.local.workloads import WorkloadSpec
 from meshfed.local.xds import EnvoyFiles, Pending, ecds_stats, ecds_stats_pattern, secrets_for
 from meshfed.plan.model import FederationPlan
+from meshfed.render.envoy import render_local
 from meshfed.render.envoy.files import process_dir, process_slug
 from meshfed.render.envoy.layout import LocalLayout
-from meshfed.render.envoy.translate import render_local
 from meshfed.workspace import Workspace
 
 READY_TIMEOUT = 30.0

@@ -36,6 +36,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from meshfed.pki.cafiles import check_started
 from meshfed.pki.certs import (
     CROSS_PATH_LENGTH,
     anchor_name,
@@ -54,7 +55,7 @@ from meshfed.pki.certs import (
 from meshfed.pki.errors import PKIError
 from meshfed.pki.files import CERT_MODE, KEY_MODE, mkdir_private, write_atomic
 from meshfed.pki.keys import KeyAlgorithm, PrivateKey, generate_key, key_to_pem
-from meshfed.pki.store import PKIStore, check_started
+from meshfed.pki.store import PKIStore
 
 ANCHOR_DIR = "federation-anchor"
 ANCHOR_CERT = "anchor-cert.pem"

@@ -15,11 +15,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, PublicKey
+from meshfed.spiffe import SCHEME, validate_spiffe_id, validate_trust_domain
 
 ORGANIZATION = "meshfed"
 #: Certificates start this long before `now`, so peers with slightly slow clocks accept them.
 CLOCK_SKEW = timedelta(minutes=5)
-SPIFFE_SCHEME = "spiffe://"
 
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
 
@@ -321,32 +321,6 @@ def issue_leaf(
 # --- names -------------------------------------------------------------------------------------
 
 
-def validate_trust_domain(trust_domain: str) -> None:
-    """SPIFFE trust domain: lowercase letters, digits, '.', '-', '_'; no scheme, port or path."""
-    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
-    if not trust_domain or not set(trust_domain) <= allowed or trust_domain.startswith("."):
-        raise ValueError(
-            f"invalid trust domain {trust_domain!r}: use lowercase letters, digits, '.', '-', '_'"
-        )
-
-
-def validate_spiffe_id(spiffe_id: str) -> None:
-    """`spiffe://<trust domain>/<path>` with a non-empty path."""
-    if not spiffe_id.startswith(SPIFFE_SCHEME):
-        raise ValueError(f"invalid SPIFFE ID {spiffe_id!r}: must start with {SPIFFE_SCHEME}")
-    rest = spiffe_id[len(SPIFFE_SCHEME) :]
-    trust_domain, slash, path = rest.partition("/")
-    validate_trust_domain(trust_domain)
-    if not slash or not path or "//" in path or path.endswith("/") or "?" in path or "#" in path:
-        raise ValueError(f"invalid SPIFFE ID {spiffe_id!r}: needs a path like /ns/NS/sa/SA")
-
-
-def spiffe_trust_domain(spiffe_id: str) -> str:
-    """The trust domain of a SPIFFE ID."""
-    validate_spiffe_id(spiffe_id)
-    return spiffe_id[len(SPIFFE_SCHEME) :].partition("/")[0]
-
-
 def spiffe_ids(cert: x509.Certificate) -> list[str]:
     """The spiffe:// URI SANs of `cert`."""
     try:
@@ -354,9 +328,7 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
     except x509.ExtensionNotFound:
         return []
     return [
-        u
-        for u in san.get_values_for_type(x509.UniformResourceIdentifier)
-        if u.startswith(SPIFFE_SCHEME)
+        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SCHEME)
     ]
 
 

@@ -21,16 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from meshfed.pki.certs import (
-    ORGANIZATION,
-    SPIFFE_SCHEME,
-    intermediate_name,
-    validate_trust_domain,
-)
+from meshfed.pki.certs import ORGANIZATION, intermediate_name
 from meshfed.pki.errors import PKIError
 from meshfed.pki.files import CERT_MODE, KEY_MODE, mkdir_private, read_bytes, write_atomic
 from meshfed.pki.keys import KeyAlgorithm, PrivateKey, PublicKey, generate_key, key_algorithm
 from meshfed.pki.keys import key_to_pem as _key_to_pem
+from meshfed.spiffe import parse_trust_domain_id, trust_domain_id, validate_trust_domain
 
 REQUEST_KEY = "ca-key.pem"
 REQUEST_CSR = "request.csr"
@@ -92,7 +88,7 @@ def make_csr(mesh: str, trust_domain: str, key: PrivateKey) -> x509.CertificateS
         )
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(f"{SPIFFE_SCHEME}{trust_domain}")]
+                [x509.UniformResourceIdentifier(trust_domain_id(trust_domain))]
             ),
             critical=False,
         )
@@ -216,18 +212,15 @@ def check_csr(
         elif isinstance(value, x509.SubjectAlternativeName):
             for name in value:
                 uri = name.value if isinstance(name, x509.UniformResourceIdentifier) else None
-                if (
-                    uri is None
-                    or not uri.startswith(SPIFFE_SCHEME)
-                    or "/" in uri[len(SPIFFE_SCHEME) :]
-                ):
+                named = parse_trust_domain_id(uri) if uri is not None else None
+                if named is None:
                     raise PKIError(
                         source,
                         f"asks for subject alternative name {name.value!r}; only "
                         "spiffe://<trust domain> is understood",
                         _FIX,
                     )
-                domains.add(uri[len(SPIFFE_SCHEME) :])
+                domains.add(named)
     if not domains:
         raise PKIError(source, "names no trust domain to constrain the intermediate to", _FIX)
     if len(domains) > 1:

@@ -19,7 +19,7 @@ from cryptography.exceptions import InvalidSignature
 from meshfed.pki.certs import cert_to_pem, keys_match, load_cert_pem, renewal_time, spiffe_ids
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, key_to_pem, load_key_pem
-from meshfed.pki.store import MeshCA
+from meshfed.pki.material import MeshCA
 
 RENEW_AT = 2 / 3
 """Fraction of a leaf's lifetime after which it is renewed."""

@@ -33,6 +33,8 @@ from meshfed.pki.custody import REQUEST_CSR, RequestMeta, write_request
 from meshfed.pki.errors import PKIError
 from meshfed.pki.files import CERT_MODE, KEY_MODE, read_bytes, write_atomic
 from meshfed.pki.keys import PrivateKey, generate_key, key_to_pem
+from meshfed.pki.layout import CA_CERT, CA_KEY, ROOT_CERT, ROOT_KEY, SHARED_ROOT_NAME, STATE_FILE
+from meshfed.pki.material import MeshCA, TrustRequest
 from meshfed.pki.record import (
     ROTATION_DIR,
     Gen,
@@ -44,17 +46,7 @@ from meshfed.pki.record import (
     read_record,
     write_record,
 )
-from meshfed.pki.store import (
-    CA_CERT,
-    CA_KEY,
-    ROOT_CERT,
-    ROOT_KEY,
-    SHARED_ROOT_NAME,
-    STATE_FILE,
-    MeshCA,
-    PKIStore,
-    TrustRequest,
-)
+from meshfed.pki.store import PKIStore
 
 _FIX = "run the same meshfed rotate command again, or meshfed rotate abort"
 

@@ -42,18 +42,11 @@ from meshfed.pki.custody import (
 )
 from meshfed.pki.errors import PKIError
 from meshfed.pki.files import CERT_MODE, KEY_MODE, read_bytes, write_atomic
+from meshfed.pki.layout import CA_CERT, CA_KEY, ROOT_CERT, ROOT_KEY, SHARED_ROOT_NAME, STATE_FILE
+from meshfed.pki.material import TrustRequest
 from meshfed.pki.record import REQUESTS_DIR, gen_dir, now_text, read_record
-from meshfed.pki.store import (
-    CA_CERT,
-    CA_KEY,
-    ROOT_CERT,
-    ROOT_KEY,
-    SHARED_ROOT_NAME,
-    STATE_FILE,
-    STATE_VERSION,
-    PKIStore,
-    TrustRequest,
-)
+from meshfed.pki.state import STATE_VERSION
+from meshfed.pki.store import PKIStore
 
 
 def _state(store: PKIStore) -> dict[str, Any] | None:

@@ -26,7 +26,8 @@ from meshfed.plan.model import (
 )
 from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
 from meshfed.spec.model import Export, Federation, Mesh
-from meshfed.spec.principals import parse_principal, spiffe_id
+from meshfed.spec.principals import parse_principal
+from meshfed.spiffe import workload_id
 
 
 def root_name(fed: Federation, mesh: str) -> str:
@@ -59,7 +60,7 @@ def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
             service_account=w.service_account,
             port=w.port,
             protocol=w.protocol,
-            spiffe_id=spiffe_id(mesh.trust_domain, w.namespace, w.service_account),
+            spiffe_id=workload_id(mesh.trust_domain, w.namespace, w.service_account),
             fqdn=service_fqdn(w.namespace, w.name),
         )
         for w in sorted(mesh.workloads, key=lambda w: (w.namespace, w.name))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from meshfed.spec.principals import PrincipalMatch
+from meshfed.spiffe import PrincipalMatch
 
 Protocol = Literal["HTTP", "TCP"]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from meshfed.spiffe import workload_id
+
 GATEWAY_NAMESPACE = "meshfed-system"
 INGRESS_GATEWAY = "federation-ingress"
 EGRESS_GATEWAY = "federation-egress"
@@ -17,4 +19,4 @@ def service_fqdn(namespace: str, name: str) -> str:
 
 def gateway_spiffe_id(trust_domain: str, gateway: str) -> str:
     """The SPIFFE ID of one of meshfed's gateways in a mesh."""
-    return f"spiffe://{trust_domain}/ns/{GATEWAY_NAMESPACE}/sa/{gateway}"
+    return workload_id(trust_domain, GATEWAY_NAMESPACE, gateway)

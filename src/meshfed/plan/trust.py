@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from meshfed.pki import MeshTrustRequest, PKIMaterial, TrustRequest
 from meshfed.pki.certs import certs_to_pem
-from meshfed.pki.store import MeshTrustRequest, PKIMaterial, TrustRequest
 from meshfed.plan.build import peerings
 from meshfed.spec.model import Federation
 

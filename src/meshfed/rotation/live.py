@@ -38,14 +38,14 @@ from meshfed.local.paths import RuntimePaths
 from meshfed.local.probe import ProbeResult, plan_probes, run_probe
 from meshfed.local.state import load_processes
 from meshfed.local.xds import EnvoyFiles, Pending, secrets_for, wait_for_stats
+from meshfed.pki import MeshCA
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
-from meshfed.pki.store import MeshCA
 from meshfed.plan.model import FederationPlan, IngressServer
+from meshfed.render.envoy import render_local
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.render.envoy.translate import render_local
-from meshfed.spec.principals import PrincipalMatch
+from meshfed.spiffe import PrincipalMatch, validate_spiffe_id
 
 APPLY_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 5.0
@@ -215,8 +215,6 @@ def _client_id(
     for w in plan.mesh(consumer_mesh).workloads:
         if any(p.matches(w.spiffe_id) for p in matches):
             return w.spiffe_id
-    from meshfed.pki.certs import validate_spiffe_id
-
     for p in matches:
         for suffix in CHECK_ID_SUFFIXES:
             cand = p.value + suffix

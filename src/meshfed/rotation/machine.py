@@ -30,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
+from meshfed.pki import MeshCA, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
 from meshfed.pki.certs import describe, load_certs_pem
 from meshfed.pki.errors import PKIError
@@ -43,13 +44,13 @@ from meshfed.pki.record import (
     history,
     write_record,
 )
-from meshfed.pki.store import MeshCA, PKIMaterial, PKIStore, TrustRequest
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.model import FederationPlan, TrustBundle
 from meshfed.plan.names import INGRESS_GATEWAY
 from meshfed.plan.trust import trust_request
 from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
 from meshfed.spec.load import load_spec
+from meshfed.spiffe import domain_prefix
 from meshfed.workspace import Workspace, open_workspace
 
 HOLD_ENV = "MESHFED_TEST_HOLD"
@@ -547,7 +548,7 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 
 def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
-    spiffe_id = f"spiffe://{ca.trust_domain}/{_CHECK_PATH}"
+    spiffe_id = domain_prefix(ca.trust_domain) + _CHECK_PATH
     _, leaf = ca.issue(spiffe_id, TEST_TTL, now)
     try:
         verify_chain(leaf, [ca.ca_cert], roots, now, spiffe_id)

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from meshfed.plan.model import AllowRule, IngressServer, PathMatch
 from meshfed.render.envoy.process import Resource
+from meshfed.spiffe import domain_prefix, trust_domain_of
 
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
@@ -54,7 +55,6 @@ URI_SAN_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl
 
 SEVERAL_URI_SANS = "several-uri-sans"
 DEFAULT_DENY = "default-deny"
-SPIFFE = "spiffe://"
 
 _URI_SAN: Resource = {"name": "uri_san", "typed_config": {"@type": URI_SAN_INPUT}}
 
@@ -87,13 +87,6 @@ def network_filter(server: IngressServer, stat_prefix: str) -> Resource:
     }
 
 
-def trust_domain(identity: str) -> str:
-    """The trust domain of a planned principal (``spiffe://<domain>/...``, exact or prefix)."""
-    if not identity.startswith(SPIFFE) or "/" not in identity[len(SPIFFE) :]:
-        raise ValueError(f"{identity!r} is not a SPIFFE ID (or prefix of one)")
-    return identity[len(SPIFFE) :].partition("/")[0]
-
-
 def policy_id(rule: AllowRule, index: int) -> str:
     return f"{rule.consumer_mesh}-{index}"
 
@@ -120,13 +113,13 @@ def matcher(rules: Sequence[AllowRule], http: bool) -> Resource:
         for identity in (*rule.exact, *rule.prefixes):
             if "," in identity:  # the spec's forms never hold one; never render a guessable key
                 raise ValueError(f"principal {identity!r} contains ','")
-            in_domain = domains.setdefault(trust_domain(identity), [])
+            in_domain = domains.setdefault(trust_domain_of(identity), [])
             if rule not in in_domain:
                 in_domain.append(rule)
     body = _deny(DEFAULT_DENY)
     if domains:
         branches = {
-            f"{SPIFFE}{domain}/": _branch(domain, in_domain)
+            domain_prefix(domain): _branch(domain, in_domain)
             for domain, in_domain in sorted(domains.items())
         }
         body = _nested(_tree("prefix_match_map", branches, _deny(DEFAULT_DENY)))
@@ -173,8 +166,8 @@ def _branch(domain: str, rules: list[_Rule]) -> Resource:
     in_domain = [
         (
             rule,
-            [p for p in rule.exact if trust_domain(p) == domain],
-            [p for p in rule.prefixes if trust_domain(p) == domain],
+            [p for p in rule.exact if trust_domain_of(p) == domain],
+            [p for p in rule.prefixes if trust_domain_of(p) == domain],
         )
         for rule in rules
     ]

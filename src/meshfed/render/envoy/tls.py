@@ -13,6 +13,13 @@ from meshfed.render.envoy.process import Resource
 _TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 DOWNSTREAM_TLS = _TLS + "DownstreamTlsContext"
 UPSTREAM_TLS = _TLS + "UpstreamTlsContext"
+CALLER_CA = "CALLER_CA"
+"""Ingress: roots of the meshes allowed to call, each for its own trust domain."""
+LOCAL_CA = "LOCAL_CA"
+"""The mesh's own root, for its own trust domain: in-mesh peers."""
+PEER_CA = "PEER_CA"
+"""Sidecar: roots of the exporting meshes it imports from, each for its own domain."""
+
 TLS_PARAMS = {"tls_minimum_protocol_version": "TLSv1_2", "tls_maximum_protocol_version": "TLSv1_3"}
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWAY
-from meshfed.render.istio.objects import Obj, istio_principal, obj, slug
+from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.spiffe import istio_principal
 
 # Response headers that would tell a caller about the exporting mesh's insides.
 _RESPONSE_HEADERS_REMOVED = [
@@ -47,15 +48,9 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
     )
 
 
-def _principal(match: str, prefix: bool) -> str:
-    return f"{istio_principal(match)}*" if prefix else istio_principal(match)
-
-
 def _rule(server: IngressServer, rule: AllowRule) -> Obj:
     out: Obj = {
-        "from": [
-            {"source": {"principals": [_principal(p.value, p.prefix) for p in rule.principals]}}
-        ],
+        "from": [{"source": {"principals": [istio_principal(p) for p in rule.principals]}}],
         "when": [{"key": "connection.sni", "values": [server.sni]}],
     }
     operation: Obj = {}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from meshfed.pki import PKIMaterial
 from meshfed.pki.anchor import TrustedRoot, ensure_anchor
 from meshfed.pki.certs import cert_to_pem, certs_to_pem, load_certs_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.pki.leaves import ensure_leaf
-from meshfed.pki.store import PKIMaterial
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import INGRESS_GATEWAY
 from meshfed.render.istio.trust import MeshCredentials

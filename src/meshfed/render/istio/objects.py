@@ -52,8 +52,3 @@ def obj(
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def istio_principal(spiffe_id: str) -> str:
-    """AuthorizationPolicy principals are written without the scheme: Istio adds it."""
-    return spiffe_id.removeprefix("spiffe://")
