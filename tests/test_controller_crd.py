@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from k8s_schema import validate_custom_resource, validate_manifest
 from meshfed.controller.crd import PRINTER_COLUMNS, federation_crd, federation_schema
+
+from k8s_schema import validate_custom_resource, validate_manifest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "src/meshfed/examples"
 

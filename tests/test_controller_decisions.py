@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from k8s_schema import validate_manifest
 from meshfed.controller.drift import last_writer, repair_for
 from meshfed.controller.leader import Observed, decide
 from meshfed.controller.manifests import (
@@ -40,6 +39,8 @@ from meshfed.kube.errors import KubeError
 from meshfed.kube.targets import PRUNE_KINDS
 from meshfed.plan.build import build_plan
 from meshfed.spec.load import load_spec
+
+from k8s_schema import validate_manifest
 
 BANK = Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml"
 LABELS = {"app.kubernetes.io/managed-by": "meshfed", "meshfed.dev/federation": "bank"}
