@@ -36,7 +36,7 @@ from meshfed.controller.status import (
 )
 from meshfed.controller.worker import service_signature
 from meshfed.kube.errors import KubeError
-from meshfed.kube.targets import PRUNE_KINDS
+from meshfed.kube.targets import PRUNE_KINDS, prune_set
 from meshfed.plan.build import build_plan
 from meshfed.spec.load import load_spec
 
@@ -272,6 +272,13 @@ def test_state_files_and_modes_round_trip(tmp_path: Path) -> None:
     assert body["metadata"]["name"] == "meshfed-state-bank"
     assert files_of(body) == files
     assert files["pki/payments/ca-key.pem"][1] == 0o600
+
+
+def test_state_secret_is_never_pruned_as_a_federation_object() -> None:
+    """The management cluster may be a mesh's cluster too: the CA must not look like one of
+    the federation's rendered objects to pruning."""
+    body = secret_body("bank", "meshfed-system", {"pki/x": (b"KEY", 0o600)})
+    assert prune_set([body], [], "bank") == []
 
 
 def test_oversized_state_refused() -> None:

@@ -118,7 +118,7 @@ def test_unreachable_exporter_freezes_the_importers_that_change_with_it() -> Non
     new = _plan(_fed(_doc()))
     frozen = frozen_meshes(edge_changes(old, new), new, {"payments": "cluster unreachable"})
     assert frozen["payments"] == "cluster unreachable"
-    assert "changes, and payments waits" in frozen["web"]
+    assert "imports from mesh payments change" in frozen["web"]
     assert "payments-dr" not in frozen  # its edges do not change: it is reconciled
 
 
@@ -126,6 +126,19 @@ def test_unreachable_mesh_with_no_change_freezes_nobody_else() -> None:
     plan = _plan(_fed(_doc()))
     frozen = frozen_meshes(edge_changes(plan, plan), plan, {"payments-dr": "unreachable"})
     assert frozen == {"payments-dr": "unreachable"}
+
+
+def test_pending_address_on_first_apply_holds_only_the_importer() -> None:
+    new = _plan(_fed(_doc()))
+    frozen = frozen_meshes(edge_changes(None, new), new, {}, pending_address=["payments"])
+    assert set(frozen) == {"web"}  # the exporters are written: their gateways come up first
+
+
+def test_held_importer_keeps_what_it_routes_to_open() -> None:
+    old = _plan(_fed(_doc()))
+    new = _plan(_fed(_without_ledger(_doc())))
+    frozen = frozen_meshes(edge_changes(old, new), new, {"web": "cluster unreachable"})
+    assert "web waits" in frozen["payments"]  # it would close the ledger web still routes to
 
 
 def test_pending_address_freezes_its_importers() -> None:

@@ -14,8 +14,10 @@ A federation change is applied in up to three waves, each a server-side-dry-run-
 
 An *edge* is (importer mesh, exporter mesh): what the importer routes to the exporter and what
 the exporter lets the importer do. A mesh that cannot be written (unreachable, or an exporter
-whose load-balancer address is not known yet) freezes every mesh whose edge with it changes:
-those keep what they have, the rest of the federation goes on.
+whose load-balancer address is not known yet) holds back what depends on it: an importer whose
+imports from it change, and an exporter that would close what a held importer still routes to.
+Those keep what they have; the rest of the federation goes on (an exporter may still open
+more to a held importer: nothing routes there until the importer is written).
 """
 
 from __future__ import annotations
@@ -162,10 +164,18 @@ def frozen_meshes(
     while grew:
         grew = False
         for importer, exporter in sorted(changes.changed):
-            for this, other in ((importer, exporter), (exporter, importer)):
-                if other in frozen and this not in frozen:
-                    frozen[this] = f"its federation with mesh {other} changes, and {other} waits"
-                    grew = True
+            if exporter in frozen and importer not in frozen:
+                # The importer must not route to what the exporter does not serve yet.
+                frozen[importer] = f"its imports from mesh {exporter} change, and {exporter} waits"
+                grew = True
+            elif (
+                importer in frozen
+                and exporter not in frozen
+                and (importer, exporter) in changes.closing
+            ):
+                # The exporter must not close what the held importer still routes to.
+                frozen[exporter] = f"what it serves mesh {importer} changes, and {importer} waits"
+                grew = True
     return frozen
 
 

@@ -26,12 +26,10 @@ from pathlib import Path
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.errors import KubeError
 from meshfed.pki.files import mkdir_private, write_atomic
-from meshfed.plan.names import MANAGED_BY
 
 CONTROLLER_MANAGER = "meshfed-controller"
 MODES_ANNOTATION = "meshfed.dev/file-modes"
-FEDERATION_LABEL = "meshfed.dev/federation"
-STATE_LABEL = "meshfed.dev/state"
+STATE_LABEL = "meshfed.dev/pki-state-of"
 MAX_BYTES = 900 * 1024
 """A Secret holds at most 1 MiB; keep room for metadata."""
 _SKIP = re.compile(r"(^|/)(\.lock|\.tmp-[^/]*)$")
@@ -99,10 +97,11 @@ def secret_body(federation: str, namespace: str, files: dict[str, tuple[bytes, i
         "metadata": {
             "name": state_secret_name(federation),
             "namespace": namespace,
+            # Not meshfed's object labels: the management cluster may also be a mesh's
+            # cluster, and pruning there must never see the federation's CA as its own.
             "labels": {
-                "app.kubernetes.io/managed-by": MANAGED_BY,
-                FEDERATION_LABEL: federation,
-                STATE_LABEL: "pki",
+                "app.kubernetes.io/managed-by": CONTROLLER_MANAGER,
+                STATE_LABEL: federation,
             },
             "annotations": {MODES_ANNOTATION: json.dumps(modes, sort_keys=True)},
         },

@@ -14,6 +14,8 @@ from typing import Any
 from meshfed.controller.crd import GROUP, PLURAL
 from meshfed.kube.remote_secret import reader_role_name
 from meshfed.kube.targets import PRUNE_KINDS
+from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY
+from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
 
 Rule = dict[str, Any]
 
@@ -48,6 +50,8 @@ MANAGEMENT_NAMESPACE_RULES: list[Rule] = [
 
 # -- each mesh cluster -----------------------------------------------------------------------
 
+GATEWAY_ROLES = frozenset({INGRESS_GATEWAY, EGRESS_GATEWAY, EASTWEST_GATEWAY})
+"""The Roles ``render/istio`` gives the gateways' ServiceAccounts."""
 _WRITE = ["get", "list", "watch", "create", "patch", "delete"]
 """Server-side apply creates what is missing (``create``) and updates (``patch``)."""
 
@@ -107,6 +111,15 @@ def target_cluster_rules(istio_namespaces: tuple[str, ...] = ("istio-system",)) 
             "resources": ["clusterrolebindings"],
             "resourceNames": reader_roles,
             "verbs": ["get", "create", "patch", "delete"],
+        },
+        # The gateways' Roles (secret reading for SDS) are bound by RoleBindings meshfed
+        # applies: ``bind`` on those Roles only, so the binding is allowed before the Role
+        # exists (a dry-run) and whatever the Role grants.
+        {
+            "apiGroups": ["rbac.authorization.k8s.io"],
+            "resources": ["roles"],
+            "resourceNames": sorted(GATEWAY_ROLES),
+            "verbs": ["bind", "escalate"],
         },
         # The dry-run of an object in a namespace that does not exist yet asks the authorizer.
         {

@@ -73,12 +73,11 @@ class FederationWorker:
         self.events.put(("resync", reason))
 
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
-        if obj.get("kind") == "Service" and not _labelled(obj, self.name):
-            if self._service_matters(key, event, obj):
-                meta = obj.get("metadata") or {}
-                self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
-            return
-        self.events.put(("drift", (key, event, obj)))
+        if obj.get("kind") == "Service" and self._service_matters(key, event, obj):
+            meta = obj.get("metadata") or {}
+            self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
+        if _labelled(obj, self.name):
+            self.events.put(("drift", (key, event, obj)))
 
     def _service_matters(self, key: Key, event: str, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
@@ -103,9 +102,9 @@ class FederationWorker:
             while not stopped():
                 timeout = self._until_due()
                 try:
-                    first = self.events.get(timeout=min(timeout, 1.0))
+                    first = self.events.get(timeout=max(min(timeout, 1.0), 0.01))
                 except queue.Empty:
-                    if timeout <= 1.0:
+                    if timeout <= 1.0 and self.events.empty():
                         self.kick("periodic resync" if self.last else "retry")
                     continue
                 batch = [first]
@@ -136,7 +135,8 @@ class FederationWorker:
             self.last.outcome.refusals or self.last.outcome.error or self.last.outcome.waiting
         ):
             due = min(due, 15.0)  # retry what failed or waits, sooner than a resync
-        return due - (time.monotonic() - getattr(self, "_last_at", 0.0))
+        since = time.monotonic() - getattr(self, "_last_at", time.monotonic())
+        return max(due - since, 0.0)
 
     # -- acting -----------------------------------------------------------------------------
 
