@@ -63,21 +63,23 @@ def test_first_apply_opens_exporters_before_importers() -> None:
 
 
 def test_adding_an_export_and_import_opens_first() -> None:
-    old = _plan(_fed(_without_ledger(_doc())))
-    new = _plan(_fed(_doc()))
-    changes = edge_changes(old, new)
+    old_fed, new_fed = _fed(_without_ledger(_doc())), _fed(_doc())
+    union, _ = union_spec(old_fed, new_fed)
+    changes = edge_changes(_plan(old_fed), _plan(new_fed), _plan(union))
     assert changes.opening == {("web", "payments")}
-    assert changes.closing == {("web", "payments")}  # the edge changes: it carries more
-    assert waves(changes) == [OPEN, ROUTE, FINAL]
+    assert not changes.closing  # the edge carries more, nothing less
+    assert waves(changes) == [OPEN, FINAL]
+    # Without the union, a changed edge counts as closing too (the safe side).
+    assert edge_changes(_plan(old_fed), _plan(new_fed)).closing == {("web", "payments")}
 
 
 def test_removing_an_export_routes_away_before_closing() -> None:
     old_fed, new_fed = _fed(_doc()), _fed(_without_ledger(_doc()))
-    changes = edge_changes(_plan(old_fed), _plan(new_fed))
-    assert ("web", "payments") in changes.closing
     # The union keeps the ledger served while web still routes to it (wave 1) ...
     union, reason = union_spec(old_fed, new_fed)
     assert reason is None
+    changes = edge_changes(_plan(old_fed), _plan(new_fed), _plan(union))
+    assert ("web", "payments") in changes.closing
     assert {e.name for e in union.spec.exports if e.mesh == "payments"} == {"tokenizer", "ledger"}
     # ... the importer stops routing (wave 2) before the final wave prunes the export.
     order = waves(changes)
@@ -128,6 +130,15 @@ def test_unreachable_mesh_with_no_change_freezes_nobody_else() -> None:
     assert frozen == {"payments-dr": "unreachable"}
 
 
+def test_an_address_change_needs_no_opening_wave() -> None:
+    old_doc = _doc()
+    new_doc = copy.deepcopy(old_doc)
+    new_doc["spec"]["meshes"][0]["ingress"]["address"] = "127.0.0.9"
+    changes = edge_changes(_plan(_fed(old_doc)), _plan(_fed(new_doc)), _plan(_fed(new_doc)))
+    assert changes.opening == {("web", "payments")} and not changes.serving
+    assert waves(changes) == [FINAL]
+
+
 def test_pending_address_on_first_apply_holds_only_the_importer() -> None:
     new = _plan(_fed(_doc()))
     frozen = frozen_meshes(edge_changes(None, new), new, {}, pending_address=["payments"])
@@ -135,10 +146,15 @@ def test_pending_address_on_first_apply_holds_only_the_importer() -> None:
 
 
 def test_held_importer_keeps_what_it_routes_to_open() -> None:
-    old = _plan(_fed(_doc()))
-    new = _plan(_fed(_without_ledger(_doc())))
-    frozen = frozen_meshes(edge_changes(old, new), new, {"web": "cluster unreachable"})
+    old_fed, new_fed = _fed(_doc()), _fed(_without_ledger(_doc()))
+    union, _ = union_spec(old_fed, new_fed)
+    new = _plan(new_fed)
+    changes = edge_changes(_plan(old_fed), new, _plan(union))
+    frozen = frozen_meshes(changes, new, {"web": "cluster unreachable"})
     assert "web waits" in frozen["payments"]  # it would close the ledger web still routes to
+    # Widening for a held importer is fine: nothing routes there until it is written.
+    widened = edge_changes(_plan(new_fed), _plan(old_fed), _plan(union))
+    assert frozen_meshes(widened, _plan(old_fed), {"web": "unreachable"}) == {"web": "unreachable"}
 
 
 def test_pending_address_freezes_its_importers() -> None:

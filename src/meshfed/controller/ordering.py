@@ -85,23 +85,43 @@ def edge_signatures(plan: FederationPlan | None) -> dict[Edge, Hashable]:
     return {edge: tuple(sorted(parts, key=repr)) for edge, parts in out.items()}
 
 
+def _serving(signature: Hashable | None) -> tuple[Hashable, ...]:
+    """The exporter's part of an edge's signature."""
+    parts = signature if isinstance(signature, tuple) else ()
+    return tuple(p for p in parts if isinstance(p, tuple) and p and p[0] == "serve")
+
+
 @dataclass(frozen=True)
 class EdgeChanges:
     opening: frozenset[Edge]
     """Edges new or changed: the exporter side must be live before the importer routes."""
     closing: frozenset[Edge]
     """Edges gone or changed: the importer must stop routing before the exporter closes."""
+    serving: frozenset[Edge] = frozenset()
+    """Opening edges whose exporter side changes (the others change only their routes, e.g.
+    an exporter's new address: nothing to open first)."""
 
     @property
     def changed(self) -> frozenset[Edge]:
         return self.opening | self.closing
 
 
-def edge_changes(old: FederationPlan | None, new: FederationPlan) -> EdgeChanges:
+def edge_changes(
+    old: FederationPlan | None, new: FederationPlan, union: FederationPlan | None = None
+) -> EdgeChanges:
+    """``union``: the plan of ``union_spec(old, new)``. An edge closes when it goes, or when
+    the new plan serves or routes less on it than the union (what was there before and
+    stays until the last wave); without the union, every changed edge counts as closing."""
     before, after = edge_signatures(old), edge_signatures(new)
     opening = {e for e, sig in after.items() if before.get(e) != sig}
-    closing = {e for e, sig in before.items() if after.get(e) != sig}
-    return EdgeChanges(frozenset(opening), frozenset(closing))
+    if union is None or old is None:
+        closing = {e for e, sig in before.items() if after.get(e) != sig}
+    else:
+        widest = edge_signatures(union)
+        closing = {e for e in before if e not in after}
+        closing |= {e for e, sig in after.items() if e in before and widest.get(e) != sig}
+    serving = {e for e in opening if _serving(before.get(e)) != _serving(after.get(e))}
+    return EdgeChanges(frozenset(opening), frozenset(closing), frozenset(serving))
 
 
 WaveName = Literal["open", "route", "final"]
@@ -133,7 +153,7 @@ FINAL = Wave("final", "new", ALL_SIDES, ALL_SIDES, store_state=True)
 def waves(changes: EdgeChanges) -> list[Wave]:
     """The waves a change needs, in order (an unchanged federation: the final one only)."""
     out = []
-    if changes.opening:
+    if changes.serving:
         out.append(OPEN)
     if changes.closing:
         out.append(ROUTE)

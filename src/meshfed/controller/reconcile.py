@@ -48,7 +48,7 @@ from meshfed.kube.state import StoredState, read_state
 from meshfed.kube.targets import ClusterTarget, TargetError, ref
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace
 from meshfed.pki.errors import PKIError
-from meshfed.plan.build import mesh_clusters
+from meshfed.plan.build import build_plan, mesh_clusters
 from meshfed.plan.model import FederationPlan
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
@@ -102,6 +102,9 @@ class Result:
     applied: list[tuple[str, str, str]] = field(default_factory=list)
     """(cluster label, action, object) written because the spec or the clusters changed."""
     next_renewal: datetime | None = None
+    lb_addresses: dict[str, str | None] = field(default_factory=dict)
+    """Meshes whose ingress address comes from their load balancer: the address used (None:
+    none yet). A different one on the Service calls for a reconcile."""
 
 
 @dataclass
@@ -253,6 +256,11 @@ class Reconciler:
         for found in addresses:
             if found.ingress:
                 reports[found.mesh].ingress_address = found.address
+        result.lb_addresses = {
+            m.name: reports[m.name].ingress_address
+            for m in fed.spec.meshes
+            if m.address_omitted and m.name not in blocked
+        }
         for mesh in pending:
             outcome.waiting.append(
                 f"mesh {mesh}: the federation-ingress load balancer has no address yet"
@@ -268,14 +276,17 @@ class Reconciler:
             origin = Path(f"federation/{name}")
             kws = kube_workspace(complete, origin, state_dir, self.connector)
             old_plan = stored.plan() if stored is not None else None
-            changes = edge_changes(old_plan, kws.ws.plan)
+            union_fed, why = union_spec(old_fed, complete)
+            if why:
+                outcome.notes.append(why)
+            union_plan = (
+                build_plan(union_fed, kws.roots) if union_fed is not complete else kws.ws.plan
+            )
+            changes = edge_changes(old_plan, kws.ws.plan, None if why else union_plan)
             frozen = frozen_meshes(changes, kws.ws.plan, blocked, pending)
             for mesh, reason in frozen.items():
                 if mesh in reports:
                     reports[mesh].frozen = reason
-            union_fed, why = union_spec(old_fed, complete)
-            if why:
-                outcome.notes.append(why)
             runs: list[Any] = []
             for wave in waves(changes):
                 wave_kws = kws

@@ -3,8 +3,9 @@ Services that feed discovery and load-balancer addresses.
 
 kopf watches the management cluster; mesh clusters are other API servers, reached through
 their remote secrets, so each gets its own watch streams here (one thread per cluster and
-kind, list-then-watch, re-listing after a 410, backing off while a cluster is down). Every event
-goes to ``on_event``; deciding what it means is ``drift.py``'s and the worker's.
+kind, list-then-watch, re-listing after a 410, backing off while a cluster is down). Every
+event goes to ``on_event`` (and, on each list, every object as ``LISTED``); deciding what it
+means is ``drift.py``'s and the worker's.
 """
 
 from __future__ import annotations
@@ -90,9 +91,11 @@ class Watches:
                     self.stop.wait(30.0)  # e.g. Istio's CRDs not installed yet
                     continue
                 if not version:
-                    _, version = client.list_with_version(
+                    items, version = client.list_with_version(
                         spec.api_version, spec.kind, labels=spec.labels
                     )
+                    for item in items:  # what changed before the watch began counts too
+                        self.on_event(spec.key, "LISTED", item)
                 for event, obj in client.watch(
                     spec.api_version,
                     spec.kind,

@@ -23,7 +23,7 @@ from meshfed.controller.reconcile import Reconciler, Result, expiring
 from meshfed.controller.status import federation_status
 from meshfed.controller.watch import Key, Watches, watch_specs
 from meshfed.kube.client import Obj
-from meshfed.kube.discover import SYSTEM_NAMESPACES
+from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
 from meshfed.kube.errors import KubeError
 from meshfed.kube.targets import ref, ref_text
 from meshfed.plan.build import mesh_clusters
@@ -77,7 +77,7 @@ class FederationWorker:
             meta = obj.get("metadata") or {}
             self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
         if _labelled(obj, self.name):
-            self.events.put(("drift", (key, event, obj)))
+            self.events.put(("drift", (key, "MODIFIED" if event == "LISTED" else event, obj)))
 
     def _service_matters(self, key: Key, event: str, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
@@ -89,10 +89,14 @@ class FederationWorker:
             self.services.pop(ident, None)
         else:
             self.services[ident] = signature
-        if before == signature:
+        if ns == GATEWAY_NAMESPACE and name == INGRESS_GATEWAY:
+            # Compared with the address the last reconcile used (a change may come before
+            # this watch's first list).
+            used = self.last.lb_addresses if self.last else {}
+            return key[0] in used and used[key[0]] != load_balancer_address(obj)
+        if event == "LISTED" or before == signature:
             return False
-        gateway = ns == GATEWAY_NAMESPACE and name in (INGRESS_GATEWAY, EASTWEST_GATEWAY)
-        return gateway or ns not in SYSTEM_NAMESPACES
+        return name == EASTWEST_GATEWAY or ns not in SYSTEM_NAMESPACES
 
     # -- the loop (the daemon's thread) ---------------------------------------------------------
 

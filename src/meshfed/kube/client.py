@@ -284,6 +284,10 @@ class KubeClient:
             self._groups[api_version] = kinds
         return self._groups[api_version]
 
+    def rediscover(self) -> None:
+        """Forget what discovery found (a CRD was installed since)."""
+        self._groups.clear()
+
     def find(self, api_version: str, kind: str) -> Resource | None:
         """The kind on this server, or None when the server does not serve it."""
         kinds = self._group(api_version)
