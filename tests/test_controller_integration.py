@@ -472,7 +472,8 @@ def test_two_replicas_never_both_act(env: dict[str, Any]) -> None:
         lambda: payments.get("security.istio.io/v1", "AuthorizationPolicy", name, NS),
         60,
     )
-    assert "reconciled" in (env["base"] / "replica-b.log").read_text()
+    log_b = env["base"] / "replica-b.log"
+    wait("replica-b's reconcile", lambda: "reconciled" in log_b.read_text())
     env["leader"] = standby
 
 

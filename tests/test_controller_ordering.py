@@ -96,6 +96,12 @@ def test_union_merges_consumer_rules() -> None:
     consumer = union.export("payments/tokenizer").consumers[0]
     assert consumer.principals == ["ns/shop/sa/catalog", "ns/shop/sa/checkout"]
     assert consumer.methods == ["GET", "POST"]
+    # A pure widening: the union is the new spec, so nothing counts as closing.
+    wider = copy.deepcopy(old_doc)
+    wider["spec"]["exports"][0]["consumers"][0]["principals"].append("ns/shop/sa/catalog")
+    union, _ = union_spec(_fed(old_doc), _fed(wider))
+    changes = edge_changes(_plan(_fed(old_doc)), _plan(_fed(wider)), _plan(union))
+    assert changes.opening == {("web", "payments")} and not changes.closing
     # A rule that allowed any method stays "any" in the union.
     del new_doc["spec"]["exports"][0]["consumers"][0]["methods"]
     union, _ = union_spec(_fed(old_doc), _fed(new_doc))

@@ -109,6 +109,8 @@ def run_command(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):  # a line per request: too much
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     with reported(KubeError):
         management = _management(kubeconfig, context)
         management.version()

@@ -201,13 +201,15 @@ def frozen_meshes(
 
 def _merge_consumer(old: Consumer, new: Consumer) -> Consumer:
     def union(a: list[str] | None, b: list[str] | None) -> list[str] | None:
+        """The new entries in their order, then the old ones the new spec dropped (so the
+        union of a widening equals the new spec exactly)."""
         if a is None or b is None:
             return None  # one of them allows any
-        return sorted(set(a) | set(b))
+        return [*b, *(x for x in a if x not in b)]
 
     return new.model_copy(
         update={
-            "principals": sorted(set(old.principals) | set(new.principals)),
+            "principals": union(old.principals, new.principals),
             "methods": union(old.methods, new.methods),
             "paths": union(old.paths, new.paths),
         }
