@@ -117,6 +117,12 @@ class Reconciler:
     connector: Connector
     log: Callable[[str], None] = lambda _line: None
     last_digest: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    applied: dict[tuple[str, str, str], dict[tuple[str, str, str, str], str]] = field(
+        default_factory=dict
+    )
+    """Per (federation, mesh, cluster): each object as this controller last put it there
+    (digest). Between full checks, such an object is settled: the watches report any change
+    to it, and drift repair puts it back."""
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -186,12 +192,32 @@ class Reconciler:
         complete = completed_spec(fed, workloads, [*addresses, *ingress], placeholder)
         return complete, pending, [*addresses, *ingress]
 
+    def _settled(self, name: str, full: bool) -> Callable[[ClusterTarget, Obj], bool] | None:
+        if full:
+            return None
+
+        def settled(target: ClusterTarget, obj: Obj) -> bool:
+            known = self.applied.get((name, target.mesh.name, target.name), {})
+            return known.get(ref(obj)) == digest([obj])
+
+        return settled
+
+    def _remember(self, name: str, runs: list[Any]) -> None:
+        for run in runs:
+            key = (name, run.target.mesh.name, run.target.name)
+            known = self.applied.setdefault(key, {})
+            for obj in run.target.desired():
+                known[ref(obj)] = digest([obj])
+            for obj in run.prune:
+                known.pop(ref(obj), None)
+
     def _rollout(
         self,
         kws: KubeWorkspace,
         wave: Wave,
         frozen: dict[str, str],
         retire: bool,
+        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> tuple[list[ClusterTarget], Any]:
         targets = [t for t in kws.targets() if t.mesh.name not in frozen]
         for target in targets:
@@ -202,12 +228,15 @@ class Reconciler:
             store_state=wave.store_state,
             retire=retire,
             prunable=None if wave.prune == FINAL.prune else wave.prunes,
+            settled=settled,
         )
         return targets, rollout.run()
 
     # -- the reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, body: Obj, now: datetime | None = None) -> Result:
+    def reconcile(self, body: Obj, now: datetime | None = None, full: bool = True) -> Result:
+        """``full``: dry-run and apply every object; otherwise those this controller put in
+        place and has watched since are taken as they are (see ``applied``)."""
         now = now or datetime.now(UTC)
         name = str(body["metadata"]["name"])
         outcome = Outcome(int(body["metadata"].get("generation") or 0))
@@ -231,14 +260,20 @@ class Reconciler:
             "imports": len(fed.spec.imports),
         }
         try:
-            self._run(fed, name, reports, result, now)
+            self._run(fed, name, reports, result, now, full)
         except SpecError as exc:
             outcome.spec_problems = exc.lines
         except ApplyRefused as exc:
             outcome.refusals = [str(r) for r in exc.refusals]
         except (KubeError, PKIError, TargetError, ValueError) as exc:
             outcome.error = str(exc)
+        if outcome.refusals or outcome.error:
+            self.forget(name)  # what is in place is not known for sure: check all next time
         return result
+
+    def forget(self, name: str) -> None:
+        for key in [k for k in self.applied if k[0] == name]:
+            del self.applied[key]
 
     def _run(
         self,
@@ -247,6 +282,7 @@ class Reconciler:
         reports: dict[str, MeshReport],
         result: Result,
         now: datetime,
+        full: bool = True,
     ) -> None:
         outcome = result.outcome
         blocked = self._reach(fed, reports)
@@ -293,7 +329,9 @@ class Reconciler:
                 if wave.spec == "union" and union_fed is not complete:
                     wave_kws = kube_workspace(union_fed, origin, state_dir, self.connector)
                 retire = wave.store_state and not frozen
-                targets, runs = self._rollout(wave_kws, wave, frozen, retire)
+                settled = self._settled(name, full)
+                targets, runs = self._rollout(wave_kws, wave, frozen, retire, settled)
+                self._remember(name, runs)
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
             self._account(name, kws, runs, reports, result)
             result.plan = kws.ws.plan

@@ -31,6 +31,9 @@ from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
 
 DEBOUNCE = 0.1
+FULL_CHECKS = frozenset({"started", "periodic resync", "repair failed"})
+"""Reconciles that dry-run every object (the others take what this controller applied and
+has watched since as settled)."""
 RESYNC = 300.0
 EXPIRY_WARNING = timedelta(days=30)
 Emit = Callable[[str, str, str], None]
@@ -146,7 +149,8 @@ class FederationWorker:
 
     def _reconcile(self, body: Obj, reason: str) -> None:
         t0 = time.monotonic()
-        result = self.reconciler.reconcile(body)
+        full = reason in FULL_CHECKS or not reason or reason.startswith("retry")
+        result = self.reconciler.reconcile(body, full=full)
         self._last_at = time.monotonic()
         self.last = result
         outcome = result.outcome

@@ -124,6 +124,8 @@ class ClusterRun:
     prune: list[Obj] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     actions: list[tuple[Action, str]] = field(default_factory=list)
+    settled: set[tuple[str, str, str, str]] = field(default_factory=set)
+    """Objects the caller knows to be in place: neither dry-run nor written."""
 
     @property
     def label(self) -> str:
@@ -179,12 +181,15 @@ class Rollout:
         forget: Iterable[str] = (),
         progress: Progress | None = None,
         prunable: Callable[[Obj], bool] | None = None,
+        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> None:
         """``prunable``: prune only the stale objects it accepts (the controller's
         make-before-break waves prune one side of the federation at a time). ``retire``:
         also empty the recorded clusters the spec no longer names (a full apply). ``forget``:
         kubeconfig contexts of recorded clusters to drop from the record without touching
-        them (a cluster that is gone for good)."""
+        them (a cluster that is gone for good). ``settled``: objects known to be on the cluster
+        exactly as rendered (the controller applied them and has watched them since): kept
+        (never pruned) but neither dry-run nor written again."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -196,6 +201,7 @@ class Rollout:
         self.forget = frozenset(forget)
         self.progress: Progress = progress or _Quiet()
         self.prunable = prunable
+        self.settled = settled
         self.tokens: dict[tuple[str, str], Token | None] = {}
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
@@ -316,6 +322,10 @@ class Rollout:
         foreign: dict[str, list[str]] = {}
         for obj in desired:
             what = ref_text(obj)
+            if self.settled is not None and self.settled(run.target, obj):
+                run.settled.add(ref(obj))
+                self.progress.step(run.label)
+                continue
             try:
                 ns = _namespace(obj)
                 if ns is not None and ns not in present:
@@ -426,6 +436,10 @@ class Rollout:
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
         forced = {ref(c.obj): c.force for c in run.checked}
         for obj in desired:
+            if ref(obj) in run.settled:
+                run.actions.append(("unchanged", ref_text(obj)))
+                self.progress.step(run.label)
+                continue
             ns = _namespace(obj)
             name = obj["metadata"]["name"]
             try:
@@ -474,6 +488,7 @@ class Rollout:
         if dry_run:
             for run in self.runs:
                 run.actions = [(c.action, ref_text(c.obj)) for c in run.checked]
+                run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
         for run in self.runs:

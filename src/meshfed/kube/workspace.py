@@ -49,6 +49,7 @@ class KubeWorkspace:
         forget: Iterable[str] = (),
         progress: Progress | None = None,
         prunable: Callable[[Obj], bool] | None = None,
+        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -62,6 +63,7 @@ class KubeWorkspace:
             forget=forget,
             progress=progress,
             prunable=prunable,
+            settled=settled,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
