@@ -330,3 +330,19 @@ def test_rbac_has_no_wildcards_and_covers_every_rendered_kind() -> None:
     # The reader ClusterRole's escalate/bind is limited to its own name.
     escalate = [r for r in rules if "escalate" in r["verbs"]]
     assert escalate and all(r.get("resourceNames") for r in escalate)
+
+
+# -- rotation requests ----------------------------------------------------------------------
+
+
+def test_rotation_annotation() -> None:
+    from meshfed.controller.rotation import Request, parse_request
+
+    assert parse_request(None) is None
+    assert parse_request("intermediate/payments") == Request("intermediate", "payments")
+    assert parse_request("root") == Request("root", None)
+    assert parse_request("root/globex") == Request("root", "globex")
+    assert parse_request("abort") == Request("abort", None)
+    for bad in ("intermediate", "leaf/x", "abort/x"):
+        with pytest.raises(ValueError, match="meshfed.dev/rotate"):
+            parse_request(bad)

@@ -477,6 +477,33 @@ def test_two_replicas_never_both_act(env: dict[str, Any]) -> None:
     env["leader"] = standby
 
 
+def test_rotation_started_by_the_cli_runs_its_steps_on_the_clusters(env: dict[str, Any]) -> None:
+    import base64
+
+    payments = env["clients"][env["contexts"][0]]
+
+    def ca_cert() -> str:
+        secret = payments.get("v1", "Secret", "cacerts", "istio-system") or {}
+        return base64.b64decode((secret.get("data") or {}).get("ca-cert.pem", "")).decode()
+
+    before = ca_cert()
+    asked = subprocess.run(
+        [MESHFED, "controller", "rotate", FED, "intermediate", "--mesh", "payments",
+         "--kubeconfig", KUBECONFIG, "--context", env["contexts"][0]],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    wait(
+        "the new intermediate on payments' cluster", lambda: ca_cert() and ca_cert() != before, 180
+    )
+    wait("the rotation finished", lambda: any(events(env, "RotationDone")), 180)
+    steps = [m.split(":")[0] for m in events(env, "RotationStep")]
+    assert {"prepare", "switch", "reissue", "retire"} <= set(steps), steps
+    fed = federation(env) or {}
+    assert "meshfed.dev/rotate" not in (fed["metadata"].get("annotations") or {})
+    wait("Ready after the rotation", lambda: ready(env), 120)
+
+
 def test_deleting_the_federation_cleans_its_clusters(env: dict[str, Any]) -> None:
     payments = env["clients"][env["contexts"][0]]
     payments.delete({"apiVersion": FED_API, "kind": "Federation", "metadata": {"name": FED}})

@@ -377,5 +377,123 @@ def wait_ready(client: KubeClient, name: str, timeout: float) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+# -- rotation and split custody against the controller's state ---------------------------------
+
+
+@controller.command("rotate")
+@click.argument("federation")
+@click.argument("kind", type=click.Choice(["intermediate", "root", "abort"]))
+@click.option("--mesh", default=None, help="intermediate: the mesh; root: Federated only.")
+@_KUBECONFIG
+@_CONTEXT
+def rotate_command(
+    federation: str,
+    kind: str,
+    mesh: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
+) -> None:
+    """Ask the controller for a staged rotation (the annotation meshfed.dev/rotate); it runs
+    the steps of `meshfed rotate`, applying after each; `meshfed status --kube` follows it."""
+    from meshfed.controller.rotation import ANNOTATION, parse_request
+
+    value = kind if kind == "abort" else (f"{kind}/{mesh}" if mesh else kind)
+    with reported(KubeError, ValueError):
+        parse_request(value)
+        client = KubeClient("management", resolve_context(context, kubeconfig))
+        res = client.resource(f"{GROUP}/{VERSION}", "Federation")
+        client.request(
+            "PATCH",
+            res.path(None, federation),
+            body={"metadata": {"annotations": {ANNOTATION: value}}},
+            content_type="application/merge-patch+json",
+            what=f"Federation {federation}",
+        )
+    out.print(f"asked the controller for: {value} (Federation {federation})", markup=False)
+
+
+def _state_session(
+    federation: str, kubeconfig: Path | None, context: str | None, namespace: str
+) -> tuple[Any, Any]:
+    import tempfile
+
+    from meshfed.controller.pkistate import SecretState
+    from meshfed.controller.reconcile import parse_federation
+
+    client = KubeClient("management", resolve_context(context, kubeconfig))
+    found = client.get(f"{GROUP}/{VERSION}", "Federation", federation)
+    if found is None:
+        raise KubeError(f"no Federation {federation!r} in the management cluster")
+    fed = parse_federation(found)
+    work = Path(tempfile.mkdtemp(prefix="meshfed-state-"))
+    return fed, SecretState(client, namespace, federation, work)
+
+
+@controller.command("pki-request")
+@click.argument("federation")
+@click.option("--mesh", required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@_KUBECONFIG
+@_CONTEXT
+@_NAMESPACE
+def pki_request_command(
+    federation: str,
+    mesh: str,
+    output: Path,
+    kubeconfig: Path | None,
+    context: str | None,
+    namespace: str,
+) -> None:
+    """Split custody: MESH's intermediate key is made in the controller's state Secret (it
+    never leaves it); the CSR goes to OUTPUT for the root holder (`meshfed pki sign`)."""
+    from datetime import UTC, datetime
+
+    from meshfed.pki import PKIStore
+    from meshfed.pki.errors import PKIError
+    from meshfed.pki.signing import request_intermediate
+    from meshfed.plan.trust import trust_request
+
+    with reported(KubeError, PKIError):
+        fed, state = _state_session(federation, kubeconfig, context, namespace)
+        with state.session() as state_dir:
+            csr = request_intermediate(
+                PKIStore(state_dir), trust_request(fed), mesh, datetime.now(UTC)
+            )
+            output.write_bytes(csr.read_bytes())
+    out.print(f"CSR for mesh {mesh} written to {output}; its key stays in the Secret", markup=False)
+
+
+@controller.command("pki-import")
+@click.argument("federation")
+@click.argument("cert", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@_KUBECONFIG
+@_CONTEXT
+@_NAMESPACE
+def pki_import_command(
+    federation: str,
+    cert: Path,
+    kubeconfig: Path | None,
+    context: str | None,
+    namespace: str,
+) -> None:
+    """Split custody: the signed intermediate goes beside its key in the state Secret (or as
+    a rotation's new one); the controller goes on at its next reconcile."""
+    from datetime import UTC, datetime
+
+    from meshfed.pki import PKIStore
+    from meshfed.pki.errors import PKIError
+    from meshfed.pki.signing import import_certificate
+
+    with reported(KubeError, PKIError):
+        _, state = _state_session(federation, kubeconfig, context, namespace)
+        with state.session() as state_dir:
+            imported = import_certificate(
+                PKIStore(state_dir), cert.read_bytes(), str(cert), datetime.now(UTC)
+            )
+    out.print(
+        f"imported the {imported.mesh} intermediate into the controller's state", markup=False
+    )
+
+
 def register(group: click.Group) -> None:
     group.add_command(controller)

@@ -83,6 +83,20 @@ class Controller:
 
         return patch
 
+    def annotator(self, name: str) -> Callable[[dict[str, str | None]], None]:
+        res = self.management.resource(f"{GROUP}/{VERSION}", "Federation")
+
+        def annotate(values: dict[str, str | None]) -> None:
+            self.management.request(
+                "PATCH",
+                res.path(None, name),
+                body={"metadata": {"annotations": values}},
+                content_type="application/merge-patch+json",
+                what=f"annotations of Federation {name}",
+            )
+
+        return annotate
+
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
         ctl = self
@@ -125,6 +139,7 @@ class Controller:
             worker = FederationWorker(
                 name, ctl.reconciler(), emit, ctl.patcher(name), ctl.log, ctl.resync
             )
+            worker.annotate = ctl.annotator(name)
             ctl.workers[name] = worker
             worker.run(lambda: _plain(body), lambda: bool(stopped))
 

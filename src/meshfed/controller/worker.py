@@ -20,6 +20,7 @@ from typing import Any
 
 from meshfed.controller.drift import Ref, Repair, repair_for
 from meshfed.controller.reconcile import Reconciler, Result, expiring
+from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
 from meshfed.controller.watch import Key, Watches, watch_specs
 from meshfed.kube.client import Obj
@@ -69,6 +70,8 @@ class FederationWorker:
     services: dict[tuple[Key, str, str], tuple[Any, ...]] = field(default_factory=dict)
     pruned: set[Ref] = field(default_factory=set)
     watches: Watches | None = None
+    annotate: Callable[[dict[str, str | None]], None] | None = None
+    """Sets (or, with None, removes) annotations of the Federation."""
 
     # -- triggers (any thread) ----------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class FederationWorker:
             )
         for text in expiring(result, datetime.now(UTC), EXPIRY_WARNING):
             self.emit("Warning", "CertificateExpiring", text)
+        self._rotate(body, result)
         previous = (body.get("status") or {}) if isinstance(body, dict) else {}
         try:
             self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
@@ -190,6 +194,47 @@ class FederationWorker:
             f"{self.name}: reconciled ({reason}) in {time.monotonic() - t0:.2f}s: "
             f"{len(result.applied)} applied, {len(result.restored)} restored"
         )
+
+    def _rotate(self, body: Obj, result: Result) -> None:
+        """One step of a rotation the annotation asks for, after a reconcile that applied
+        the previous step; the next reconcile applies this one."""
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        try:
+            request = parse_request(annotations.get(ANNOTATION))
+        except ValueError as exc:
+            result.outcome.spec_problems.append(str(exc))
+            return
+        if request is None or result.federation is None or self.annotate is None:
+            return
+        if result.outcome.refusals or result.outcome.error or result.outcome.spec_problems:
+            return  # the last step is not on every cluster yet
+        reconciler = self.reconciler
+        try:
+            step = rotation_step(
+                reconciler.management,
+                reconciler.namespace,
+                reconciler.work_dir,
+                result.federation,
+                request,
+            )
+        except Exception as exc:  # RotationError, PKIError, KubeError: reported, retried
+            self.emit("Warning", "RotationFailed", str(exc)[:1000])
+            result.outcome.waiting.append(f"rotation: {exc}")
+            return
+        result.outcome.rotation = step.record or {"finished": True}
+        if step.waiting:
+            result.outcome.waiting.append(
+                "rotation waits for signed certificate(s): "
+                + ", ".join(step.waiting)
+                + " (meshfed controller pki-request / pki-import)"
+            )
+            return
+        if step.step:
+            self.emit("Normal", "RotationStep", f"{step.step}: {step.detail}"[:1000])
+        if step.finished:
+            self.annotate({ANNOTATION: None})
+            self.emit("Normal", "RotationDone", f"{request.kind} rotation finished")
+        self.kick("rotation step")
 
     def _watch(self, result: Result) -> None:
         fed = result.federation
