@@ -344,5 +344,5 @@ def test_rotation_annotation() -> None:
     assert parse_request("root/globex") == Request("root", "globex")
     assert parse_request("abort") == Request("abort", None)
     for bad in ("intermediate", "leaf/x", "abort/x"):
-        with pytest.raises(ValueError, match="meshfed.dev/rotate"):
+        with pytest.raises(ValueError, match=r"meshfed\.dev/rotate"):
             parse_request(bad)
