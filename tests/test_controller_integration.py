@@ -276,6 +276,17 @@ def test_a_federation_applied_with_kubectl_converges(env: dict[str, Any]) -> Non
     assert status["summary"] == {"meshes": 3, "exports": 3, "imports": 2}
     served = {i["host"]: i["servedBy"] for i in status["imports"]}
     assert served["tokenizer.shop.svc.cluster.local"] == "payments/tokenizer"
+    shown = subprocess.run(
+        [MESHFED, "status", "--kube", FED, "--kubeconfig", KUBECONFIG, "--context", contexts[0]],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Ready=True Reconciled" in shown.stdout and "payments/tokenizer" in shown.stdout
+    listed = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "--context", contexts[0], "get", "federations"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert listed.stdout.split("\n")[1].split()[:4] == [FED, "True", "3", "3"], listed.stdout
     # Objects on every cluster, by the controller's identity (field manager meshfed).
     policy = payments.get(
         "security.istio.io/v1", "AuthorizationPolicy", "allow-tokenizer-payments-global", NS

@@ -6,6 +6,11 @@ Service, a load-balancer address), a certificate is due, the periodic resync. Dr
 objects is repaired at once with the same server-side apply (or deleted, for an extra object)
 and an Event; everything else runs a whole reconcile (``reconcile.py``). Events that arrive
 within ``DEBOUNCE`` of each other make one reconcile.
+
+Where more triggers plug in: anything that changes what the plan trusts or routes calls
+``kick(reason)`` from any thread (a SPIFFE trust bundle fetched from a peer's bundle endpoint
+that changed, for instance), and the reconcile reads it through the PKI state and the spec like
+any other input; nothing here needs to know where it came from.
 """
 
 from __future__ import annotations
