@@ -14,6 +14,7 @@ The controller runs as ``meshfed controller run`` subprocesses with the identity
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -281,7 +282,14 @@ def test_a_federation_applied_with_kubectl_converges(env: dict[str, Any]) -> Non
         capture_output=True, text=True,
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
-    assert "Ready=True Reconciled" in shown.stdout and "payments/tokenizer" in shown.stdout
+    assert "Ready=True Reconciled" in shown.stdout
+    as_json = subprocess.run(
+        [MESHFED, "status", "--kube", FED, "--json", "--kubeconfig", KUBECONFIG,
+         "--context", contexts[0]],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    imports = json.loads(as_json.stdout)[0]["imports"]
+    assert {i["servedBy"] for i in imports} == {"payments/tokenizer", "payments/ledger"}
     listed = subprocess.run(
         ["kubectl", "--kubeconfig", KUBECONFIG, "--context", contexts[0], "get", "federations"],
         capture_output=True, text=True,

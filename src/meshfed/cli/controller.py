@@ -336,7 +336,7 @@ def print_kube_status(
             )
         table = Table(title=f"meshes of {name}")
         for column in ("mesh", "cluster", "conditions"):
-            table.add_column(column)
+            table.add_column(column, overflow="fold")
         for mesh in status.get("meshes") or []:
             table.add_row(mesh["name"], "", _conditions(mesh.get("conditions") or []))
             for cluster in mesh.get("clusters") or []:
@@ -344,7 +344,7 @@ def print_kube_status(
         out.print(table)
         imports = Table(title=f"imports of {name}")
         for column in ("mesh", "local name", "served by", "why", "failover order"):
-            imports.add_column(column)
+            imports.add_column(column, overflow="fold")
         for imp in status.get("imports") or []:
             imports.add_row(
                 imp.get("mesh", ""),
