@@ -25,24 +25,19 @@ def run_case(meshes: int, exports: int, state: Path) -> dict[str, float]:
     sys.path.insert(0, str(HERE))
     from synth import synthetic_spec
 
-    from meshfed.render.istio import render_mesh
-    from meshfed.render.istio.credentials import mesh_credentials
     from meshfed.sinks.yaml_out import dump_all
     from meshfed.workspace import open_workspace
 
     spec = state / "spec.yaml"
     spec.write_text(yaml.safe_dump(synthetic_spec(meshes, exports), sort_keys=False))
     open_workspace(spec, state)  # PKI and gateway certificates exist before timing
-    ws0 = open_workspace(spec, state)
-    for mesh in ws0.plan.meshes:
-        mesh_credentials(state, ws0.plan, mesh, ws0.pki)
+    open_workspace(spec, state).credentials()
     start = time.perf_counter()
     ws = open_workspace(spec, state)
     planned = time.perf_counter()
     objects = 0
     size = 0
-    for mesh in ws.plan.meshes:
-        rendered = render_mesh(ws.plan, mesh, mesh_credentials(state, ws.plan, mesh, ws.pki))
+    for rendered in ws.istio():
         for docs in rendered.files.values():
             objects += len(docs)
             size += len(dump_all(docs))

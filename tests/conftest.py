@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshfed.render.istio import RenderedMesh, render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
+from meshfed.render.istio import RenderedMesh
 from meshfed.sinks.files import write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
@@ -52,10 +51,7 @@ class Rendered:
 
 def render_example(name: str, base: Path) -> Rendered:
     ws = open_workspace(EXAMPLES / f"{name}.yaml", base / "state")
-    meshes = {
-        m.name: render_mesh(ws.plan, m, mesh_credentials(ws.state_dir, ws.plan, m, ws.pki))
-        for m in ws.plan.meshes
-    }
+    meshes = {rendered.mesh: rendered for rendered in ws.istio()}
     out = base / "out"
     write_rendered(out, list(meshes.values()))
     return Rendered(ws, meshes, out)

@@ -1,12 +1,17 @@
 """Offline validation of rendered manifests, as close to a real kube-apiserver as we can get.
 
-* Istio custom resources are validated against the CRDs in
-  ``shared/istio/crd-all.gen.yaml`` (beside the repo checkout): served versions only,
-  structural-schema semantics (unknown fields are errors, nulls in non-nullable fields are
-  pruned, ``x-kubernetes-int-or-string``, ``x-kubernetes-list-type: map`` key uniqueness,
-  int32/int64/byte/date-time formats) and the CEL rules (``x-kubernetes-validations``),
-  evaluated with ``cel-python`` (module ``celpy``) plus the Kubernetes CEL extension
-  functions Istio's rules use.
+* Istio custom resources are always validated against Istio's CRD schemas from the npm
+  registry (``@kubernetes-models/istio``, pinned in ``tests/npm/``; see ``istio_registry``):
+  kinds and versions, types, required fields, enums, patterns, formats, and unknown fields.
+  This needs nothing beside the checkout, so a user's clone runs it.
+* Where the richer bundle ``shared/istio/crd-all.gen.yaml`` is beside the repo checkout
+  (:data:`CRD_PATH`, or ``MESHFED_ISTIO_CRDS``), they are also validated against it: served
+  versions only, structural-schema semantics (unknown fields are errors, nulls in non-nullable
+  fields are pruned, ``x-kubernetes-int-or-string``, ``x-kubernetes-list-type: map`` key
+  uniqueness, int32/int64/byte/date-time formats) and the CEL rules
+  (``x-kubernetes-validations``), evaluated with ``cel-python`` (module ``celpy``) plus the
+  Kubernetes CEL extension functions Istio's rules use. A problem only the registry's schema
+  finds is reported too, marked as such.
 * Built-in kinds are validated with the strict JSON schemas shipped by
   ``kubernetes-validate`` for :data:`K8S_VERSION`, plus a few apiserver checks that no
   schema expresses (object names, label/annotation keys and values, workload selectors).
@@ -37,12 +42,15 @@ from celpy.evaluation import CELEvalError
 from kubernetes_validate import utils as kv_utils
 from referencing import Registry, Resource
 
+from istio_registry import package_label, registry_errors
+
 __all__ = [
     "ALLOWED_SKIPPED_CEL_RULES",
     "CRD_PATH",
     "K8S_VERSION",
     "SKIPPED_CEL_RULES",
     "all_cel_rules",
+    "bundle_present",
     "parse_go_duration",
     "validate_all",
     "validate_custom_resource",
@@ -53,7 +61,8 @@ __all__ = [
 JSON = Any
 Schema = dict[str, Any]
 
-#: Istio's CRD bundle: the ``shared`` directory beside the repo checkout.
+#: Istio's CRD bundle with CEL rules: the ``shared`` directory beside the repo checkout, where
+#: there is one (a user's clone has none; the registry schemas are checked either way).
 CRD_PATH: Final[Path] = Path(
     os.environ.get(
         "MESHFED_ISTIO_CRDS",
@@ -858,7 +867,37 @@ def _split_api_version(api_version: str) -> tuple[str, str]:
     return group, version
 
 
+def bundle_present() -> bool:
+    """Whether the CRD bundle (with its CEL rules) is there to check against too."""
+    return CRD_PATH.is_file()
+
+
+def _covered(path: str, seen: set[str]) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in seen)
+
+
 def _istio_errors(
+    obj: dict[str, Any], group: str, version: str, kind: str
+) -> Iterator[tuple[str, str]]:
+    registry = [
+        (_format_path(path), problem)
+        for path, problem in registry_errors(obj, group, version, kind)
+        if path[:1] != ("metadata",)
+    ]
+    if not bundle_present():
+        yield from registry
+        if "metadata" in obj and not any(p in ("kind", "apiVersion") for p, _ in registry):
+            yield from _schema_errors(_object_meta_validator(), obj["metadata"], ("metadata",))
+        return
+    found = list(_bundle_errors(obj, group, version, kind))
+    yield from found
+    seen = {path for path, _ in found}
+    for path, problem in registry:
+        if not _covered(path, seen):
+            yield path, f"{problem} (by {package_label()}; the bundle accepts it)"
+
+
+def _bundle_errors(
     obj: dict[str, Any], group: str, version: str, kind: str
 ) -> Iterator[tuple[str, str]]:
     crds = _istio_crds()

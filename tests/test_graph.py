@@ -14,6 +14,7 @@ from meshfed.cli.audit import register
 from meshfed.graph import build_graph, ordinal, render_html, render_svg
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation
+from meshfed.workspace import plan_of
 
 from conftest import EXAMPLES
 
@@ -88,7 +89,7 @@ def arrows(root: ET.Element, kind: str) -> list[ET.Element]:
 
 
 def test_ten_meshes_render_as_a_readable_svg(big: Federation) -> None:
-    root = ET.fromstring(render_svg(build_graph(big)))
+    root = ET.fromstring(render_svg(build_graph(plan_of(big))))
     assert root.tag == f"{SVG}svg"
     meshes = [g for g in root.iter(f"{SVG}g") if g.get("class") == "mesh"]
     assert sorted(g.attrib["data-mesh"] for g in meshes) == sorted(f"m{i}" for i in range(N))
@@ -130,13 +131,36 @@ def test_ten_meshes_render_as_a_readable_svg(big: Federation) -> None:
 def test_single_source_imports_carry_no_order() -> None:
     from meshfed.spec.load import load_spec
 
-    graph = build_graph(load_spec(EXAMPLES / "bank.yaml"))
+    graph = build_graph(plan_of(load_spec(EXAMPLES / "bank.yaml")))
     ledger = next(e for e in graph.edges if e.export == "payments/ledger")
     assert ledger.lines() == ["ledger", "ns/shop/sa/checkout"]
     dr = next(e for e in graph.edges if e.export == "payments-dr/tokenizer")
     # the spec spells the principal out as a full SPIFFE ID of web; shown relative to it
     assert dr.lines() == ["2nd · tokenizer", "ns/shop/sa/checkout"]
     assert "POST" in dr.title() and "/v1/tokenize" in dr.title()
+
+
+def test_each_rule_is_shown_as_planned_never_merged(big: Federation) -> None:
+    # m1 may call m0's api twice: GET as ns/app/sa/client, and POST on /v1/* as ns/ops/*.
+    spec = ten_meshes().replace(
+        "        - {mesh: m1, principals: [ns/app/sa/client], methods: [GET]}",
+        "        - {mesh: m1, principals: [ns/app/sa/client], methods: [GET]}\n"
+        "        - {mesh: m1, principals: [ns/ops/*], methods: [POST], paths: [/v1/*]}",
+    )
+    assert spec != ten_meshes()
+    graph = build_graph(plan_of(parse_spec(spec, "two-rules.yaml")))
+    (edge,) = [e for e in graph.edges if e.caller == "m1" and e.export == "m0/api"]
+    assert [(r.principals, r.methods, r.paths) for r in edge.rules] == [
+        (("ns/app/sa/client",), ("GET",), ()),
+        (("ns/ops/*",), ("POST",), ("/v1/*",)),
+    ]
+    assert edge.principals == ("ns/app/sa/client", "ns/ops/*")
+    title = edge.title().splitlines()
+    assert "rule 1: ns/app/sa/client; methods: GET; paths: any" in title
+    assert "rule 2: ns/ops/*; methods: POST; paths: /v1/*" in title
+    page = render_html(graph)
+    # one row per rule: m1 has a second rule at m0, m6 and m9 (the line replaced three times)
+    assert page.count("<tr>") == 1 + 3 * N + 3
 
 
 def test_ordinal() -> None:
@@ -155,7 +179,7 @@ def test_ordinal() -> None:
 
 
 def test_html_embeds_the_svg_with_a_legend(big: Federation) -> None:
-    page = render_html(build_graph(big))
+    page = render_html(build_graph(plan_of(big)))
     assert page.startswith("<!DOCTYPE html>") and "<svg" in page and "Legend" in page
     assert page.count("<tr>") == 1 + 3 * N
 

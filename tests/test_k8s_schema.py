@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+import istio_registry
+import k8s_schema
+from conftest import Rendered
 from k8s_schema import (
     ALLOWED_SKIPPED_CEL_RULES,
     SKIPPED_CEL_RULES,
     all_cel_rules,
+    bundle_present,
     parse_go_duration,
     validate_all,
     validate_kustomization,
@@ -21,6 +25,18 @@ from k8s_schema import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "schema"
+
+needs_bundle = pytest.mark.skipif(
+    not bundle_present(),
+    reason="CEL rules are only in ../shared/istio/crd-all.gen.yaml, which is not beside this "
+    "checkout (no registry package carries them); the registry's schemas are checked without it",
+)
+
+
+@pytest.fixture
+def registry_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validate as a user's clone does: no bundle beside the checkout, the registry's schemas."""
+    monkeypatch.setattr(k8s_schema, "CRD_PATH", Path("/nonexistent/crd-all.gen.yaml"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,6 +171,7 @@ def test_older_served_istio_version_is_accepted() -> None:
 # ---------------------------------------------------------------------------- CEL rules
 
 
+@needs_bundle
 def test_cel_duration_rule() -> None:
     dr = valid("DestinationRule")
     dr["spec"]["trafficPolicy"]["outlierDetection"]["interval"] = "10"  # no unit
@@ -165,12 +182,14 @@ def test_cel_duration_rule() -> None:
     )
 
 
+@needs_bundle
 def test_cel_duration_rule_below_minimum() -> None:
     vs = valid("VirtualService")
     vs["spec"]["http"][0]["timeout"] = "500us"
     assert_one_error(vs, "spec.http[0].timeout", "must be a valid duration greater than 1ms")
 
 
+@needs_bundle
 def test_cel_authorization_policy_selector_vs_target_ref() -> None:
     policy = valid("AuthorizationPolicy")
     policy["spec"]["targetRef"] = {
@@ -183,12 +202,14 @@ def test_cel_authorization_policy_selector_vs_target_ref() -> None:
     )
 
 
+@needs_bundle
 def test_cel_peer_authentication_port_level_mtls_requires_selector() -> None:
     policy = valid("PeerAuthentication")
     policy["spec"]["portLevelMtls"] = {"8080": {"mode": "DISABLE"}}
     assert_one_error(policy, "spec:", "portLevelMtls requires selector")
 
 
+@needs_bundle
 def test_cel_gateway_credential_name_exclusive() -> None:
     gateway = valid("Gateway")
     gateway["spec"]["servers"][0]["tls"]["credentialNames"] = ["a", "b"]
@@ -197,6 +218,7 @@ def test_cel_gateway_credential_name_exclusive() -> None:
     )
 
 
+@needs_bundle
 def test_cel_wildcard_in_label_selector() -> None:
     policy = valid("AuthorizationPolicy")
     policy["spec"]["selector"]["matchLabels"] = {"app*": "reviews"}
@@ -204,18 +226,21 @@ def test_cel_wildcard_in_label_selector() -> None:
     assert any("wildcard not allowed in label key match" in e for e in errors), errors
 
 
+@needs_bundle
 def test_cel_service_entry_port_rules() -> None:
     se = valid("ServiceEntry")
     se["spec"]["endpoints"][0]["ports"] = {"http": 70000}
     assert_one_error(se, "spec.endpoints[0].ports", "port must be between 1-65535")
 
 
+@needs_bundle
 def test_cel_service_entry_resolution_none_with_endpoints() -> None:
     se = valid("ServiceEntry")
     se["spec"]["resolution"] = "NONE"
     assert_one_error(se, "ServiceEntry/mesh-b-reviews: spec:", "NONE mode cannot set endpoints")
 
 
+@needs_bundle
 def test_no_cel_rule_is_skipped_unexpectedly() -> None:
     rules = all_cel_rules()  # loads the CRDs, which fills SKIPPED_CEL_RULES
     assert len(rules) > 30
@@ -344,3 +369,81 @@ def test_kustomization_unknown_field() -> None:
     }
     errors = validate_kustomization(kustomization, {"a.yaml"})
     assert len(errors) == 1 and 'unknown field "resource"' in errors[0], errors
+
+
+# ---------------------------------------------------------------------------- registry schemas
+
+
+def test_registry_package_is_pinned_and_built_from_istio_crds() -> None:
+    assert istio_registry.package_label().startswith(f"{istio_registry.PACKAGE} 3.0.1 ")
+    release = istio_registry.istio_release()
+    assert tuple(int(x) for x in release.split(".")[:2]) >= (1, 25), release
+    assert {"Gateway", "VirtualService", "DestinationRule", "ServiceEntry"} <= set(
+        istio_registry.kinds("networking.istio.io")
+    )
+
+
+@pytest.mark.parametrize("kind", ["Gateway", "AuthorizationPolicy", "DestinationRule", "Telemetry"])
+def test_registry_alone_accepts_valid_fixture(kind: str, registry_only: None) -> None:
+    assert validate_manifest(valid(kind)) == []
+
+
+def test_registry_alone_rejects_unknown_fields(registry_only: None) -> None:
+    gateway = valid("Gateway")
+    gateway["spec"]["servers"][0]["tls"]["cipher"] = "AES"
+    assert_one_error(
+        gateway, "Gateway/east-west: spec.servers[0].tls.cipher:", 'unknown field "cipher"'
+    )
+    policy = valid("AuthorizationPolicy")
+    policy["spec"]["rules"][0]["from"][0]["source"]["principal"] = ["x"]  # principals
+    assert_one_error(policy, "source.principal:", "unknown field")
+    policy = valid("PeerAuthentication")
+    policy["specs"] = policy.pop("spec")
+    assert_one_error(policy, "PeerAuthentication/default: specs:", "unknown field")
+
+
+def test_registry_alone_checks_types_enums_required_formats(registry_only: None) -> None:
+    policy = valid("PeerAuthentication")
+    policy["spec"]["mtls"]["mode"] = "STRICTER"
+    assert_one_error(policy, "spec.mtls.mode", "'STRICTER' is not one of")
+    gateway = valid("Gateway")
+    del gateway["spec"]["servers"][0]["port"]["protocol"]
+    assert_one_error(gateway, "spec.servers[0].port:", "'protocol' is a required property")
+    gateway = valid("Gateway")
+    gateway["spec"]["servers"][0]["port"]["number"] = "443"
+    assert_one_error(gateway, "spec.servers[0].port.number:", "is not of type 'integer'")
+    gateway = valid("Gateway")
+    gateway["metadata"]["label"] = {"a": "b"}
+    assert_one_error(gateway, "Gateway/east-west: metadata", "label")
+
+
+def test_registry_alone_knows_kinds_and_versions(registry_only: None) -> None:
+    obj = {"apiVersion": "networking.istio.io/v2", "kind": "Gateway", "metadata": {"name": "x"}}
+    assert_one_error(obj, "apiVersion", "served versions: v1, v1alpha3, v1beta1")
+    obj = {"apiVersion": "rbac.istio.io/v1alpha1", "kind": "ServiceRole", "metadata": {"name": "x"}}
+    assert_one_error(obj, 'no matches for kind "ServiceRole"')
+
+
+@pytest.mark.parametrize("example", ["bank_rendered", "partners_rendered"])
+def test_registry_alone_accepts_every_rendered_object(
+    example: str, request: pytest.FixtureRequest, registry_only: None
+) -> None:
+    rendered: Rendered = request.getfixturevalue(example)
+    for mesh in rendered.meshes:
+        objects = [d for d in rendered.docs(mesh) if d["kind"] != "Kustomization"]
+        istio = [d for d in objects if "istio.io" in d["apiVersion"]]
+        assert istio
+        assert validate_all(objects) == []
+
+
+@pytest.mark.skipif(not bundle_present(), reason="compares the registry with the bundle")
+def test_registry_problem_the_bundle_misses_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def strict(*args: Any) -> Any:
+        yield ("spec", "selector"), "made-up registry problem"
+
+    monkeypatch.setattr(k8s_schema, "registry_errors", strict)
+    errors = validate_manifest(valid("Gateway"))
+    assert errors == [
+        "Gateway/east-west: spec.selector: made-up registry problem "
+        f"(by {istio_registry.package_label()}; the bundle accepts it)"
+    ]

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshfed.credentials import MeshCredentials
 from meshfed.kube.apply import Rollout
 from meshfed.kube.client import FIELD_MANAGER, Obj, Resource
 from meshfed.kube.config import merged_kubeconfig, resolve_context
@@ -34,12 +35,12 @@ from meshfed.kube.targets import (
     prune_set,
     server_form,
 )
-from meshfed.plan.build import build_plan
 from meshfed.plan.model import ClusterPlan, FederationPlan
-from meshfed.render.istio import MeshCredentials, RenderedMesh, render_mesh
+from meshfed.render.istio import RenderedMesh
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation
+from meshfed.workspace import plan_of, render_istio
 
 from k8s_schema import validate_all
 
@@ -82,11 +83,11 @@ spec:
 
 def fed_and_plan(text: str = SPEC) -> tuple[Federation, FederationPlan]:
     fed = parse_spec(text)
-    return fed, build_plan(fed, {m.name: f"PEM {m.name}" for m in fed.spec.meshes})
+    return fed, plan_of(fed, {m.name: f"PEM {m.name}" for m in fed.spec.meshes})
 
 
 def rendered(plan: FederationPlan) -> dict[str, RenderedMesh]:
-    return {m.name: render_mesh(plan, m, CREDS) for m in plan.meshes}
+    return {r.mesh: r for r in render_istio(plan, {m.name: CREDS for m in plan.meshes})}
 
 
 def problems(text: str) -> list[str]:
@@ -461,14 +462,20 @@ _ISTIO = {
 class FakeCluster:
     """Just enough of an API server: objects in a dict, every call recorded."""
 
-    def __init__(self, name: str, log: list[tuple[str, str, str]], istio: bool = True) -> None:
+    def __init__(
+        self,
+        name: str,
+        log: list[tuple[str, str, str]],
+        istio: bool = True,
+        namespaces: tuple[str, ...] = ("istio-system", "cards", "shop", "default"),
+    ) -> None:
         self.name = name
         self.server = f"https://{name}.test"
         self.log = log
         self.kinds = {**_KINDS, **(_ISTIO if istio else {})}
         self.store: dict[tuple[str, str, str, str], Obj] = {}
         self.version_ = 0
-        for ns in ("istio-system", "cards", "shop", "default"):
+        for ns in namespaces:
             meta = {"name": ns, "resourceVersion": "0"}
             self.store[("v1", "Namespace", "", ns)] = {
                 "apiVersion": "v1",
@@ -882,7 +889,7 @@ def test_a_primary_without_discovery_address_gets_its_load_balancers() -> None:
     assert [(a.mesh, a.cluster, a.address) for a in addresses] == [
         ("payments", "east", "127.0.0.9")
     ]
-    plan = build_plan(completed, {m.name: "PEM" for m in completed.spec.meshes})
+    plan = plan_of(completed, {m.name: "PEM" for m in completed.spec.meshes})
     out = rendered(plan)["payments"]
     docs = [o for files in (out.files, out.secret_files) for d in files.values() for o in d]
     remote = [o for o in docs if o["kind"] == "IstioOperator"]

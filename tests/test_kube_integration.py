@@ -3,8 +3,15 @@
 Needs two clusters (two contexts with different servers; ``MESHFED_TEST_CONTEXTS=a,b`` picks
 them, else the first two such contexts of the file), each reachable with cluster-admin rights,
 and for the remote-secret tests the service-account token controller (kube-controller-manager).
-The suite installs Istio's CRDs (../shared/istio/crd-all.gen.yaml) itself, makes its own
+The suite installs Istio's CRDs itself (the bundle ../shared/istio/crd-all.gen.yaml where it is
+beside the checkout, else CRDs registering the kinds of the npm registry's
+@kubernetes-models/istio, whose specs the offline schema tests check), makes its own
 credential without any RBAC for the refusal tests (TokenRequest), and removes what it applied.
+
+It starts from bare clusters (Istio's CRDs, no Istio, no application namespaces) and walks
+Istio's install order: the first test finds no ``istio-system``, ``meshfed-system`` or
+application namespace; namespaces made by an earlier run of the suite (by meshfed for it, or as
+its "application") are deleted first, and any other ``istio-system`` stops the suite.
 """
 
 from __future__ import annotations
@@ -30,14 +37,20 @@ from meshfed.kube.client import KubeClient
 from meshfed.kube.config import merged_kubeconfig
 from meshfed.kube.diff import diff
 from meshfed.kube.errors import ApplyRefused
+from meshfed.kube.namespaces import BOOTSTRAP_ANNOTATION, NETWORK_LABEL
 from meshfed.kube.remote_secret import READER, TOKEN_PREFIX, token_secrets
-from meshfed.kube.targets import PRUNE_KINDS, selector
+from meshfed.kube.targets import FEDERATION_LABEL, PRUNE_KINDS, selector
 from meshfed.kube.workspace import open_kube_workspace
 
+from istio_registry import cluster_crds
+from k8s_schema import CRD_PATH, bundle_present
+
 ROOT = Path(__file__).resolve().parents[1]
-CRDS = ROOT.parent / "shared" / "istio" / "crd-all.gen.yaml"
 KUBECONFIG = os.environ.get("MESHFED_TEST_KUBECONFIG", "")
 FED = "itest"
+APP_LABEL = "meshfed.dev/itest-application"
+"""Marks the namespaces this suite makes as the applications' (deleted before and after)."""
+SUITE_NAMESPACES = ("istio-system", "meshfed-system", "cards", "no-such-istio")
 
 pytestmark = pytest.mark.skipif(
     not KUBECONFIG,
@@ -46,6 +59,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 Obj = dict[str, Any]
+
+
+def _istio_crds() -> list[Obj]:
+    if bundle_present():
+        return [d for d in yaml.safe_load_all(CRD_PATH.read_text()) if d]
+    return cluster_crds()
 
 
 def _contexts() -> tuple[str, str]:
@@ -72,13 +91,10 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     first, second = _contexts()
     base = tmp_path_factory.mktemp("kube")
     clients = {ctx: KubeClient.for_context(ctx, KUBECONFIG, name=ctx) for ctx in (first, second)}
-    crds = [d for d in yaml.safe_load_all(CRDS.read_text()) if d]
+    crds = _istio_crds()
     for client in clients.values():
         for crd in crds:
             client.apply(crd, force=True)
-        for name in ("istio-system", "cards", "shop"):
-            if not client.namespace_exists(name):
-                client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     for client in clients.values():
         for crd in crds:
             client.wait_for(
@@ -96,6 +112,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     kubeconfig = f"{KUBECONFIG}{os.pathsep}{extra}"
     for client in clients.values():
         _cleanup(client)
+        _make_bare(client)
     yield {
         "first": first,
         "second": second,
@@ -106,7 +123,48 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     }
     for client in clients.values():
         _cleanup(client)
+        _make_bare(client, wait=False)
         client.close()
+
+
+def _made_for_the_suite(namespace: Obj) -> bool:
+    meta = namespace["metadata"]
+    labels, notes = meta.get("labels") or {}, meta.get("annotations") or {}
+    return (
+        labels.get(APP_LABEL) == "true"
+        or labels.get(FEDERATION_LABEL) == FED
+        or f"federation {FED}" in notes.get(BOOTSTRAP_ANNOTATION, "")
+    )
+
+
+def _make_bare(client: KubeClient, wait: bool = True) -> None:
+    """Delete the namespaces meshfed or this suite made on an earlier run; refuse to run on a
+    cluster whose Istio namespace is someone else's."""
+    for name in SUITE_NAMESPACES:
+        found = client.get("v1", "Namespace", name)
+        if found is None:
+            continue
+        if not _made_for_the_suite(found):
+            pytest.fail(
+                f"cluster {client.label} is not bare: namespace {name} exists and was not made "
+                "by this suite (the suite starts from clusters without Istio)"
+            )
+        client.delete(found)
+    deadline = time.monotonic() + 120
+    while wait and any(client.namespace_exists(n) for n in SUITE_NAMESPACES):
+        assert time.monotonic() < deadline, f"namespaces on {client.label} are not deleted"
+        time.sleep(0.5)
+
+
+def application_namespace(client: KubeClient, name: str) -> None:
+    """What the application team does: its namespace (meshfed never creates one)."""
+    client.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name, "labels": {APP_LABEL: "true"}},
+        }
+    )
 
 
 def _extra_contexts(client: KubeClient, context: str, base: Path) -> Obj:
@@ -238,6 +296,63 @@ def labelled(client: KubeClient) -> dict[tuple[str, str, str], str]:
             meta = obj["metadata"]
             out[(kind, meta.get("namespace", ""), meta["name"])] = meta["resourceVersion"]
     return out
+
+
+def test_bare_clusters_in_istios_install_order(env: dict[str, Any]) -> None:
+    first, second = env["first"], env["second"]
+    payments, web = env["clients"][first], env["clients"][second]
+    for client in (payments, web):
+        assert not [n for n in SUITE_NAMESPACES if client.namespace_exists(n)]
+    path = write(env, "fed.yaml", spec(first, second))
+
+    # A dry-run on the bare clusters: Istio's namespace would be created, the application's
+    # is missing and said so in plain words; nothing is written.
+    dry = meshfed(env, "apply", path, "--dry-run")
+    assert dry.exit_code == 1, dry.output
+    text = " ".join(dry.output.split())  # rich wraps long lines
+    assert (
+        f"cluster payments (context {first}): Namespace cards (for PeerAuthentication "
+        "cards/meshfed-strict): namespace cards does not exist on this cluster; it belongs to "
+        "the applications (the workloads cards/ledger, cards/tokenizer), and meshfed does not "
+        "create application namespaces" in text
+    )
+    assert "not found" not in text
+    for mesh, context in (("payments", first), ("web", second)):
+        assert f"cluster {mesh} (context {context}): would create Namespace istio-system" in text
+    assert "were validated in namespace default" in text
+    for client in (payments, web):
+        assert not client.namespace_exists("istio-system")
+
+    # Istio's plug-in CA order: the CA secret before istiod, in the namespace meshfed creates.
+    register(main)
+    pki = CliRunner().invoke(
+        main,
+        ["pki", "install", str(path), "--state", str(env["state"])],
+        env=kube_env(env),
+        catch_exceptions=False,
+    )
+    assert pki.exit_code == 0, pki.output
+    for mesh, context, client, network in (
+        ("payments", first, payments, "pci"),
+        ("web", second, web, None),
+    ):
+        assert f"cluster {mesh} (context {context}): created Namespace istio-system" in pki.output
+        created = client.get("v1", "Namespace", "istio-system")
+        assert created is not None
+        assert (created["metadata"].get("labels") or {}).get(NETWORK_LABEL) == network
+        assert client.get("v1", "Secret", "cacerts", "istio-system") is not None
+    # (istioctl install would run here.) The application team deploys its namespace; meshfed
+    # then puts the federation in place and makes its own namespace.
+    application_namespace(payments, "cards")
+    dry = meshfed(env, "apply", path, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "would create Namespace istio-system" not in dry.output
+    assert "would be created: Namespace meshfed-system" in dry.output
+    result = meshfed(env, "apply", path)
+    assert result.exit_code == 0, result.output
+    assert payments.get("security.istio.io/v1", "PeerAuthentication", "meshfed-strict", "cards")
+    for client in (payments, web):
+        assert client.namespace_exists("meshfed-system")
 
 
 def test_apply_then_reapply_changes_nothing(env: dict[str, Any]) -> None:
@@ -435,8 +550,7 @@ def test_unreachable_cluster_writes_nothing(env: dict[str, Any]) -> None:
     assert "unreachable" in output
 
 
-def test_server_side_validation_refusal(env: dict[str, Any]) -> None:
-    # An Istio namespace that does not exist: the server refuses the cacerts Secret.
+def test_a_missing_istio_namespace_is_one_meshfed_would_create(env: dict[str, Any]) -> None:
     text = spec(
         env["first"],
         env["second"],
@@ -446,9 +560,78 @@ def test_server_side_validation_refusal(env: dict[str, Any]) -> None:
             )
         },
     )
-    output, *_ = _refused(env, text)
-    assert "Secret no-such-istio/cacerts" in output
-    assert 'namespaces "no-such-istio" not found' in output
+    web = env["clients"][env["second"]]
+    result = meshfed(env, "apply", write(env, "other-istio.yaml", text), "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert f"cluster web (context {env['second']}): would create Namespace no-such-istio" in (
+        " ".join(result.output.split())
+    )
+    assert "would be created: Secret no-such-istio/cacerts" in result.output
+    assert not web.namespace_exists("no-such-istio")
+
+
+FREEZE = "meshfed-itest-freeze"
+
+
+def test_server_side_validation_refusal(env: dict[str, Any]) -> None:
+    """The cluster's own admission (a ValidatingAdmissionPolicy) refuses a change: the refusal
+    names the cluster, the object and the server's reason, and nothing is written."""
+    payments = env["clients"][env["first"]]
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": FREEZE},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": ["security.istio.io"],
+                        "apiVersions": ["*"],
+                        "operations": ["CREATE", "UPDATE"],
+                        "resources": ["authorizationpolicies"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!has(object.spec.rules) || object.spec.rules.all(r, "
+                    "!has(r.to) || r.to.all(t, !has(t.operation.methods) || "
+                    "!('PUT' in t.operation.methods)))",
+                    "message": "PUT is frozen by the platform team",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": FREEZE},
+        "spec": {"policyName": FREEZE, "validationActions": ["Deny"]},
+    }
+    text = spec(
+        env["first"],
+        env["second"],
+        **{"          methods: [POST]\n": "          methods: [POST, PUT]\n"},
+    )
+    payments.apply(policy, force=True)
+    payments.apply(binding, force=True)
+    try:
+        deadline = time.monotonic() + 30
+        path = write(env, "refused.yaml", text)
+        while meshfed(env, "apply", path, "--dry-run").exit_code == 0:
+            # the API server takes a moment to enforce a new policy
+            assert time.monotonic() < deadline, "the admission policy is not enforced after 30 s"
+            time.sleep(1)
+        output, *_ = _refused(env, text)
+        assert (
+            f"cluster payments (context {env['first']}): AuthorizationPolicy.security.istio.io "
+            "meshfed-system/allow-tokenizer" in output
+        )
+        assert "PUT is frozen by the platform team" in output
+    finally:
+        for obj in (binding, policy):
+            payments.delete(obj)
 
 
 def _can_list(server: str, token: str, ca_pem: bytes) -> int:

@@ -62,8 +62,6 @@ from meshfed.pki.certs import (
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, generate_key, key_to_pem, load_key_pem
 from meshfed.pki.verify import verify_chain
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation.machine import Rotator
 from meshfed.workspace import Workspace, open_workspace
 
@@ -792,9 +790,7 @@ def test_envoy_with_the_rendered_ingress_credential(tmp_path: Path) -> None:
 
 
 def _render_secrets(ws: Workspace, mesh: str) -> dict[str, Any]:
-    plan_mesh = ws.plan.mesh(mesh)
-    creds = mesh_credentials(ws.state_dir, ws.plan, plan_mesh, ws.pki)
-    files: dict[str, Any] = render_mesh(ws.plan, plan_mesh, creds).secret_files
+    files: dict[str, Any] = ws.istio_mesh(mesh).secret_files
     return files
 
 

@@ -29,9 +29,8 @@ from meshfed.pki.record import FORWARD_STEPS, read_record
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.trust import root_pems
 from meshfed.render.envoy import render_local
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.rotation import machine
+from meshfed.rotation.describe import describe_record
 from meshfed.rotation.machine import RotationError, Rotator
 from meshfed.workspace import Workspace, open_workspace
 
@@ -66,9 +65,7 @@ def _secret(rendered: dict, name: str, key: str) -> str:  # type: ignore[type-ar
 
 
 def _render(ws: Workspace, mesh: str) -> dict:  # type: ignore[type-arg]
-    plan_mesh = ws.plan.mesh(mesh)
-    creds = mesh_credentials(ws.state_dir, ws.plan, plan_mesh, ws.pki)
-    return render_mesh(ws.plan, plan_mesh, creds).secret_files
+    return ws.istio_mesh(mesh).secret_files
 
 
 @pytest.fixture
@@ -270,7 +267,7 @@ def test_an_interrupted_switch_blocks_loads_and_is_finished_by_the_next_run(
     # The CA files are between generations: nobody may use them until the switch is done.
     with pytest.raises(PKIError, match="switch was interrupted"):
         open_workspace(BANK, bank_state)
-    lines = machine.describe_record(on_disk)
+    lines = describe_record(on_disk)
     assert any("switch" in line and "INTERRUPTED" in line for line in lines)
     fresh = Rotator(bank_state, BANK)
     result = fresh.run(fresh.start("root", None))

@@ -22,10 +22,12 @@ class Control:
 
 
 _CONTROLS = (
+    Control("AC-3", NIST, "Access Enforcement"),
     Control("AC-4", NIST, "Information Flow Enforcement"),
     Control("AC-6", NIST, "Least Privilege"),
     Control("AU-2", NIST, "Event Logging"),
     Control("AU-12", NIST, "Audit Record Generation"),
+    Control("CM-6", NIST, "Configuration Settings"),
     Control("IA-3", NIST, "Device Identification and Authentication"),
     Control("IA-5(2)", NIST, "Authenticator Management | Public Key-based Authentication"),
     Control("IA-9", NIST, "Service Identification and Authentication"),

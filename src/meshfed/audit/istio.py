@@ -1,5 +1,5 @@
 """How Istio reads the objects of one cluster: which gateways exist, which policies select
-them, what the mesh config says. Shared by the checks; decides no finding itself.
+them (the mesh config is read in ``install.py``). Shared by the checks; decides no finding itself.
 """
 
 from __future__ import annotations
@@ -8,13 +8,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import yaml
-
+from meshfed.audit.attach import is_gateway_template, target_refs
 from meshfed.audit.model import Location
 from meshfed.audit.sources.manifests import Doc
-from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list, str_map
+from meshfed.audit.yamlsrc import as_dict, as_list, as_str, dig, str_list, str_map
 
-DEFAULT_ROOT_NAMESPACE = "istio-system"
 Role = Literal["ingress", "egress"]
 
 
@@ -28,52 +26,6 @@ def of_kind(docs: Iterable[Doc], kind: str) -> list[Doc]:
 
 def subset(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
-
-
-# --- mesh config --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    """A meshConfig fragment: from an IstioOperator or the ``istio`` ConfigMap."""
-
-    doc: Doc
-    config: Obj
-    path: tuple[str | int, ...]
-    """Field path of the config inside ``doc`` (for locations)."""
-
-    def at(self, *field: str) -> Location:
-        if self.doc.kind == "ConfigMap":
-            return self.doc.at(*self.path, detail=".".join(("mesh", *field)))
-        return self.doc.at(*self.path, *field)
-
-
-def mesh_configs(docs: Iterable[Doc]) -> list[MeshConfig]:
-    out = []
-    for doc in docs:
-        if doc.kind == "IstioOperator":
-            cfg = doc.get("spec", "meshConfig")
-            if isinstance(cfg, dict):
-                out.append(MeshConfig(doc, cfg, ("spec", "meshConfig")))
-        elif doc.kind == "ConfigMap" and doc.name.startswith("istio"):
-            text = doc.get("data", "mesh")
-            if not isinstance(text, str):
-                continue
-            try:
-                cfg = yaml.safe_load(text)
-            except yaml.YAMLError:
-                continue
-            if isinstance(cfg, dict):
-                out.append(MeshConfig(doc, cfg, ("data", "mesh")))
-    return out
-
-
-def root_namespace(docs: Iterable[Doc]) -> str:
-    for cfg in mesh_configs(docs):
-        ns = as_str(cfg.config.get("rootNamespace"))
-        if ns:
-            return ns
-    return DEFAULT_ROOT_NAMESPACE
 
 
 # --- gateways -----------------------------------------------------------------------------------
@@ -107,17 +59,7 @@ def _pod_labels(deployment: Doc) -> dict[str, str]:
 
 
 def _is_gateway_deployment(doc: Doc) -> bool:
-    if doc.kind != "Deployment":
-        return False
-    template = as_dict(doc.get("spec", "template"))
-    annotations = str_map(dig(template, "metadata", "annotations"))
-    if annotations.get("inject.istio.io/templates") == "gateway":
-        return True
-    for container in as_list(dig(template, "spec", "containers")):
-        image = as_str(as_dict(container).get("image")) or ""
-        if "proxyv2" in image and "router" in str_list(as_dict(container).get("args")):
-            return True
-    return False
+    return doc.kind == "Deployment" and is_gateway_template(as_dict(doc.get("spec", "template")))
 
 
 def _role(*names: str) -> Role:
@@ -155,12 +97,6 @@ GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 """The label Istio puts on the pods it deploys for a Kubernetes Gateway API ``Gateway``."""
 
 
-def _target_refs(spec: Obj) -> list[Obj]:
-    refs = [as_dict(r) for r in as_list(spec.get("targetRefs"))]
-    single = spec.get("targetRef")
-    return [*refs, as_dict(single)] if isinstance(single, dict) else refs
-
-
 def selects_workload(policy: Doc, workload: GatewayWorkload, root_ns: str) -> bool:
     """Whether a selector-based policy (AuthorizationPolicy, Telemetry, ...) applies to it.
 
@@ -171,7 +107,7 @@ def selects_workload(policy: Doc, workload: GatewayWorkload, root_ns: str) -> bo
     (Services, ServiceEntries: waypoints; GatewayClasses) never select a gateway deployment.
     """
     spec = policy.spec
-    refs = _target_refs(spec)
+    refs = target_refs(spec)
     if refs or "targetRefs" in spec:
         if policy.namespace != workload.namespace:
             return False

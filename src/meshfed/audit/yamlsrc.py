@@ -1,64 +1,39 @@
-"""YAML documents with the line of every field, and tolerant accessors for untyped objects."""
+"""YAML documents with the line of every field, and tolerant accessors for untyped objects.
+
+Reading goes through :mod:`meshfed.spec.yamlsafe`, like every spec and manifest meshfed reads.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from meshfed.spec.yamlsafe import Document, line_for, load_all
+
+__all__ = [
+    "FieldPath",
+    "LineMap",
+    "Obj",
+    "ParsedDocument",
+    "as_dict",
+    "as_list",
+    "as_str",
+    "dig",
+    "line_for",
+    "parse_documents",
+    "str_list",
+    "str_map",
+]
 
 FieldPath = tuple[str | int, ...]
 LineMap = dict[FieldPath, int]
 Obj = dict[str, Any]
+ParsedDocument = Document
 
 
-@dataclass(frozen=True)
-class ParsedDocument:
-    data: Any
-    line: int
-    lines: LineMap
-
-
-def _walk(node: yaml.Node, path: FieldPath, lines: LineMap) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            child = (*path, str(key_node.value))
-            lines.setdefault(child, key_node.start_mark.line + 1)
-            _walk(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _walk(item, (*path, index), lines)
-
-
-def parse_documents(text: str) -> list[ParsedDocument]:
-    """Every non-empty document of a YAML stream; yaml.YAMLError on invalid YAML."""
-    loader = yaml.SafeLoader(text)
-    out: list[ParsedDocument] = []
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            if node is None:
-                continue
-            data = loader.construct_document(node)
-            if data is None:
-                continue
-            lines: LineMap = {}
-            _walk(node, (), lines)
-            out.append(ParsedDocument(data, node.start_mark.line + 1, lines))
-    finally:
-        loader.dispose()
-    return out
-
-
-def line_for(lines: Mapping[FieldPath, int], path: FieldPath) -> int | None:
-    """The line of the deepest part of ``path`` that exists."""
-    for cut in range(len(path), -1, -1):
-        found = lines.get(path[:cut])
-        if found is not None:
-            return found
-    return None
+def parse_documents(text: str, file: str = "<yaml>") -> list[ParsedDocument]:
+    """Every non-empty document of a YAML stream, read as every meshfed input is
+    (:mod:`meshfed.spec.yamlsafe`); InputError naming line, field and fix otherwise."""
+    return [doc for doc in load_all(text, file) if doc.data is not None]
 
 
 def dig(value: Any, *path: str | int) -> Any:

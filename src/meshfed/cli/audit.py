@@ -21,6 +21,8 @@ from meshfed.graph import build_graph, render_html, render_svg
 from meshfed.spec.duration import parse_duration
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
+from meshfed.spec.yamlsafe import InputError
+from meshfed.workspace import plan_of
 
 EXIT_FINDINGS = 1
 EXIT_UNREADABLE = 2
@@ -78,6 +80,12 @@ def _emit(text: str, output: Path | None) -> None:
     "--production", is_flag=True, help="Loopback addresses at the boundary are findings too."
 )
 @click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 1 on what `meshfed validate` warns about too (a principal that matches no "
+    "declared workload), whatever --fail-on says.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -92,6 +100,7 @@ def audit(
     fail_on: str,
     window: str | None,
     production: bool,
+    strict: bool,
     output: Path | None,
 ) -> None:
     """Audit a federation for boundary protection and report the controls it evidences.
@@ -110,7 +119,12 @@ def audit(
         try:
             report = audit_spec(spec, state, options)
         except OSError as exc:
-            click.echo(f"error: {spec}: cannot read the spec: {exc.strerror}", err=True)
+            click.echo(f"error: {spec}: cannot read the spec: {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_UNREADABLE)
+        except InputError as exc:
+            for line in exc.lines:
+                click.echo(line, err=True)
+            click.echo(f"{exc.file}: cannot be read; nothing was audited", err=True)
             sys.exit(EXIT_UNREADABLE)
     else:
         assert manifests is not None
@@ -122,12 +136,25 @@ def audit(
         text = render(report, fmt)
     _emit(text, output)
     failing = report.at_or_above(Severity.parse(fail_on))
+    warnings = _spec_warnings(spec) if strict and spec is not None else []
     if output is not None or fmt != "table":
         click.echo(
             f"meshfed audit: {verdict(report)}; {len(failing)} at or above {fail_on}", err=True
         )
-    if failing:
+    for line in warnings:
+        click.echo(line, err=True)
+    if failing or warnings:
         sys.exit(EXIT_FINDINGS)
+
+
+def _spec_warnings(spec: Path) -> list[str]:
+    """validate's warnings for a spec that validates (--strict); none for one that does not."""
+    warnings: list[str] = []
+    try:
+        load_spec(spec, warnings=warnings)
+    except SpecError:
+        return []
+    return warnings
 
 
 @click.command()
@@ -148,7 +175,7 @@ def graph(spec: Path, output: Path | None) -> None:
             click.echo(line, err=True)
         click.echo(f"{exc.file}: {len(exc.lines)} problem(s); nothing was drawn", err=True)
         sys.exit(1)
-    picture = build_graph(fed)
+    picture = build_graph(plan_of(fed))
     if output is not None and output.suffix.lower() in (".html", ".htm"):
         text = render_html(picture)
     elif output is None or output.suffix.lower() == ".svg":

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from meshfed.cli.common import reported
-from meshfed.kube.apply import ClusterRun, kube_connector
+from meshfed.kube.apply import ClusterRun, Rollout, kube_connector
 from meshfed.kube.client import KubeClient
 from meshfed.kube.diff import diff as federation_diff
 from meshfed.kube.discover import discover, discover_addresses
@@ -113,6 +113,11 @@ def _table(title: str, runs: list[ClusterRun]) -> Table:
     return table
 
 
+def _notes(rollout: Rollout) -> None:
+    for note in rollout.notes():
+        click.echo(f"  {note}")
+
+
 def _remote_hints(kws: KubeWorkspace) -> None:
     for mesh in kws.ws.plan.meshes:
         primary = mesh.primary
@@ -162,6 +167,7 @@ def apply(
         runs = rollout.run(dry_run=dry_run)
     title = f"{'dry-run: ' if dry_run else ''}{kws.ws.federation.name} applied"
     out.print(_table(title, runs))
+    _notes(rollout)
     if dry_run:
         for run in runs:
             for action, name in run.actions:
@@ -307,8 +313,10 @@ def pki_install(
     with reported(ApplyRefused, KubeError, TargetError, PKIError):
         kws = _open(spec, state, kubeconfig)
         targets = kws.pki_targets(meshes or None)
-        runs = kws.rollout(targets, prune=False, store_state=False, progress=_RichProgress()).run()
+        rollout = kws.rollout(targets, prune=False, store_state=False, progress=_RichProgress())
+        runs = rollout.run()
     out.print(_table(f"cacerts of {kws.ws.federation.name}", runs))
+    _notes(rollout)
 
 
 def register(group: click.Group) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,8 +17,6 @@ from meshfed import __version__
 from meshfed.cli.common import reported
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
-from meshfed.render.istio import render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
@@ -48,6 +47,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
     "rotate": "meshfed.cli.rotate",
     "controller": "meshfed.cli.controller",
+    "trust": "meshfed.cli.trust",
 }
 PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")
 """Modules that add subcommands to ``pki`` (install; request, sign, import, init-root)."""
@@ -80,10 +80,21 @@ def main() -> None:
 
 @main.command()
 @SPEC
-def validate(spec: Path) -> None:
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Fail (exit 1) on warnings too, e.g. a principal that matches no declared workload.",
+)
+def validate(spec: Path, strict: bool) -> None:
     """Check a federation spec; list every problem with file:line, field and fix."""
+    warnings: list[str] = []
     with reported(PKIError, OutputError):
-        fed = load_spec(spec)
+        fed = load_spec(spec, warnings=warnings)
+    for line in warnings:
+        click.echo(line, err=True)
+    if warnings and strict:
+        click.echo(f"{spec}: {len(warnings)} warning(s); --strict makes them fatal", err=True)
+        sys.exit(1)
     s = fed.spec
     out.print(
         f"{spec}: valid: federation {fed.name!r}, {len(s.meshes)} meshes, "
@@ -140,7 +151,8 @@ def pki_init(spec: Path, state: Path | None) -> None:
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Output directory (default ./out/<federation>); replaced whole on success.",
+    help="Output directory (default ./out/<federation>). Written whole on success; on a new "
+    "render meshfed replaces the files it wrote there and keeps any you added.",
 )
 @click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
 @state_option
@@ -148,12 +160,9 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
     """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
     with reported(PKIError, OutputError):
         ws = open_workspace(spec, state)
-        rendered = [
-            render_mesh(ws.plan, mesh, mesh_credentials(ws.state_dir, ws.plan, mesh, ws.pki))
-            for mesh in ws.plan.meshes
-        ]
+        rendered = ws.istio()
         target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
-        write_rendered(target_dir, rendered)
+        kept = write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
         table.add_column(column)
@@ -169,3 +178,9 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
         f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
         markup=False,
     )
+    if kept:
+        shown = ", ".join(kept[:10]) + (f" and {len(kept) - 10} more" if len(kept) > 10 else "")
+        out.print(
+            f"Kept {len(kept)} file(s) in {target_dir} that meshfed did not write: {shown}",
+            markup=False,
+        )

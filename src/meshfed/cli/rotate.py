@@ -27,12 +27,8 @@ from meshfed.pki.signing import (
     sign_request,
 )
 from meshfed.plan.trust import trust_request
-from meshfed.rotation.machine import (
-    RotationError,
-    Rotator,
-    RunResult,
-    describe_record,
-)
+from meshfed.rotation.describe import describe_record
+from meshfed.rotation.machine import RotationError, Rotator, RunResult
 from meshfed.spec.duration import parse_duration
 from meshfed.spec.load import load_spec
 from meshfed.workspace import default_state_dir

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from meshfed.bundles.config import followed_pems
 from meshfed.controller.clusters import Connector
 from meshfed.controller.ordering import (
     FINAL,
@@ -48,12 +49,14 @@ from meshfed.kube.state import StoredState, read_state
 from meshfed.kube.targets import ClusterTarget, TargetError, ref
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace
 from meshfed.pki.errors import PKIError
-from meshfed.plan.build import build_plan, mesh_clusters
+from meshfed.plan.build import mesh_clusters
 from meshfed.plan.model import FederationPlan
+from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation
+from meshfed.workspace import plan_of
 
 PENDING_ADDRESS = "pending.invalid"
 """Stands in for an ingress address its load balancer has not given yet. Only importers use an
@@ -316,7 +319,9 @@ class Reconciler:
             if why:
                 outcome.notes.append(why)
             union_plan = (
-                build_plan(union_fed, kws.roots) if union_fed is not complete else kws.ws.plan
+                plan_of(union_fed, root_pems(kws.ws.pki), followed_pems(union_fed, state_dir))
+                if union_fed is not complete
+                else kws.ws.plan
             )
             changes = edge_changes(old_plan, kws.ws.plan, None if why else union_plan)
             frozen = frozen_meshes(changes, kws.ws.plan, blocked, pending)

@@ -40,6 +40,7 @@ from meshfed.local.state import ProcessRecord, load_processes
 from meshfed.local.summary import ImportInfo, RuntimeSummary, load_summary
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import load_spec
+from meshfed.workspace import plan_of
 
 LOG_ROWS = 50
 ADMIN_TIMEOUT = 0.5
@@ -65,7 +66,7 @@ def load_model(paths: RuntimePaths) -> Model | None:
     if summary is None:
         return None
     try:
-        graph = build_graph(load_spec(Path(summary.spec)))
+        graph = build_graph(plan_of(load_spec(Path(summary.spec))))
     except (SpecError, OSError) as exc:
         message = f"cannot draw the federation: {summary.spec}: {exc}"
         digest = hashlib.sha256(message.encode()).hexdigest()[:16]

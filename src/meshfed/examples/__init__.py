@@ -1,4 +1,5 @@
-"""Example federation specs shipped with meshfed (``bank.yaml``, ``partners.yaml``)."""
+"""Example federation specs shipped with meshfed: ``bank.yaml``, ``partners.yaml``, and
+``acme.yaml`` with ``globex.yaml`` (two organisations federating by bundle exchange)."""
 
 from __future__ import annotations
 

@@ -21,15 +21,16 @@ def render_html(graph: FederationGraph) -> str:
     e = escape
     rows = []
     for edge in graph.edges:
-        rows.append(
-            "<tr>"
-            f"<td>{e(edge.caller)}</td><td>{e(edge.local_host or '-')}</td>"
-            f"<td>{e(edge.export)}</td><td>{e(edge.host)}</td>"
-            f"<td>{e(edge.order_label or 'not imported')}</td>"
-            f"<td>{e(', '.join(edge.principals))}</td>"
-            f"<td>{e(', '.join(edge.methods) or 'any')}</td>"
-            f"<td>{e(', '.join(edge.paths) or 'any')}</td></tr>"
-        )
+        for rule in edge.rules:  # one row per rule: what each allows, never merged
+            rows.append(
+                "<tr>"
+                f"<td>{e(edge.caller)}</td><td>{e(edge.local_host or '-')}</td>"
+                f"<td>{e(edge.export)}</td><td>{e(edge.host)}</td>"
+                f"<td>{e(edge.order_label or 'not imported')}</td>"
+                f"<td>{e(', '.join(rule.principals))}</td>"
+                f"<td>{e(', '.join(rule.methods) or 'any')}</td>"
+                f"<td>{e(', '.join(rule.paths) or 'any')}</td></tr>"
+            )
     return (
         "\n".join(
             [

@@ -1,8 +1,10 @@
-"""What the picture shows, taken from a valid spec: meshes, and who may call and calls what.
+"""What the picture shows, taken from the plan: meshes, and who may call and calls what.
 
 An arrow points the way calls go: from the importing (consumer) mesh to the exporting mesh.
 Import arrows carry the failover position of their source; a grant arrow is a consumer an export
-allows that imports nothing from it.
+allows that imports nothing from it. Each arrow keeps the export's rules for its caller one by
+one (principals, methods, paths), as the plan decided them. Order: the plan's (meshes by name,
+imports by local name, exports by host), so reordering a spec does not move the picture.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from meshfed.spec.model import Export, Federation
+from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.spiffe import relative_to
 
 EdgeKind = Literal["import", "grant"]
@@ -32,6 +34,22 @@ class MeshNode:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """One rule of an export for a caller: who, and (HTTP) which methods and paths."""
+
+    principals: tuple[str, ...]
+    """Relative to the caller's trust domain (``ns/<ns>/sa/<sa>``, a prefix ``...*``, ``*``)."""
+    methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return (
+            f"{', '.join(self.principals)}; methods: {', '.join(self.methods) or 'any'}; "
+            f"paths: {', '.join(self.paths) or 'any'}"
+        )
+
+
+@dataclass(frozen=True)
 class Edge:
     kind: EdgeKind
     caller: str
@@ -42,16 +60,19 @@ class Edge:
     """``<mesh>/<export>``."""
     host: str
     """The export's public host (SNI)."""
-    principals: tuple[str, ...]
-    """As the spec writes them, relative to the caller's trust domain where it was spelt out."""
-    methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
+    rules: tuple[Grant, ...]
+    """What the export allows this caller, one entry per rule of the plan."""
     local_host: str | None = None
     """Import only: the local name consumers call."""
     order: int | None = None
     """Import only: 0-based failover position of this source."""
     sources: int = 1
     """Import only: how many sources the import fails over between."""
+
+    @property
+    def principals(self) -> tuple[str, ...]:
+        """Every principal the rules name, once each, in order."""
+        return tuple(dict.fromkeys(p for rule in self.rules for p in rule.principals))
 
     @property
     def order_label(self) -> str | None:
@@ -72,11 +93,15 @@ class Edge:
             parts.append(f"import {self.local_host}: {self.order_label} of {self.sources}")
         else:
             parts.append("allowed, not imported")
-        parts.append("principals: " + ", ".join(self.principals))
-        if self.methods:
-            parts.append("methods: " + ", ".join(self.methods))
-        if self.paths:
-            parts.append("paths: " + ", ".join(self.paths))
+        if len(self.rules) == 1:
+            (rule,) = self.rules
+            parts.append("principals: " + ", ".join(rule.principals))
+            if rule.methods:
+                parts.append("methods: " + ", ".join(rule.methods))
+            if rule.paths:
+                parts.append("paths: " + ", ".join(rule.paths))
+        else:
+            parts += [f"rule {i}: {rule.describe()}" for i, rule in enumerate(self.rules, 1)]
         return "\n".join(parts)
 
 
@@ -104,72 +129,72 @@ class FederationGraph:
     edges: tuple[Edge, ...]
 
 
-def _rule(
-    fed: Federation, export: Export, mesh: str
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    domain = fed.mesh(mesh).trust_domain
-    principals: list[str] = []
-    methods: list[str] = []
-    paths: list[str] = []
-    for consumer in export.consumers:
-        if consumer.mesh != mesh:
-            continue
-        short = [relative_to(p, domain) for p in consumer.principals]
-        principals += [p for p in short if p not in principals]
-        methods += [m for m in consumer.methods or () if m not in methods]
-        paths += [p for p in consumer.paths or () if p not in paths]
-    return tuple(principals), tuple(methods), tuple(paths)
-
-
-def build_graph(fed: Federation) -> FederationGraph:
-    meshes = tuple(
-        MeshNode(
-            name=m.name,
-            trust_domain=m.trust_domain,
-            network=m.network,
-            ingress=f"{m.ingress.address}:{m.ingress.port}",
-            exports=tuple(e.name for e in fed.spec.exports if e.mesh == m.name),
-        )
-        for m in fed.spec.meshes
+def _grant(rule: AllowRule) -> Grant:
+    return Grant(
+        principals=tuple(relative_to(str(p), rule.trust_domain) for p in rule.principals),
+        methods=rule.methods,
+        paths=tuple(str(p) for p in rule.paths),
     )
+
+
+def _export_server(plan: FederationPlan, mesh: str, export: str) -> IngressServer:
+    """The server of an export under its own host (not a failover alias)."""
+    return next(
+        s for s in plan.mesh(mesh).ingress.servers if s.export == export and s.alias_of is None
+    )
+
+
+def _node(mesh: MeshPlan) -> MeshNode:
+    return MeshNode(
+        name=mesh.name,
+        trust_domain=mesh.trust_domain,
+        network=mesh.network,
+        ingress=f"{mesh.ingress.address}:{mesh.ingress.port}",
+        exports=tuple(
+            s.export.partition("/")[2] for s in mesh.ingress.servers if s.alias_of is None
+        ),
+    )
+
+
+def build_graph(plan: FederationPlan) -> FederationGraph:
     edges: list[Edge] = []
     used: set[tuple[str, str]] = set()
-    for imp in fed.spec.imports:
-        for k, ref in enumerate(imp.from_):
-            export = fed.export(ref)
-            principals, methods, paths = _rule(fed, export, imp.mesh)
-            used.add((imp.mesh, ref))
-            edges.append(
-                Edge(
-                    kind="import",
-                    caller=imp.mesh,
-                    exporter=export.mesh,
-                    export=ref,
-                    host=fed.export_host(export),
-                    principals=principals,
-                    methods=methods,
-                    paths=paths,
-                    local_host=imp.host,
-                    order=k,
-                    sources=len(imp.from_),
+    for mesh in plan.meshes:
+        for imp in mesh.imports:
+            for source in imp.sources:
+                server = _export_server(plan, source.mesh, source.export)
+                used.add((mesh.name, source.export))
+                edges.append(
+                    Edge(
+                        kind="import",
+                        caller=mesh.name,
+                        exporter=source.mesh,
+                        export=source.export,
+                        host=server.sni,
+                        rules=tuple(
+                            _grant(r) for r in server.allow if r.consumer_mesh == mesh.name
+                        ),
+                        local_host=imp.local_host,
+                        order=source.priority,
+                        sources=len(imp.sources),
+                    )
                 )
-            )
-    for export in fed.spec.exports:
-        ref = f"{export.mesh}/{export.name}"
-        for mesh in dict.fromkeys(c.mesh for c in export.consumers):
-            if (mesh, ref) in used:
+    for mesh in plan.meshes:
+        for server in mesh.ingress.servers:
+            if server.alias_of is not None:
                 continue
-            principals, methods, paths = _rule(fed, export, mesh)
-            edges.append(
-                Edge(
-                    kind="grant",
-                    caller=mesh,
-                    exporter=export.mesh,
-                    export=ref,
-                    host=fed.export_host(export),
-                    principals=principals,
-                    methods=methods,
-                    paths=paths,
+            for caller in dict.fromkeys(r.consumer_mesh for r in server.allow):
+                if (caller, server.export) in used:
+                    continue
+                edges.append(
+                    Edge(
+                        kind="grant",
+                        caller=caller,
+                        exporter=mesh.name,
+                        export=server.export,
+                        host=server.sni,
+                        rules=tuple(_grant(r) for r in server.allow if r.consumer_mesh == caller),
+                    )
                 )
-            )
-    return FederationGraph(fed.name, fed.spec.trust.mode, meshes, tuple(edges))
+    meshes = tuple(_node(m) for m in plan.meshes)
+    return FederationGraph(plan.name, plan.trust_mode, meshes, tuple(edges))

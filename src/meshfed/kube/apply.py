@@ -21,6 +21,14 @@ from typing import Literal, Protocol
 
 from meshfed.kube.client import Cluster, KubeClient, Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
+from meshfed.kube.namespaces import (
+    STAND_IN_NAMESPACE,
+    NamespacePlan,
+    created_note,
+    for_mesh,
+    plan_namespaces,
+    stand_in_note,
+)
 from meshfed.kube.remote_secret import (
     Token,
     current_token,
@@ -54,7 +62,6 @@ from meshfed.spec.model import Federation
 
 Action = Literal["created", "configured", "unchanged", "deleted"]
 PENDING_TOKEN = "<issued by meshfed apply>"
-STAND_IN_NAMESPACE = "default"
 
 
 class Progress(Protocol):
@@ -126,6 +133,19 @@ class ClusterRun:
     actions: list[tuple[Action, str]] = field(default_factory=list)
     settled: set[tuple[str, str, str, str]] = field(default_factory=set)
     """Objects the caller knows to be in place: neither dry-run nor written."""
+    created: list[str] = field(default_factory=list)
+    """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
+    stand_in: list[str] = field(default_factory=list)
+    """Namespaces not there yet whose objects the dry-run validated in the stand-in."""
+    written: bool = False
+
+    def notes(self) -> list[str]:
+        """What the user should know besides the object counts: namespaces created (or to be
+        created), and where the dry-run had to use a stand-in."""
+        out = [created_note(ns, self.written) for ns in self.created]
+        if self.stand_in and not self.written:
+            out.append(stand_in_note(self.stand_in))
+        return out
 
     @property
     def label(self) -> str:
@@ -312,13 +332,37 @@ class Rollout:
             extra.append(state_object(self.fed, self.roots, applied, previous, clusters))
         target.extra = extra
 
+    def _namespaces(self, run: ClusterRun, desired: list[Obj]) -> NamespacePlan:
+        """Which namespaces the objects need that the cluster lacks: the Istio namespace is
+        created, application namespaces refuse the apply (``kube/namespaces.py``)."""
+        client = run.client
+        assert client is not None
+        exists: dict[str, bool] = {}
+        for ns in sorted({n for o in desired if (n := _namespace(o)) is not None}):
+            try:
+                exists[ns] = client.namespace_exists(ns)
+            except KubeError:
+                exists[ns] = True  # not readable: the objects' own dry-run tells what is wrong
+        mesh = run.target.mesh
+        if isinstance(mesh, MeshPlan):
+            plan = for_mesh(desired, exists, mesh, self.fed.name)
+        else:
+            plan = plan_namespaces(desired, exists, mesh.istio_namespace, self.fed.name)
+        for missing in plan.missing:
+            names = ", ".join(missing.objects)
+            run.refuse(f"Namespace {missing.name} (for {names})", missing.reason())
+        run.target.bootstrap = list(plan.create)
+        run.created = [o["metadata"]["name"] for o in plan.create]
+        run.stand_in = sorted(plan.pending)
+        return plan
+
     def _check(self, run: ClusterRun) -> None:
         client = run.client
         assert client is not None
-        desired = run.target.desired()
+        run.target.bootstrap = []
+        namespaces = self._namespaces(run, run.target.desired())
+        desired = run.target.desired()  # with the namespaces to create, first
         self.progress.start(run.label, "dry-run", len(desired))
-        creating = {o["metadata"]["name"] for o in desired if o["kind"] == "Namespace"}
-        present: dict[str, bool] = {}
         foreign: dict[str, list[str]] = {}
         for obj in desired:
             what = ref_text(obj)
@@ -326,11 +370,12 @@ class Rollout:
                 run.settled.add(ref(obj))
                 self.progress.step(run.label)
                 continue
+            if namespaces.skipped(obj):
+                self.progress.step(run.label)
+                continue  # refused with its namespace
             try:
                 ns = _namespace(obj)
-                if ns is not None and ns not in present:
-                    present[ns] = client.namespace_exists(ns)
-                stand_in = ns is not None and not present[ns] and ns in creating
+                stand_in = ns is not None and ns in namespaces.pending
                 res = client.resource(obj["apiVersion"], obj["kind"])
                 live = (
                     None
@@ -479,12 +524,13 @@ class Rollout:
                     )
                 )
             self.tokens[key] = token
+        run.written = True
         self.progress.done(run.label, run.summary())
 
     def run(self, dry_run: bool = False) -> list[ClusterRun]:
         refusals = self.preflight()
         if refusals:
-            raise ApplyRefused(refusals)
+            raise ApplyRefused(refusals, self.notes())
         if dry_run:
             for run in self.runs:
                 run.actions = [(c.action, ref_text(c.obj)) for c in run.checked]
@@ -494,6 +540,10 @@ class Rollout:
         for run in self.runs:
             self._write(run)
         return self.runs
+
+    def notes(self) -> list[str]:
+        """Every cluster's notes (``ClusterRun.notes``), each naming its cluster."""
+        return [f"cluster {run.label}: {note}" for run in self.runs for note in run.notes()]
 
 
 def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:

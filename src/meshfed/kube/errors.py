@@ -37,9 +37,14 @@ class Refusal:
 class ApplyRefused(Exception):
     """The server-side dry-run failed somewhere: nothing was written anywhere."""
 
-    def __init__(self, refusals: list[Refusal]) -> None:
+    def __init__(self, refusals: list[Refusal], notes: list[str] | None = None) -> None:
         self.refusals = sorted(refusals)
+        self.notes = list(notes or [])
+        """What the dry-run found besides the refusals (e.g. a namespace it would create)."""
         count = len(self.refusals)
         lines = [f"{count} object(s) refused; nothing was written to any cluster:"]
         lines += [f"  {r}" for r in self.refusals]
+        if self.notes:
+            lines.append("Otherwise the dry-run found:")
+            lines += [f"  {n}" for n in self.notes]
         super().__init__("\n".join(lines))

@@ -20,13 +20,13 @@ import yaml
 
 from meshfed.kube.client import Cluster, Obj
 from meshfed.kube.errors import KubeError
-from meshfed.plan.build import build_plan
 from meshfed.plan.model import FederationPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio.objects import obj
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation
+from meshfed.workspace import plan_of
 
 
 def state_name(federation: str) -> str:
@@ -116,7 +116,7 @@ class StoredState:
             raise KubeError(
                 f"the state stored on {self.cluster} is not a valid spec: {exc}"
             ) from None
-        return build_plan(fed, self.roots)
+        return plan_of(fed, self.roots)
 
     def applied_clusters(self) -> tuple[AppliedCluster, ...]:
         if self.clusters is not None:

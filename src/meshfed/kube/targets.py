@@ -131,6 +131,9 @@ class ClusterTarget:
     """On a primary: the remotes whose remote secret it holds."""
     extra: list[Obj] = field(default_factory=list)
     """Objects made at apply time (remote secrets, the stored state), applied after ``objects``."""
+    bootstrap: list[Obj] = field(default_factory=list)
+    """Namespaces the cluster lacks and this apply creates first (the Istio namespace on a bare
+    cluster, see ``kube/namespaces.py``); decided by the dry-run."""
 
     @property
     def name(self) -> str:
@@ -145,7 +148,7 @@ class ClusterTarget:
         return isinstance(self.mesh, RetiredMesh)
 
     def desired(self) -> list[Obj]:
-        return apply_order(self.objects) + self.extra
+        return apply_order([*self.bootstrap, *self.objects]) + self.extra
 
 
 class TargetError(Exception):

@@ -11,14 +11,10 @@ from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
-from meshfed.pki import PKIStore
-from meshfed.plan.build import build_plan
-from meshfed.plan.trust import root_pems, trust_request
-from meshfed.render.istio import RenderedMesh, render_mesh
-from meshfed.render.istio.credentials import mesh_credentials
+from meshfed.render.istio import RenderedMesh
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
-from meshfed.workspace import Workspace, default_state_dir
+from meshfed.workspace import Workspace, workspace_for
 
 
 @dataclass(frozen=True)
@@ -30,11 +26,7 @@ class KubeWorkspace:
     addresses: list[AddressFound] = field(default_factory=list)
 
     def rendered(self) -> dict[str, RenderedMesh]:
-        ws = self.ws
-        return {
-            m.name: render_mesh(ws.plan, m, mesh_credentials(ws.state_dir, ws.plan, m, ws.pki))
-            for m in ws.plan.meshes
-        }
+        return {rendered.mesh: rendered for rendered in self.ws.istio()}
 
     def targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
         return cluster_targets(self.ws.plan, self.rendered(), meshes)
@@ -83,21 +75,17 @@ def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connec
     """Load the spec, discover omitted workloads, create missing PKI, resolve the plan."""
     fed = load_spec(spec_path, discovery_pending=True)
     fed, found, addresses = with_discovered(fed, connect, str(spec_path))
-    state = state_dir if state_dir is not None else default_state_dir(fed)
-    return kube_workspace(fed, spec_path, state, connect, found, addresses)
+    return kube_workspace(fed, spec_path, state_dir, connect, found, addresses)
 
 
 def kube_workspace(
     fed: Federation,
     origin: Path,
-    state_dir: Path,
+    state_dir: Path | None,
     connect: Connect,
     found: list[Discovery] | None = None,
     addresses: list[AddressFound] | None = None,
 ) -> KubeWorkspace:
     """A complete spec (discovery done) with its PKI (created where missing) and plan."""
-    material = PKIStore(state_dir).ensure(trust_request(fed))
-    roots = root_pems(material)
-    plan = build_plan(fed, roots)
-    ws = Workspace(origin, fed, state_dir, material, plan)
-    return KubeWorkspace(ws, roots, found or [], connect, addresses or [])
+    ws = workspace_for(origin, fed, state_dir)
+    return KubeWorkspace(ws, ws.roots, found or [], connect, addresses or [])

@@ -72,7 +72,7 @@ def probe_path(plan: FederationPlan, probe: Probe) -> frozenset[Hop]:
         hops.add((probe.mesh, "sidecar", probe.workload))
     for source in route.sources:
         hops.add((source.mesh, "ingress", None))
-        server = plan.mesh(source.mesh).ingress.server(route.wire_host)
+        server = plan.ingress_of(source.mesh).server(route.wire_host)
         if server is not None:
             hops.add((source.mesh, "sidecar", server.workload.ref))
     return frozenset(hops)
@@ -88,7 +88,7 @@ def _allowed_request(
 ) -> tuple[str, str] | None:
     """An (method, path) the first source lets ``w`` use, if any."""
     source = route.sources[0]
-    server = plan.mesh(source.mesh).ingress.server(route.wire_host)
+    server = plan.ingress_of(source.mesh).server(route.wire_host)
     if server is None:
         return None
     for rule in server.allow:

@@ -81,7 +81,6 @@ from meshfed.local.summary import (
 from meshfed.local.workloads import WorkloadSpec
 from meshfed.local.xds import EnvoyFiles, Pending, ecds_stats, ecds_stats_pattern, secrets_for
 from meshfed.plan.model import FederationPlan
-from meshfed.render.envoy import render_local
 from meshfed.render.envoy.files import process_dir, process_slug
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.workspace import Workspace
@@ -488,7 +487,7 @@ class Runtime:
         previous = layout_from_json(read_json(self.paths.layout))
         layout, moved = allocate_layout(plan, previous, own_ports)
         write_json(self.paths.layout, layout_to_json(layout))
-        processes = render_local(plan, layout, self.root)
+        processes = ws.envoy(layout, self.root)
         summary = summarize(plan, ws.spec_path.resolve(), processes)
         report = UpReport(plan.name, ws.state_dir, layout, summary, first_run, notes=notes + moved)
 

@@ -5,6 +5,7 @@ Every function that creates a certificate takes an explicit `now` (timezone-awar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -22,6 +23,7 @@ ORGANIZATION = "meshfed"
 CLOCK_SKEW = timedelta(minutes=5)
 
 _PEM_CERT_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
 
 
 def as_utc(now: datetime) -> datetime:
@@ -354,6 +356,14 @@ def cert_to_pem(cert: x509.Certificate) -> bytes:
 
 def certs_to_pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert_to_pem(c) for c in certs)
+
+
+def split_pem(bundle: str) -> tuple[str, ...]:
+    """The certificates of a PEM bundle, each as its own PEM text (nothing is parsed)."""
+    return tuple(
+        m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n"
+        for m in _PEM_BLOCK.finditer(bundle)
+    )
 
 
 def load_certs_pem(data: bytes, source: str) -> list[x509.Certificate]:

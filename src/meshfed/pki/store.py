@@ -121,6 +121,7 @@ class PKIStore:
         self.cas = CAFiles(self.layout)
         self.state_dir = self.layout.state_dir
         self.dir = self.layout.dir
+        self._made: list[Path] | None = None  # what the current writing call created
 
     def __repr__(self) -> str:
         return f"PKIStore({str(self.state_dir)!r})"
@@ -135,15 +136,15 @@ class PKIStore:
         """
         req.validate()
         now = as_utc(now) if now is not None else datetime.now(UTC)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        mkdir_private(self.dir)
-        with self._locked():
+        with self._writing(), self._locked():
             self._remove_stale_tmp()
             state = read_state(self.layout, req, must_exist=False)
             check_custody(self.layout, state, ("local", "split"))
             plan = self._collect(req, now, create=True, state=state)
-            self._record(req, plan, state)
+            # Files first, the record last: a record never names a CA that is not on disk
+            # (an unrecorded CA found on disk is adopted by the next run).
             self._write_new(req, plan)
+            self._record(req, plan, state)
             return plan.material(req)
 
     def ensure_roots(self, req: TrustRequest, now: datetime | None = None) -> PKIMaterial:
@@ -154,9 +155,7 @@ class PKIStore:
         """
         req.validate()
         now = as_utc(now) if now is not None else datetime.now(UTC)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        mkdir_private(self.dir)
-        with self._locked():
+        with self._writing(), self._locked():
             self._remove_stale_tmp()
             state = read_state(self.layout, req, must_exist=False)
             if state is None:
@@ -401,8 +400,11 @@ class PKIStore:
                 files.update({f"root/{k}": v for k, v in root_files(m.root).items()})
             self._install_dir(m.dir, files)
         for path, data in sorted(plan.missing.items()):
-            mkdir_private(path.parent)
+            if not path.parent.exists():
+                mkdir_private(path.parent)
+                self._created(path.parent)
             write_atomic(path, data, CERT_MODE)
+            self._created(path)
 
     def _install_dir(self, target: Path, files: dict[str, tuple[bytes, int]]) -> None:
         """Create `target` with `files` atomically: build it beside, then rename it into place."""
@@ -418,7 +420,43 @@ class PKIStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self._created(target)
         fsync_dir(target.parent)
+
+    def _created(self, path: Path) -> None:
+        if self._made is not None:
+            self._made.append(path)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One writing call (ensure, ensure_roots): all of it, or nothing.
+
+        Creates the state and PKI directories; if the call fails, removes every CA directory
+        and file it created and, when it made them, the PKI directory and its lock, so a failed
+        ``pki init`` leaves nothing behind (not a lone ``pki/.lock``, not half a CA).
+        """
+        made_state = not self.state_dir.exists()
+        made_pki = not self.dir.exists()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        mkdir_private(self.dir)
+        self._made = []
+        try:
+            yield
+        except BaseException:
+            for path in reversed(self._made):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            if made_pki and {p.name for p in self.dir.iterdir()} <= {LOCK_FILE}:
+                (self.dir / LOCK_FILE).unlink(missing_ok=True)
+                self.dir.rmdir()
+            if made_state:
+                with contextlib.suppress(OSError):
+                    self.state_dir.rmdir()  # only when empty
+            raise
+        finally:
+            self._made = None
 
     @contextlib.contextmanager
     def _locked(self, shared: bool = False) -> Iterator[None]:

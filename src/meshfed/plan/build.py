@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
+from dataclasses import replace
 
+from meshfed.pki.certs import split_pem
+from meshfed.plan.boundary import boundary_policy
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -19,13 +22,14 @@ from meshfed.plan.model import (
     Ingress,
     IngressServer,
     MeshPlan,
-    PathMatch,
+    PartnerPlan,
     Source,
     TrustBundle,
     Workload,
 )
 from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_id, service_fqdn
 from meshfed.spec.model import Export, Federation, Mesh
+from meshfed.spec.paths import parse_path
 from meshfed.spec.principals import parse_principal
 from meshfed.spiffe import workload_id
 
@@ -39,8 +43,11 @@ def peerings(fed: Federation) -> tuple[tuple[str, str], ...]:
     """(mesh, peer) pairs where mesh must hold peer's root.
 
     An exporting mesh's ingress verifies its consumers' workloads; a consumer's sidecars verify
-    the ingress gateways of the meshes it imports from. Nobody else trusts anybody.
+    the ingress gateways of the meshes it imports from. Nobody else trusts anybody. Partner
+    meshes are left out on both sides: meshfed runs nothing of theirs and holds no root of
+    theirs (their roots come from their bundles, see ``build_plan``'s ``followed``).
     """
+    partners = {m.name for m in fed.spec.meshes if m.partner}
     pairs: set[tuple[str, str]] = set()
     for export in fed.spec.exports:
         for consumer in export.consumers:
@@ -48,7 +55,7 @@ def peerings(fed: Federation) -> tuple[tuple[str, str], ...]:
     for imp in fed.spec.imports:
         for ref in imp.from_:
             pairs.add((imp.mesh, ref.partition("/")[0]))
-    return tuple(sorted(pairs))
+    return tuple(sorted((m, p) for m, p in pairs if m not in partners and p not in partners))
 
 
 def _workloads(mesh: Mesh) -> tuple[Workload, ...]:
@@ -86,21 +93,32 @@ def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tu
         rules.append(
             AllowRule(
                 consumer_mesh=consumer.mesh,
+                trust_domain=domain,
                 principals=tuple(parse_principal(p, domain) for p in consumer.principals),
                 methods=tuple(consumer.methods or ()),
-                paths=tuple(
-                    PathMatch(p[:-1], prefix=True) if p.endswith("*") else PathMatch(p)
-                    for p in consumer.paths or ()
-                ),
+                paths=tuple(parse_path(p) for p in consumer.paths or ()),
             )
         )
     return tuple(rules)
 
 
+def _limited(trusted: tuple[TrustBundle, ...], server: IngressServer) -> tuple[TrustBundle, ...]:
+    """``trusted`` limited to the trust domains ``server``'s rules name."""
+    domains = {rule.trust_domain for rule in server.allow}
+    return tuple(
+        replace(b, trust_domains=tuple(d for d in b.trust_domains if d in domains))
+        for b in trusted
+        if domains.intersection(b.trust_domains)
+    )
+
+
 class _Resolver:
-    def __init__(self, fed: Federation, root_pems: Mapping[str, str]) -> None:
+    def __init__(
+        self, fed: Federation, root_pems: Mapping[str, str], followed: Mapping[str, str] | None
+    ) -> None:
         self.fed = fed
         self.root_pems = root_pems
+        self.followed = followed
         self.workloads = {m.name: {w.ref: w for w in _workloads(m)} for m in fed.spec.meshes}
         # Meshes that reach (mesh, wire host) as a failover alias of one of mesh's exports.
         self.aliases: dict[tuple[str, str], tuple[str, set[str]]] = {}
@@ -113,15 +131,31 @@ class _Resolver:
                 _, importers = self.aliases.setdefault((export.mesh, wire), (ref, set()))
                 importers.add(imp.mesh)
 
-    def bundles(self, meshes: dict[str, set[str]]) -> tuple[TrustBundle, ...]:
-        """One bundle per root, for the given {mesh: trust domains} it must vouch for."""
+    def root_pem(self, truster: Mesh, mesh: str) -> tuple[str, bool]:
+        """The roots ``truster`` trusts for ``mesh``, and whether they come from a bundle: the
+        bundle it follows for that peer (fetched, checked and kept by ``meshfed.bundles``), else
+        the ones the PKI holds."""
+        if self.followed is not None and mesh != truster.name and mesh in (truster.follows or ()):
+            return self.followed[mesh], True
+        return self.root_pems[mesh], False
+
+    def bundles(
+        self, truster: Mesh, meshes: dict[str, set[str]], cross_certify: bool = False
+    ) -> tuple[TrustBundle, ...]:
+        """One bundle per root, for the given {mesh: trust domains} it must vouch for, as
+        ``truster`` trusts them. A followed peer whose bundle is empty (it revoked every key)
+        gets none: nothing of it is trusted."""
         by_root: dict[str, set[str]] = defaultdict(set)
         for mesh, domains in meshes.items():
             by_root[root_name(self.fed, mesh)] |= domains
         out = []
         for name, domains in sorted(by_root.items()):
             mesh = name if name != "root" else next(iter(sorted(meshes)))
-            out.append(TrustBundle(name, self.root_pems[mesh], tuple(sorted(domains))))
+            pem, followed = self.root_pem(truster, mesh)
+            if pem or not followed:
+                out.append(
+                    TrustBundle(name, pem, tuple(sorted(domains)), split_pem(pem), cross_certify)
+                )
         return tuple(out)
 
     def source(self, priority: int, ref: str) -> Source:
@@ -138,7 +172,7 @@ class _Resolver:
             network=mesh.network,
         )
 
-    def ingress(self, mesh: Mesh) -> Ingress:
+    def ingress(self, mesh: Mesh, trust: bool = True) -> Ingress:
         servers: list[IngressServer] = []
         for export in self.fed.spec.exports:
             if export.mesh != mesh.name:
@@ -155,13 +189,21 @@ class _Resolver:
         callers: dict[str, set[str]] = defaultdict(set)
         for server in servers:
             for rule in server.allow:
-                callers[rule.consumer_mesh].add(self.fed.mesh(rule.consumer_mesh).trust_domain)
+                callers[rule.consumer_mesh].add(rule.trust_domain)
+        # Istio's ingress credential cannot bind a root to its trust domains; Federated roots
+        # constrain nothing, so there the ingress trusts them cross-certified only. A partner's
+        # ingress (``trust`` False) trusts nothing of ours: it is only described.
+        trusted = (
+            self.bundles(mesh, callers, cross_certify=self.fed.spec.trust.mode == "Federated")
+            if trust
+            else ()
+        )
         return Ingress(
             address=_address(mesh),
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
-            servers=tuple(servers),
-            trusted=self.bundles(callers),
+            servers=tuple(replace(s, trusted=_limited(trusted, s)) for s in servers),
+            trusted=trusted,
             dns_names=tuple(s.sni for s in servers),
         )
 
@@ -181,7 +223,7 @@ class _Resolver:
                     protocol=protocol,
                     wire_host=self.fed.wire_host(imp),
                     sources=sources,
-                    trusted=self.bundles({s.mesh: {s.trust_domain} for s in sources}),
+                    trusted=self.bundles(mesh, {s.mesh: {s.trust_domain} for s in sources}),
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))
@@ -196,22 +238,30 @@ class _Resolver:
         for route in imports:
             for source in route.sources:
                 trusted.setdefault(source.mesh, set()).add(source.trust_domain)
+        workload_trust = self.bundles(mesh, trusted)
+        root = root_name(self.fed, mesh.name)
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
+        ingress = self.ingress(mesh)
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
             network=mesh.network,
-            root_name=root_name(self.fed, mesh.name),
-            ingress=self.ingress(mesh),
+            root_name=root,
+            ingress=ingress,
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
                 routes=tuple(sorted(egress_routes.values(), key=lambda r: r.wire_host)),
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
-            workload_trust=self.bundles(trusted),
-            local_trust=self.bundles({mesh.name: {mesh.trust_domain}}),
+            workload_trust=workload_trust,
+            local_trust=self.bundles(mesh, {mesh.name: {mesh.trust_domain}}),
+            import_trust=self.bundles(
+                mesh, {s.mesh: {s.trust_domain} for route in imports for s in route.sources}
+            ),
+            foreign_trust=tuple(b for b in workload_trust if b.name != root),
+            boundary=boundary_policy(ingress.spiffe_id),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
@@ -225,15 +275,29 @@ def _address(mesh: Mesh) -> str:
     return mesh.ingress.address
 
 
-def build_plan(fed: Federation, root_pems: Mapping[str, str]) -> FederationPlan:
-    """Resolve ``fed``; ``root_pems`` maps each mesh to the PEM of the root it chains to."""
-    resolver = _Resolver(fed, root_pems)
+def build_plan(
+    fed: Federation, root_pems: Mapping[str, str], followed: Mapping[str, str] | None = None
+) -> FederationPlan:
+    """Resolve ``fed``; ``root_pems`` maps each mesh this state directory holds to the PEM of
+    the root(s) it chains to; ``followed`` maps each peer some mesh follows to the PEM of the
+    X.509 authorities of its last accepted bundle. A mesh trusts a peer it follows through that
+    bundle only, and partner meshes (whose roots are not held) are planned only as peers: no
+    ``MeshPlan``, nothing rendered or run for them. ``followed`` None: callers that plan without
+    trust material (audit of a spec, tests) give every mesh's PEM in ``root_pems``."""
+    resolver = _Resolver(fed, root_pems, followed)
     trust = fed.spec.trust
     return FederationPlan(
         name=fed.name,
         trust_mode=trust.mode,
         workload_ttl=trust.ttl("workload"),
         gateway_ttl=trust.ttl("gateway"),
-        meshes=tuple(resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name)),
+        meshes=tuple(
+            resolver.mesh(m) for m in sorted(fed.spec.meshes, key=lambda m: m.name) if not m.partner
+        ),
         peerings=peerings(fed) if trust.mode == "Federated" else (),
+        partners=tuple(
+            PartnerPlan(m.name, m.trust_domain, resolver.ingress(m, trust=False))
+            for m in sorted(fed.spec.meshes, key=lambda m: m.name)
+            if m.partner
+        ),
     )

@@ -10,23 +10,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
 
-from meshfed.spiffe import PrincipalMatch
+from meshfed.plan.boundary import BoundaryPolicy
+from meshfed.spec.paths import PathMatch as PathMatch  # the plan's type, defined with its rule
+from meshfed.spiffe import PrincipalMatch as PrincipalMatch
+from meshfed.spiffe import domain_prefix, whole_domain
 
 Protocol = Literal["HTTP", "TCP"]
-
-
-@dataclass(frozen=True)
-class PathMatch:
-    """An HTTP path: exact, or a prefix when the spec wrote a trailing ``*``."""
-
-    value: str
-    prefix: bool = False
-
-    def matches(self, path: str) -> bool:
-        return path.startswith(self.value) if self.prefix else path == self.value
-
-    def __str__(self) -> str:
-        return f"{self.value}*" if self.prefix else self.value
 
 
 @dataclass(frozen=True)
@@ -51,13 +40,30 @@ class Workload:
 class AllowRule:
     """Requests an ingress lets through: any listed principal, and (HTTP) method and path.
 
-    Empty ``methods`` or ``paths`` mean any. ``principals`` is never empty.
+    Empty ``methods`` or ``paths`` mean any. ``principals`` is never empty, and every one is an
+    identity (or prefix) of ``trust_domain``: a rule admits callers of one trust domain.
     """
 
     consumer_mesh: str
+    trust_domain: str
+    """The consumer's trust domain: every principal of the rule is in it."""
     principals: tuple[PrincipalMatch, ...]
     methods: tuple[str, ...] = ()
     paths: tuple[PathMatch, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.principals:
+            raise ValueError(f"a rule of mesh {self.consumer_mesh} names no principal")
+        for p in self.principals:
+            # An X.509 SVID has one URI SAN and no SPIFFE ID holds a ','; Envoy joins several
+            # SANs with ',', so a principal holding one could be matched by a crafted pair.
+            if not p.value.startswith(self.id_prefix) or "," in p.value:
+                raise ValueError(f"principal {p} is not an identity of {self.trust_domain}")
+
+    @property
+    def id_prefix(self) -> str:
+        """``spiffe://<trust domain>/``: what every identity this rule may admit starts with."""
+        return domain_prefix(self.trust_domain)
 
     def allows(self, principal: str, method: str = "GET", path: str = "/") -> bool:
         return (
@@ -78,6 +84,10 @@ class IngressServer:
     allow: tuple[AllowRule, ...]
     alias_of: str | None = None
     """When set, ``sni`` is a failover alias and this is the export's own host."""
+    trusted: tuple[TrustBundle, ...] = ()
+    """The roots that may vouch for this server's callers: those of `Ingress.trusted` that
+    vouch for a trust domain its rules name, each limited to those domains (a chain that
+    verifies can only come from a root that could mint an allowed identity)."""
 
     @property
     def protocol(self) -> Protocol:
@@ -94,7 +104,16 @@ class TrustBundle:
 
     name: str
     pem: str
+    """The root(s), PEM: one, or both generations during a root rotation's overlap."""
     trust_domains: tuple[str, ...]
+    roots: tuple[str, ...] = ()
+    """``pem`` one certificate each (what takes one root per entry, e.g. Istio's
+    ``caCertificates``)."""
+    cross_certify: bool = False
+    """Set where a verifier that cannot bind a root to trust domains (the CA bundle of Istio's
+    ingress gateway credential) must not trust these roots as they are, only through
+    cross-certificates constrained to ``trust_domains`` (`meshfed.pki.anchor`): Federated
+    trust, whose roots constrain nothing. SharedRoot's intermediates carry the constraint."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +162,11 @@ class Egress:
 
     spiffe_id: str
     routes: tuple[EgressRoute, ...]
+
+    @property
+    def allowed_snis(self) -> tuple[str, ...]:
+        """The egress allow-list: the only SNIs that may leave the mesh."""
+        return tuple(r.wire_host for r in self.routes)
 
 
 @dataclass(frozen=True)
@@ -199,6 +223,15 @@ class MeshPlan:
     exports they import, each limited to that mesh's trust domain."""
     local_trust: tuple[TrustBundle, ...] = ()
     """The mesh's own root, for its own trust domain only: what in-mesh peers chain to."""
+    import_trust: tuple[TrustBundle, ...] = ()
+    """Roots the mesh's sidecars verify the ingress gateways of its imports' sources with,
+    each for the sources' trust domains only (every `ImportRoute.trusted` at once)."""
+    foreign_trust: tuple[TrustBundle, ...] = ()
+    """Roots the mesh's sidecars trust beyond the mesh's own trust anchor (Istio's
+    ``root-cert.pem``): Federated, the roots of meshes it imports from, each for its trust
+    domain (Istio: ``meshConfig.caCertificates``). Empty in SharedRoot: one root serves all."""
+    boundary: BoundaryPolicy = field(default_factory=BoundaryPolicy)
+    """What crossing the mesh's boundary does to requests and responses."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
     clusters: tuple[ClusterPlan, ...] = ()
@@ -213,6 +246,12 @@ class MeshPlan:
         return self.clusters[1:]
 
     @property
+    def local_peers(self) -> PrincipalMatch:
+        """Who may open mTLS to a workload's sidecar: any identity of the mesh's own trust
+        domain (its gateways included); federation callers arrive through the ingress."""
+        return whole_domain(self.trust_domain)
+
+    @property
     def exported_namespaces(self) -> tuple[str, ...]:
         return tuple(sorted({s.workload.namespace for s in self.ingress.servers}))
 
@@ -224,6 +263,19 @@ class MeshPlan:
 
 
 @dataclass(frozen=True)
+class PartnerPlan:
+    """A mesh another organisation runs (``partner: true``): planned only as a peer.
+
+    Nothing is rendered or run for it. Its ``ingress`` lists what the spec says it offers this
+    state directory's meshes (its own control plane enforces that) and trusts nothing here.
+    """
+
+    name: str
+    trust_domain: str
+    ingress: Ingress
+
+
+@dataclass(frozen=True)
 class FederationPlan:
     name: str
     trust_mode: Literal["SharedRoot", "Federated"]
@@ -232,9 +284,18 @@ class FederationPlan:
     meshes: tuple[MeshPlan, ...]
     peerings: tuple[tuple[str, str], ...] = field(default=())
     """(mesh, peer): mesh must hold peer's root, for Federated trust."""
+    partners: tuple[PartnerPlan, ...] = ()
+    """Meshes run by other organisations, by name."""
 
     def mesh(self, name: str) -> MeshPlan:
         for m in self.meshes:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def ingress_of(self, name: str) -> Ingress:
+        """The ingress of a mesh of this plan, or of a partner mesh (what it offers)."""
+        for p in self.partners:
+            if p.name == name:
+                return p.ingress
+        return self.mesh(name).ingress

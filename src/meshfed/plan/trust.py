@@ -16,7 +16,9 @@ def trust_request(fed: Federation) -> TrustRequest:
         key_algorithm=trust.key_algorithm,
         root_ttl=trust.ttl("root"),
         intermediate_ttl=trust.ttl("intermediate"),
-        meshes=tuple(MeshTrustRequest(m.name, m.trust_domain) for m in fed.spec.meshes),
+        meshes=tuple(
+            MeshTrustRequest(m.name, m.trust_domain) for m in fed.spec.meshes if not m.partner
+        ),
         peerings=peerings(fed) if trust.mode == "Federated" else (),
     )
 

@@ -230,14 +230,15 @@ def _client_id(
 def handshake_targets(plan: FederationPlan, layout: LocalLayout) -> list[Target]:
     """Every mTLS listener of the local federation, once per caller mesh it admits."""
     out: list[Target] = []
+    local = {m.name for m in plan.meshes}
     for mesh in plan.meshes:
         ing = mesh.ingress
         seen: set[tuple[str, str]] = set()
         for server in ing.servers:
             for rule in server.allow:
                 key = (rule.consumer_mesh, server.protocol)
-                if key in seen:
-                    continue
+                if key in seen or rule.consumer_mesh not in local:
+                    continue  # a partner's callers: no CA here to issue a test certificate
                 cid = _client_id(plan, server, rule.consumer_mesh, list(rule.principals))
                 if cid is None:
                     continue

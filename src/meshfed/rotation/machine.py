@@ -20,19 +20,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
-from meshfed.pki import MeshCA, PKIMaterial, PKIStore, TrustRequest
+from meshfed.pki import MeshCA, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
-from meshfed.pki.certs import describe, load_certs_pem
 from meshfed.pki.errors import PKIError
 from meshfed.pki.leaves import ensure_leaf, kept_leaf
 from meshfed.pki.record import (
@@ -44,21 +40,16 @@ from meshfed.pki.record import (
     history,
     write_record,
 )
-from meshfed.pki.verify import verify_chain
-from meshfed.plan.model import FederationPlan, TrustBundle
 from meshfed.plan.names import INGRESS_GATEWAY
 from meshfed.plan.trust import trust_request
-from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
+from meshfed.rotation.checks import check_bundles, issued_by, verify_live
+from meshfed.rotation.live import LiveFederation
 from meshfed.spec.load import load_spec
-from meshfed.spiffe import domain_prefix
 from meshfed.workspace import Workspace, open_workspace
 
 HOLD_ENV = "MESHFED_TEST_HOLD"
 """Tests: ``<step>`` or ``mid-switch``: stop there (write ``MESHFED_TEST_HOLD_FILE``, then sleep)
 so a test can kill the command at a known point."""
-_CHECK_PATH = "ns/meshfed-system/sa/rotation-check"
-TEST_TTL = timedelta(minutes=10)
-RETRIES = 4
 
 
 class RotationError(Exception):
@@ -414,18 +405,16 @@ class Rotator:
         cas = self._generation_cas(record, req, accept + refuse)
         now = datetime.now(UTC)
         problems: list[str] = []
-        chains = _check_bundles(ws.plan, ws.pki, record, cas, accept, refuse, now, problems)
+        chains = check_bundles(ws.plan, ws.pki, record, cas, accept, refuse, now, problems)
         parts = [f"{chains} chain checks against the plan's bundles"]
         if served is not None and served in cas:
             for m, ca in cas[served].items():
                 leaf = kept_leaf(ws.state_dir, m, INGRESS_GATEWAY)
-                if leaf is not None and not _issued_by(leaf, ca.ca_cert):
+                if leaf is not None and not issued_by(leaf, ca.ca_cert):
                     problems.append(f"{m}'s kept gateway certificate is not from the {served} CA")
         live = LiveFederation.detect(self.state_dir)
         if live is not None:
-            shakes, sds = self._verify_live(
-                live, ws, record, cas, accept, refuse, served, now, problems
-            )
+            shakes, sds = verify_live(live, ws, record, cas, accept, refuse, served, now, problems)
             probes = live.probes(ws.plan)
             for p in probes:
                 if not p.ok:
@@ -446,160 +435,6 @@ class Rotator:
             )
         return "ok: " + ", ".join(parts)
 
-    def _verify_live(
-        self,
-        live: LiveFederation,
-        ws: Workspace,
-        record: RotationRecord,
-        cas: dict[str, dict[str, MeshCA]],
-        accept: list[str],
-        refuse: list[str],
-        served: str | None,
-        now: datetime,
-        problems: list[str],
-    ) -> tuple[int, int]:
-        shakes = 0
-        for target in live.targets(ws.plan):
-            if target.client_mesh in record.meshes:
-                tries = [
-                    (g, cas[g][target.client_mesh], g in accept)
-                    for g in accept + refuse
-                    if g in cas
-                ]
-            else:
-                tries = [("current", ws.pki.meshes[target.client_mesh], True)]
-            for gen, ca, expect in tries:
-                result = handshake(target, ca, now)
-                shakes += 1
-                for _ in range(RETRIES):  # a listener may be between two contexts for a moment
-                    if result.accepted == expect:
-                        break
-                    time.sleep(0.2)
-                    result = handshake(target, ca, now)
-                    shakes += 1
-                if result.accepted != expect:
-                    want = "accepted" if expect else "refused"
-                    problems.append(
-                        f"{target.describe()} with a {gen}-CA certificate: expected {want}, got "
-                        f"{result.detail}"
-                    )
-                if result.served is not None:
-                    self._check_served(ws, record, cas, target.mesh, target.process, result.served,
-                                       served, now, problems)  # fmt: skip
-        sds = 0
-        domains = {ws.pki.meshes[m].trust_domain: m for m in record.meshes if m in ws.pki.meshes}
-        for process in live.processes(ws.plan):
-            for secret, bundles in sds_bundles(live.paths, process).items():
-                for domain, pem in bundles.items():
-                    mesh = domains.get(domain)
-                    if mesh is None:
-                        continue
-                    roots = load_certs_pem(pem.encode(), f"{process.name} {secret}")
-                    for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                        if gen not in cas:
-                            continue
-                        sds += 1
-                        ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                        if ok != expect:
-                            problems.append(
-                                f"{process.name} {secret} for {domain}: a {gen}-CA certificate "
-                                f"is {'accepted' if ok else 'refused'}"
-                            )
-        return shakes, sds
-
-    def _check_served(
-        self,
-        ws: Workspace,
-        record: RotationRecord,
-        cas: dict[str, dict[str, MeshCA]],
-        mesh: str,
-        process: str,
-        cert: x509.Certificate,
-        served: str | None,
-        now: datetime,
-        problems: list[str],
-    ) -> None:
-        ca = ws.pki.meshes[mesh]
-        intermediates = [ca.ca_cert] + [c[mesh].ca_cert for c in cas.values() if mesh in c]
-        try:
-            verify_chain(cert, intermediates, list(ws.pki.anchors(ca.root_name)), now,
-                         purpose="server")  # fmt: skip
-        except PKIError as exc:
-            problems.append(f"{process} serves {describe(cert)}: {exc.problem}")
-            return
-        if (
-            served is not None
-            and mesh in record.meshes
-            and served in cas
-            and not _issued_by(cert, cas[served][mesh].ca_cert)
-        ):
-            problems.append(
-                f"{process} still serves a certificate not issued by the {served} "
-                f"intermediate of {mesh} ({describe(cert)})"
-            )
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
-    spiffe_id = domain_prefix(ca.trust_domain) + _CHECK_PATH
-    _, leaf = ca.issue(spiffe_id, TEST_TTL, now)
-    try:
-        verify_chain(leaf, [ca.ca_cert], roots, now, spiffe_id)
-    except PKIError:
-        return False
-    return True
-
-
-def _plan_bundles(plan: FederationPlan) -> list[tuple[str, TrustBundle]]:
-    out: list[tuple[str, TrustBundle]] = []
-    for m in plan.meshes:
-        for what, bundles in (
-            ("ingress", m.ingress.trusted),
-            ("workloads", m.workload_trust),
-            ("local", m.local_trust),
-            *((f"import {r.local_host}", r.trusted) for r in m.imports),
-        ):
-            out += [(f"{m.name} {what} bundle {b.name}", b) for b in bundles]
-    return out
-
-
-def _check_bundles(
-    plan: FederationPlan,
-    pki: PKIMaterial,
-    record: RotationRecord,
-    cas: dict[str, dict[str, MeshCA]],
-    accept: list[str],
-    refuse: list[str],
-    now: datetime,
-    problems: list[str],
-) -> int:
-    domains = {pki.meshes[m].trust_domain: m for m in record.meshes if m in pki.meshes}
-    count = 0
-    for where, bundle in _plan_bundles(plan):
-        roots = load_certs_pem(bundle.pem.encode(), where)
-        for domain in bundle.trust_domains:
-            mesh = domains.get(domain)
-            if mesh is None:
-                continue
-            for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                if gen not in cas:
-                    continue
-                count += 1
-                ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                if ok != expect:
-                    problems.append(
-                        f"{where} ({domain}): a {gen}-CA certificate is "
-                        f"{'accepted' if ok else 'refused'}"
-                    )
-    return count
-
 
 _STEPS: dict[str, Callable[[Rotator, RotationRecord], str]] = {
     "prepare": Rotator._prepare,
@@ -617,44 +452,3 @@ _STEPS: dict[str, Callable[[Rotator, RotationRecord], str]] = {
     "discard": Rotator._discard,
 }
 assert set(FORWARD_STEPS) <= set(_STEPS)
-
-
-def fingerprints_short(record: RotationRecord) -> dict[str, dict[str, str]]:
-    return {
-        g: {k: v[:16] for k, v in record.fingerprints[g].items()}
-        for g in ("old", "new")
-        if g in record.fingerprints
-    }
-
-
-def describe_record(record: RotationRecord) -> list[str]:
-    """Lines for ``meshfed rotate status``."""
-    what = f"{record.kind} rotation {record.id}"
-    lines = [
-        what + (" (aborting)" if record.aborting else ""),
-        f"  meshes: {', '.join(record.meshes) or '(root only)'}; root: {record.root}; "
-        f"custody: {record.custody}",
-        f"  started {record.started}; last change {record.updated}",
-        f"  signing: {record.signing}; trusted: {', '.join(record.trusted)}",
-    ]
-    for step in record.steps:
-        if step in record.done:
-            mark, when = "done", record.finished_at(step) or ""
-        elif step == record.running:
-            mark, when = "INTERRUPTED (runs again next time)", record.started_at(step) or ""
-        elif step == record.next_step:
-            mark, when = "next", ""
-        else:
-            mark, when = "", ""
-        lines.append(f"  {step:15} {mark:9} {when}".rstrip())
-    for gen, fps in fingerprints_short(record).items():
-        where = record.material.get(gen, "")
-        lines.append(
-            f"  {gen}: "
-            + ", ".join(f"{k} {v}" for k, v in sorted(fps.items()))
-            + (f" (STATE/pki/{where})" if where else "")
-        )
-    failed = [e for e in record.events if e["event"] == "failed"]
-    if failed:
-        lines.append(f"  last failure ({failed[-1]['step']}): {failed[-1].get('detail', '')}")
-    return lines

@@ -9,12 +9,31 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Literal
 
+from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
+from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
 
 _METHOD = re.compile(r"^[A-Z]+$")
+
+MAX_MESH_NAME = 31
+"""A mesh's CA certificates are named ``<mesh> intermediate CA <generation>`` (generation: a
+16-character time stamp); X.509 caps a common name at 64 characters."""
+MAX_FEDERATION_NAME = 39
+"""The shared root is named ``<federation> root CA <generation>`` (64 characters at most)."""
+MIN_TTL = timedelta(seconds=10)
+"""Shortest certificate lifetime: certificates count whole seconds, and the renewer issues a
+new one at 2/3 of the lifetime (a workload TTL of 12s is tested)."""
+_TTL_FIELDS: tuple[tuple[Literal["root", "intermediate", "workload", "gateway"], str], ...] = (
+    ("root", "rootTTL"),
+    ("intermediate", "intermediateTTL"),
+    ("workload", "workloadTTL"),
+    ("gateway", "gatewayTTL"),
+)
 _HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 
 
@@ -216,25 +235,10 @@ def _check_consumer(
                 f"use upper case, one of {', '.join(sorted(_HTTP_METHODS))}",
             )
     for k, http_path in enumerate(consumer.paths or []):
-        if (
-            not http_path.startswith("/")
-            or "*" in http_path[:-1]
-            or any(c.isspace() for c in http_path)
-        ):
-            yield Problem(
-                (*path, "paths", k),
-                f"{http_path!r} is not a path: it must start with '/' and may end in '*'",
-                "write e.g. /v1/tokenize or /v1/*",
-            )
-        elif "?" in http_path or "#" in http_path:
-            # Authorization compares the path without its query or fragment (Istio's
-            # ``paths``, Envoy's ``url_path``): such a rule would never match a request.
-            yield Problem(
-                (*path, "paths", k),
-                f"{http_path!r} holds a query or fragment; paths are matched without them, "
-                "so this one would allow nothing",
-                "write the path alone (e.g. /v1/tokenize): every query on it is then allowed",
-            )
+        try:
+            parse_path(http_path)
+        except PathError as exc:
+            yield Problem((*path, "paths", k), exc.problem, exc.fix)
 
 
 def _check_imports(fed: Federation) -> Iterator[Problem]:
@@ -435,6 +439,34 @@ def _check_clusters(fed: Federation) -> Iterator[Problem]:
                 )
 
 
+def _check_names_and_ttls(fed: Federation) -> Iterator[Problem]:
+    """What the certificates meshfed issues can hold: names in common names, lifetimes."""
+    if len(fed.name) > MAX_FEDERATION_NAME:
+        yield Problem(
+            ("metadata", "name"),
+            f"the federation name has {len(fed.name)} characters; the shared root CA is named "
+            f"'<federation> root CA <generation>', and a certificate's common name holds at "
+            "most 64",
+            f"use a federation name of at most {MAX_FEDERATION_NAME} characters",
+        )
+    for i, mesh in enumerate(fed.spec.meshes):
+        if len(mesh.name) > MAX_MESH_NAME:
+            yield Problem(
+                ("spec", "meshes", i, "name"),
+                f"the mesh name has {len(mesh.name)} characters; its CA is named '<mesh> "
+                "intermediate CA <generation>', and a certificate's common name holds at most 64",
+                f"use a mesh name of at most {MAX_MESH_NAME} characters",
+            )
+    for which, field in _TTL_FIELDS:
+        if fed.spec.trust.ttl(which) < MIN_TTL:
+            yield Problem(
+                ("spec", "trust", field),
+                f"{getattr(fed.spec.trust, f'{which}_ttl')!r} is shorter than "
+                f"{int(MIN_TTL.total_seconds())}s, too short for a certificate to be used",
+                f"give {field} at least {int(MIN_TTL.total_seconds())}s (e.g. 24h)",
+            )
+
+
 def check_federation(fed: Federation, *, discovery_pending: bool = False) -> list[Problem]:
     """Every whole-document problem of a type-valid spec.
 
@@ -442,9 +474,11 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     references to them are checked later, once discovered (the Kubernetes commands).
     """
     return [
+        *_check_names_and_ttls(fed),
         *_check_meshes(fed, discovery_pending),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),
         *_check_sni(fed),
+        *check_bundles(fed),
     ]

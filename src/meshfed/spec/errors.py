@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 
 Path_ = tuple[str | int, ...]
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z_$][\w$-]*")
+
+
 def format_path(path: Path_) -> str:
-    """Render a field path the way users write it: ``spec.meshes[0].ingress.port``."""
+    """Render a field path the way users write it: ``spec.meshes[0].ingress.port``.
+
+    A key that is not a plain name is quoted (``metadata["a b"]``, ``["0"]``), escaped so that
+    no control character reaches a terminal.
+    """
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
-        else:
+        elif _PLAIN_KEY.fullmatch(part):
             out += f".{part}" if out else part
+        else:
+            out += f"[{json.dumps(part)}]"
     return out or "(document)"
 
 

@@ -5,45 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
+from meshfed.spec import yamlsafe
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import Path_, Problem, SpecError
+from meshfed.spec.lint import warn_federation
 from meshfed.spec.model import Federation
-
-LineMap = dict[Path_, int]
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
-
-
-def _walk(node: yaml.Node, path: Path_, lines: LineMap, problems: list[Problem]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            child = (*path, key)
-            if key in seen:
-                lines[child] = key_node.start_mark.line + 1
-                problems.append(
-                    Problem(child, f"key {key!r} appears twice", "keep one of the two entries")
-                )
-                continue
-            seen.add(key)
-            lines[child] = key_node.start_mark.line + 1
-            _walk(value_node, child, lines, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _walk(item, (*path, index), lines, problems)
-
-
-def line_for(lines: LineMap, path: Path_) -> int | None:
-    """The line of the deepest part of ``path`` that exists in the file."""
-    for cut in range(len(path), -1, -1):
-        found = lines.get(path[:cut])
-        if found is not None:
-            return found
-    return None
+from meshfed.spec.yamlsafe import InputError, line_for
 
 
 def _fix_for(error_type: str, field: str) -> str:
@@ -81,29 +50,28 @@ def _type_problems(error: ValidationError) -> list[Problem]:
     return problems
 
 
-def parse_spec(text: str, file: str = "<spec>", *, discovery_pending: bool = False) -> Federation:
+def parse_spec(
+    text: str,
+    file: str = "<spec>",
+    *,
+    discovery_pending: bool = False,
+    warnings: list[str] | None = None,
+) -> Federation:
     """Parse and validate spec text; raise SpecError listing every problem with its line.
 
-    ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`.
+    ``discovery_pending``: see :func:`meshfed.spec.check.check_federation`. ``warnings``: when
+    given, a valid spec's warnings (:func:`meshfed.spec.lint.warn_federation`) are appended to
+    it, one ``file:line: warning: field: what. Fix: how`` line each.
     """
-    loader = _Loader(text)
     try:
-        root = loader.get_single_node()
-        data: Any = loader.construct_document(root) if root is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(
-            file, [f"{file}{line}: (document): not valid YAML: {reason}. Fix: correct the syntax"]
-        ) from None
-    finally:
-        loader.dispose()
-    if root is None:
+        doc = yamlsafe.load_one(text, file)
+    except InputError as exc:
+        raise SpecError(file, exc.lines) from None
+    if doc is None or doc.data is None:
         raise SpecError(file, [f"{file}: (document): the file is empty. Fix: write a Federation"])
-    lines: LineMap = {}
+    data: Any = doc.data
+    lines = doc.lines
     problems: list[Problem] = []
-    _walk(root, (), lines, problems)
     if not isinstance(data, dict):
         raise SpecError(
             file,
@@ -126,17 +94,32 @@ def parse_spec(text: str, file: str = "<spec>", *, discovery_pending: bool = Fal
         )
         raise SpecError(file, [p.render(file, line) for line, p in located])
     assert federation is not None
+    if warnings is not None:
+        for problem in warn_federation(federation):
+            line = line_for(lines, problem.path)
+            where = f"{file}:{line}" if line is not None else file
+            warnings.append(f"{where}: warning: {problem.render(file, line)[len(where) + 2 :]}")
     return federation
 
 
-def load_spec(path: Path | str, *, discovery_pending: bool = False) -> Federation:
-    """Read and validate a spec file."""
+def load_spec(
+    path: Path | str, *, discovery_pending: bool = False, warnings: list[str] | None = None
+) -> Federation:
+    """Read and validate a spec file (``warnings``: see :func:`parse_spec`)."""
+    return parse_spec(
+        read_spec_text(path), str(path), discovery_pending=discovery_pending, warnings=warnings
+    )
+
+
+def read_spec_text(path: Path | str) -> str:
+    """The text of a spec file; SpecError if it cannot be read or is not UTF-8."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return yamlsafe.read_text(path)
     except OSError as exc:
         raise SpecError(
             str(path),
-            [f"{path}: cannot read the spec: {exc.strerror}. Fix: check the path"],
+            [f"{path}: cannot read the spec: {exc.strerror or exc}. Fix: check the path"],
         ) from None
-    return parse_spec(text, str(path), discovery_pending=discovery_pending)
+    except InputError as exc:
+        raise SpecError(str(path), exc.lines) from None

@@ -127,6 +127,52 @@ class Cluster(_Model):
     )
 
 
+BundleProfile = Literal["https_web", "https_spiffe"]
+
+
+class BundleEndpoint(_Model):
+    """Where a mesh's SPIFFE trust bundle is published and how peers authenticate it (SPIFFE
+    Federation: endpoint URL, profile, and for https_spiffe the endpoint's SPIFFE ID)."""
+
+    url: str = Field(
+        min_length=1,
+        description="https URL peers fetch the bundle from, e.g. "
+        "https://bundles.acme.example:8443/acme (no userinfo)",
+    )
+    profile: BundleProfile = Field(
+        description="https_web: the endpoint has a Web PKI certificate for the URL's host; "
+        "https_spiffe: it has an X509-SVID of spiffeId, checked against the trust domain's "
+        "bundle"
+    )
+    spiffe_id: str | None = Field(
+        None,
+        description="https_spiffe only: the SPIFFE ID of the endpoint server, e.g. "
+        "spiffe://acme.example/meshfed/bundle-endpoint",
+    )
+    refresh_hint: GoDuration = Field(
+        "5m",
+        description="Published bundles: how often peers should fetch again "
+        "(spiffe_refresh_hint). Publish a new root at least 3-5 times this before signing "
+        "with it.",
+    )
+    bootstrap_bundle: str | None = Field(
+        None,
+        description="A partner's https_spiffe endpoint: the file (relative to the spec) with "
+        "the bundle the partner gave you, SPIFFE bundle JSON or PEM; it authenticates the "
+        "first fetch only",
+    )
+    bootstrap_fingerprint: str | None = Field(
+        None,
+        pattern=r"^(sha256:)?([0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2}$",
+        description="A partner's https_spiffe endpoint: SHA-256 fingerprint of one of its "
+        "roots (sha256:HEX), as an alternative to bootstrapBundle for the first fetch",
+    )
+
+    @property
+    def refresh_seconds(self) -> int:
+        return max(1, int(parse_duration(self.refresh_hint).total_seconds()))
+
+
 class Workload(_Model):
     """A service living in a mesh."""
 
@@ -158,6 +204,23 @@ class Mesh(_Model):
         default_factory=list,
         description="Omitted (not empty) with kubernetes or clusters set: read from the cluster "
         "by apply, diff and discover (Services, or MCS ServiceExports where present).",
+    )
+    bundle_endpoint: BundleEndpoint | None = Field(
+        None,
+        description="Where this mesh's SPIFFE trust bundle is published (meshfed trust serve) "
+        "and how peers reach it; for a partner mesh, where its bundle is fetched from",
+    )
+    follows: list[DnsLabel] | None = Field(
+        None,
+        description="Peer meshes whose published bundles this mesh's trust in them comes from "
+        "(meshfed trust fetch keeps them current); every partner mesh this mesh trusts must "
+        "be listed",
+    )
+    partner: bool = Field(
+        False,
+        description="Run by another organisation: meshfed holds no root for it and renders "
+        "and runs nothing for it; it is trusted only through its bundle endpoint. Its "
+        "workloads and exports, where listed, describe what it offers.",
     )
 
     @property

@@ -6,14 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
-from meshfed.audit.istio import (
-    GatewayWorkload,
-    gateway_workloads,
-    istio,
-    mesh_configs,
-    root_namespace,
-    selects_workload,
-)
+from meshfed.audit.install import mesh_configs, root_namespace
+from meshfed.audit.istio import GatewayWorkload, gateway_workloads, istio, selects_workload
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc

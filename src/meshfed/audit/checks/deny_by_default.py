@@ -1,21 +1,18 @@
 """A federation ingress denies everything it does not explicitly allow.
 
 In Istio, a workload that no ALLOW policy selects accepts every request; once any ALLOW policy
-selects it (even one without rules, "allow-nothing"), only requests some rule matches pass.
+selects it (even one without rules, "allow-nothing"), only requests some rule matches pass. A
+policy in dry-run (``istio.io/dry-run: "true"``) is only logged, so it counts for nothing here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from meshfed.audit.attach import dry_run
 from meshfed.audit.context import AuditContext, NotAssessed
-from meshfed.audit.istio import (
-    action,
-    gateway_workloads,
-    istio,
-    root_namespace,
-    selects_workload,
-)
+from meshfed.audit.install import root_namespace
+from meshfed.audit.istio import action, gateway_workloads, istio, selects_workload
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
@@ -49,7 +46,9 @@ def ingress_deny_by_default(ctx: AuditContext) -> Iterator[Hit]:
             if workload.role != "ingress":
                 continue
             found = True
-            applying = [p for p in policies if selects_workload(p, workload, root)]
+            applying = [
+                p for p in policies if selects_workload(p, workload, root) and not dry_run(p)
+            ]
             if not any(action(p) == "ALLOW" or _denies_all(p) for p in applying):
                 yield Hit(
                     Severity.CRITICAL,

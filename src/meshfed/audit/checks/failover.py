@@ -12,14 +12,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from meshfed.audit.context import AuditContext, NotAssessed
+from meshfed.audit.install import mesh_configs, root_namespace
 from meshfed.audit.istio import (
     GatewayWorkload,
     action,
     gateway_workloads,
     istio,
-    mesh_configs,
     principal_patterns,
-    root_namespace,
     selects_workload,
 )
 from meshfed.audit.model import Severity

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
+from meshfed.audit.install import root_namespace
 from meshfed.audit.istio import (
     bound_virtual_services,
     control_plane_only,
@@ -13,27 +14,17 @@ from meshfed.audit.istio import (
     host_namespace,
     istio,
     of_kind,
-    root_namespace,
     route_destinations,
 )
 from meshfed.audit.model import Location, Severity
+from meshfed.audit.peer_auth import has_selector, mode_of, port_modes
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
-from meshfed.audit.yamlsrc import as_dict, as_str, dig
 
 _WEAK = {"PERMISSIVE": Severity.HIGH, "DISABLE": Severity.CRITICAL}
 
 
-def _mode(pa: Doc) -> str | None:
-    mode = as_str(dig(pa.spec, "mtls", "mode"))
-    return None if mode in (None, "UNSET") else mode
-
-
-def _has_selector(pa: Doc) -> bool:
-    return bool(dig(pa.spec, "selector", "matchLabels"))
-
-
-def _namespaces(docs: list[Doc]) -> dict[str, Location]:
+def federation_namespaces(docs: list[Doc]) -> dict[str, Location]:
     """Namespaces that must be STRICT, each with the object that makes it so."""
     out: dict[str, Location] = {}
     for workload in gateway_workloads(docs):
@@ -65,13 +56,13 @@ def peer_authentication_strict(ctx: AuditContext) -> Iterator[Hit]:
     ctx.require_docs()
     found = False
     for docs in ctx.scopes().values():
-        needed = _namespaces(docs)
+        needed = federation_namespaces(docs)
         found = found or bool(needed)
         root = root_namespace(docs)
         pas = istio(docs, "PeerAuthentication")
-        mesh_wide = [p for p in pas if p.namespace == root and not _has_selector(p) and _mode(p)]
+        mesh_wide = [p for p in pas if p.namespace == root and not has_selector(p) and mode_of(p)]
         for ns, reason in sorted(needed.items()):
-            ns_wide = [p for p in pas if p.namespace == ns and not _has_selector(p) and _mode(p)]
+            ns_wide = [p for p in pas if p.namespace == ns and not has_selector(p) and mode_of(p)]
             chosen = ns_wide or mesh_wide
             if not chosen:
                 namespace_doc = next((d for d in of_kind(docs, "Namespace") if d.name == ns), None)
@@ -83,7 +74,7 @@ def peer_authentication_strict(ctx: AuditContext) -> Iterator[Hit]:
                 )
             else:
                 effective = chosen[0]
-                mode = _mode(effective) or ""
+                mode = mode_of(effective) or ""
                 if mode in _WEAK:
                     yield Hit(
                         _WEAK[mode],
@@ -94,20 +85,20 @@ def peer_authentication_strict(ctx: AuditContext) -> Iterator[Hit]:
             for pa in pas:
                 if pa.namespace != ns:
                     continue
-                if _has_selector(pa) and _mode(pa) in _WEAK:
-                    mode = _mode(pa) or ""
+                if has_selector(pa) and mode_of(pa) in _WEAK:
+                    mode = mode_of(pa) or ""
                     yield Hit(
                         _WEAK[mode],
                         f"{pa.name} sets mTLS {mode} for workloads in namespace {ns}",
                         pa.at("spec", "mtls", "mode"),
                     )
-                for port, setting in as_dict(pa.spec.get("portLevelMtls")).items():
-                    mode = as_str(as_dict(setting).get("mode")) or ""
-                    if mode in _WEAK:
+                for port, port_mode in port_modes(pa):
+                    if port_mode in _WEAK:
+                        mode = port_mode or ""
                         yield Hit(
                             _WEAK[mode],
                             f"{pa.name} sets mTLS {mode} on port {port} in namespace {ns}",
-                            pa.at("spec", "portLevelMtls", str(port)),
+                            pa.at("spec", "portLevelMtls", port),
                         )
     if not found:
         raise NotAssessed("no federation gateway found")

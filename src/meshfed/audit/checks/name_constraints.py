@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
-from meshfed.audit.istio import mesh_configs
+from meshfed.audit.install import mesh_configs
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.yamlsrc import as_str

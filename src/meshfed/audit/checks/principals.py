@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext
-from meshfed.audit.istio import action, gateway_workloads, istio, root_namespace, selects_workload
+from meshfed.audit.install import root_namespace
+from meshfed.audit.istio import action, gateway_workloads, istio, selects_workload
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.sources.spec import SpecSource
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, str_list
+from meshfed.spec.lint import unmatched_principals
 
 
 def classify(principal: str) -> tuple[Severity, str] | None:
@@ -41,6 +43,15 @@ def spec_classify(principal: str) -> tuple[Severity, str] | None:
 
 
 def _from_spec(spec: SpecSource) -> Iterator[Hit]:
+    if spec.federation is not None:
+        for problem in unmatched_principals(spec.federation):
+            yield Hit(
+                Severity.MEDIUM,
+                f"{problem.message}: the intended caller is refused, and whoever may create "
+                "that service account in the consumer mesh is let in",
+                spec.at(*problem.path),
+                fix=problem.fix[0].upper() + problem.fix[1:] + ".",
+            )
     for i, export in spec.exports():
         name = f"{export.get('mesh')}/{export.get('name')}"
         for j, consumer in enumerate(as_list(export.get("consumers"))):

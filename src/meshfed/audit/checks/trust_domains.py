@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
-from meshfed.audit.istio import MeshConfig, mesh_configs
+from meshfed.audit.install import MeshConfig, mesh_configs
 from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.spec import SpecSource

@@ -12,8 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshfed.audit.model import Location
 from meshfed.audit.yamlsrc import (
     FieldPath,
@@ -26,6 +24,9 @@ from meshfed.audit.yamlsrc import (
     line_for,
     parse_documents,
 )
+from meshfed.spec import yamlsafe
+from meshfed.spec.errors import format_path
+from meshfed.spec.yamlsafe import InputError
 
 YAML_SUFFIXES = (".yaml", ".yml")
 KUSTOMIZATION = ("kustomization.yaml", "kustomization.yml", "Kustomization")
@@ -81,7 +82,7 @@ class Doc:
             file=self.file,
             line=line,
             kind=self.kind or None,
-            namespace=None if self.kind == "Namespace" else self.namespace,
+            namespace=None if self.kind in ("Namespace", "") else self.namespace,
             name=self.name or None,
             detail=detail,
         )
@@ -142,15 +143,23 @@ def _kustomize_namespace(root: Path, scope: Path) -> str | None:
         path = root / scope / name
         if path.is_file():
             try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except (OSError, yaml.YAMLError, UnicodeDecodeError):
+                docs = parse_documents(yamlsafe.read_text(path), str(path))
+            except (OSError, InputError):
                 return None
-            return as_str(as_dict(data).get("namespace"))
+            return as_str(as_dict(docs[0].data).get("namespace")) if docs else None
     return None
 
 
+HELM_VALUE_KEYS = ("meshConfig", "pilot")
+"""Top-level keys of the istiod chart's values that the audit reads (see ``audit/install.py``)."""
+
+
 def _objects(data: Any) -> list[tuple[Obj, FieldPath]]:
-    """Kubernetes objects of one document (``kind: List`` expanded), with their field path."""
+    """Kubernetes objects of one document (``kind: List`` expanded), with their field path;
+    a document of istiod Helm values (no ``kind``) is kept as it is."""
+    if isinstance(data, dict) and "kind" not in data:
+        helm = any(isinstance(data.get(k), dict) for k in HELM_VALUE_KEYS)
+        return [(data, ())] if helm else []
     if not isinstance(data, dict) or not isinstance(data.get("kind"), str):
         return []
     if data["kind"].endswith("List") and isinstance(data.get("items"), list):
@@ -165,9 +174,9 @@ def docs_from_text(
     disk_path: Path | None = None,
     default_namespace: str = "default",
 ) -> list[Doc]:
-    """Objects of one YAML stream; yaml.YAMLError if it does not parse."""
+    """Objects of one YAML stream; InputError if it cannot be read."""
     docs = []
-    for parsed in parse_documents(text):
+    for parsed in parse_documents(text, file):
         for obj, prefix in _objects(parsed.data):
             if not isinstance(obj, dict):
                 continue
@@ -190,6 +199,11 @@ def docs_from_text(
     return docs
 
 
+def _problem_text(problem: yamlsafe.InputProblem) -> str:
+    field_path = format_path(problem.path) if problem.path else ""
+    return f"{field_path + ': ' if field_path else ''}{problem.message} (fix: {problem.fix})"
+
+
 def load_tree(root: Path) -> Inventory:
     """Every object in every ``.yaml``/``.yml`` file under ``root`` (hidden paths skipped)."""
     root = root.resolve()
@@ -205,17 +219,15 @@ def load_tree(root: Path) -> Inventory:
         scope_name = scope.as_posix() if scope != Path(".") else "."
         namespace = _kustomize_namespace(base, scope) or "default"
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(LoadProblem(rel.as_posix(), None, f"cannot be read ({exc})"))
-            continue
-        try:
+            text = yamlsafe.read_text(path)
             docs += docs_from_text(text, rel.as_posix(), scope_name, path, namespace)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            line = mark.line + 1 if mark is not None else None
-            problems.append(LoadProblem(rel.as_posix(), line, f"is not valid YAML: {reason}"))
+        except OSError as exc:
+            problems.append(LoadProblem(rel.as_posix(), None, f"cannot be read ({exc})"))
+        except InputError as exc:
+            problems.extend(
+                LoadProblem(rel.as_posix(), p.line, f"cannot be read: {_problem_text(p)}")
+                for p in exc.problems
+            )
     return Inventory(root, tuple(docs), tuple(problems), tuple(files))
 
 

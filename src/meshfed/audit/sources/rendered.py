@@ -8,27 +8,20 @@ are those of the files ``meshfed render`` writes, so findings point into its out
 from __future__ import annotations
 
 from meshfed.audit.sources.manifests import Doc, docs_from_text
-from meshfed.plan.build import build_plan
-from meshfed.render.istio import MeshCredentials, render_mesh
 from meshfed.sinks.yaml_out import dump_all
 from meshfed.spec.model import Federation
-
-_NO_CREDENTIALS = MeshCredentials(
-    ca_cert="", ca_key="", root_cert="", cert_chain="", ingress_cert_chain="", ingress_key=""
-)
+from meshfed.workspace import preview_istio
 
 
 def rendered_docs(fed: Federation) -> list[Doc]:
     """Every non-Secret object of every mesh, named ``<mesh>/<file>`` as render writes it."""
-    plan = build_plan(fed, {m.name: "" for m in fed.spec.meshes})
     docs: list[Doc] = []
-    for mesh in plan.meshes:
-        rendered = render_mesh(plan, mesh, _NO_CREDENTIALS)
+    for rendered in preview_istio(fed):
         files = {
             **rendered.files,
             **{f"secrets/{name}": objs for name, objs in rendered.secret_files.items()},
         }
         for name, objects in sorted(files.items()):
-            parsed = docs_from_text(dump_all(objects), f"{mesh.name}/{name}", mesh.name)
+            parsed = docs_from_text(dump_all(objects), f"{rendered.mesh}/{name}", rendered.mesh)
             docs += [d for d in parsed if d.kind != "Secret"]
     return docs

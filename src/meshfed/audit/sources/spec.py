@@ -11,10 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshfed.audit.model import Location
 from meshfed.audit.yamlsrc import FieldPath, LineMap, Obj, as_dict, as_list, as_str, line_for
+from meshfed.spec import yamlsafe
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_spec
 from meshfed.spec.model import Federation
@@ -102,42 +101,18 @@ def _problems(exc: SpecError, file: str) -> list[SpecProblem]:
     return out
 
 
-def _lines(text: str) -> LineMap:
-    lines: LineMap = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
-
-    def walk(node: yaml.Node, path: FieldPath) -> None:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                child = (*path, str(key.value))
-                lines.setdefault(child, key.start_mark.line + 1)
-                walk(value, child)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    if root is not None:
-        walk(root, ())
-    return lines
-
-
 def read_spec(path: Path) -> SpecSource:
-    """Read ``path``; OSError if it cannot be read. Never raises for an invalid spec."""
-    text = path.read_text(encoding="utf-8")
+    """Read ``path``; OSError if it cannot be read, InputError if it is not YAML meshfed reads
+    (not UTF-8, an alias bomb, ...). Never raises for a spec that does not validate."""
     file = str(path)
+    text = yamlsafe.read_text(path)
+    doc = yamlsafe.load_one(text, file)
     federation: Federation | None = None
     problems: list[SpecProblem] = []
     try:
         federation = parse_spec(text, file)
     except SpecError as exc:
         problems = _problems(exc, file)
-    data: Any
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None
-    return SpecSource(file, as_dict(data), _lines(text), federation, tuple(problems))
+    data: Any = doc.data if doc is not None else None
+    lines: LineMap = doc.lines if doc is not None else {}
+    return SpecSource(file, as_dict(data), lines, federation, tuple(problems))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meshfed.plan.model import FederationPlan, IngressServer, MeshPlan, TrustBundle
+from meshfed.plan.model import FederationPlan, IngressServer, MeshPlan
 from meshfed.render.envoy import rbac, tls
 from meshfed.render.envoy.access_log import connection_log, request_log
 from meshfed.render.envoy.builders import (
@@ -24,42 +24,15 @@ from meshfed.render.envoy.builders import (
 from meshfed.render.envoy.files import ecds_ref, log_path
 from meshfed.render.envoy.layout import MeshLayout
 from meshfed.render.envoy.process import ProcessConfig, Resource
-from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA
+from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, cert_details
 
 ECDS_MIN_PRINCIPALS = 32
 """An ingress chain's RBAC filter with at least this many principals loads through ECDS."""
-
-# Response headers that would tell a caller about the exporting mesh's insides. Envoy cannot
-# remove by prefix, so the x-envoy-* names are listed.
-HIDDEN_RESPONSE_HEADERS = [
-    "server",
-    "x-envoy-upstream-service-time",
-    "x-envoy-overloaded",
-    "x-envoy-ratelimited",
-    "x-envoy-degraded",
-    "x-envoy-decorator-operation",
-    "x-envoy-immediate-health-check-fail",
-    "x-envoy-upstream-healthchecked-cluster",
-    "x-forwarded-for",
-    "x-real-ip",
-    "x-envoy-external-address",
-]
-ADDRESS_REQUEST_HEADERS = ["x-forwarded-for", "x-real-ip", "x-envoy-external-address"]
 
 
 def tcp_caller_ca(server: IngressServer) -> str:
     """The validation secret of a TCP export's chain: the roots of its consumers only."""
     return f"{CALLER_CA}-{server.sni}"
-
-
-def _consumer_trust(trusted: tuple[TrustBundle, ...], server: IngressServer) -> list[TrustBundle]:
-    """``trusted`` limited to the trust domains ``server``'s rules name."""
-    domains = {p.trust_domain for rule in server.allow for p in rule.principals}
-    return [
-        TrustBundle(b.name, b.pem, tuple(d for d in b.trust_domains if d in domains))
-        for b in trusted
-        if domains.intersection(b.trust_domains)
-    ]
 
 
 def _principal_count(server: IngressServer) -> int:
@@ -109,6 +82,7 @@ def _ingress_chain(
     extensions: dict[str, Resource],
 ) -> Resource:
     cluster = f"inbound|{server.workload.ref}"
+    boundary = mesh.boundary
     http = server.protocol == "HTTP"
     if http:
         transport = tls.downstream(runtime_dir, process, CALLER_CA, ["h2", "http/1.1"])
@@ -142,8 +116,8 @@ def _ingress_chain(
                     ],
                 }
             ],
-            "request_headers_to_remove": ADDRESS_REQUEST_HEADERS,
-            "response_headers_to_remove": HIDDEN_RESPONSE_HEADERS,
+            "request_headers_to_remove": list(boundary.request_headers_removed),
+            "response_headers_to_remove": list(boundary.response_headers_removed),
         }
         filters = [
             hcm(
@@ -151,11 +125,14 @@ def _ingress_chain(
                 route_config,
                 [_rbac_filter(process, server, runtime_dir, extensions)],
                 [request_log(log_path(runtime_dir, process, "access"), mesh.name, "ingress")],
-                forward_client_cert_details="SANITIZE_SET",
-                set_current_client_cert_details={"uri": True},
+                forward_client_cert_details=boundary.client_cert.at_ingress,
+                set_current_client_cert_details=cert_details(boundary.client_cert),
+                # The upstream's server header reaches the route, which removes it (above).
                 server_header_transformation="PASS_THROUGH",
+                # The caller's address is its TCP peer, never a header it sent; and it is not
+                # appended to x-forwarded-for unless the plan forwards it.
                 use_remote_address=True,
-                skip_xff_append=True,
+                skip_xff_append=not boundary.forward_caller_address,
             )
         ]
     else:
@@ -214,7 +191,7 @@ def ingress_process(
             # Only allowed identities complete the handshake (see ``_ingress_chain``).
             principals = [p for rule in server.allow for p in rule.principals]
             trust[tcp_caller_ca(server)] = tls.peer_validator(
-                _consumer_trust(ing.trusted, server),
+                server.trusted,
                 san_exact=[p.value for p in principals if not p.prefix],
                 san_prefix=[p.value for p in principals if p.prefix],
             )

@@ -19,8 +19,9 @@ its ``rules`` form, for two reasons, both checked against Envoy 1.40:
 The matcher, deny by default (every level ends in DENY; Envoy also denies when nothing matched):
 
 1. the URI SAN input contains ``,`` -> DENY ``several-uri-sans``;
-2. a prefix map on ``spiffe://<trust domain>/`` of the domains the rules name -> that domain's
-   branch; any other domain -> DENY ``default-deny``;
+2. a prefix map on the rules' ``AllowRule.id_prefix`` (``spiffe://<trust domain>/``; the plan
+   says which domain each rule admits) -> that domain's branch; any other domain -> DENY
+   ``default-deny``;
 3. a domain's branch. Usually one rule (one consumer entry) names identities of a domain: its
    methods and paths first (HTTP), then an exact map of its identities, then its prefix
    identities (a short list) -> ALLOW. When several rules of one SNI name identities of the same
@@ -33,9 +34,8 @@ the access log's ``policy`` field names the rule that let a request through.
 Paths mean what RBAC's ``url_path`` means: the ``:path`` without its query string or fragment
 (Envoy cuts at the first ``?`` or ``#``). An exact path ``/a`` therefore matches ``/a``, ``/a?..``
 and ``/a#..``, never ``/ab``; a prefix ``/a`` matches any ``:path`` starting with ``/a`` (the same
-with or without a query, as long as the prefix holds no ``?`` or ``#``). A planned path holding
-``?`` or ``#`` can never equal a path without its query, so such a path matches nothing, as
-before.
+with or without a query). A planned path never holds a ``?`` or ``#``: ``meshfed.spec.paths``
+refuses such a path, which could never match, in the spec and in the plan alike.
 """
 
 from __future__ import annotations
@@ -43,9 +43,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from meshfed.plan.model import AllowRule, IngressServer, PathMatch
+from meshfed.plan.model import AllowRule, IngressServer, PathMatch, PrincipalMatch
 from meshfed.render.envoy.process import Resource
-from meshfed.spiffe import domain_prefix, trust_domain_of
 
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
@@ -102,56 +101,46 @@ class _Rule:
     permission: Resource | None
     """Methods AND paths; None: any request."""
     exact: tuple[str, ...]
-    prefixes: tuple[str, ...]
+    prefixes: tuple[PrincipalMatch, ...]
 
 
 def matcher(rules: Sequence[AllowRule], http: bool) -> Resource:
     """The unified matcher for ``rules`` (see the module docstring for its shape)."""
-    compiled = [c for i, r in enumerate(rules) if (c := _compile(r, i, http)) is not None]
     domains: dict[str, list[_Rule]] = {}
-    for rule in compiled:
-        for identity in (*rule.exact, *rule.prefixes):
-            if "," in identity:  # the spec's forms never hold one; never render a guessable key
-                raise ValueError(f"principal {identity!r} contains ','")
-            in_domain = domains.setdefault(trust_domain_of(identity), [])
-            if rule not in in_domain:
-                in_domain.append(rule)
+    keys: dict[str, str] = {}
+    for i, rule in enumerate(rules):
+        domains.setdefault(rule.trust_domain, []).append(_compile(rule, i, http))
+        keys[rule.trust_domain] = rule.id_prefix
     body = _deny(DEFAULT_DENY)
     if domains:
         branches = {
-            domain_prefix(domain): _branch(domain, in_domain)
-            for domain, in_domain in sorted(domains.items())
+            keys[domain]: _branch(in_domain) for domain, in_domain in sorted(domains.items())
         }
         body = _nested(_tree("prefix_match_map", branches, _deny(DEFAULT_DENY)))
     several = _single(_URI_SAN, {"contains": ","})
     return _list([(several, _deny(SEVERAL_URI_SANS))], body)
 
 
-def _compile(rule: AllowRule, index: int, http: bool) -> _Rule | None:
-    """None: the rule can match no request (every planned path holds a '?' or '#')."""
+def _compile(rule: AllowRule, index: int, http: bool) -> _Rule:
     permission: Resource | None = None
     if http:
         parts: list[Resource] = []
         if rule.methods:
             parts.append(_any_of([_header(":method", {"exact": m}) for m in rule.methods]))
         if rule.paths:
-            alternatives = [p for path in rule.paths for p in _path(path)]
-            if not alternatives:
-                return None
-            parts.append(_any_of(alternatives))
+            parts.append(_any_of([p for path in rule.paths for p in _path(path)]))
         permission = _all_of(parts) if parts else None
     return _Rule(
         name=policy_id(rule, index),
         permission=permission,
         exact=tuple(p.value for p in rule.principals if not p.prefix),
-        prefixes=tuple(p.value for p in rule.principals if p.prefix),
+        prefixes=tuple(p for p in rule.principals if p.prefix),
     )
 
 
 def _path(path: PathMatch) -> list[Resource]:
-    """``url_path`` semantics on ``:path``: compare the part before the first '?' or '#'."""
-    if "?" in path.value or "#" in path.value:
-        return []  # the path without its query never holds one
+    """``url_path`` semantics on ``:path``: compare the part before the first '?' or '#' (a
+    planned path holds neither, `meshfed.spec.paths`)."""
     if path.prefix:
         return [_header(":path", {"prefix": path.value})]
     return [
@@ -161,20 +150,14 @@ def _path(path: PathMatch) -> list[Resource]:
     ]
 
 
-def _branch(domain: str, rules: list[_Rule]) -> Resource:
-    """What decides a caller of ``domain`` (a single URI SAN in it), as an OnMatch."""
-    in_domain = [
-        (
-            rule,
-            [p for p in rule.exact if trust_domain_of(p) == domain],
-            [p for p in rule.prefixes if trust_domain_of(p) == domain],
-        )
-        for rule in rules
-    ]
+def _branch(rules: list[_Rule]) -> Resource:
+    """What decides a caller of the rules' trust domain (a single URI SAN in it), as an
+    OnMatch."""
+    in_domain = [(rule, list(rule.exact), list(rule.prefixes)) for rule in rules]
     if len(in_domain) == 1:
         ((rule, exact, prefixes),) = in_domain
         allow = _allow(rule.name)
-        prefixed = [(_any_of([_san_prefix(q) for q in prefixes]), allow)] if prefixes else []
+        prefixed = [(_any_of([_san_prefix(q.value) for q in prefixes]), allow)] if prefixes else []
         identities = _identities({p: allow for p in exact}, prefixed)
         if rule.permission is None:
             return identities
@@ -185,7 +168,7 @@ def _branch(domain: str, rules: list[_Rule]) -> Resource:
             covering.setdefault(p, []).append(rule)
     for p, found in covering.items():
         for rule, _, prefixes in in_domain:
-            if rule not in found and any(p.startswith(q) for q in prefixes):
+            if rule not in found and any(q.matches(p) for q in prefixes):
                 found.append(rule)
     table = {
         p: _decide(sorted(found, key=lambda r: rules.index(r))) for p, found in covering.items()
@@ -194,7 +177,7 @@ def _branch(domain: str, rules: list[_Rule]) -> Resource:
     # must not end the search: a later rule may allow the same caller).
     fallback = [
         (
-            _all_of([_any_of([_san_prefix(q) for q in prefixes]), *_maybe(r.permission)]),
+            _all_of([_any_of([_san_prefix(q.value) for q in prefixes]), *_maybe(r.permission)]),
             _allow(r.name),
         )
         for r, _, prefixes in in_domain

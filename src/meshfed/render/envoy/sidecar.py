@@ -12,8 +12,7 @@ from meshfed.render.envoy.builders import hcm, http_options, listener, static_cl
 from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
 from meshfed.render.envoy.process import ProcessConfig, Resource
 from meshfed.render.envoy.rbac import HTTP_RBAC
-from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA
-from meshfed.spiffe import domain_prefix
+from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA, cert_details
 
 
 def inbound(
@@ -21,12 +20,13 @@ def inbound(
 ) -> Resource:
     """mTLS in front of the workload: peers of its own trust domain only."""
     http = workload.protocol == "HTTP"
+    xfcc = mesh.boundary.client_cert
     transport = tls.downstream(
         runtime_dir,
         process,
         LOCAL_CA,
         ["h2", "http/1.1"] if http else [],
-        san_prefix=[domain_prefix(mesh.trust_domain)],
+        san_prefix=[mesh.local_peers.value],
     )
     if not http:
         filters = [tcp_proxy("inbound", "app")]
@@ -51,7 +51,7 @@ def inbound(
                                     {
                                         "not_id": {
                                             "authenticated": {
-                                                "principal_name": {"exact": mesh.ingress.spiffe_id}
+                                                "principal_name": {"exact": xfcc.forwarder}
                                             }
                                         }
                                     },
@@ -85,8 +85,8 @@ def inbound(
                     }
                 ],
                 [],
-                forward_client_cert_details="APPEND_FORWARD",
-                set_current_client_cert_details={"uri": True},
+                forward_client_cert_details=xfcc.to_workload,
+                set_current_client_cert_details=cert_details(xfcc),
             )
         ]
     return listener(
@@ -97,7 +97,7 @@ def inbound(
     )
 
 
-def outbound_http(imports: list[ImportRoute], port: int) -> Resource:
+def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
     virtual_hosts = [
         {
             "name": route.local_host,
@@ -133,7 +133,7 @@ def outbound_http(imports: list[ImportRoute], port: int) -> Resource:
                         [],
                         [],
                         # A workload's own XFCC never leaves: the remote ingress sets its own.
-                        forward_client_cert_details="SANITIZE",
+                        forward_client_cert_details=mesh.boundary.client_cert.leaving,
                     )
                 ]
             }
@@ -149,7 +149,7 @@ def sidecar_process(
     http_imports = [r for r in mesh.imports if r.protocol == "HTTP"]
     listeners = [
         inbound(name, mesh, workload, sidecar, runtime_dir),
-        outbound_http(http_imports, sidecar.outbound_port),
+        outbound_http(mesh, http_imports, sidecar.outbound_port),
     ]
     app = static_cluster("app", [("127.0.0.1", sidecar.app_port, 0)])
     if workload.protocol == "HTTP":
@@ -183,9 +183,8 @@ def sidecar_process(
             )
         clusters.append(cluster)
     trust = {LOCAL_CA: tls.spiffe_validator(mesh.local_trust)}
-    peer_bundles = [b for r in mesh.imports for b in r.trusted]
-    if peer_bundles:
-        trust[PEER_CA] = tls.spiffe_validator(peer_bundles)
+    if mesh.import_trust:
+        trust[PEER_CA] = tls.spiffe_validator(mesh.import_trust)
     return ProcessConfig(
         name=name,
         mesh=mesh.name,

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from meshfed.plan.boundary import ClientCertPolicy
 from meshfed.plan.model import TrustBundle
 from meshfed.render.envoy.files import SPIFFE_VALIDATOR, sds_ref
 from meshfed.render.envoy.process import Resource
@@ -128,3 +129,8 @@ def upstream(
             "common_tls_context": _common(runtime_dir, process, trust, alpn, san_exact=server_ids),
         },
     }
+
+
+def cert_details(policy: ClientCertPolicy) -> dict[str, bool]:
+    """HCM ``set_current_client_cert_details``: the client certificate fields XFCC carries."""
+    return {field.lower(): True for field in policy.fields}

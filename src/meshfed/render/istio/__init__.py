@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshfed.credentials import MeshCredentials
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.render.istio import boundary, gateways, imports, multicluster, trust
 from meshfed.render.istio.objects import Obj
-from meshfed.render.istio.trust import MeshCredentials
 
-__all__ = ["MeshCredentials", "RenderedMesh", "render_mesh"]
+__all__ = ["RenderedMesh", "render_mesh"]
 
 
 @dataclass(frozen=True)

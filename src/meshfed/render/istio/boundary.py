@@ -7,13 +7,6 @@ from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWA
 from meshfed.render.istio.objects import Obj, obj, slug
 from meshfed.spiffe import istio_principal
 
-# Response headers that would tell a caller about the exporting mesh's insides.
-_RESPONSE_HEADERS_REMOVED = [
-    "server",
-    "x-envoy-upstream-service-time",
-    "x-envoy-decorator-operation",
-]
-
 
 def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
     destination = {
@@ -32,7 +25,7 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
             {
                 "name": slug(server.export.replace("/", "-")),
                 "route": [destination],
-                "headers": {"response": {"remove": _RESPONSE_HEADERS_REMOVED}},
+                "headers": {"response": {"remove": list(mesh.boundary.response_headers_removed)}},
             }
         ]
     else:

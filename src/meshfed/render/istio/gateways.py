@@ -31,7 +31,8 @@ def _gateway_workload(plan: FederationPlan, mesh: MeshPlan, name: str) -> list[O
     pod_metadata_labels = {**pod_labels, "sidecar.istio.io/inject": "true"}
     if mesh.network:
         pod_metadata_labels["topology.istio.io/network"] = mesh.network
-    proxy_config = {"gatewayTopology": {"forwardClientCertDetails": "SANITIZE_SET"}}
+    xfcc = mesh.boundary.client_cert.at_ingress
+    proxy_config = {"gatewayTopology": {"forwardClientCertDetails": xfcc}}
     return [
         obj("v1", "ServiceAccount", name, plan.name, GATEWAY_NAMESPACE),
         obj(
@@ -163,7 +164,7 @@ def egress(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                     "servers": [
                         {
                             "port": {"number": EGRESS_PORT, "name": "tls", "protocol": "TLS"},
-                            "hosts": [r.wire_host for r in mesh.egress.routes],
+                            "hosts": list(mesh.egress.allowed_snis),
                             "tls": {"mode": "PASSTHROUGH"},
                         }
                     ],

@@ -5,41 +5,11 @@ These carry private keys (cacerts, ingress credential) and go to ``secrets/``, w
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-
+from meshfed.credentials import MeshCredentials
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio.gateways import INGRESS_CREDENTIAL
 from meshfed.render.istio.objects import Obj, b64, obj
-
-_PEM_BLOCK = re.compile(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", re.S)
-
-
-def split_pem(bundle: str) -> list[str]:
-    """The certificates of a PEM bundle, each as its own PEM string."""
-    return [
-        m.group(0) if m.group(0).endswith("\n") else m.group(0) + "\n"
-        for m in _PEM_BLOCK.finditer(bundle)
-    ]
-
-
-@dataclass(frozen=True)
-class MeshCredentials:
-    """PEM material of one mesh, read from the PKI store by the caller."""
-
-    ca_cert: str
-    ca_key: str = field(repr=False)
-    root_cert: str
-    cert_chain: str
-    ingress_cert_chain: str
-    """The ingress gateway's server certificate followed by the mesh intermediate."""
-    ingress_key: str = field(repr=False)
-    ingress_ca: str | None = None
-    """The ingress credential's ``ca.crt`` when it is not the plan's roots: in Federated trust
-    the mesh's federation anchor and one name-constrained cross-certificate per consumer root
-    (`meshfed.pki.anchor`). None: the roots of ``mesh.ingress.trusted`` as they are (SharedRoot,
-    whose intermediates are name-constrained already)."""
 
 
 def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
@@ -61,17 +31,12 @@ def cacerts(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj
 
 
 def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) -> Obj:
-    """The ingress server certificate, and in ``ca.crt`` what vouches for allowed callers only.
-
-    Federated: the federation anchor and the cross-certificates binding each consumer root to
-    its trust domain (``creds.ingress_ca``); SharedRoot: the shared root.
-    """
+    """The ingress server certificate, and in ``ca.crt`` what vouches for allowed callers only
+    (``creds.ingress_ca``: in Federated trust the federation anchor and the cross-certificates
+    binding each consumer root to its trust domain; in SharedRoot the shared root)."""
     data = {"tls.crt": b64(creds.ingress_cert_chain), "tls.key": b64(creds.ingress_key)}
-    bundle = "".join(b.pem for b in mesh.ingress.trusted)
-    if creds.ingress_ca is not None and bundle:
-        bundle = creds.ingress_ca
-    if bundle:  # nobody may call a mesh that exports nothing: no empty CA entry either
-        data["ca.crt"] = b64(bundle)
+    if creds.ingress_ca is not None:  # nobody may call a mesh that exports nothing
+        data["ca.crt"] = b64(creds.ingress_ca)
     return obj(
         "v1",
         "Secret",
@@ -105,13 +70,12 @@ def mesh_config(plan: FederationPlan, mesh: MeshPlan) -> Obj:
         "meshConfig": mesh_cfg,
         "values": {"pilot": {"env": {"ISTIO_MULTIROOT_MESH": "true"}}},
     }
-    foreign = [b for b in mesh.workload_trust if b.name != mesh.root_name]
-    if plan.trust_mode == "Federated" and foreign:
+    if mesh.foreign_trust:
         # One entry per root: during a partner's root rotation its bundle holds two.
         mesh_cfg["caCertificates"] = [
             {"pem": pem, "trustDomains": list(b.trust_domains)}
-            for b in foreign
-            for pem in split_pem(b.pem)
+            for b in mesh.foreign_trust
+            for pem in b.roots
         ]
     return {
         "apiVersion": "install.istio.io/v1alpha1",

@@ -1,0 +1,183 @@
+"""What a rotation step checks: chains against the plan's bundles, real handshakes with the
+running local federation, and the roots its Envoys were given (SDS)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from meshfed.pki import MeshCA, PKIMaterial
+from meshfed.pki.certs import describe, load_certs_pem
+from meshfed.pki.errors import PKIError
+from meshfed.pki.record import RotationRecord
+from meshfed.pki.verify import verify_chain
+from meshfed.plan.model import FederationPlan, TrustBundle
+from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
+from meshfed.spiffe import domain_prefix
+from meshfed.workspace import Workspace
+
+_CHECK_PATH = "ns/meshfed-system/sa/rotation-check"
+TEST_TTL = timedelta(minutes=10)
+RETRIES = 4
+
+
+def verify_live(
+    live: LiveFederation,
+    ws: Workspace,
+    record: RotationRecord,
+    cas: dict[str, dict[str, MeshCA]],
+    accept: list[str],
+    refuse: list[str],
+    served: str | None,
+    now: datetime,
+    problems: list[str],
+) -> tuple[int, int]:
+    """Real handshakes with every target of the running federation, with certificates of the
+    generations to ``accept`` and to ``refuse``, and the Envoys' SDS roots checked the same
+    way; ``served`` names the generation every served certificate must come from. Problems go
+    to ``problems``; returns (handshakes, SDS checks)."""
+    shakes = 0
+    for target in live.targets(ws.plan):
+        if target.client_mesh in record.meshes:
+            tries = [
+                (g, cas[g][target.client_mesh], g in accept) for g in accept + refuse if g in cas
+            ]
+        else:
+            tries = [("current", ws.pki.meshes[target.client_mesh], True)]
+        for gen, ca, expect in tries:
+            result = handshake(target, ca, now)
+            shakes += 1
+            for _ in range(RETRIES):  # a listener may be between two contexts for a moment
+                if result.accepted == expect:
+                    break
+                time.sleep(0.2)
+                result = handshake(target, ca, now)
+                shakes += 1
+            if result.accepted != expect:
+                want = "accepted" if expect else "refused"
+                problems.append(
+                    f"{target.describe()} with a {gen}-CA certificate: expected {want}, got "
+                    f"{result.detail}"
+                )
+            if result.served is not None:
+                _check_served(ws, record, cas, target.mesh, target.process, result.served,
+                                   served, now, problems)  # fmt: skip
+    sds = 0
+    domains = {ws.pki.meshes[m].trust_domain: m for m in record.meshes if m in ws.pki.meshes}
+    for process in live.processes(ws.plan):
+        for secret, bundles in sds_bundles(live.paths, process).items():
+            for domain, pem in bundles.items():
+                mesh = domains.get(domain)
+                if mesh is None:
+                    continue
+                roots = load_certs_pem(pem.encode(), f"{process.name} {secret}")
+                for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
+                    if gen not in cas:
+                        continue
+                    sds += 1
+                    ok = _leaf_verifies(cas[gen][mesh], roots, now)
+                    if ok != expect:
+                        problems.append(
+                            f"{process.name} {secret} for {domain}: a {gen}-CA certificate "
+                            f"is {'accepted' if ok else 'refused'}"
+                        )
+    return shakes, sds
+
+
+def _check_served(
+    ws: Workspace,
+    record: RotationRecord,
+    cas: dict[str, dict[str, MeshCA]],
+    mesh: str,
+    process: str,
+    cert: x509.Certificate,
+    served: str | None,
+    now: datetime,
+    problems: list[str],
+) -> None:
+    ca = ws.pki.meshes[mesh]
+    intermediates = [ca.ca_cert] + [c[mesh].ca_cert for c in cas.values() if mesh in c]
+    try:
+        verify_chain(cert, intermediates, list(ws.pki.anchors(ca.root_name)), now,
+                     purpose="server")  # fmt: skip
+    except PKIError as exc:
+        problems.append(f"{process} serves {describe(cert)}: {exc.problem}")
+        return
+    if (
+        served is not None
+        and mesh in record.meshes
+        and served in cas
+        and not issued_by(cert, cas[served][mesh].ca_cert)
+    ):
+        problems.append(
+            f"{process} still serves a certificate not issued by the {served} "
+            f"intermediate of {mesh} ({describe(cert)})"
+        )
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
+    spiffe_id = domain_prefix(ca.trust_domain) + _CHECK_PATH
+    _, leaf = ca.issue(spiffe_id, TEST_TTL, now)
+    try:
+        verify_chain(leaf, [ca.ca_cert], roots, now, spiffe_id)
+    except PKIError:
+        return False
+    return True
+
+
+def _plan_bundles(plan: FederationPlan) -> list[tuple[str, TrustBundle]]:
+    out: list[tuple[str, TrustBundle]] = []
+    for m in plan.meshes:
+        for what, bundles in (
+            ("ingress", m.ingress.trusted),
+            ("workloads", m.workload_trust),
+            ("local", m.local_trust),
+            *((f"import {r.local_host}", r.trusted) for r in m.imports),
+        ):
+            out += [(f"{m.name} {what} bundle {b.name}", b) for b in bundles]
+    return out
+
+
+def check_bundles(
+    plan: FederationPlan,
+    pki: PKIMaterial,
+    record: RotationRecord,
+    cas: dict[str, dict[str, MeshCA]],
+    accept: list[str],
+    refuse: list[str],
+    now: datetime,
+    problems: list[str],
+) -> int:
+    """Every trust bundle of the plan accepts a leaf of each generation in ``accept`` and
+    refuses one of each in ``refuse``, for the rotating meshes' trust domains; problems go to
+    ``problems``; returns the number of chains checked."""
+    domains = {pki.meshes[m].trust_domain: m for m in record.meshes if m in pki.meshes}
+    count = 0
+    for where, bundle in _plan_bundles(plan):
+        roots = load_certs_pem(bundle.pem.encode(), where)
+        for domain in bundle.trust_domains:
+            mesh = domains.get(domain)
+            if mesh is None:
+                continue
+            for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
+                if gen not in cas:
+                    continue
+                count += 1
+                ok = _leaf_verifies(cas[gen][mesh], roots, now)
+                if ok != expect:
+                    problems.append(
+                        f"{where} ({domain}): a {gen}-CA certificate is "
+                        f"{'accepted' if ok else 'refused'}"
+                    )
+    return count

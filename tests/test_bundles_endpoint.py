@@ -1,0 +1,371 @@
+"""Bundle endpoints over real HTTPS on loopback, both profiles: serve, fetch, authenticate,
+follow, and every kind of bad input refused with the peer named, the last good bundle kept."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from meshfed.bundles import document
+from meshfed.bundles.follow import Fetcher, Follower
+from meshfed.bundles.model import Bootstrap, Endpoint, FollowedPeer, SpiffeBundle
+from meshfed.bundles.server import BundleServer, FileTls, SvidTls
+from meshfed.bundles.state import Change, PeerBundles, publish
+from meshfed.pki import MeshCA, MeshTrustRequest, PKIStore, TrustRequest
+from meshfed.pki.certs import cert_to_pem, certs_to_pem, fingerprint
+from meshfed.pki.keys import key_to_pem
+from test_bundles_format import ca
+
+ENDPOINT_ID = "spiffe://globex.example/meshfed/bundle-endpoint"
+
+
+def pki(state: Path, mesh: str = "globex", td: str = "globex.example") -> PKIStore:
+    store = PKIStore(state)
+    store.ensure(
+        TrustRequest(
+            federation="t",
+            mode="Federated",
+            key_algorithm="ECDSA_P256",
+            root_ttl=timedelta(days=30),
+            intermediate_ttl=timedelta(days=10),
+            meshes=(MeshTrustRequest(mesh, td),),
+        )
+    )
+    return store
+
+
+def roots_of(store: PKIStore, mesh: str = "globex") -> tuple[x509.Certificate, ...]:
+    return (store.signing_ca(mesh).root_cert,)
+
+
+class Served:
+    """A bundle endpoint on a free loopback port; ``body`` can be swapped by a test."""
+
+    def __init__(self, body: Callable[[], bytes], tls: SvidTls | FileTls) -> None:
+        self.body = body
+        self.server = BundleServer("127.0.0.1", 0, {"/globex": lambda: self.body()}, tls, log=print)
+        self.server.start()
+        self.url = f"https://127.0.0.1:{self.server.port}/globex"
+
+
+@pytest.fixture
+def globex(tmp_path: Path) -> Iterator[tuple[PKIStore, Served]]:
+    store = pki(tmp_path / "globex-state")
+
+    def doc() -> bytes:
+        return document.encode(
+            publish(store.state_dir, "globex", "globex.example", roots_of(store), 1)
+        )
+
+    served = Served(doc, SvidTls(ENDPOINT_ID, lambda: store.signing_ca("globex")))
+    yield store, served
+    served.server.stop()
+
+
+def peer(
+    url: str, bootstrap: Bootstrap | None = None, spiffe_id: str = ENDPOINT_ID
+) -> FollowedPeer:
+    return FollowedPeer(
+        "globex",
+        "globex.example",
+        Endpoint(url, "https_spiffe", spiffe_id),
+        ("acme",),
+        bootstrap,
+    )
+
+
+def test_https_spiffe_first_fetch_needs_a_bootstrap_never_tofu(
+    tmp_path: Path, globex: tuple[PKIStore, Served]
+) -> None:
+    store, served = globex
+    fetcher = Fetcher(tmp_path / "acme")
+    out = fetcher.fetch(peer(served.url))
+    assert not out.ok and "never trusts a bundle endpoint on first use" in str(out.error)
+    assert PeerBundles(tmp_path / "acme").current("globex") is None
+    cond = PeerBundles(tmp_path / "acme").condition("globex")
+    assert cond is not None and not cond.ok and "globex" in cond.message
+    # A bootstrap bundle file (SPIFFE format, as the partner hands it over) authenticates it.
+    boot = tmp_path / "globex-bundle.json"
+    boot.write_bytes(document.encode(SpiffeBundle("globex.example", roots_of(store))))
+    out = fetcher.fetch(peer(served.url, Bootstrap(file=boot)))
+    assert out.ok and out.change is not None and out.change.changed, out.describe()
+    kept = PeerBundles(tmp_path / "acme").current("globex")
+    assert kept is not None and kept.x509_authorities == roots_of(store) and kept.sequence == 1
+    assert out.refresh == 1.0  # the published hint
+    # Later fetches are authenticated by the kept bundle (the bootstrap is not needed).
+    assert fetcher.fetch(peer(served.url)).ok
+
+
+def test_https_spiffe_fingerprint_bootstrap(
+    tmp_path: Path, globex: tuple[PKIStore, Served]
+) -> None:
+    store, served = globex
+    pin = "sha256:" + fingerprint(roots_of(store)[0]).upper()
+    out = Fetcher(tmp_path / "acme").fetch(peer(served.url, Bootstrap(fingerprint=pin)))
+    assert out.ok, out.describe()
+    wrong = Fetcher(tmp_path / "other").fetch(peer(served.url, Bootstrap(fingerprint="ab" * 32)))
+    assert not wrong.ok and "no root with the bootstrap fingerprint" in str(wrong.error)
+    assert PeerBundles(tmp_path / "other").current("globex") is None
+
+
+def test_https_spiffe_endpoint_with_the_wrong_identity_or_issuer_is_refused(
+    tmp_path: Path, globex: tuple[PKIStore, Served]
+) -> None:
+    store, served = globex
+    boot = Bootstrap(roots=roots_of(store))
+    other_id = "spiffe://globex.example/something-else"
+    out = Fetcher(tmp_path / "a").fetch(peer(served.url, boot, spiffe_id=other_id))
+    assert not out.ok and f"not an X509-SVID of {other_id}" in str(out.error)
+    # Authenticated with another trust domain's roots: the TLS handshake fails.
+    stranger = pki(tmp_path / "stranger")
+    out = Fetcher(tmp_path / "b").fetch(peer(served.url, Bootstrap(roots=roots_of(stranger))))
+    assert not out.ok and "not authenticated by the trust domain's bundle" in str(out.error)
+    assert "globex" in str(out.error)
+
+
+def web_pki(tmp_path: Path, host: str) -> tuple[Path, Path, Path]:
+    """A private Web PKI: CA file, and a server certificate for ``host`` with its key."""
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test web CA")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    try:
+        san: x509.GeneralName = x509.IPAddress(IPv4Address(host))
+    except ValueError:
+        san = x509.DNSName(host)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    d = tmp_path / f"web-{host}"
+    d.mkdir()
+    (d / "ca.pem").write_bytes(cert_to_pem(ca_cert))
+    (d / "cert.pem").write_bytes(cert_to_pem(cert))
+    (d / "key.pem").write_bytes(key_to_pem(key))  # type: ignore[arg-type]
+    (d / "key.pem").chmod(0o600)
+    return d / "ca.pem", d / "cert.pem", d / "key.pem"
+
+
+def test_https_web_profile(tmp_path: Path) -> None:
+    roots = (ca(),)
+    body = document.encode(SpiffeBundle("globex.example", roots, 4, 60))
+    web_ca, cert, key = web_pki(tmp_path, "127.0.0.1")
+    served = Served(lambda: body, FileTls(cert, key))
+    try:
+        web = FollowedPeer("globex", "globex.example", Endpoint(served.url, "https_web"), ("acme",))
+        out = Fetcher(tmp_path / "acme", web_ca=web_ca).fetch(web)
+        assert out.ok, out.describe()
+        assert PeerBundles(tmp_path / "acme").current("globex").x509_authorities == roots  # type: ignore[union-attr]
+        # Without the CA (the system store does not know it): refused.
+        out = Fetcher(tmp_path / "b").fetch(web)
+        assert not out.ok and "not authenticated as a Web PKI server" in str(out.error)
+        # A certificate for another host: refused by the hostname check.
+        other_ca, other_cert, other_key = web_pki(tmp_path, "bundles.other.example")
+        served.server._server.tls = FileTls(other_cert, other_key)
+        out = Fetcher(tmp_path / "c", web_ca=other_ca).fetch(web)
+        assert not out.ok and "not authenticated as a Web PKI server" in str(out.error)
+        assert "127.0.0.1" in str(out.error) or "match" in str(out.error)
+    finally:
+        served.server.stop()
+
+
+# --- bad input: the last good bundle stays, the condition names the peer -----------------------
+
+
+def test_bad_input_keeps_the_last_good_bundle(
+    tmp_path: Path, globex: tuple[PKIStore, Served]
+) -> None:
+    store, served = globex
+    acme = tmp_path / "acme"
+    fetcher = Fetcher(acme, timeout=1.0)
+    good = peer(served.url, Bootstrap(roots=roots_of(store)))
+    assert fetcher.fetch(good).ok
+    kept = PeerBundles(acme).current("globex")
+    assert kept is not None
+
+    def wrong(body: bytes | Callable[[], bytes], expect: str) -> None:
+        served.body = body if callable(body) else (lambda: body)
+        out = fetcher.fetch(good)
+        assert not out.ok, expect
+        assert expect in str(out.error), str(out.error)
+        assert out.error is not None and out.error.source == "globex"
+        assert PeerBundles(acme).current("globex") == kept
+        cond = PeerBundles(acme).condition("globex")
+        assert cond is not None and not cond.ok and expect in cond.message
+        assert cond.sequence == kept.sequence
+
+    wrong(b"<html>502 Bad Gateway</html>", "not a JSON document")
+    wrong(document.encode(SpiffeBundle("globex.example", (ca("acme.example"),), 9)),
+          "names trust domain 'acme.example'")  # fmt: skip
+    expired = ca(start=datetime.now(UTC) - timedelta(days=40), days=30)
+    wrong(document.encode(SpiffeBundle("globex.example", (expired,), 9)), "expired")
+    wrong(document.encode(SpiffeBundle("globex.example", (ca(is_ca=False),), 9)), "not a CA")
+    wrong(b'{"keys": [' + b" " * (2 << 20) + b"]}", "1048576 allowed")  # Content-Length
+    wrong(document.encode(SpiffeBundle("globex.example", roots_of(store), 0)), "older than")
+
+    def slow() -> bytes:
+        time.sleep(2.5)
+        return b"{}"
+
+    wrong(slow, "within 1 s")
+    # Endpoint down.
+    served.server.stop()
+    out = fetcher.fetch(good)
+    assert not out.ok and "unreachable" in str(out.error) and out.error.source == "globex"  # type: ignore[union-attr]
+    assert PeerBundles(acme).current("globex") == kept
+    served.server = BundleServer("127.0.0.1", 0, {}, served.server._server.tls)  # for teardown
+    served.server.start()
+
+
+def test_streamed_huge_body_and_silent_server_are_cut_off(tmp_path: Path) -> None:
+    """No Content-Length, endless body; a TCP server that never speaks TLS."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def silent() -> None:
+        conns = []
+        while not stop.is_set():
+            listener.settimeout(0.2)
+            try:
+                conns.append(listener.accept()[0])
+            except OSError:
+                continue
+        for c in conns:
+            c.close()
+
+    t = threading.Thread(target=silent, daemon=True)
+    t.start()
+    try:
+        web = FollowedPeer(
+            "globex", "globex.example",
+            Endpoint(f"https://127.0.0.1:{port}/b", "https_web"), ("acme",),
+        )  # fmt: skip
+        t0 = time.monotonic()
+        out = Fetcher(tmp_path, timeout=0.8).fetch(web)
+        assert not out.ok and "globex" in str(out.error)
+        assert "in time" in str(out.error) or "within" in str(out.error)
+        assert time.monotonic() - t0 < 5
+    finally:
+        stop.set()
+        t.join()
+        listener.close()
+
+
+def test_follower_honours_the_refresh_hint_and_propagates_changes(
+    tmp_path: Path, globex: tuple[PKIStore, Served]
+) -> None:
+    store, served = globex
+    roots = list(roots_of(store))
+    served.body = lambda: document.encode(
+        publish(store.state_dir, "globex", "globex.example", roots, 1)
+    )
+    changes: list[list[Change]] = []
+    fetcher = Fetcher(tmp_path / "acme")
+    follower = Follower(fetcher, [peer(served.url, Bootstrap(roots=tuple(roots)))],
+                        changes.append, log=lambda _: None)  # fmt: skip
+    stop = threading.Event()
+    thread = threading.Thread(target=follower.run_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not changes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(changes) == 1 and changes[0][0].sequence == 1
+        roots.append(ca())  # the peer publishes a second root: sequence 2, within ~1 s
+        deadline = time.monotonic() + 5
+        while len(changes) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(changes) == 2, changes
+        assert changes[1][0].sequence == 2 and changes[1][0].added == (fingerprint(roots[1]),)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert [h["sequence"] for h in PeerBundles(tmp_path / "acme").history("globex")] == [1, 2]
+
+
+def test_served_svid_follows_the_signing_ca(tmp_path: Path) -> None:
+    store = pki(tmp_path)
+    tls = SvidTls(ENDPOINT_ID, lambda: store.signing_ca("globex"))
+    tls.context()
+    leaf = tls.leaf
+    assert leaf is not None
+    ca_now: MeshCA = store.signing_ca("globex")
+    assert leaf.issuer == ca_now.ca_cert.subject
+    assert json.loads(document.encode(SpiffeBundle("globex.example", (leaf,))))["keys"]
+    assert certs_to_pem([leaf])
+
+
+def test_redirects_are_followed_only_to_https_with_the_same_checks(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    roots = (ca(),)
+    body = document.encode(SpiffeBundle("globex.example", roots, 1, 60))
+    web_ca, cert, key = web_pki(tmp_path, "127.0.0.1")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            targets = {
+                "/moved": "/bundle",
+                "/insecure": "http://127.0.0.1/bundle",
+                "/loop": "/loop",
+            }
+            if self.path in targets:
+                self.send_response(302)
+                self.send_header("Location", targets[self.path])
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = FileTls(cert, key).context().wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+
+    def fetch(path: str) -> object:
+        web = FollowedPeer("globex", "globex.example", Endpoint(base + path, "https_web"), ("a",))
+        return Fetcher(tmp_path / path.strip("/"), web_ca=web_ca).fetch(web)
+
+    try:
+        moved = fetch("/moved")
+        assert moved.ok, moved.describe()  # type: ignore[attr-defined]
+        insecure = fetch("/insecure")
+        assert "must use https" in str(insecure.error)  # type: ignore[attr-defined]
+        loop = fetch("/loop")
+        assert "redirected more than" in str(loop.error)  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,83 @@
+"""Each package's public face, and what the layer order means for what a process loads.
+
+The layer order itself (spec/pki -> plan -> credentials -> render -> workspace -> sinks -> cli)
+is import-linter's contract in pyproject.toml, run by ``./dev test``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "meshfed"
+FACES = ["meshfed.spec", "meshfed.plan", "meshfed.pki", "meshfed.local", "meshfed.kube"]
+
+
+@pytest.mark.parametrize("package", FACES)
+def test_every_public_name_resolves(package: str) -> None:
+    module = importlib.import_module(package)
+    names = module.__all__
+    assert names == sorted(names) and len(set(names)) == len(names)
+    for name in names:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_a_module_of_local_or_kube_does_not_load_the_rest() -> None:
+    # The dashboard process reads paths and summaries only; kube's client loads on first use.
+    loaded = _loaded_after("import meshfed.local.paths, meshfed.kube.errors")
+    assert "meshfed.local.runtime" not in loaded
+    assert "lightkube" not in loaded and "meshfed.kube.client" not in loaded
+
+
+def test_the_local_commands_do_not_load_the_kubernetes_client() -> None:
+    loaded = _loaded_after("import meshfed.cli.local, meshfed.workspace")
+    assert "lightkube" not in loaded and not any(m.startswith("meshfed.kube") for m in loaded)
+
+
+def _code_of(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """String constants (docstrings left out), attribute names and called names of a module."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    strings = [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings
+    ]
+    attributes = [n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)]
+    called = [
+        n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+    ]
+    return strings, attributes, called
+
+
+def test_renderers_hold_no_principal_parsing_trust_choice_or_issuance() -> None:
+    """The issue's "done when": nothing under render/ parses a principal, chooses trust or
+    issues a certificate (import-linter also keeps spec, pki and cryptography out of it)."""
+    for path in sorted((SRC / "render").rglob("*.py")):
+        where = path.relative_to(SRC)
+        strings, attributes, called = _code_of(path)
+        assert not [s for s in strings if "spiffe://" in s or s == "Federated"], where
+        assert "trust_mode" not in attributes, where  # trust is chosen in the plan
+        parsing = {"removeprefix", "partition", "rpartition", "split", "startswith"}
+        assert not parsing.intersection(called), (where, parsing.intersection(called))
+        assert not [c for c in called if c.startswith(("issue", "ensure_", "sign"))], where
