@@ -441,7 +441,7 @@ def test_unreachable_cluster_is_reported_and_holds_what_depends_on_it(env: dict[
         assert condition(fed, "Degraded")["status"] == "True"
         meshes = {m["name"]: m for m in fed["status"]["meshes"]}
         applied = {c["type"]: c for c in meshes["web"]["conditions"]}["Applied"]
-        assert applied["reason"] == "Held", applied
+        assert applied["reason"] == "PartlyHeld" and "importer" in applied["message"], applied
         # payments' own change (ledger's new principal) went out; web kept what it had.
         policy = payments.get(
             "security.istio.io/v1", "AuthorizationPolicy", "allow-ledger-payments-ctest-global", NS

@@ -14,6 +14,7 @@ from meshfed.controller.ordering import (
     ROUTE,
     edge_changes,
     frozen_meshes,
+    holds,
     side,
     union_spec,
     waves,
@@ -196,3 +197,50 @@ def test_every_rendered_object_has_the_side_it_serves() -> None:
     assert sides["mtls.yaml"] == {"exporter"}
     assert sides["cacerts.yaml"] == {"exporter"}
     assert sides["namespace.yaml"] == {"base"}
+
+
+def _ring() -> Federation:
+    """a -> b -> c -> a: each mesh exports one service to the next, which imports it."""
+    names = ["a", "b", "c"]
+    meshes = [
+        {
+            "name": n,
+            "trustDomain": f"{n}.ring.example",
+            "ingress": {"address": "127.0.0.1", "port": 20000 + i},
+            "workloads": [{"name": "s", "namespace": "app", "serviceAccount": "s", "port": 8080}],
+        }
+        for i, n in enumerate(names)
+    ]
+    exports, imports = [], []
+    for i, n in enumerate(names):
+        nxt = names[(i + 1) % 3]
+        exports.append(
+            {"name": "s", "mesh": n, "workload": "app/s",
+             "consumers": [{"mesh": nxt, "principals": ["*"]}]}
+        )  # fmt: skip
+        imports.append({"mesh": nxt, "host": f"s.{n}.local.example", "from": [f"{n}/s"]})
+    doc = {
+        "apiVersion": "meshfed.dev/v1alpha1",
+        "kind": "Federation",
+        "metadata": {"name": "ring"},
+        "spec": {"meshes": meshes, "exports": exports, "imports": imports},
+    }
+    return _fed(doc)
+
+
+def test_a_ring_waiting_for_one_address_holds_only_one_importer_side() -> None:
+    """b's address is pending: c (importing from b) holds its routes, but b and c still open
+    what they serve, so b's gateway (and its address) can come up."""
+    plan = _plan(_ring())
+    held = holds(edge_changes(None, plan), plan, {}, pending_address=["b"])
+    assert set(held) == {"c"}
+    assert held["c"].sides == {"importer"}
+    assert not held["c"].whole
+
+
+def test_unreachable_exporter_holds_importer_side_only() -> None:
+    old = _plan(_fed(_without_ledger(_doc())))
+    new = _plan(_fed(_doc()))
+    held = holds(edge_changes(old, new), new, {"payments": "unreachable"})
+    assert held["payments"].whole
+    assert held["web"].sides == {"importer"}

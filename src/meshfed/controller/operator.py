@@ -9,6 +9,8 @@ work to ``worker.py``; the decisions are in ``ordering.py``, ``drift.py`` and ``
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -104,8 +106,8 @@ class Controller:
         @kopf.on.startup(registry=registry)
         def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-            settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-                prefix=GROUP, key="last-handled-configuration"
+            settings.persistence.diffbase_storage = DigestDiffBase(
+                prefix=GROUP, key="last-handled-digest"
             )
             settings.posting.level = logging.INFO
             settings.watching.server_timeout = 240
@@ -155,6 +157,17 @@ class Controller:
             standalone=True,  # the Lease decides who acts, not kopf's peering
             stop_flag=stop,
         )
+
+
+class DigestDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf keeps the last handled state to tell an update from a no-op; by default the whole
+    object, in an annotation, which holds at most 256 KiB (a federation of a thousand exports
+    is larger). The handlers here need to know only that something changed: a digest does."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        text = json.dumps(essence, sort_keys=True, separators=(",", ":"))
+        return {"spec": {"sha256": hashlib.sha256(text.encode()).hexdigest()}}
 
 
 def _plain(body: kopf.Body) -> Obj:

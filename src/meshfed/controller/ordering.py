@@ -161,42 +161,86 @@ def waves(changes: EdgeChanges) -> list[Wave]:
     return out
 
 
+@dataclass
+class Hold:
+    """What of a mesh is not written this time, and why."""
+
+    sides: set[Side | Literal["all"]]
+    reason: str
+
+    @property
+    def whole(self) -> bool:
+        return "all" in self.sides
+
+    def keeps(self, obj: Obj) -> bool:
+        """The object stays as it is on the cluster (neither written nor pruned)."""
+        return self.whole or side(obj) in self.sides
+
+
+def holds(
+    changes: EdgeChanges,
+    new: FederationPlan,
+    blocked: Mapping[str, str],
+    pending_address: Iterable[str] = (),
+) -> dict[str, Hold]:
+    """What to hold back this time, per mesh: all of a ``blocked`` mesh (mesh: reason, e.g. a
+    cluster unreachable); the importer side of a mesh that imports from an exporter whose
+    address is not known yet, or whose imports from a held exporter change; the exporter side
+    of a mesh that would close what a held importer still routes to (to a fixpoint). A mesh
+    whose importer side is held still opens its exporter side, so a ring of meshes waiting for
+    one address does not wait for itself."""
+    held: dict[str, Hold] = {m: Hold({"all"}, reason) for m, reason in blocked.items()}
+
+    def hold(mesh: str, which: Side, reason: str) -> bool:
+        found = held.get(mesh)
+        if found is not None and (found.whole or which in found.sides):
+            return False
+        if found is None:
+            held[mesh] = Hold({which}, reason)
+        else:
+            found.sides.add(which)
+            found.reason = f"{found.reason}; {reason}"
+        return True
+
+    pending = set(pending_address)
+    for mesh in new.meshes:
+        for route in mesh.imports:
+            for source in route.sources:
+                if source.mesh in pending:
+                    hold(
+                        mesh.name,
+                        "importer",
+                        f"imports from mesh {source.mesh}, whose federation ingress has no "
+                        "load-balancer address yet",
+                    )
+    grew = True
+    while grew:
+        grew = False
+        for importer, exporter in sorted(changes.changed):
+            ex, im = held.get(exporter), held.get(importer)
+            if ex is not None and (ex.whole or "exporter" in ex.sides):
+                # The importer must not route to what the exporter does not serve yet.
+                why = f"its imports from mesh {exporter} change, and {exporter} waits"
+                grew |= hold(importer, "importer", why)
+            if (
+                im is not None
+                and (im.whole or "importer" in im.sides)
+                and (importer, exporter) in changes.closing
+            ):
+                # The exporter must not close what the held importer still routes to.
+                why = f"what it serves mesh {importer} changes, and {importer} waits"
+                grew |= hold(exporter, "exporter", why)
+    return held
+
+
 def frozen_meshes(
     changes: EdgeChanges,
     new: FederationPlan,
     blocked: Mapping[str, str],
     pending_address: Iterable[str] = (),
 ) -> dict[str, str]:
-    """Meshes not to write this time, each with the reason: ``blocked`` ones (mesh: reason,
-    e.g. a cluster unreachable), every mesh whose edge with a frozen mesh changes (to a
-    fixpoint), and the importers of an exporter whose address is not known yet."""
-    frozen = dict(blocked)
-    pending = set(pending_address)
-    for mesh in new.meshes:
-        for route in mesh.imports:
-            for source in route.sources:
-                if source.mesh in pending and mesh.name not in frozen:
-                    frozen[mesh.name] = (
-                        f"imports from mesh {source.mesh}, whose federation ingress has no "
-                        "load-balancer address yet"
-                    )
-    grew = True
-    while grew:
-        grew = False
-        for importer, exporter in sorted(changes.changed):
-            if exporter in frozen and importer not in frozen:
-                # The importer must not route to what the exporter does not serve yet.
-                frozen[importer] = f"its imports from mesh {exporter} change, and {exporter} waits"
-                grew = True
-            elif (
-                importer in frozen
-                and exporter not in frozen
-                and (importer, exporter) in changes.closing
-            ):
-                # The exporter must not close what the held importer still routes to.
-                frozen[exporter] = f"what it serves mesh {importer} changes, and {importer} waits"
-                grew = True
-    return frozen
+    """Each mesh with anything held back, and why (see ``holds``)."""
+    return {m: h.reason for m, h in holds(changes, new, blocked, pending_address).items()}
 
 
 def _merge_consumer(old: Consumer, new: Consumer) -> Consumer:

@@ -27,10 +27,10 @@ import yaml
 from meshfed.bundles.config import followed_pems
 from meshfed.controller.clusters import Connector
 from meshfed.controller.ordering import (
-    FINAL,
+    Hold,
     Wave,
     edge_changes,
-    frozen_meshes,
+    holds,
     union_spec,
     waves,
 )
@@ -218,19 +218,29 @@ class Reconciler:
         self,
         kws: KubeWorkspace,
         wave: Wave,
-        frozen: dict[str, str],
+        held: dict[str, Hold],
         retire: bool,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> tuple[list[ClusterTarget], Any]:
-        targets = [t for t in kws.targets() if t.mesh.name not in frozen]
+        def kept(target: ClusterTarget, obj: Obj) -> bool:
+            hold = held.get(target.mesh.name)
+            return hold is not None and hold.keeps(obj)
+
+        targets = [
+            t for t in kws.targets() if not (t.mesh.name in held and held[t.mesh.name].whole)
+        ]
         for target in targets:
-            target.objects = [o for o in target.objects if wave.applies(o)]
+            target.objects = [o for o in target.objects if wave.applies(o) and not kept(target, o)]
+
+        def prunable(target: ClusterTarget, obj: Obj) -> bool:
+            return wave.prunes(obj) and not kept(target, obj)
+
         rollout = kws.rollout(
             targets,
             prune=bool(wave.prune),
             store_state=wave.store_state,
             retire=retire,
-            prunable=None if wave.prune == FINAL.prune else wave.prunes,
+            prunable=prunable,
             settled=settled,
         )
         return targets, rollout.run()
@@ -324,25 +334,32 @@ class Reconciler:
                 else kws.ws.plan
             )
             changes = edge_changes(old_plan, kws.ws.plan, None if why else union_plan)
-            frozen = frozen_meshes(changes, kws.ws.plan, blocked, pending)
-            for mesh, reason in frozen.items():
+            held = holds(changes, kws.ws.plan, blocked, pending)
+            for mesh, hold in held.items():
                 if mesh in reports:
-                    reports[mesh].frozen = reason
+                    if hold.whole:
+                        reports[mesh].frozen = hold.reason
+                    else:
+                        reports[
+                            mesh
+                        ].partly_held = (
+                            f"{' and '.join(sorted(map(str, hold.sides)))} side held: {hold.reason}"
+                        )
             runs: list[Any] = []
             for wave in waves(changes):
                 wave_kws = kws
                 if wave.spec == "union" and union_fed is not complete:
                     wave_kws = kube_workspace(union_fed, origin, state_dir, self.connector)
-                retire = wave.store_state and not frozen
+                retire = wave.store_state and not held
                 settled = self._settled(name, full)
-                targets, runs = self._rollout(wave_kws, wave, frozen, retire, settled)
+                targets, runs = self._rollout(wave_kws, wave, held, retire, settled)
                 self._remember(name, runs)
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
             self._account(name, kws, runs, reports, result)
             result.plan = kws.ws.plan
             result.federation = complete
             self._certificates(kws, reports, result, now)
-        unavailable = {m: r.frozen or "unreachable" for m, r in reports.items() if r.frozen}
+        unavailable = {m: r.frozen for m, r in reports.items() if r.frozen}
         outcome.imports = import_status(kws.ws.plan, unavailable)
 
     def _account(

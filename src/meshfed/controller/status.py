@@ -75,6 +75,9 @@ class MeshReport:
     name: str
     clusters: list[ClusterReport]
     frozen: str | None = None
+    """Nothing of the mesh was written: why."""
+    partly_held: str | None = None
+    """One side (exporter or importer) was not written: which, and why."""
     ingress_address: str | None = None
     certificates: list[Obj] = field(default_factory=list)
 
@@ -172,6 +175,8 @@ def _mesh_conditions(m: MeshReport, generation: int) -> list[Obj]:
         applied = condition(
             "Applied", False, failed[0].apply_reason, failed[0].apply_message, generation
         )
+    elif all(c.applied for c in m.clusters) and m.partly_held:
+        applied = condition("Applied", True, "PartlyHeld", m.partly_held, generation)
     elif all(c.applied for c in m.clusters):
         applied = condition(
             "Applied", True, "Applied", "; ".join(c.apply_message for c in m.clusters), generation
@@ -192,7 +197,11 @@ def federation_status(outcome: Outcome, previous: Obj | None, now: datetime) -> 
     gen = outcome.generation
     prev = previous or {}
     down = [f"{c.mesh}/{c.name}" for m in outcome.meshes for c in m.clusters if not c.reachable]
-    held = [f"{m.name} ({m.frozen})" for m in outcome.meshes if m.frozen]
+    held = [
+        f"{m.name} ({m.frozen or m.partly_held})"
+        for m in outcome.meshes
+        if m.frozen or m.partly_held
+    ]
     if outcome.spec_problems:
         ready = condition("Ready", False, "InvalidSpec", listed(outcome.spec_problems), gen)
         degraded = condition("Degraded", True, "InvalidSpec", "; ".join(outcome.spec_problems), gen)

@@ -200,10 +200,10 @@ class Rollout:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
-        prunable: Callable[[Obj], bool] | None = None,
+        prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> None:
-        """``prunable``: prune only the stale objects it accepts (the controller's
+        """``prunable``: prune only the stale objects it accepts on a cluster (the controller's
         make-before-break waves prune one side of the federation at a time). ``retire``:
         also empty the recorded clusters the spec no longer names (a full apply). ``forget``:
         kubeconfig contexts of recorded clusters to drop from the record without touching
@@ -436,7 +436,7 @@ class Rollout:
                 run.refuse(f"(prune: list {kind})", exc.message)
         run.prune = prune_set(live, desired, self.fed.name)
         if self.prunable is not None:
-            run.prune = [o for o in run.prune if self.prunable(o)]
+            run.prune = [o for o in run.prune if self.prunable(run.target, o)]
         if run.target.retired and run.target.cluster.role == "remote":
             # The reader tokens the primary's remote secret carried: revoked with it.
             try:

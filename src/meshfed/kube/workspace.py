@@ -40,7 +40,7 @@ class KubeWorkspace:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
-        prunable: Callable[[Obj], bool] | None = None,
+        prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
     ) -> Rollout:
         return Rollout(
