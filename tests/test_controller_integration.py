@@ -415,14 +415,13 @@ def test_unreachable_cluster_is_reported_and_holds_what_depends_on_it(env: dict[
             export["consumers"][0]["principals"].append("ns/shop/sa/catalog")
         if export["name"] == "ledger":
             export["consumers"][0]["principals"].append("ns/shop/sa/catalog")
-    doc["metadata"]["resourceVersion"] = fed["metadata"]["resourceVersion"]
     before_web = {
         o["metadata"]["name"]: o["spec"]
         for o in web.list("networking.istio.io/v1", "DestinationRule", namespace=NS)
     }
     os.kill(pid, signal.SIGSTOP)
     try:
-        payments.replace(doc)
+        payments.apply(doc, force=True)
 
         def reported() -> Obj | None:
             fed = federation(env)
