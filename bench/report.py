@@ -69,9 +69,7 @@ def controller(data: dict[str, Any]) -> list[str]:
         ("address_change", "load-balancer address change to every importer"),
         ("policy_restore", "deleted AuthorizationPolicy restored"),
     ):
-        out.append(
-            f"| {label} | {data[key + '_s']} s | {floor} | {data[key + '_vs_round_trip']} |"
-        )
+        out.append(f"| {label} | {data[key + '_s']} s | {floor} | {data[key + '_vs_round_trip']} |")
     out.append(
         f"| controller idle | {data['idle_cpu_core_fraction'] * 100:.2f}% of a core, "
         f"{data['idle_rss_mb']} MB RSS | | |"
