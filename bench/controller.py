@@ -127,7 +127,7 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _objects(client: KubeClient) -> int:
+def _objects(client: KubeClient, federation: str) -> int:
     total = 0
     for api_version, kind in (
         ("networking.istio.io/v1", "VirtualService"),
@@ -135,7 +135,7 @@ def _objects(client: KubeClient) -> int:
         ("networking.istio.io/v1", "ServiceEntry"),
         ("networking.istio.io/v1", "DestinationRule"),
     ):
-        total += len(client.list(api_version, kind, labels=f"meshfed.dev/federation={FED}"))
+        total += len(client.list(api_version, kind, labels=f"meshfed.dev/federation={federation}"))
     return total
 
 
@@ -187,7 +187,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     print(f"meshfed apply (baseline): {cli_seconds:.1f} s", file=sys.stderr)
     if applied.returncode != 0:
         raise RuntimeError(applied.stderr[-2000:])
-    objects = sum(_objects(c) for c in clients.values())
+    objects = sum(_objects(c, "cli") for c in clients.values())
     # Empty the clusters again (the controller's federation is another one; one mesh per
     # federation: the CLI's objects would make it refuse).
     for client in clients.values():

@@ -120,7 +120,7 @@ class Reconciler:
     connector: Connector
     log: Callable[[str], None] = lambda _line: None
     last_digest: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    applied: dict[tuple[str, str, str], dict[tuple[str, str, str, str], str]] = field(
+    applied: dict[tuple[str, str, str], dict[tuple[str, str, str, str], tuple[str, Obj]]] = field(
         default_factory=dict
     )
     """Per (federation, mesh, cluster): each object as this controller last put it there
@@ -201,16 +201,35 @@ class Reconciler:
 
         def settled(target: ClusterTarget, obj: Obj) -> bool:
             known = self.applied.get((name, target.mesh.name, target.name), {})
-            return known.get(ref(obj)) == digest([obj])
+            found = known.get(ref(obj))
+            return found is not None and found[0] == digest([obj])
 
         return settled
+
+    def _present(self, name: str, full: bool) -> Callable[[ClusterTarget], list[Obj] | None] | None:
+        """Between full checks, what the controller put on a cluster is what is there (an
+        extra object made by someone else is drift, which the watches report)."""
+        if full:
+            return None
+
+        def present(target: ClusterTarget) -> list[Obj] | None:
+            known = self.applied.get((name, target.mesh.name, target.name))
+            return None if known is None else [stub for _, stub in known.values()]
+
+        return present
 
     def _remember(self, name: str, runs: list[Any]) -> None:
         for run in runs:
             key = (name, run.target.mesh.name, run.target.name)
             known = self.applied.setdefault(key, {})
             for obj in run.target.desired():
-                known[ref(obj)] = digest([obj])
+                meta = obj.get("metadata") or {}
+                stub = {
+                    "apiVersion": obj["apiVersion"],
+                    "kind": obj["kind"],
+                    "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta},
+                }
+                known[ref(obj)] = (digest([obj]), stub)
             for obj in run.prune:
                 known.pop(ref(obj), None)
 
@@ -221,6 +240,7 @@ class Reconciler:
         held: dict[str, Hold],
         retire: bool,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
+        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> tuple[list[ClusterTarget], Any]:
         def kept(target: ClusterTarget, obj: Obj) -> bool:
             hold = held.get(target.mesh.name)
@@ -242,6 +262,7 @@ class Reconciler:
             retire=retire,
             prunable=prunable,
             settled=settled,
+            present=present,
         )
         return targets, rollout.run()
 
@@ -352,7 +373,8 @@ class Reconciler:
                     wave_kws = kube_workspace(union_fed, origin, state_dir, self.connector)
                 retire = wave.store_state and not held
                 settled = self._settled(name, full)
-                targets, runs = self._rollout(wave_kws, wave, held, retire, settled)
+                present = self._present(name, full)
+                targets, runs = self._rollout(wave_kws, wave, held, retire, settled, present)
                 self._remember(name, runs)
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
             self._account(name, kws, runs, reports, result)

@@ -202,6 +202,7 @@ class Rollout:
         progress: Progress | None = None,
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
+        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> None:
         """``prunable``: prune only the stale objects it accepts on a cluster (the controller's
         make-before-break waves prune one side of the federation at a time). ``retire``:
@@ -209,7 +210,8 @@ class Rollout:
         kubeconfig contexts of recorded clusters to drop from the record without touching
         them (a cluster that is gone for good). ``settled``: objects known to be on the cluster
         exactly as rendered (the controller applied them and has watched them since): kept
-        (never pruned) but neither dry-run nor written again."""
+        (never pruned) but neither dry-run nor written again. ``present``: the federation's
+        objects on a cluster as the caller knows them (None: list them), for pruning."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -222,6 +224,7 @@ class Rollout:
         self.progress: Progress = progress or _Quiet()
         self.prunable = prunable
         self.settled = settled
+        self.present = present
         self.tokens: dict[tuple[str, str], Token | None] = {}
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
@@ -426,14 +429,18 @@ class Rollout:
     def _plan_prune(self, run: ClusterRun, desired: list[Obj]) -> None:
         client = run.client
         assert client is not None
+        known = None if self.present is None else self.present(run.target)
         live: list[Obj] = []
-        for api_version, kind in PRUNE_KINDS:
-            try:
-                if client.find(api_version, kind) is None:
-                    continue
-                live += client.list(api_version, kind, labels=selector(self.fed.name))
-            except KubeError as exc:
-                run.refuse(f"(prune: list {kind})", exc.message)
+        if known is not None:
+            live = known  # what the caller knows to be there: no listing
+        else:
+            for api_version, kind in PRUNE_KINDS:
+                try:
+                    if client.find(api_version, kind) is None:
+                        continue
+                    live += client.list(api_version, kind, labels=selector(self.fed.name))
+                except KubeError as exc:
+                    run.refuse(f"(prune: list {kind})", exc.message)
         run.prune = prune_set(live, desired, self.fed.name)
         if self.prunable is not None:
             run.prune = [o for o in run.prune if self.prunable(run.target, o)]

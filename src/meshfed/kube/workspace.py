@@ -42,6 +42,7 @@ class KubeWorkspace:
         progress: Progress | None = None,
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
+        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -56,6 +57,7 @@ class KubeWorkspace:
             progress=progress,
             prunable=prunable,
             settled=settled,
+            present=present,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
