@@ -298,6 +298,11 @@ def test_manifests_are_valid_kubernetes_objects() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == "registry.example/meshfed:1"
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    names = [(o["kind"], o["metadata"]["name"]) for o in objects if "metadata" in o]
+    cluster_wide = [n for n in names if n[0].startswith("Cluster")]
+    assert len(cluster_wide) == len(set(cluster_wide)), "management and mesh roles collide"
+    for binding in (o for o in objects if o["kind"].endswith("Binding")):
+        assert all(subject.get("namespace") for subject in binding["subjects"]), binding
     volume = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert volume["emptyDir"] == {"medium": "Memory"}
 

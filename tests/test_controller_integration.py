@@ -7,8 +7,9 @@ The first cluster is also the management cluster. The unreachable-cluster test n
 kube-apiserver of the second cluster to be a process of this machine it may pause
 (``MESHFED_TEST_KUBE_DIR``: the directory ``/work/tools/kube/start.sh --dir`` made).
 
-The controller runs as ``meshfed controller run`` subprocesses with the identity and RBAC that
-``meshfed controller install`` gives it on each cluster (not cluster-admin).
+The controller runs as ``meshfed controller run`` subprocesses with the identities and RBAC
+that ``meshfed controller install`` gives it: its ServiceAccount on the management cluster (a
+TokenRequest token) and the remote secrets to each mesh cluster (never cluster-admin).
 """
 
 from __future__ import annotations
@@ -90,11 +91,40 @@ def _spec(contexts: list[str]) -> Obj:
     return dict(doc)
 
 
+def _service_account_kubeconfig(context: str, base: Path) -> Path:
+    """A kubeconfig for the management cluster as the controller's ServiceAccount (a token
+    from the TokenRequest API), so the tests run with the RBAC `install` gives it."""
+    token = subprocess.run(
+        ["kubectl", "--kubeconfig", KUBECONFIG, "--context", context, "-n", NS,
+         "create", "token", "meshfed-controller", "--duration", "2h"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    doc = merged_kubeconfig(KUBECONFIG)
+    ctx = next(c for c in doc["contexts"] if c["name"] == context)
+    cluster = next(c for c in doc["clusters"] if c["name"] == ctx["context"]["cluster"])
+    path = base / "controller-sa.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "mgmt", "cluster": cluster["cluster"]}],
+                "users": [{"name": "meshfed-controller", "user": {"token": token}}],
+                "contexts": [
+                    {"name": "mgmt", "context": {"cluster": "mgmt", "user": "meshfed-controller"}}
+                ],
+                "current-context": "mgmt",
+            }
+        )
+    )
+    return path
+
+
 class Controllers:
     """``meshfed controller run`` processes started by a test, stopped by it."""
 
-    def __init__(self, context: str, log_dir: Path) -> None:
-        self.context = context
+    def __init__(self, kubeconfig: Path, log_dir: Path) -> None:
+        self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -104,7 +134,7 @@ class Controllers:
         proc = subprocess.Popen(
             [
                 MESHFED, "controller", "run",
-                "--kubeconfig", KUBECONFIG, "--context", self.context,
+                "--kubeconfig", str(self.kubeconfig), "--context", "mgmt",
                 "--namespace", NS, "--health-port", "0", "--resync", "60",
                 "--lease-duration", "4", "--work-dir", str(self.log_dir / f"work-{name}"),
             ],
@@ -154,7 +184,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         )
     install = [
         MESHFED, "controller", "install",
-        "--kubeconfig", KUBECONFIG, "--context", contexts[0], "--no-controller",
+        "--kubeconfig", KUBECONFIG, "--context", contexts[0],
         *[arg for c in contexts for arg in ("--target-context", c)],
     ]  # fmt: skip
     done = subprocess.run(install, capture_output=True, text=True, timeout=180)
@@ -178,7 +208,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         return payments.find(FED_API, "Federation") is not None
 
     wait("the Federation CRD", served, 30)
-    controllers = Controllers(contexts[0], base)
+    # The controllers run as the ServiceAccount `install` made, with exactly its RBAC.
+    controllers = Controllers(_service_account_kubeconfig(contexts[0], base), base)
     yield {"contexts": contexts, "clients": clients, "ctl": controllers, "base": base}
     if payments.get(FED_API, "Federation", FED) is not None:
         # While a controller runs: its finalizer cleans the clusters, then lets the object go.

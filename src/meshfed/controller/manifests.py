@@ -46,7 +46,9 @@ def _meta(name: str, namespace: str | None = None) -> Obj:
     return meta
 
 
-def _rbac(kind: str, name: str, rules: list[Obj], namespace: str | None = None) -> list[Obj]:
+def _rbac(
+    kind: str, name: str, rules: list[Obj], subject_namespace: str, namespace: str | None = None
+) -> list[Obj]:
     binding = "RoleBinding" if kind == "Role" else "ClusterRoleBinding"
     return [
         {
@@ -60,7 +62,7 @@ def _rbac(kind: str, name: str, rules: list[Obj], namespace: str | None = None) 
             "kind": binding,
             "metadata": _meta(name, namespace),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}],
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": subject_namespace}],
         },
     ]
 
@@ -129,13 +131,16 @@ def management_manifests(opts: ControllerOptions | None = None) -> list[Obj]:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta(opts.namespace)},
         federation_crd(),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, opts.namespace)},
-        *_rbac("ClusterRole", NAME, MANAGEMENT_CLUSTER_RULES),
-        *_rbac("Role", NAME, MANAGEMENT_NAMESPACE_RULES, opts.namespace),
+        *_rbac("ClusterRole", NAME, MANAGEMENT_CLUSTER_RULES, opts.namespace),
+        *_rbac("Role", NAME, MANAGEMENT_NAMESPACE_RULES, opts.namespace, opts.namespace),
         _deployment(opts),
     ]
 
 
 TOKEN_SECRET = f"{NAME}-token"
+TARGET_ROLE = f"{NAME}-mesh-cluster"
+"""The ClusterRole on mesh clusters: a name of its own, since the management cluster may be a
+mesh's cluster too, and its own ClusterRole must not be overwritten."""
 
 
 def target_manifests(istio_namespaces: tuple[str, ...] = ("istio-system",)) -> list[Obj]:
@@ -149,17 +154,17 @@ def target_manifests(istio_namespaces: tuple[str, ...] = ("istio-system",)) -> l
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRole",
-            "metadata": _meta(NAME),
+            "metadata": _meta(TARGET_ROLE),
             "rules": target_cluster_rules(istio_namespaces),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": _meta(NAME),
+            "metadata": _meta(TARGET_ROLE),
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",
-                "name": NAME,
+                "name": TARGET_ROLE,
             },
             "subjects": [binding_subject],
         },

@@ -27,6 +27,12 @@ MANAGEMENT_CLUSTER_RULES: list[Rule] = [
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     # Status: conditions, per mesh, per import.
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    # kopf follows which resources the cluster serves through the CRDs (read only).
+    {
+        "apiGroups": ["apiextensions.k8s.io"],
+        "resources": ["customresourcedefinitions"],
+        "verbs": ["list", "watch"],
+    },
 ]
 
 MANAGEMENT_NAMESPACE_RULES: list[Rule] = [
