@@ -29,6 +29,7 @@ from meshfed.examples import example_path
 from meshfed.local.ports import PortAllocator
 from meshfed.local.procs import find_envoy, processes_mentioning
 from meshfed.local.runtime import Runtime, UpReport
+from meshfed.local.supervisor import envoy_argv as runtime_envoy_argv
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.workspace import open_workspace
 
@@ -400,20 +401,7 @@ def federation(spec_text: str, state: Path) -> Iterator[Federation]:
 
 def envoy_argv(bootstrap: Path) -> list[str]:
     """The same flags the runtime gives its Envoys."""
-    return [
-        str(find_envoy()),
-        "-c",
-        str(bootstrap),
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "--log-level",
-        "warn",
-        "--file-flush-interval-msec",
-        "100",
-        "--drain-time-s",
-        "5",
-    ]
+    return runtime_envoy_argv(find_envoy(), bootstrap)
 
 
 @contextmanager

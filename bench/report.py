@@ -92,7 +92,7 @@ def main(folder: Path) -> str:
     data = _load(folder, "controller")
     if data:
         lines += [*controller(data), ""]
-    for name in ("data_plane", "authz_scale", "edit_latency"):  # each writes its own tables
+    for name in ("data_plane", "authz_scale", "edit_latency", "dos"):  # each writes its own
         part = folder / f"{name}.md"
         if part.exists():
             lines.append(part.read_text())

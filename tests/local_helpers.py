@@ -26,9 +26,42 @@ from meshfed.local.procs import processes_mentioning
 from meshfed.local.runtime import Runtime, UpReport
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import PrivateKey, key_to_pem
+from meshfed.plan.model import FederationPlan
+from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.workspace import Workspace, open_workspace
 
 LOOPBACK = "127.0.0.1"
+
+
+def numbered_layout(plan: FederationPlan) -> LocalLayout:
+    """A port layout for rendering only (nothing listens): ports handed out in order."""
+    ports = iter(range(21000, 60000))
+    return LocalLayout(
+        {
+            m.name: MeshLayout(
+                m.name,
+                next(ports),
+                next(ports),
+                next(ports),
+                {
+                    w.ref: SidecarLayout(
+                        w.ref,
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        next(ports),
+                        {
+                            f"{i.local_host}:{i.port}": next(ports)
+                            for i in m.imports
+                            if i.protocol == "TCP"
+                        },
+                    )
+                    for w in m.workloads
+                },
+            )
+            for m in plan.meshes
+        }
+    )
 
 
 def spec_copy(name: str, directory: Path, edit: Callable[[str], str] | None = None) -> Path:
@@ -274,3 +307,95 @@ def tcp_greeting_and_echo(port: int) -> dict[str, Any]:
         f.flush()
         assert f.readline() == b"ping\n"
     return greeting
+
+
+# --- meshfed as a user runs it -------------------------------------------------------------------
+
+ENTRY = "import sys\nfrom meshfed.cli.entry import run\nsys.argv[0] = 'meshfed'\nrun()\n"
+"""``python -c ENTRY ARGS...`` runs the ``meshfed`` console script's entry point."""
+
+
+class MeshfedProcess:
+    """``meshfed ARGS`` in a subprocess (through the console script's entry point), its output
+    lines as they come; ``hold`` parks it at a ``meshfed.holds`` point (``reached()`` then)."""
+
+    def __init__(self, *args: str, hold: str | None = None, marker: Path | None = None) -> None:
+        import queue
+        import signal
+        import subprocess
+        import sys
+
+        env = dict(os.environ)
+        self.marker = marker
+        if hold is not None:
+            assert marker is not None
+            env.update({"MESHFED_TEST_HOLD": hold, "MESHFED_TEST_HOLD_FILE": str(marker)})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ENTRY, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            # A child of a non-interactive shell may inherit an ignored SIGINT: give it back.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.seen: list[tuple[str, str]] = []
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.readers = [
+            threading.Thread(target=self._read, args=(stream, name), daemon=True)
+            for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err"))
+        ]
+        for reader in self.readers:
+            reader.start()
+
+    def _read(self, stream: Any, name: str) -> None:
+        for line in stream:
+            self.lines.put((name, line.rstrip("\n")))
+
+    def reached(self, timeout: float = 60) -> None:
+        """Until the process is parked at its hold point."""
+        assert self.marker is not None
+        found = poll(lambda: self.marker is not None and self.marker.exists(), timeout, 0.005)
+        assert found is not None, f"never reached the hold point; output: {self.drain()}"
+
+    def release(self) -> None:
+        """Let a parked process go on."""
+        assert self.marker is not None
+        self.marker.unlink()
+
+    def expect(self, stream: str, matches: Callable[[str], bool], timeout: float = 60) -> str:
+        """The next line of ``stream`` that ``matches`` (earlier lines are kept in ``seen``)."""
+        import queue
+
+        while True:
+            try:
+                name, line = self.lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no such line; output so far: {self.seen}") from None
+            self.seen.append((name, line))
+            if name == stream and matches(line):
+                return line
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        for reader in self.readers:
+            reader.join(timeout=5)  # its output ends with it
+        self.drain()
+        return code
+
+    def drain(self) -> list[tuple[str, str]]:
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
+
+    def output(self, stream: str) -> list[str]:
+        return [line for name, line in self.seen if name == stream]
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -36,14 +36,18 @@ def spec(stem: str) -> str:
     ("args", "code"),
     [
         ((str(GOOD_SPEC),), 0),
-        ((str(GOOD_SPEC), "--fail-on", "info"), 0),  # meshfed's own rendering: no finding
+        # meshfed's own rendering of an HTTP-only spec: nothing at all (the workload guard
+        # refuses what Istio's gateway cannot, a leaf with two URI SANs)
+        ((str(GOOD_SPEC), "--fail-on", "medium"), 0),
+        ((str(GOOD_SPEC), "--fail-on", "info"), 0),
         ((spec("duplicate-trust-domain"),), 1),
         ((spec("duplicate-trust-domain"), "--fail-on", "critical"), 1),
         ((spec("failover-unauthorised"), "--fail-on", "critical"), 0),
         ((spec("prefix-principal"),), 0),
         ((spec("prefix-principal"), "--fail-on", "low"), 1),
         (("--manifests", str(GOOD_TREE)), 0),
-        (("--manifests", str(GOOD_TREE), "--fail-on", "info"), 0),
+        (("--manifests", str(GOOD_TREE), "--fail-on", "low"), 0),
+        (("--manifests", str(GOOD_TREE), "--fail-on", "info"), 1),  # its TCP export's note
         (("--manifests", str(GOOD_TREE / "beta"), "--fail-on", "info"), 1),  # an info note
     ],
 )
@@ -99,7 +103,10 @@ def test_json_controls_summary(tmp_path: Path) -> None:
     assert controls["AC-6"]["not_assessed"] == ["key-file-permissions"]
     assert controls["SC-7(16)"]["status"] == "pass"
     assert controls["PCI 10.2.1"]["status"] == "pass"
-    assert controls["PCI 10.2.1"]["passed"] == ["gateway-access-logging"]
+    assert controls["PCI 10.2.1"]["passed"] == [
+        "gateway-access-logging",
+        "gateway-handshake-logging",
+    ]
     assert controls["SC-12"]["status"] == "not assessed"  # no PKI state in tmp_path
     # passing checks, and one (from the PKI state) that could not be assessed
     assert controls["SC-7(21)"]["status"] == "partial"

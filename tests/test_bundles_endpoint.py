@@ -3,8 +3,10 @@ follow, and every kind of bad input refused with the peer named, the last good b
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -189,6 +191,30 @@ def test_https_web_profile(tmp_path: Path) -> None:
         out = Fetcher(tmp_path / "c", web_ca=other_ca).fetch(web)
         assert not out.ok and "not authenticated as a Web PKI server" in str(out.error)
         assert "127.0.0.1" in str(out.error) or "match" in str(out.error)
+    finally:
+        served.server.stop()
+
+
+def test_head_answers_with_the_headers_of_get(tmp_path: Path) -> None:
+    body = document.encode(SpiffeBundle("globex.example", (ca(),), 4, 60))
+    web_ca, cert, key = web_pki(tmp_path, "127.0.0.1")
+    served = Served(lambda: body, FileTls(cert, key))
+    try:
+        context = ssl.create_default_context(cafile=str(web_ca))
+        answers = {}
+        for method in ("GET", "HEAD"):
+            conn = http.client.HTTPSConnection("127.0.0.1", served.server.port, context=context)
+            conn.request(method, "/globex")
+            resp = conn.getresponse()
+            answers[method] = (
+                resp.status,
+                sorted((k, v) for k, v in resp.getheaders() if k not in ("Date", "Server")),
+                resp.read(),
+            )
+            conn.close()
+        assert answers["HEAD"][:2] == answers["GET"][:2]
+        assert ("Cache-Control", "no-store") in answers["HEAD"][1]
+        assert answers["GET"][2] == body and answers["HEAD"][2] == b""
     finally:
         served.server.stop()
 

@@ -164,6 +164,9 @@ def test_certificates_must_be_cas_of_that_trust_domain_valid_now() -> None:
     assert "names trust domain 'acme.example'" in refused(
         bundle_of(document.jwk(ca("acme.example")))
     )
+    # Read as a SPIFFE ID, not as a URL: a port, user or upper case is not the trust domain.
+    for near in ("globex.example:443", "x@globex.example", "Globex.example"):
+        assert f"names trust domain '{near}'" in refused(bundle_of(document.jwk(ca(near))))
     expired = ca(start=NOW - timedelta(days=40), days=30)
     assert "expired" in refused(bundle_of(document.jwk(expired)))
     constrained = ca(None, permitted="acme.example")

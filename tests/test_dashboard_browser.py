@@ -156,8 +156,12 @@ def _check_page(page: Any, fed: Fed, tmp_path: Path, url: str) -> None:
         allowed, denied, tls = _counters(text)
         return (allowed, denied, tls) if allowed >= ALLOWED and denied >= DENIED and tls else None
 
+    # Exactly what the test did: up's own probes of the import are counted apart.
     allowed, denied, tls = _wait("the counters", counted)
-    assert tls >= 1
+    assert (allowed, denied, tls) == (ALLOWED, DENIED, 1)
+    own = page.locator(f'#arrows tr[data-arrow="{arrow_id}"] td.own').text_content()
+    assert int(own or 0) >= 1
+    assert int(page.locator("#tile-probes .n").text_content() or 0) >= 1
     assert label.locator('text.live[data-line="1"]').text_content() == "● serving now"
     assert "st-serving" in (arrow.get_attribute("class") or "")
     row = page.locator(f'#arrows tr[data-arrow="{arrow_id}"] td.num').all_text_contents()

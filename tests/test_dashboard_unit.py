@@ -1,5 +1,5 @@
-"""The dashboard without Envoy: stats -> counters (from a captured ``/stats``), the boundary log
-tail, the JSON state, and the HTTP server."""
+"""The dashboard without Envoy: log lines -> counters (meshfed's own apart, across restarts),
+the boundary log tail, the JSON state, and the HTTP server."""
 
 from __future__ import annotations
 
@@ -7,29 +7,27 @@ import http.client
 import json
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from meshfed.dashboard.collect import Collector, load_model
-from meshfed.dashboard.logtail import BoundaryTail, row, tls_reason
+from meshfed.dashboard.counts import IngressCounts, Tally, arrow_counters
+from meshfed.dashboard.logtail import BoundaryTail, outcome, row, tls_reason
 from meshfed.dashboard.server import DashboardServer, Handler
-from meshfed.dashboard.stats import (
-    STATS_FILTER,
-    arrow_counters,
-    ingress_counters,
-    parse_stats,
-)
 from meshfed.local import dashboard as launch
 from meshfed.local.files import write_json
 from meshfed.local.health import SourceStatus
 from meshfed.local.layout import allocate_layout
-from meshfed.local.logs import LogEntry
+from meshfed.local.logs import LogEntry, boundary_view, decision, marked, read_entries
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import LOOPBACK, PortAllocator
+from meshfed.local.prober import FALSE_CLAIM, ProbeLedger, load_marks
 from meshfed.local.procs import start_time
 from meshfed.local.state import ProcessRecord, load_processes, save_processes
 from meshfed.local.summary import ImportInfo, RuntimeSummary, save_summary, summarize
@@ -39,154 +37,162 @@ from meshfed.workspace import open_workspace
 
 from conftest import EXAMPLES
 
-# Captured from the payments ingress of a running bank federation (`GET /stats`, trimmed to the
-# lines that matter plus look-alikes that must not count): 4 allowed and 1 denied tokenizer
-# calls; a caller of payments-dr's trust domain refused at the tokenizer handshake; on the ledger
-# (TCP) one allowed connection, then shop/catalog (not admitted: SAN) and a caller without a
-# certificate refused at the handshake; one connection with an unknown SNI.
-CAPTURED = """\
-cluster.inbound|cards/ledger.ssl.connection_error: 0
-cluster.inbound|cards/ledger.ssl.handshake: 3
-http.admin.downstream_cx_destroy: 2
-http.admin.downstream_cx_http1_active: 1
-http.admin.downstream_cx_http1_total: 3
-http.ingress_tokenizer.payments.global.downstream_cx_active: 0
-http.ingress_tokenizer.payments.global.downstream_cx_destroy: 4
-http.ingress_tokenizer.payments.global.downstream_cx_destroy_remote: 4
-http.ingress_tokenizer.payments.global.downstream_cx_http1_active: 0
-http.ingress_tokenizer.payments.global.downstream_cx_http1_total: 0
-http.ingress_tokenizer.payments.global.downstream_cx_http2_active: 0
-http.ingress_tokenizer.payments.global.downstream_cx_http2_total: 3
-http.ingress_tokenizer.payments.global.downstream_cx_http3_active: 0
-http.ingress_tokenizer.payments.global.downstream_cx_http3_total: 0
-http.ingress_tokenizer.payments.global.downstream_cx_ssl_total: 4
-http.ingress_tokenizer.payments.global.downstream_cx_total: 4
-http.ingress_tokenizer.payments.global.downstream_rq_4xx: 1
-http.ingress_tokenizer.payments.global.rbac.allowed: 4
-http.ingress_tokenizer.payments.global.rbac.denied: 1
-http.ingress_tokenizer.payments.global.rbac.shadow_allowed: 0
-http.ingress_tokenizer.payments.global.rbac.shadow_denied: 0
-ingress_ledger.payments.bank.global.rbac.allowed: 1
-ingress_ledger.payments.bank.global.rbac.denied: 0
-ingress_ledger.payments.bank.global.rbac.shadow_allowed: 0
-listener.127.0.0.1_24364.downstream_cx_destroy: 7
-listener.127.0.0.1_24364.downstream_cx_total: 7
-listener.127.0.0.1_24364.no_filter_chain_match: 1
-listener.127.0.0.1_24364.ssl.connection_error: 0
-listener.127.0.0.1_24364.ssl.fail_verify_cert_hash: 0
-listener.127.0.0.1_24364.ssl.fail_verify_error: 1
-listener.127.0.0.1_24364.ssl.fail_verify_no_cert: 1
-listener.127.0.0.1_24364.ssl.fail_verify_san: 1
-listener.127.0.0.1_24364.ssl.handshake: 4
-listener.127.0.0.1_24364.ssl.no_certificate: 0
-listener.admin.no_filter_chain_match: 0
-sds.default.version_text: "1"
-tcp.ingress_ledger.payments.bank.global.downstream_cx_total: 3
-tls_inspector.bytes_processed: P0(1450,1425) P25(1450,1425) P50(1450,1450) P100(1450,2750)
-tls_inspector.sni_found: 8
-"""
-LISTENER = "127.0.0.1:24364"
 TOKENIZER = "tokenizer.payments.global"
 LEDGER = "ledger.payments.bank.global"
+TWO_SANS = (
+    "spiffe://web.bank.example/ns/shop/sa/checkout,spiffe://web.bank.example/ns/shop/sa/catalog"
+)
+SEVERAL = "rbac_access_denied_matched_policy[several-uri-sans]"
 EXPORTS = {LEDGER: "TCP", TOKENIZER: "HTTP"}
+CHECKOUT = "spiffe://web.bank.example/ns/shop/sa/checkout"
+CATALOG = "spiffe://web.bank.example/ns/shop/sa/catalog"
+PROBER = "spiffe://web.bank.example/ns/meshfed-system/sa/meshfed-prober"
+NO_CERT = (
+    "TLS_error:|268435648:SSL_routines:OPENSSL_internal:PEER_DID_NOT_RETURN_A_CERTIFICATE:"
+    "peer_did_not_provide_required_client_certificate:TLS_error_end"
+)
+SAN = (
+    "TLS_error:|268435581:SSL_routines:OPENSSL_internal:CERTIFICATE_VERIFY_FAILED:"
+    "verify_cert_failed:_SAN_match:TLS_error_end"
+)
 
 
-# --- stats -> counters ---------------------------------------------------------------------------
+def _at(n: int) -> str:
+    return f"2026-01-01T00:00:{n:02d}.000Z"
 
 
-def test_parse_stats_keeps_counters_and_gauges_only() -> None:
-    stats = parse_stats(CAPTURED)
-    assert stats["http.ingress_tokenizer.payments.global.rbac.allowed"] == 4
-    assert "sds.default.version_text" not in stats  # a text readout
-    assert "tls_inspector.bytes_processed" not in stats  # a histogram
-    assert parse_stats("a.b: -1\nnot a stat\nc: 2x\n") == {"a.b": -1}
+def _conn(n: int, sni: str | None, caller: str | None, **fields: Any) -> dict[str, Any]:
+    """A connection line of the ingress (the fields Envoy writes, ``render/envoy``)."""
+    return {
+        "kind": "connection", "gateway": "ingress", "mesh": "payments", "time": _at(n),
+        "sni": sni, "caller": caller, "tls_failure": None, "flags": "-", "details": None,
+        "bytes_received": 90, "bytes_sent": 150, "upstream": None, "peer_cert": None,
+        **fields,
+    }  # fmt: skip
 
 
-def test_captured_stats_map_to_the_calls_that_were_made() -> None:
-    counters = ingress_counters(parse_stats(CAPTURED), LISTENER, EXPORTS)
-    tok, led = counters.chains[TOKENIZER], counters.chains[LEDGER]
-    assert (tok.allowed, tok.denied, tok.tls_failures) == (4, 1, 1)
-    # Both ledger refusals were at the handshake: a TCP export pins identities there.
-    assert (led.allowed, led.denied, led.tls_failures, led.tls_exact) == (1, 0, 2, True)
-    assert counters.tls_failures == 3  # fail_verify_error + no_cert + san
-    assert counters.handshakes == 4  # the listener's, not the upstream cluster's 3
-    assert counters.unknown_sni == 1
+def _traffic(root: Path, ledger: ProbeLedger) -> tuple[Path, Path]:
+    """Ingress logs of payments as Envoy writes them: callers' traffic (4 allowed, 1 denied
+    tokenizer calls; a caller of payments-dr's domain refused at the tokenizer handshake; on the
+    ledger one allowed connection, catalog refused (SAN) and a caller without a certificate;
+    one unknown SNI) and meshfed's own (a rotation check denied by the policy and one refused
+    at the handshake, both in the ledger), a request with a probe header meshfed never sent,
+    and the egress's health checks."""
+    access, conn = root / "access.log", root / "conn.log"
+    token = ledger.token("rotation check", "payments/ingress")
+    checks = {"cert": "ab" * 32, "refused": "cd" * 32}
+    for what, fp in checks.items():
+        with open(ledger.path, "a") as f:  # as ProbeLedger.certificate records it
+            f.write(json.dumps({"what": "rotation check", "target": what, "cert": fp,
+                                "time": datetime.now(UTC).isoformat()}) + "\n")  # fmt: skip
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    requests = [_request(_at(i), CHECKOUT, 200) for i in range(1, 5)]
+    requests.append(_request(_at(5), CATALOG, 403))
+    requests.append({**_request(now, PROBER, 403), "probe": token, "peer_cert": checks["cert"]})
+    requests.append({**_request(_at(6), CATALOG, 403), "probe": "f" * 32})  # a false claim
+    # The ledger's sessions as its tunnel logs them: checkout's, and a leaf with two URI SANs
+    # its tunnel refused before the workload was connected.
+    requests += [
+        _conn(12, LEDGER, CHECKOUT, details="via_upstream", decision="allowed"),
+        _conn(16, LEDGER, TWO_SANS, details=SEVERAL, decision="denied", bytes_received=0),
+    ]
+    _append(access, requests)
+    lines = [_health_check(_at(i)) for i in range(10)]
+    lines += [_conn(i, TOKENIZER, CHECKOUT) for i in range(1, 5)]  # the handshakes of the calls
+    lines += [
+        _conn(11, TOKENIZER, "spiffe://payments-dr.bank.example/ns/cards/sa/x",
+              tls_failure="TLS_error:|268435581:CERTIFICATE_VERIFY_FAILED:_no_trust_bundle",
+              bytes_received=0),
+        _conn(12, LEDGER, CHECKOUT, upstream="envoy://tunnel|ledger/"),
+        _conn(16, LEDGER, TWO_SANS, upstream_failure="tunnel_response:403", flags="UF,URX"),
+        _conn(13, LEDGER, CATALOG, tls_failure=SAN, bytes_received=0),
+        _conn(14, LEDGER, None, tls_failure=NO_CERT, bytes_received=0),
+        _conn(15, "nothing.global", None, flags="NR", bytes_received=0),
+        {**_conn(0, TOKENIZER, PROBER, tls_failure=SAN, peer_cert=checks["refused"]),
+         "time": now},
+    ]  # fmt: skip
+    _append(conn, lines)
+    return access, conn
 
 
-def test_the_stats_filter_selects_exactly_what_the_mapping_reads() -> None:
-    names = [line.partition(": ")[0] for line in CAPTURED.splitlines()]
-    chosen = {n for n in names if re.search(STATS_FILTER, n)}
-    expected = {
-        *(
-            f"http.ingress_{TOKENIZER}.{s}"
-            for s in (
-                "rbac.allowed",
-                "rbac.denied",
-                "downstream_cx_destroy",
-                *(f"downstream_cx_http{v}_{k}" for v in (1, 2, 3) for k in ("total", "active")),
-            )
-        ),
-        f"ingress_{LEDGER}.rbac.allowed",
-        f"ingress_{LEDGER}.rbac.denied",
-        *(
-            f"listener.127.0.0.1_24364.{s}"
-            for s in (
-                "no_filter_chain_match",
-                "ssl.connection_error",
-                "ssl.fail_verify_cert_hash",
-                "ssl.fail_verify_error",
-                "ssl.fail_verify_no_cert",
-                "ssl.fail_verify_san",
-                "ssl.handshake",
-            )
-        ),
-    }
-    assert chosen == expected
-    # Reading only the filtered stats gives the same counters.
-    filtered = "\n".join(line for line in CAPTURED.splitlines() if line.split(": ")[0] in chosen)
-    assert ingress_counters(parse_stats(filtered), LISTENER, EXPORTS) == ingress_counters(
-        parse_stats(CAPTURED), LISTENER, EXPORTS
-    )
+def _counted(root: Path, summary: RuntimeSummary, ledger: ProbeLedger) -> IngressCounts:
+    counts = IngressCounts()
+    tail = BoundaryTail(keep=50, ledger=ledger.path)
+    files: list[tuple[str, Any, Path]] = [
+        ("payments/ingress", "access", root / "access.log"),
+        ("payments/ingress", "conn", root / "conn.log"),
+    ]
+    tail.update(files, summary, lambda e: counts.count(e, EXPORTS))
+    return counts
 
 
-def test_http_tls_failures_leave_out_open_and_served_connections() -> None:
-    p = f"http.ingress_{TOKENIZER}."
-    stats = {
-        p + "downstream_cx_destroy": 10,
-        p + "downstream_cx_http1_total": 3,
-        p + "downstream_cx_http1_active": 0,
-        p + "downstream_cx_http2_total": 8,
-        p + "downstream_cx_http2_active": 2,  # still open: not destroyed either
-    }
-    assert (
-        ingress_counters(stats, LISTENER, {TOKENIZER: "HTTP"}).chains[TOKENIZER].tls_failures == 1
-    )
-    # A reading taken between two counter updates never goes negative.
-    stats[p + "downstream_cx_destroy"] = 8
-    assert (
-        ingress_counters(stats, LISTENER, {TOKENIZER: "HTTP"}).chains[TOKENIZER].tls_failures == 0
-    )
+# --- logs -> counters ----------------------------------------------------------------------------
 
 
-def test_several_tcp_exports_share_the_remainder() -> None:
-    stats = {"listener.127.0.0.1_24364.ssl.fail_verify_san": 5}
-    counters = ingress_counters(stats, LISTENER, {"a.global": "TCP", "b.global": "TCP"})
-    assert {c.tls_failures for c in counters.chains.values()} == {5}
-    assert not any(c.tls_exact for c in counters.chains.values())
-    both = arrow_counters(counters, ["a.global", "b.global"])
-    assert both.tls_failures == 5  # one remainder, counted once
-    assert not both.tls_exact
+def test_counts_from_the_logs_map_to_the_calls_that_were_made(tmp_path: Path) -> None:
+    ledger = ProbeLedger(RuntimePaths(tmp_path))
+    _traffic(tmp_path, ledger)
+    counts = _counted(tmp_path, _summary(tmp_path), ledger)
+    tok, led = counts.chains[TOKENIZER], counts.chains[LEDGER]
+    # The false claim is a caller's denial like any other.
+    assert (tok.allowed, tok.denied, tok.rejected, tok.tls_failures) == (4, 2, 0, 1)
+    # One count per TCP session (the tunnel's line), the two-SAN leaf's denial included.
+    assert (led.allowed, led.denied, led.tls_failures) == (1, 1, 2)
+    assert (counts.tls_failures, counts.handshakes, counts.unknown_sni) == (3, 6, 1)
+    # meshfed's own: the rotation check's request and its refused handshake, apart.
+    own = counts.probes[TOKENIZER]
+    assert (own.denied, own.tls_failures) == (1, 1) and counts.probe_tls_failures == 1
+    assert counts.since == _at(1)
+
+
+def test_a_probe_mark_counts_once_and_only_from_the_ledger(tmp_path: Path) -> None:
+    ledger = ProbeLedger(RuntimePaths(tmp_path))
+    token = ledger.token("import probe", "web tokenizer")
+    marks = load_marks(RuntimePaths(tmp_path))
+    now = datetime.now(UTC).isoformat()
+    assert marks.mark({"time": now, "probe": token}) == "import probe"
+    assert marks.mark({"time": now, "probe": token}) == FALSE_CLAIM  # replayed
+    assert marks.mark({"time": now, "probe": "0" * 32}) == FALSE_CLAIM  # never sent
+    late = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    other = ledger.token("import probe", "web tokenizer")
+    marks.read(ledger.path)  # the records written since
+    assert marks.mark({"time": late, "probe": other}) == FALSE_CLAIM  # not when it was sent
+    assert marks.mark({"time": now, "caller": CHECKOUT}) is None
+    assert stat.S_IMODE(ledger.path.stat().st_mode) == 0o600
+
+
+def test_counts_do_not_reset_when_a_gateway_or_the_dashboard_restarts(tmp_path: Path) -> None:
+    """Envoy appends to its log after a restart (its stats start at zero); a new dashboard
+    process reads the logs from their start: the totals are the same either way."""
+    ledger = ProbeLedger(RuntimePaths(tmp_path))
+    access, _ = _traffic(tmp_path, ledger)
+    summary = _summary(tmp_path)
+    counts = IngressCounts()
+    tail = BoundaryTail(keep=50, ledger=ledger.path)
+    files: list[tuple[str, Any, Path]] = [("payments/ingress", "access", access)]
+    tail.update(files, summary, lambda e: counts.count(e, EXPORTS))
+    _append(access, [_request(_at(30), CATALOG, 403), _request(_at(31), CATALOG, 403)])
+    tail.update(files, summary, lambda e: counts.count(e, EXPORTS))
+    assert counts.chains[TOKENIZER].denied == 4
+    fresh = _counted(tmp_path, summary, ledger)
+    assert fresh.chains[TOKENIZER].denied == 4
+    # The same number as meshfed logs --boundary shows (meshfed's own apart).
+    entries = marked(read_entries(files, True), load_marks(RuntimePaths(tmp_path)))
+    shown = [e for e in boundary_view(entries, summary) if decision(e.doc) == "denied 403"]
+    assert len([e for e in shown if e.probe in (None, FALSE_CLAIM)]) == 4
 
 
 def test_an_arrow_sums_its_chains_once() -> None:
-    stats = {
-        "http.ingress_wire.global.rbac.allowed": 3,
-        "http.ingress_own.global.rbac.allowed": 2,
-        "http.ingress_own.global.rbac.denied": 1,
-    }
-    counters = ingress_counters(stats, LISTENER, {"wire.global": "HTTP", "own.global": "HTTP"})
-    arrow = arrow_counters(counters, ["wire.global", "own.global", "wire.global", "gone.global"])
-    assert (arrow.allowed, arrow.denied, arrow.snis) == (5, 1, ("wire.global", "own.global"))
+    counts = IngressCounts()
+    counts.chains["wire.global"] = Tally(allowed=3)
+    counts.chains["own.global"] = Tally(allowed=2, denied=1)
+    counts.probes["own.global"] = Tally(denied=2, tls_failures=1)
+    served = {"wire.global": "HTTP", "own.global": "HTTP"}
+    arrow = arrow_counters(
+        counts, ["wire.global", "own.global", "wire.global", "gone.global"], served
+    )
+    assert (arrow.allowed, arrow.denied, arrow.probes) == (5, 1, 3)
+    assert arrow.snis == ("wire.global", "own.global")
 
 
 # --- boundary log tail ---------------------------------------------------------------------------
@@ -355,15 +361,10 @@ def test_tls_reasons_in_a_few_words(raw: str, reason: str) -> None:
 
 
 class FakeGateways:
-    """Stats and egress health as the admin interfaces would answer."""
+    """Egress health as the admin interfaces would answer."""
 
     def __init__(self, summary: RuntimeSummary) -> None:
-        self.ports = {p.admin_port: p.name for p in summary.processes}
-        self.stats: dict[str, dict[str, int]] = {}
         self.current: str | None = "payments"
-
-    def read_stats(self, port: int) -> dict[str, int]:
-        return self.stats.get(self.ports[port], {})
 
     def read_health(
         self, imp: ImportInfo, port: int | None
@@ -407,11 +408,11 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runt
 def test_state_has_the_graph_counters_health_and_log(runtime_dir: tuple[RuntimePaths, Any]) -> None:
     paths, summary = runtime_dir
     fake = FakeGateways(summary)
-    fake.stats["payments/ingress"] = parse_stats(CAPTURED.replace("24364", str(15443)))
-    ingress_log = log_path(paths.root, "payments/ingress", "access")
-    caller = "spiffe://web.bank.example/ns/shop/sa/checkout"
-    _append(ingress_log, [_request("2026-01-01T00:00:01.000Z", caller, 200)])
-    collector = Collector(paths, fake.read_stats, fake.read_health)
+    access, conn = _traffic(paths.root, ProbeLedger(paths))
+    os.replace(access, log_path(paths.root, "payments/ingress", "access"))
+    os.replace(conn, log_path(paths.root, "payments/ingress", "conn"))
+    caller = CHECKOUT
+    collector = Collector(paths, fake.read_health)
     state = collector.state()
     json.dumps(state)  # all of it is JSON
     assert state["federation"] == "bank" and state["error"] is None
@@ -429,25 +430,34 @@ def test_state_has_the_graph_counters_health_and_log(runtime_dir: tuple[RuntimeP
         return next(a for a in state["arrows"] if a["caller"] == caller and a["export"] == export)
 
     tok = arrow("web", "payments/tokenizer")
-    assert (tok["allowed"], tok["denied"], tok["tls_failures"]) == (4, 1, 1)
+    assert (tok["allowed"], tok["denied"], tok["tls_failures"], tok["probes"]) == (4, 2, 1, 2)
     assert (
         tok["state"] == "serving"
         and tok["order"] == 1
         and tok["principals"] == ["ns/shop/sa/checkout"]
     )
     led = arrow("web", "payments/ledger")
-    assert (led["allowed"], led["denied"], led["tls_failures"]) == (1, 0, 2)
+    assert (led["allowed"], led["denied"], led["tls_failures"]) == (1, 1, 2)
     dr = arrow("web", "payments-dr/tokenizer")
     assert dr["state"] == "standby" and dr["allowed"] == 0 and dr["order"] == 2
     # payments-dr answers the wire host too (the failover alias): both chains count.
     assert dr["snis"] == [TOKENIZER, "tokenizer.payments-dr.global"]
-    assert state["totals"] == {"allowed": 5, "denied": 1, "tls_failures": 3, "unknown_sni": 1}
+    assert state["totals"] == {
+        "allowed": 5, "denied": 3, "rejected": 0, "tls_failures": 3, "unknown_sni": 1,
+        "probes": 2,
+    }  # fmt: skip
+    assert state["since"] == _at(1)
     payments = next(m for m in state["meshes"] if m["name"] == "payments")
-    assert payments["ingress_up"] and payments["handshakes"] == 4
+    assert payments["ingress_up"] and payments["handshakes"] == 6
     imp = next(i for i in state["imports"] if i["local"].startswith("tokenizer."))
     assert imp["current"] == "payments"
     assert [s["mesh"] for s in imp["sources"]] == ["payments", "payments-dr"]
-    assert state["log"][0]["caller"] == caller and state["log"][0]["decision"] == "allowed 200"
+    # Newest first: meshfed's own check (marked), then the false claim (flagged).
+    newest = state["log"][0]
+    assert newest["caller"] == PROBER and newest["probe"] == "rotation check"
+    claim = next(r for r in state["log"] if r["false_probe_mark"])
+    assert claim["caller"] == CATALOG and claim["probe"] is None
+    assert any(r["caller"] == caller and r["decision"] == "allowed 200" for r in state["log"])
 
 
 def test_state_follows_a_stopped_gateway_and_failover(
@@ -461,9 +471,9 @@ def test_state_follows_a_stopped_gateway_and_failover(
         stopped = dict(records)
         stopped["payments/ingress"] = ProcessRecord("payments/ingress", "envoy", 1, -5, 0.0)
         save_processes(paths, stopped)
-        state = Collector(paths, fake.read_stats, fake.read_health).state()
+        state = Collector(paths, fake.read_health).state()
         tok = next(a for a in state["arrows"] if a["export"] == "payments/tokenizer")
-        assert not tok["ingress_up"] and tok["allowed"] is None
+        assert not tok["ingress_up"] and tok["allowed"] == 4  # counted while it is down
         assert tok["state"] == "down"
         dr = next(a for a in state["arrows"] if a["export"] == "payments-dr/tokenizer")
         assert dr["state"] == "serving"
@@ -477,9 +487,7 @@ def test_a_new_up_with_a_changed_spec_redraws(
     runtime_dir: tuple[RuntimePaths, Any], tmp_path: Path
 ) -> None:
     paths, summary = runtime_dir
-    collector = Collector(
-        paths, FakeGateways(summary).read_stats, FakeGateways(summary).read_health
-    )
+    collector = Collector(paths, FakeGateways(summary).read_health)
     before = collector.state()
     spec = tmp_path / "bank.yaml"
     text = (EXAMPLES / "bank.yaml").read_text()
@@ -517,7 +525,7 @@ def served(runtime_dir: tuple[RuntimePaths, Any]) -> Iterator[int]:
     paths, summary = runtime_dir
     server = DashboardServer((LOOPBACK, 0), Handler)
     fake = FakeGateways(summary)
-    server.collector = Collector(paths, fake.read_stats, fake.read_health)
+    server.collector = Collector(paths, fake.read_health)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
@@ -617,3 +625,30 @@ def test_launch_reports_a_dashboard_that_exits(tmp_path: Path) -> None:
     launch.log_path(paths).write_text("cannot listen on 127.0.0.1:1: in use\n")
     with pytest.raises(LocalError, match="exited"):
         launch.wait_listening(paths, lambda: False, timeout=0.1)
+
+
+# Request lines an ingress wrote for requests its codec refused (Envoy 1.40, bank example).
+CODEC_LINES = [
+    ('{"code":400,"decision":null,"details":"http1.codec_error","flags":"DPE","kind":"request"}',
+     "rejected 400: malformed HTTP (http1.codec_error)"),
+    ('{"code":431,"decision":null,"details":"http1.headers_too_large","flags":"DPE",'
+     '"kind":"request"}', "rejected 431: headers too large (http1.headers_too_large)"),
+    ('{"code":426,"decision":null,"details":"low_version","flags":"DPE","kind":"request"}',
+     "rejected 426: HTTP/1.0 not accepted (low_version)"),
+    ('{"code":501,"decision":null,"details":"http1.invalid_transfer_encoding","flags":"DPE",'
+     '"kind":"request"}', "rejected 501: unsupported transfer encoding "
+     "(http1.invalid_transfer_encoding)"),
+    ('{"code":404,"decision":null,"details":"route_not_found","flags":"NR","kind":"request"}',
+     "refused 404: no route"),
+    ('{"code":403,"decision":"denied","details":"rbac_access_denied_matched_policy[default-deny]",'
+     '"flags":"-","kind":"request"}', "denied 403"),
+    ('{"code":503,"decision":"allowed","details":"upstream_reset_before_response_started",'
+     '"flags":"UF","kind":"request"}', "allowed 503"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("line", "said"), CODEC_LINES)
+def test_requests_refused_before_the_policy_are_not_called_allowed(line: str, said: str) -> None:
+    doc = json.loads(line)
+    assert decision(doc) == said
+    assert outcome(doc) == said.split()[0]

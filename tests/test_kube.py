@@ -152,14 +152,14 @@ def test_primary_remote_render_is_valid_and_points_remotes_at_istiod() -> None:
     assert {r["route"][0]["destination"]["host"] for r in vs["spec"]["tls"]} == {
         "istiod.istio-system.svc.cluster.local"
     }
-    remote = out["payments"].secret_files["istio-operator-west.yaml"][0]["spec"]
+    remote = out["payments"].install_files["istio-operator-west.yaml"][0]["spec"]
     assert remote["profile"] == "remote"
     assert remote["values"]["global"]["remotePilotAddress"] == "192.0.2.99"
     assert remote["values"]["istiodRemote"] == {
         "enabled": True,
         "injectionPath": "/inject/cluster/west/net/pci",
     }
-    primary = out["payments"].secret_files["istio-operator-east.yaml"][0]["spec"]
+    primary = out["payments"].install_files["istio-operator-east.yaml"][0]["spec"]
     assert primary["values"]["global"]["externalIstiod"] is True
     assert primary["values"]["global"]["multiCluster"] == {"clusterName": "east"}
     assert "eastwest-gateway.yaml" not in out["web"].files
@@ -167,7 +167,7 @@ def test_primary_remote_render_is_valid_and_points_remotes_at_istiod() -> None:
 
 def test_remote_settings_wait_for_the_discovery_address() -> None:
     _, plan = fed_and_plan(SPEC.replace(", discoveryAddress: 192.0.2.99", ""))
-    files = rendered(plan)["payments"].secret_files
+    files = rendered(plan)["payments"].install_files
     assert "istio-operator-east.yaml" in files
     assert "istio-operator-west.yaml" not in files
 
@@ -456,6 +456,7 @@ _ISTIO = {
     ("security.istio.io/v1", "AuthorizationPolicy"): ("authorizationpolicies", True),
     ("security.istio.io/v1", "PeerAuthentication"): ("peerauthentications", True),
     ("telemetry.istio.io/v1", "Telemetry"): ("telemetries", True),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): ("envoyfilters", True),
 }
 
 
@@ -891,8 +892,8 @@ def test_a_primary_without_discovery_address_gets_its_load_balancers() -> None:
     ]
     plan = plan_of(completed, {m.name: "PEM" for m in completed.spec.meshes})
     out = rendered(plan)["payments"]
-    docs = [o for files in (out.files, out.secret_files) for d in files.values() for o in d]
-    remote = [o for o in docs if o["kind"] == "IstioOperator"]
+    docs = [o for d in out.install_files.values() for o in d]
+    remote = [o for o in docs if o.get("kind") == "IstioOperator"]
     assert any(
         o["spec"]["values"].get("global", {}).get("remotePilotAddress") == "127.0.0.9"
         for o in remote

@@ -132,7 +132,10 @@ def test_missing_application_namespace_is_said_plainly() -> None:
     with pytest.raises(ApplyRefused) as info:
         _rollout(_bare(log), ["payments"]).run(dry_run=True)
     text = str(info.value)
-    assert "Namespace cards (for PeerAuthentication cards/meshfed-strict)" in text
+    assert (
+        "Namespace cards (for AuthorizationPolicy cards/meshfed-guard-tokenizer, "
+        "PeerAuthentication cards/meshfed-strict)"
+    ) in text
     assert "it belongs to the applications (the workload cards/tokenizer)" in text
     assert "not found" not in text
     assert "would create Namespace istio-system" in text  # the rest was still dry-run

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,82 @@ def test_renderers_hold_no_principal_parsing_trust_choice_or_issuance() -> None:
         parsing = {"removeprefix", "partition", "rpartition", "split", "startswith"}
         assert not parsing.intersection(called), (where, parsing.intersection(called))
         assert not [c for c in called if c.startswith(("issue", "ensure_", "sign"))], where
+
+
+_STR_METHODS = {
+    "startswith",
+    "endswith",
+    "removeprefix",
+    "removesuffix",
+    "partition",
+    "rpartition",
+    "split",
+    "rsplit",
+    "find",
+    "index",
+    "replace",
+}
+_WORKLOAD_PATH = re.compile(r"(^|/)ns/[a-z0-9.*-]+/(sa/[a-z0-9.*-]*)?$")
+
+
+def _spiffe_literal(node: ast.AST) -> bool:
+    return (
+        isinstance(node, ast.Constant) and isinstance(node.value, str) and "spiffe://" in node.value
+    ) or (isinstance(node, ast.Name) and node.id == "SCHEME")
+
+
+def _hand_parsing(path: Path) -> list[str]:
+    """Where a module parses or formats a SPIFFE ID or an Istio principal itself: the scheme
+    in a string method, a comparison or a concatenation, or a literal workload path."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in _STR_METHODS
+            and any(_spiffe_literal(a) for a in node.args)
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.func.attr}")
+        elif isinstance(node, ast.Compare) and any(
+            _spiffe_literal(n) for n in (node.left, *node.comparators)
+        ):
+            found.append(f"{path.name}:{node.lineno} compare")
+        elif isinstance(node, ast.BinOp) and (
+            _spiffe_literal(node.left) or _spiffe_literal(node.right)
+        ):
+            found.append(f"{path.name}:{node.lineno} concatenation")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and _WORKLOAD_PATH.search(node.value)
+        ):
+            found.append(f"{path.name}:{node.lineno} {node.value!r}")
+        elif isinstance(node, ast.ImportFrom) and any(a.name == "SCHEME" for a in node.names):
+            found.append(f"{path.name}:{node.lineno} imports SCHEME")
+    return found
+
+
+def test_only_the_spiffe_module_parses_or_formats_identities() -> None:
+    """SPIFFE IDs and Istio principals are parsed and formatted by `meshfed.spiffe` alone
+    (docstrings and messages may show them)."""
+    found = [
+        hit
+        for path in sorted(SRC.rglob("*.py"))
+        if path != SRC / "spiffe.py"
+        for hit in _hand_parsing(path)
+    ]
+    assert found == []
+
+
+MAX_MODULE_LINES = 500
+"""The developers' guide: modules small (aim under ~500 lines), named for what they hold."""
+
+
+def test_no_module_outgrows_the_guide() -> None:
+    big = {
+        str(path.relative_to(SRC)): n
+        for path in sorted(SRC.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert big == {}, f"split these by concern: {big}"

@@ -378,17 +378,39 @@ def test_tcp_partner_root_is_not_trusted_on_a_chain_partner_may_not_use(
     assert (greeting, echoed) == ("refused", b"")
 
 
-def test_tcp_two_uri_sans_get_no_service(fed: Fed, tmp_path: Path) -> None:
-    # web's CA could mint checkout anyway, so the handshake passes (any SAN matches the list);
-    # network RBAC denies on the first byte.
-    before = _rbac_stats(fed, f"ingress_{LEDGER_SNI}")
-    greeting, echoed = _tcp(fed, tmp_path, _web_leaf(fed, CATALOG, CHECKOUT))
-    assert b"ping" not in echoed
+@pytest.mark.parametrize("sans", [[CATALOG, CHECKOUT], [CHECKOUT, CATALOG]])
+def test_tcp_two_uri_sans_get_not_one_byte_of_the_workload(
+    fed: Fed, tmp_path: Path, sans: list[str]
+) -> None:
+    # web's CA could mint checkout anyway, so the handshake passes (Envoy's SAN check accepts a
+    # certificate if any SAN matches). The export's tunnel authorizes the verified SANs before
+    # the workload is connected: the server-first ledger never greets this caller.
+    before = _rbac_stats(fed, f"http.ingress_{LEDGER_SNI}")
+    greeting, echoed = _tcp(fed, tmp_path, _web_leaf(fed, *sans))
+    assert (greeting, echoed) == ("", b"")  # handshake done, then closed: 0 bytes
     denied = before.get("denied", 0) + 1
     counted = poll(
-        lambda: _rbac_stats(fed, f"ingress_{LEDGER_SNI}").get("denied") == denied, timeout=3
+        lambda: _rbac_stats(fed, f"http.ingress_{LEDGER_SNI}").get("denied") == denied, timeout=3
     )
     assert counted is not None
-    # Control: the same client with one URI SAN is served.
+    entry = _tunnel_entry(fed, ",".join(sans))
+    assert entry is not None and entry["policy"] == "several-uri-sans"
+    # Control: the same client with one URI SAN is greeted before it sends a byte.
     greeting, echoed = _tcp(fed, tmp_path, _web_leaf(fed, CHECKOUT))
     assert "cards/ledger" in greeting and b"ping" in echoed
+
+
+def _tunnel_entry(fed: Fed, caller: str) -> dict[str, Any] | None:
+    path = log_path(fed.runtime.root, "pay/ingress", "access")
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [
+            e
+            for e in read_log_lines(path)
+            if e.get("sni") == LEDGER_SNI and e.get("caller") == caller
+        ]
+        return bool(found)
+
+    poll(seen, timeout=3)
+    return found[-1] if found else None

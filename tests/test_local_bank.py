@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -26,7 +27,8 @@ from local_helpers import (
     tcp_greeting_and_echo,
     tls_request,
 )
-from meshfed.local.logs import boundary_view, gateway_logs, read_entries
+from meshfed.dashboard.logtail import row
+from meshfed.local.logs import LogEntry, boundary_view, gateway_logs, read_entries
 from meshfed.local.procs import rss_bytes
 from meshfed.local.status import collect_status
 from meshfed.pki.certs import issue_leaf, make_intermediate_ca, make_root_ca
@@ -82,6 +84,9 @@ def test_allowed_caller_gets_200_and_its_own_identity(bank: Fed) -> None:
     resp = bank.call("web", "shop/checkout", TOKENIZE, "POST", b"4111111111111111")
     assert resp.status == 200
     doc = json.loads(resp.body)
+    headers = doc.pop("headers")
+    # The ingress set the caller header from checkout's verified certificate.
+    assert headers["x-meshfed-caller"] == CHECKOUT
     assert doc == {
         "mesh": "payments",
         "workload": "cards/tokenizer",
@@ -89,6 +94,15 @@ def test_allowed_caller_gets_200_and_its_own_identity(bank: Fed) -> None:
         "method": "POST",
         "path": "/v1/tokenize",
     }
+
+
+def test_a_host_that_is_no_import_never_leaves_the_mesh(bank: Fed) -> None:
+    # REGISTRY_ONLY (the plan's outbound policy): the caller's own sidecar answers 502, as
+    # Istio's block_all route does; nothing reaches the egress gateway.
+    for host in ("vault.cards.svc.cluster.local", "example.com", "tokenizer.payments.global"):
+        resp = bank.call("web", "shop/checkout", f"http://{host}/v1/tokenize", "POST", b"x")
+        assert resp.status == 502, (host, resp)
+        assert resp.body == b""
 
 
 def test_tcp_import_reaches_the_exporting_workload(bank: Fed) -> None:
@@ -257,6 +271,50 @@ def test_boundary_log_names_failures_and_decisions(bank: Fed) -> None:
         e.doc.get("decision") == "allowed" and e.doc.get("caller") == CHECKOUT for e in entries
     )
     assert not any(not e.doc.get("sni") and not e.doc.get("tls_failure") for e in entries)
+
+
+MALFORMED = {
+    b"GET / HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n": "rejected 400",
+    b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n": "rejected 431",
+    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n": "rejected 426",
+    b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n": "rejected 501",
+}
+"""Requests Envoy's codec refuses before any policy sees them, and how the boundary log says it."""
+
+
+def test_boundary_log_labels_codec_rejections(bank: Fed, tmp_path: Path) -> None:
+    key, cert = bank.leaf("web", CHECKOUT)
+    ctx = client_context(
+        tmp_path, [cert, bank.ws.pki.meshes["web"].ca_cert], key, bank.root_pem("payments")
+    )
+    for raw in MALFORMED:
+        with socket.create_connection(bank.ingress("payments"), timeout=5) as sock:
+            tls = ctx.wrap_socket(sock, server_hostname=SNI)
+            tls.sendall(raw)
+            answer = tls.recv(64)
+        assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5"), answer
+
+    def logged() -> list[str]:
+        result = CliRunner().invoke(
+            cli(), ["logs", "--state", str(bank.state), "--boundary", "--mesh", "payments"]
+        )
+        return [line for line in result.output.splitlines() if "rejected " in line]
+
+    assert poll(lambda: len(logged()) >= len(MALFORMED), timeout=10) is not None, logged()
+    lines = logged()
+    for label in MALFORMED.values():
+        assert any(label in line and f"caller={CHECKOUT}" in line for line in lines), lines
+    result = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"])
+    for code in ("400", "426", "431", "501"):
+        assert f"allowed {code}" not in result.output
+    rows = [row(e, bank.runtime.summary()) for e in _entries(bank) if e.doc.get("code") == 431]
+    assert rows and all(r["outcome"] == "rejected" for r in rows)
+
+
+def _entries(bank: Fed) -> list[LogEntry]:
+    summary = bank.runtime.summary()
+    files = gateway_logs(bank.runtime.root, summary, "payments", boundary=True)
+    return boundary_view(read_entries(files, boundary=True), summary)
 
 
 # --- 5. what crosses the boundary ----------------------------------------------------------------

@@ -26,7 +26,7 @@ from meshfed.local import admin
 from meshfed.local.client import NoResponse, Response
 from meshfed.local.procs import find_envoy
 from meshfed.render.envoy.files import process_dir
-from meshfed.render.envoy.rbac import HTTP_RBAC, NET_RBAC
+from meshfed.render.envoy.rbac import HTTP_RBAC
 from test_local_authz import LEDGER_SNI, TOKENIZE, TOKENIZER_SNI, _spec
 
 pytestmark = pytest.mark.envoy
@@ -106,14 +106,18 @@ def _write_renamed(path: Path, doc: Any) -> None:
 
 
 def _invalid(sni: str) -> dict[str, Any]:
-    """A filter configuration Envoy rejects: network RBAC without its required stat prefix."""
+    """A filter configuration Envoy rejects: an RBAC policy without permissions or principals
+    (each needs at least one)."""
     return {
         "version_info": "bad",
         "resources": [
             {
                 "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                 "name": f"rbac-{sni}",
-                "typed_config": {"@type": NET_RBAC, "rules": {"action": "DENY"}},
+                "typed_config": {
+                    "@type": HTTP_RBAC,
+                    "rules": {"action": "DENY", "policies": {"broken": {}}},
+                },
             }
         ],
     }
@@ -129,11 +133,12 @@ def test_big_policies_load_through_ecds_and_the_listener_stays_small(fed: Fed) -
     http = json.loads(_ecds(fed, TOKENIZER_SNI).read_text())["resources"][0]
     tcp = json.loads(_ecds(fed, LEDGER_SNI).read_text())["resources"][0]
     assert http["typed_config"]["@type"] == HTTP_RBAC
-    assert tcp["typed_config"]["@type"] == NET_RBAC
+    # A TCP export's RBAC runs in its tunnel's connection manager (render/envoy/tunnel.py).
+    assert tcp["typed_config"]["@type"] == HTTP_RBAC
     stats = admin.stats(_admin_port(fed), r"^extension_config_discovery\..*\.version_text$")
     assert stats == {
         f"extension_config_discovery.http_filter.rbac-{TOKENIZER_SNI}.version_text": "1",
-        f"extension_config_discovery.network_filter.rbac-{LEDGER_SNI}.version_text": "1",
+        f"extension_config_discovery.http_filter.rbac-{LEDGER_SNI}.version_text": "1",
     }
 
 

@@ -22,6 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from local_helpers import cli, poll, spec_copy
+from meshfed.local import procs
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.layout import (
@@ -32,7 +33,7 @@ from meshfed.local.layout import (
     layout_to_json,
 )
 from meshfed.local.locate import locate_state
-from meshfed.local.logs import LogEntry, boundary_view, decision, is_health_check
+from meshfed.local.logs import PROBE_SNI, LogEntry, boundary_view, decision, is_health_check
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.ports import PortAllocator, is_loopback, port_free
 from meshfed.local.procs import find_envoy, is_running, start_time
@@ -233,8 +234,8 @@ def test_stale_records_are_cleaned_up(tmp_path: Path) -> None:
     paths.ensure()
     save_processes(paths, {"x/ingress": ProcessRecord("x/ingress", "envoy", 2**22 + 7, 1, 0.0)})
     runtime = Runtime(tmp_path)
-    runtime._load()
-    notes = runtime._cleanup_stale()
+    runtime.sup.load()
+    notes = runtime.sup.cleanup_stale()
     assert notes and "gone" in notes[0]
     assert not paths.processes.exists()
 
@@ -339,7 +340,9 @@ def test_workload_host_answers_with_the_verified_caller() -> None:
         conn.request("POST", "/v1/x?y=1", body=b"abc", headers={"x-forwarded-client-cert": xfcc})
         resp = conn.getresponse()
         assert resp.status == 200
-        assert json.loads(resp.read()) == {
+        doc = json.loads(resp.read())
+        assert doc.pop("headers")["x-forwarded-client-cert"] == xfcc
+        assert doc == {
             "mesh": "a", "workload": "shop/tokenizer", "caller": CALLER,
             "method": "POST", "path": "/v1/x?y=1",
         }  # fmt: skip
@@ -425,23 +428,43 @@ def test_boundary_view_keeps_each_crossing_once(bank_ws: Workspace, tmp_path: Pa
         code=403,
         decision="denied",
     )
-    kept = boundary_view([health, http_conn, tcp_conn, refused, unknown, request], summary)
-    assert kept == [tcp_conn, refused, unknown, request]
-    assert is_health_check(health.doc)
-    assert decision(refused.doc).startswith("TLS handshake failed")
-    assert decision(unknown.doc) == "refused: no route for this SNI"
-    assert decision(request.doc) == "denied 403"
-    # A connection the network RBAC closed (Envoy's %CONNECTION_TERMINATION_DETAILS%).
-    closed = _entry(
-        "conn",
+    # A TCP session: the listener's line, and the line of the export's tunnel (its decision).
+    tunnel = _entry(
+        "access",
         kind="connection",
         sni="ledger.payments.bank.global",
         caller=CALLER,
         upstream="127.0.0.1:1",
-        flags="-",
-        details="rbac_access_denied_matched_policy[none]",
+        decision="allowed",
     )
-    assert decision(closed.doc) == "denied (rbac_access_denied_matched_policy[none])"
+    tunnel_refused = _entry(
+        "conn",
+        kind="connection",
+        sni="ledger.payments.bank.global",
+        caller=f"{CALLER},{CALLER}x",
+        upstream="envoy://tunnel|ledger.payments.bank.global/",
+        upstream_failure="tunnel_response:403",
+        flags="UF,URX",
+    )
+    probe = _entry("conn", kind="connection", sni=PROBE_SNI, caller=None, flags="-")
+    entries = [health, probe, http_conn, tcp_conn, tunnel_refused, tunnel, refused, unknown]
+    kept = boundary_view([*entries, request], summary)
+    assert kept == [tunnel, refused, unknown, request]
+    assert is_health_check(health.doc) and is_health_check(probe.doc)
+    assert decision(tunnel.doc) == "passed"
+    assert decision(refused.doc).startswith("TLS handshake failed")
+    assert decision(unknown.doc) == "refused: no route for this SNI"
+    assert decision(request.doc) == "denied 403"
+    # A session the tunnel's RBAC refused (Envoy's %RESPONSE_CODE_DETAILS% of the CONNECT).
+    closed = _entry(
+        "access",
+        kind="connection",
+        sni="ledger.payments.bank.global",
+        caller=f"{CALLER},{CALLER}x",
+        upstream=None,
+        details="rbac_access_denied_matched_policy[several-uri-sans]",
+    )
+    assert decision(closed.doc) == "denied (rbac_access_denied_matched_policy[several-uri-sans])"
 
 
 # --- locating a runtime, CLI errors --------------------------------------------------------------
@@ -485,3 +508,19 @@ def test_up_refuses_a_taken_ingress_port_before_starting_anything(
     assert result.exit_code == 1
     assert f"127.0.0.1:{listening} is already in use" in result.output
     assert not (tmp_path / "state" / "local" / "processes.json").exists()
+
+
+def test_inotify_limit_is_the_lower_of_the_kernel_and_the_user_namespace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a container (a user namespace) ``/proc/sys/user/max_inotify_instances`` may be lower
+    than ``fs.inotify.max_user_instances``; both apply, so ``up`` checks the lower one."""
+    kernel, userns = tmp_path / "kernel", tmp_path / "userns"
+    kernel.write_text("4096\n")
+    userns.write_text("128\n")
+    monkeypatch.setattr(procs, "INOTIFY_LIMITS", (kernel, userns))
+    headroom = procs.inotify_headroom()
+    assert headroom is not None and headroom[1] == 128
+    monkeypatch.setattr(procs, "INOTIFY_LIMITS", (kernel, tmp_path / "missing"))
+    headroom = procs.inotify_headroom()
+    assert headroom is not None and headroom[1] == 4096

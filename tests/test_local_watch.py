@@ -5,32 +5,19 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 
-from local_helpers import assert_nothing_left
+from local_helpers import MeshfedProcess, assert_nothing_left
 from meshfed.local.client import NoResponse, http_call
 from meshfed.local.ports import PortAllocator
 from meshfed.local.runtime import Runtime
 
 pytestmark = pytest.mark.envoy
 
-UP_WATCH = (
-    "import sys\n"
-    "from meshfed.cli.main import main\n"
-    "if 'up' not in main.commands:\n"
-    "    from meshfed.cli.local import register\n"
-    "    register(main)\n"
-    "sys.exit(main(['up', sys.argv[1], '--state', sys.argv[2], '--watch']))\n"
-)
 
 SPEC = """\
 apiVersion: meshfed.dev/v1alpha1
@@ -112,53 +99,15 @@ class Spec:
         self.path.write_text(text)
 
 
-class Watcher:
+class Watcher(MeshfedProcess):
     """``meshfed up SPEC --watch`` in a subprocess; its output lines, as they come."""
 
     def __init__(self, spec: Path, state: Path) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", UP_WATCH, str(spec), str(state)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            # A child of a non-interactive shell may inherit an ignored SIGINT: give it back.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.lines: queue.Queue[tuple[str, str]] = queue.Queue()
-        self.seen: list[tuple[str, str]] = []
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err")):
-            threading.Thread(target=self._read, args=(stream, name), daemon=True).start()
-
-    def _read(self, stream: IO[str], name: str) -> None:
-        for line in stream:
-            self.lines.put((name, line.rstrip("\n")))
-
-    def expect(self, stream: str, matches: Callable[[str], bool], timeout: float = 60) -> str:
-        """The next line of ``stream`` that ``matches`` (earlier lines are kept in ``seen``)."""
-        while True:
-            try:
-                name, line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no such line; output so far: {self.seen}") from None
-            self.seen.append((name, line))
-            if name == stream and matches(line):
-                return line
-
-    def output(self, stream: str) -> list[str]:
-        return [line for name, line in self.seen if name == stream]
+        super().__init__("up", str(spec), "--state", str(state), "--watch")
 
     def stop(self, sig: int) -> int:
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        self.signal(sig)
+        return self.wait(timeout=30)
 
 
 @pytest.fixture
@@ -229,7 +178,7 @@ def test_edits_apply_live_and_bad_ones_change_nothing(
     assert "exposes left/pay2" in line and "stops exposing left/pay " in line
     status, doc = _call(runtime, "http://pay2.app.svc.cluster.local/x")
     assert status == 200 and doc is not None and doc["workload"] == "app/pay"
-    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == 404  # no such name
+    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == 502  # no import
     assert _pids(runtime) == after
 
     # Ctrl-C: the watch ends cleanly; the federation keeps running for meshfed down.
@@ -254,4 +203,4 @@ def test_sigterm_stops_the_watch_and_leaves_the_federation(
     assert records and all(r.alive for r in records.values())
     assert ("left/sidecar/app/pay" in records) == applied
     assert _call(runtime, API)[0] == 200
-    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == (200 if applied else 404)
+    assert _call(runtime, "http://pay.app.svc.cluster.local/x")[0] == (200 if applied else 502)

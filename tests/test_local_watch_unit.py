@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from local_helpers import spec_copy
-from meshfed.cli.local import _edit_line
 from meshfed.local.certs import identity_for
 from meshfed.local.files import write_json
 from meshfed.local.layout import allocate_layout
@@ -34,12 +34,16 @@ from meshfed.local.watch import (
     IN_CLOSE_WRITE,
     IN_IGNORED,
     IN_MOVED_TO,
+    SETTLE_S,
     Event,
     FileWatcher,
     concerns,
+    look,
     parse_events,
 )
-from meshfed.local.xds import EnvoyFiles, file_state, secrets_for
+from meshfed.local.watchloop import edit_line
+from meshfed.local.xds import EnvoyFiles, secrets_for
+from meshfed.local.xds_state import file_state
 from meshfed.plan.diff import security_diff
 from meshfed.render.envoy import render_local
 from meshfed.workspace import Workspace, open_workspace
@@ -101,6 +105,21 @@ def test_in_place_write_is_a_change(watcher: FileWatcher) -> None:
     _after(0.05, lambda: watcher.path.write_text("version: 2\n"))
     assert watcher.wait(timeout=10)
     assert not watcher.wait(timeout=NO_CHANGE)  # reported once
+
+
+def test_a_re_stat_does_not_report_a_save_half_done(tmp_path: Path) -> None:
+    """An in-place save truncates first: a re-stat in between must not report the empty file
+    (and then the saved one as a second change)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\n")
+    w = FileWatcher(spec)
+    w.close()  # re-stat only, as without inotify
+    with open(spec, "w") as f:  # truncated, not written yet
+        assert not w.changed()
+        f.write("version: 2\n")
+    time.sleep(SETTLE_S * 2)
+    assert w.changed()
+    assert w.last == look(spec) and not w.changed()
 
 
 def test_rename_into_place_is_a_change(watcher: FileWatcher) -> None:
@@ -171,19 +190,19 @@ def test_edit_line_names_changes_envoys_and_probes(bank_ws: Workspace) -> None:
         probes=[ProbeResult(probe, True, "200"), ProbeResult(probe, True, "kept", False)],
     )
     changes = security_diff(None, bank_ws.plan)
-    line = _edit_line("12:00:00", "bank.yaml", 0.1184, changes, report)
+    line = edit_line("12:00:00", "bank.yaml", 0.1184, changes, report)
     assert line.startswith("12:00:00 applied bank.yaml in 118 ms: ")
     assert str(changes[0]) in line and f"(+{len(changes) - 3} more)" in line
     assert "| started payments/sidecar/cards/fraud, updated payments/ingress, web/egress |" in line
     assert line.endswith("| 1 import probed: ok")
     assert "dashboard" not in line
 
-    quiet = _edit_line("12:00:01", "bank.yaml", 0.02, [], _report(bank_ws))
+    quiet = edit_line("12:00:01", "bank.yaml", 0.02, [], _report(bank_ws))
     assert quiet.endswith(
         "no security-relevant change | no Envoy changed | no import to probe again"
     )
     failed = _report(bank_ws, probes=[ProbeResult(probe, False, "HTTP 503")])
-    assert _edit_line("t", "s", 0, [], failed).endswith("| 1 import probed: 1 FAILED")
+    assert edit_line("t", "s", 0, [], failed).endswith("| 1 import probed: 1 FAILED")
 
 
 # --- what a re-apply touches ---------------------------------------------------------------------

@@ -329,6 +329,13 @@ def test_root_replaced(shared: tuple[PKIStore, object], tmp_path: Path) -> None:
     expect_error(store, request(), r"pki/root/root-cert\.pem: fingerprint .* differs")
 
 
+def test_root_that_is_not_self_signed(shared: tuple[PKIStore, object]) -> None:
+    store, _ = shared
+    for root, mesh in (("root-cert.pem", "ca-cert.pem"), ("root-key.pem", "ca-key.pem")):
+        (store.dir / "root" / root).write_bytes((store.dir / "east" / mesh).read_bytes())
+    expect_error(store, request(), r"pki/root/root-cert\.pem: is not a self-signed root")
+
+
 def test_root_removed_while_meshes_exist(shared: tuple[PKIStore, object]) -> None:
     store, _ = shared
     shutil.rmtree(store.dir / "root")

@@ -11,9 +11,10 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshfed.plan.boundary import ADDRESS_HEADERS, RESPONSE_HEADERS_REMOVED
+from meshfed.plan.boundary import RESPONSE_HEADERS_REMOVED
 from meshfed.plan.model import FederationPlan
 from meshfed.render.envoy import ProcessConfig, render_local
+from meshfed.spec.headers import CALLER_HEADER, STRIPPED_HEADERS
 from meshfed.spec.model import Federation
 from meshfed.spec.paths import PathError, PathMatch, parse_path
 from meshfed.workspace import Workspace, plan_of
@@ -102,14 +103,20 @@ def test_both_renderers_remove_the_plans_response_headers(
     for mesh in ws.plan.meshes:
         policy = mesh.boundary
         assert policy.response_headers_removed == RESPONSE_HEADERS_REMOVED
-        assert policy.request_headers_removed == ADDRESS_HEADERS
+        assert policy.request_headers_removed == (*STRIPPED_HEADERS, CALLER_HEADER)
         http = [s for s in mesh.ingress.servers if s.protocol == "HTTP"]
         hcms = _ingress_hcms(processes[f"{mesh.name}/ingress"])
         assert len(hcms) == len(http)
         for hcm in hcms:
             route = hcm["route_config"]
+            removed = policy.request_headers_removed_for(route["name"])
             assert route["response_headers_to_remove"] == list(policy.response_headers_removed)
-            assert route["request_headers_to_remove"] == list(policy.request_headers_removed)
+            assert route["request_headers_to_remove"] == list(removed)
+            (caller,) = route["request_headers_to_add"]
+            assert caller["header"] == {
+                "key": policy.caller_header,
+                "value": "%DOWNSTREAM_PEER_URI_SAN%",
+            }
             assert hcm["forward_client_cert_details"] == policy.client_cert.at_ingress
             assert hcm["skip_xff_append"] is not policy.forward_caller_address
         routes = [
@@ -121,6 +128,10 @@ def test_both_renderers_remove_the_plans_response_headers(
         assert len(routes) == len(http)
         for route in routes:
             assert route["headers"]["response"]["remove"] == list(policy.response_headers_removed)
+            request = route["headers"]["request"]
+            assert policy.caller_header in request["remove"]  # removed first, then set
+            assert request["set"] == {policy.caller_header: "%DOWNSTREAM_PEER_URI_SAN%"}
+            assert set(STRIPPED_HEADERS) <= set(request["remove"])  # the bank keeps none
 
 
 def test_xfcc_is_accepted_from_the_planned_forwarder_only(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from local_helpers import numbered_layout
 from meshfed.pki.certs import certs_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.render.envoy import files, render_local
-from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
+from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
 from meshfed.render.envoy.tls import CALLER_CA, LOCAL_CA, PEER_CA
 from meshfed.workspace import Workspace, open_workspace
@@ -27,34 +27,20 @@ from conftest import EXAMPLES
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
 
 
-def fake_layout(ws: Workspace) -> LocalLayout:
-    ports = iter(range(21000, 29000))
-    return LocalLayout(
-        {
-            m.name: MeshLayout(
-                m.name,
-                next(ports),
-                next(ports),
-                next(ports),
-                {
-                    w.ref: SidecarLayout(
-                        w.ref,
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        next(ports),
-                        {
-                            f"{i.local_host}:{i.port}": next(ports)
-                            for i in m.imports
-                            if i.protocol == "TCP"
-                        },
-                    )
-                    for w in m.workloads
-                },
-            )
-            for m in ws.plan.meshes
-        }
+def envoy_validates(path: Path, config: dict[str, Any], what: str = "") -> None:
+    """Envoy itself accepts ``config`` (``--mode validate``), written to ``path``."""
+    path.write_text(json.dumps(config))
+    result = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert result.returncode == 0, f"{what}{result.stdout}{result.stderr}"
+
+
+def fake_layout(ws: Workspace) -> LocalLayout:
+    return numbered_layout(ws.plan)
 
 
 Rendered = tuple[Workspace, Path, dict[str, ProcessConfig]]
@@ -116,16 +102,7 @@ def validate_with_envoy(ws: Workspace, run: Path, processes: dict[str, ProcessCo
             "listeners": [strip(inline(r)) for r in process.listeners],
             "clusters": [strip(r) for r in process.clusters],
         }
-        path = folder / "validate.json"
-        path.write_text(json.dumps(boot))
-        result = subprocess.run(
-            [ENVOY, "--mode", "validate", "-c", str(path), "--log-level", "error"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ},
-        )
-        assert result.returncode == 0, f"{process.name}: {result.stdout}{result.stderr}"
+        envoy_validates(folder / "validate.json", boot, f"{process.name}: ")
 
 
 def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
@@ -133,22 +110,30 @@ def test_envoy_accepts_every_process_config(rendered: Rendered) -> None:
     validate_with_envoy(ws, run, processes)
 
 
+def _gateway(process: ProcessConfig) -> dict[str, Any]:
+    """The process's one socket listener (an ingress also has internal listeners)."""
+    (listener,) = [item for item in process.listeners if "address" in item]
+    return listener
+
+
 def test_ingress_chains_are_exactly_the_planned_snis(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
-        (listener,) = processes[f"{mesh.name}/ingress"].listeners
+        listener = _gateway(processes[f"{mesh.name}/ingress"])
         assert listener["address"]["socket_address"] == {
             "address": mesh.ingress.address,
             "port_value": mesh.ingress.port,
         }
         names = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
-        if mesh.ingress.servers:
-            assert names == [[s.sni] for s in mesh.ingress.servers]
-            for chain in listener["filter_chains"]:
-                assert chain["transport_socket"]["typed_config"]["require_client_certificate"]
-        else:
-            assert names == [["nothing-exported.invalid"]]
+        # Every exported SNI, and the probe consumers' egress gateways send (no export).
+        assert names == [[s.sni] for s in mesh.ingress.servers] + [[mesh.ingress.probe_sni]]
+        for chain in listener["filter_chains"]:
+            assert chain["transport_socket"]["typed_config"]["require_client_certificate"]
+        probe = listener["filter_chains"][-1]
+        assert [f["name"] for f in probe["filters"]] == ["envoy.filters.network.tcp_proxy"]
         assert "default_filter_chain" not in listener  # unknown SNI: no chain, reset
+        tunnels = [item["name"] for item in processes[f"{mesh.name}/ingress"].listeners][1:]
+        assert tunnels == [f"tunnel|{s.sni}" for s in mesh.ingress.servers if s.protocol == "TCP"]
 
 
 def _rbac_config(process: ProcessConfig, chain: dict[str, Any]) -> dict[str, Any]:
@@ -173,11 +158,16 @@ def _rbac_config(process: ProcessConfig, chain: dict[str, Any]) -> dict[str, Any
 def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) -> None:
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
-        (listener,) = processes[f"{mesh.name}/ingress"].listeners
-        if not mesh.ingress.servers:
-            continue
-        for server, chain in zip(mesh.ingress.servers, listener["filter_chains"], strict=True):
-            config = _rbac_config(processes[f"{mesh.name}/ingress"], chain)
+        ingress = processes[f"{mesh.name}/ingress"]
+        chains = {c["name"]: c for c in _gateway(ingress)["filter_chains"]}
+        tunnels = {item["name"]: item for item in ingress.listeners}
+        for server in mesh.ingress.servers:
+            # TCP: the RBAC sits in the export's tunnel, on the caller header the chain set.
+            chain = (
+                chains[server.sni] if server.protocol == "HTTP" else tunnels[f"tunnel|{server.sni}"]
+            )
+            config = _rbac_config(ingress, chain)
+            input_name = "uri_san" if server.protocol == "HTTP" else mesh.boundary.caller_header
             assert "rules" not in config  # the matcher (render/envoy/rbac.py), deny by default
             exact = {
                 key
@@ -189,7 +179,7 @@ def test_ingress_rbac_allows_exactly_the_planned_principals(rendered: Rendered) 
                 m["single_predicate"]["value_match"]["prefix"] + "*"
                 for m in walk(config["matcher"])
                 if isinstance(m, dict)
-                and m.get("single_predicate", {}).get("input", {}).get("name") == "uri_san"
+                and m.get("single_predicate", {}).get("input", {}).get("name") == input_name
                 and "prefix" in m["single_predicate"]["value_match"]
             }
             assert sorted(exact | prefixes) == sorted(
@@ -219,7 +209,7 @@ def test_egress_fails_over_in_planned_order(rendered: Rendered) -> None:
             ]
             assert endpoints == [(s.priority, s.port) for s in route.sources]
             assert cluster["health_checks"] and cluster["outlier_detection"]
-        (listener,) = egress.listeners
+        listener = _gateway(egress)
         snis = [c["filter_chain_match"]["server_names"] for c in listener["filter_chains"]]
         assert snis == (
             [[r.wire_host] for r in mesh.egress.routes] or [["nothing-exported.invalid"]]
@@ -242,6 +232,25 @@ def test_sidecar_presents_its_own_identity_and_checks_the_exporters(rendered: Re
                 sans = validation["default_validation_context"]["match_typed_subject_alt_names"]
                 assert [s["matcher"]["exact"] for s in sans] == list(route.upstream_spiffe_ids)
                 assert validation["validation_context_sds_secret_config"]["name"] == PEER_CA
+
+
+def test_sidecars_let_out_only_imports_as_the_plan_says(rendered: Rendered) -> None:
+    """The plan's outbound policy (REGISTRY_ONLY, Istio's meshConfig.outboundTrafficPolicy):
+    the outbound listener routes each HTTP import's local name, and answers any other host
+    itself with 502, as Istio's ``block_all`` virtual host does."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        assert mesh.boundary.outbound == "REGISTRY_ONLY"
+        imports = sorted(r.local_host for r in mesh.imports if r.protocol == "HTTP")
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            (outbound,) = [x for x in sidecar.listeners if x["name"] == "outbound"]
+            (hcm,) = outbound["filter_chains"][0]["filters"]
+            hosts = hcm["typed_config"]["route_config"]["virtual_hosts"]
+            *routed, catch_all = hosts
+            assert sorted(d for h in routed for d in h["domains"]) == imports
+            assert catch_all["domains"] == ["*"] and catch_all["name"] == "block_all"
+            assert [r["direct_response"] for r in catch_all["routes"]] == [{"status": 502}]
 
 
 def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:
@@ -271,8 +280,7 @@ def test_tcp_exports_admit_only_allowed_identities_to_the_handshake(rendered: Re
     ws, _, processes = rendered
     for mesh in ws.plan.meshes:
         ingress = processes[f"{mesh.name}/ingress"]
-        (listener,) = ingress.listeners
-        chains = {c["name"]: c for c in listener["filter_chains"]}
+        chains = {c["name"]: c for c in _gateway(ingress)["filter_chains"]}
         for server in mesh.ingress.servers:
             common = chains[server.sni]["transport_socket"]["typed_config"]["common_tls_context"]
             combined = common["combined_validation_context"]

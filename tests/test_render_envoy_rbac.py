@@ -16,6 +16,7 @@ from meshfed.plan.model import AllowRule, IngressServer, PathMatch, Workload
 from meshfed.render.envoy import rbac, render_local
 from meshfed.render.envoy.ingress import tcp_caller_ca
 from meshfed.render.envoy.tls import CALLER_CA
+from meshfed.spec.headers import CALLER_HEADER
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spiffe import PrincipalMatch
 from meshfed.workspace import open_workspace
@@ -150,6 +151,9 @@ def _string(match: dict[str, Any], value: str | None) -> bool:
         return bool(value == expected)
     if how == "prefix":
         return value.startswith(expected)
+    if how == "safe_regex":  # the only regex rendered: a header with a value
+        assert expected == {"google_re2": {}, "regex": "(?s).+"}, expected
+        return value != ""
     assert how == "contains", how
     return expected in value
 
@@ -219,9 +223,9 @@ def rendered_matcher(srv: IngressServer) -> dict[str, Any]:
     if srv.protocol == "HTTP":
         config = rbac.http_filter(srv)["typed_config"]
         assert config["@type"] == rbac.HTTP_RBAC
-    else:
-        config = rbac.network_filter(srv, "ingress_x")["typed_config"]
-        assert config["@type"] == rbac.NET_RBAC and config["stat_prefix"] == "ingress_x"
+    else:  # in the export's tunnel, on the header the ingress set (render/envoy/tunnel.py)
+        config = rbac.tunnel_config(srv, CALLER_HEADER)
+        assert config["@type"] == rbac.HTTP_RBAC
     assert "rules" not in config
     matcher: dict[str, Any] = config["matcher"]
     return matcher
@@ -237,6 +241,8 @@ def test_matcher_decides_exactly_what_the_plan_allows(name: str) -> None:
     allowed = 0
     for sans, method, path in itertools.product(CALLERS, METHODS, PATHS):
         headers = {":method": method, ":path": path}
+        if sans:  # %DOWNSTREAM_PEER_URI_SAN%: every URI SAN, joined by ","; none: no header
+            headers[CALLER_HEADER] = ",".join(sans)
         action, verdict = evaluate(matcher, sans, headers)
         want = intended(srv, sans, method, path)
         assert (verdict == "ALLOW") == want, (sans, method, path, action)
@@ -375,7 +381,7 @@ def test_envoy_accepts_large_policies_and_tcp_chains_trust_only_their_consumers(
     }
     assert domains[CALLER_CA] == ["partner.test", "web.test"]
     assert domains[tcp_caller_ca(ledger)] == ["web.test"]
-    (listener,) = ingress.listeners
+    listener = ingress.listeners[0]  # then the TCP exports' tunnels (internal listeners)
     (chain,) = [c for c in listener["filter_chains"] if c["name"] == ledger.sni]
     validation = chain["transport_socket"]["typed_config"]["common_tls_context"][
         "combined_validation_context"

@@ -65,7 +65,8 @@ def _secret(rendered: dict, name: str, key: str) -> str:  # type: ignore[type-ar
 
 
 def _render(ws: Workspace, mesh: str) -> dict:  # type: ignore[type-arg]
-    return ws.istio_mesh(mesh).secret_files
+    rendered = ws.istio_mesh(mesh)
+    return {**rendered.secret_files, **rendered.install_files}
 
 
 @pytest.fixture

@@ -224,6 +224,57 @@ CASES = {
             "keep one",
         ),
     ),
+    "workload as meshfed's prober": (
+        [
+            (
+                "{name: catalog, namespace: shop, serviceAccount: catalog,",
+                "{name: catalog, namespace: meshfed-system, serviceAccount: meshfed-prober,",
+            )
+        ],
+        (
+            "name: catalog",
+            "spec.meshes[2].workloads[1].serviceAccount",
+            "meshfed-system/meshfed-prober, meshfed's prober identity",
+            "namespace of its own",
+        ),
+    ),
+    "workload as a federation gateway": (
+        [
+            (
+                "{name: vault, namespace: cards, serviceAccount: vault,",
+                "{name: vault, namespace: meshfed-system, serviceAccount: federation-ingress,",
+            )
+        ],
+        (
+            "name: vault",
+            "spec.meshes[0].workloads[2].serviceAccount",
+            "the identity of the mesh's federation ingress",
+            "meshfed-system is meshfed's",
+        ),
+    ),
+    "workload in meshfed's namespace": (
+        [("{name: catalog, namespace: shop,", "{name: catalog, namespace: meshfed-system,")],
+        (
+            "name: catalog",
+            "spec.meshes[2].workloads[1].namespace",
+            "namespace meshfed-system is meshfed's own",
+            "namespace of its own",
+        ),
+    ),
+    "principal naming meshfed's identities": (
+        [
+            (
+                "principals: [ns/shop/sa/checkout]\n  imports",
+                "principals: [ns/meshfed-system/sa/meshfed-prober]\n  imports",
+            )
+        ],
+        (
+            "principals: [ns/meshfed-system",
+            "spec.exports[2].consumers[0].principals[0]",
+            "names meshfed's own identities in mesh web",
+            "ns/<namespace>/sa/<service account>",
+        ),
+    ),
     "shared ingress listener": (
         [("port: 15444}", "port: 15443}")],
         (

@@ -135,3 +135,85 @@ def test_agrees_with_py_spiffe(text: str) -> None:
         # py-spiffe also takes what meshfed refuses on purpose: a bare trust domain (meshfed
         # names workloads only) and upper case (it lower-cases, meshfed asks for lower case).
         assert theirs.path == "" or text != str(theirs)
+
+
+def test_istio_principals_parse_back_to_the_match_istio_applies() -> None:
+    assert spiffe.parse_istio_principal("w.t/ns/a/sa/b") == PrincipalMatch("spiffe://w.t/ns/a/sa/b")
+    assert spiffe.parse_istio_principal("w.t/ns/a/*") == PrincipalMatch(
+        "spiffe://w.t/ns/a/", prefix=True
+    )
+    # ``*`` (any identity) and a suffix are no PrincipalMatch: they name no trust domain.
+    assert spiffe.parse_istio_principal("*") is None
+    assert spiffe.parse_istio_principal("*/sa/admin") is None
+
+
+@given(domains, st.lists(segments, max_size=4).map("/".join), st.booleans())
+def test_istio_principal_form_round_trips(domain: str, path: str, prefix: bool) -> None:
+    match = PrincipalMatch(spiffe.domain_prefix(domain) + path, prefix=prefix)
+    assert spiffe.parse_istio_principal(spiffe.istio_principal(match)) == match
+
+
+def test_how_far_a_match_reaches() -> None:
+    web = "spiffe://web.test/"
+    # A prefix short of the trust domain's '/' reaches other trust domains.
+    for value in ("spiffe://web", "spiffe://web.test", "spiffe://"):
+        match = PrincipalMatch(value, prefix=True)
+        assert not match.within_one_domain and not match.covers_domain
+        assert match.may_match_domain("web.test")
+        assert match.matches("spiffe://web.testx/ns/a/sa/b")
+    # Every workload of the domain: the domain, ``ns/``, or any prefix of ``ns/``.
+    for value in (web, web + "n", web + "ns", web + "ns/"):
+        match = PrincipalMatch(value, prefix=True)
+        assert match.within_one_domain and match.covers_domain, value
+    for value in (web + "ns/a/", web + "ns/a/sa/b"):
+        assert not PrincipalMatch(value, prefix=True).covers_domain
+    exact = PrincipalMatch(web + "ns/a/sa/b")
+    assert exact.within_one_domain and not exact.covers_domain
+    assert exact.may_match_domain("web.test") and not exact.may_match_domain("web")
+    assert not PrincipalMatch(web + "ns/", prefix=True).may_match_domain("web.tes")
+
+
+@given(domains, domains, paths, st.booleans(), st.integers(0, 60))
+def test_may_match_domain_agrees_with_matching(
+    domain: str, other: str, path: str, prefix: bool, cut: int
+) -> None:
+    identity = spiffe.domain_prefix(other) + path
+    match = PrincipalMatch(identity[:cut] if prefix else identity, prefix=prefix)
+    assert match.matches(identity) and match.may_match_domain(other)
+    if not match.may_match_domain(domain):
+        assert not match.matches(spiffe.domain_prefix(domain) + path)
+    if match.within_one_domain:
+        assert match.trust_domain == other
+
+
+def test_completions_are_valid_ids_the_match_admits() -> None:
+    exact = PrincipalMatch("spiffe://w.t/ns/a/sa/b")
+    assert exact.completions("probe") == ("spiffe://w.t/ns/a/sa/b",)
+    assert PrincipalMatch("spiffe://w.t/ns/a/", prefix=True).completions("probe") == (
+        "spiffe://w.t/ns/a/probe",
+        "spiffe://w.t/ns/a/sa/probe",
+    )
+    assert PrincipalMatch("spiffe://w.t/ns/a/sa/b", prefix=True).completions("p") == (
+        "spiffe://w.t/ns/a/sa/b",
+        "spiffe://w.t/ns/a/sa/bp",
+        "spiffe://w.t/ns/a/sa/bsa/p",
+    )
+
+
+@given(domains, st.lists(segments, max_size=3).map("/".join), st.booleans(), segments)
+def test_every_completion_matches(domain: str, path: str, prefix: bool, name: str) -> None:
+    match = PrincipalMatch(spiffe.domain_prefix(domain) + path, prefix=prefix)
+    for identity in match.completions(name):
+        spiffe.validate_spiffe_id(identity)
+        assert match.matches(identity)
+
+
+def test_matches_within_matches() -> None:
+    ns = spiffe.namespace_workloads("w.t", "meshfed-system")
+    assert ns == PrincipalMatch("spiffe://w.t/ns/meshfed-system/", prefix=True)
+    assert PrincipalMatch("spiffe://w.t/ns/meshfed-system/sa/p").within(ns)
+    assert PrincipalMatch("spiffe://w.t/ns/meshfed-system/sa/", prefix=True).within(ns)
+    assert not spiffe.whole_domain("w.t").within(ns)
+    assert not PrincipalMatch("spiffe://w.t/ns/meshfed-systemx/sa/p").within(ns)
+    exact = PrincipalMatch("spiffe://w.t/ns/a/sa/b")
+    assert exact.within(exact) and not PrincipalMatch(exact.value, prefix=True).within(exact)

@@ -155,3 +155,22 @@ def test_render_over_an_output_with_the_old_marker_keeps_unknown_files(tmp_path:
     (out / "README.md").write_text("ours\n")
     assert _render(tmp_path, spec, out).exit_code == 0
     assert (out / "README.md").read_text() == "ours\n"
+
+
+def test_the_install_settings_moved_out_of_secrets_do_not_linger(tmp_path: Path) -> None:
+    """An output an older meshfed wrote (old marker, IstioOperator overlays in ``secrets/``):
+    the overlays are meshfed's, so a new render drops them there (they are beside the
+    manifests now), and ``kubectl apply -f secrets/`` applies Secrets only."""
+    out = tmp_path / "out"
+    spec = EXAMPLES / "bank.yaml"
+    assert _render(tmp_path, spec, out).exit_code == 0
+    (out / MARKER).write_text("Written by meshfed render; replaced on every render.\n")
+    for name in ("istio-operator.yaml", "istio-operator-east.yaml"):
+        (out / "payments" / "secrets" / name).write_text("kind: IstioOperator\n")
+    (out / "payments" / "secrets" / "mine.yaml").write_text("kind: Secret\n")
+    result = _render(tmp_path, spec, out)
+    assert result.exit_code == 0, result.output
+    secrets = sorted(p.name for p in (out / "payments" / "secrets").iterdir())
+    assert secrets == ["cacerts.yaml", "ingress-credential.yaml", "mine.yaml"]
+    assert (out / "payments" / "istio-operator.yaml").is_file()
+    assert "istio-operator" not in result.output.partition("Kept")[2]

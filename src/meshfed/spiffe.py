@@ -69,6 +69,11 @@ def parse_trust_domain_id(uri: str) -> str | None:
     return uri[len(SCHEME) :]
 
 
+def is_spiffe_uri(uri: str) -> bool:
+    """Whether ``uri`` is of the ``spiffe`` scheme (valid or not: see `validate_spiffe_id`)."""
+    return uri.startswith(SCHEME)
+
+
 def split(identity: str) -> tuple[str, str]:
     """``spiffe://<domain>/<rest>`` -> (domain, rest); rest is empty without a path. Only
     splits (ValueError without the scheme); see `validate_spiffe_id`."""
@@ -139,8 +144,52 @@ class PrincipalMatch:
 
     @property
     def trust_domain(self) -> str:
-        """The trust domain every identity this matches belongs to."""
+        """The trust domain every identity this matches belongs to (ValueError when it is not
+        `within_one_domain`)."""
         return trust_domain_of(self.value)
+
+    @property
+    def within_one_domain(self) -> bool:
+        """Whether every identity this matches is of one trust domain: a prefix must hold the
+        whole ``spiffe://<trust domain>/`` (``spiffe://web`` also matches ``spiffe://webx/...``)."""
+        return not self.prefix or (
+            self.value.startswith(SCHEME) and "/" in self.value[len(SCHEME) :]
+        )
+
+    @property
+    def covers_domain(self) -> bool:
+        """Whether this matches every workload of its trust domain (Istio's form
+        ``spiffe://<trust domain>/ns/<namespace>/sa/<service account>``)."""
+        if not self.prefix or not self.within_one_domain:
+            return False
+        return (domain_prefix(self.trust_domain) + "ns/").startswith(self.value)
+
+    def may_match_domain(self, trust_domain: str) -> bool:
+        """Whether some identity of ``trust_domain`` could match."""
+        ids = domain_prefix(trust_domain)
+        if self.prefix:
+            return ids.startswith(self.value) or self.value.startswith(ids)
+        return self.value.startswith(ids)
+
+    def within(self, other: PrincipalMatch) -> bool:
+        """Whether every identity this matches is matched by ``other``."""
+        if other.prefix:
+            return self.value.startswith(other.value)
+        return not self.prefix and self.value == other.value
+
+    def completions(self, service_account: str) -> tuple[str, ...]:
+        """Valid SPIFFE IDs this matches, for a check that must present one: the value itself
+        when it is an ID, then a prefix completed with ``service_account`` (``<prefix>`` +
+        service account, ``<prefix>sa/`` + service account)."""
+        suffixes = ("", service_account, f"sa/{service_account}") if self.prefix else ("",)
+        out = []
+        for candidate in (self.value + s for s in suffixes):
+            try:
+                validate_spiffe_id(candidate)
+            except ValueError:
+                continue
+            out.append(candidate)
+        return tuple(out)
 
     def __str__(self) -> str:
         return f"{self.value}*" if self.prefix else self.value
@@ -151,7 +200,23 @@ def whole_domain(trust_domain: str) -> PrincipalMatch:
     return PrincipalMatch(domain_prefix(trust_domain), prefix=True)
 
 
+def namespace_workloads(trust_domain: str, namespace: str) -> PrincipalMatch:
+    """Every workload of a Kubernetes namespace (Istio's form)."""
+    return PrincipalMatch(f"{domain_prefix(trust_domain)}ns/{namespace}/", prefix=True)
+
+
 def istio_principal(match: PrincipalMatch) -> str:
     """Istio's AuthorizationPolicy form: no scheme (Istio adds it), a prefix ends in ``*``."""
     value = match.value.removeprefix(SCHEME)
     return f"{value}*" if match.prefix else value
+
+
+def parse_istio_principal(principal: str) -> PrincipalMatch | None:
+    """An AuthorizationPolicy principal as Istio matches it: ``spiffe://`` and the text, exactly,
+    or as a prefix when it ends in ``*``. None for the forms no `PrincipalMatch` holds: ``*``
+    (any authenticated identity) and ``*<suffix>`` (a suffix, in any trust domain)."""
+    if principal.startswith("*"):
+        return None
+    if principal.endswith("*"):
+        return PrincipalMatch(SCHEME + principal[:-1], prefix=True)
+    return PrincipalMatch(SCHEME + principal)

@@ -63,10 +63,10 @@ def render_istio(
     return [render_mesh(plan, m, credentials[m.name]) for m in plan.meshes]
 
 
-def preview_istio(fed: Federation) -> list[RenderedMesh]:
-    """What ``meshfed render`` writes for ``fed``, without trust material: nothing is issued,
-    every Secret is empty."""
-    plan = plan_of(fed)
+def preview_istio(fed: Federation | FederationPlan) -> list[RenderedMesh]:
+    """What ``meshfed render`` writes for ``fed`` (or its plan without trust material, see
+    `plan_of`), without trust material: nothing is issued, every Secret is empty."""
+    plan = fed if isinstance(fed, FederationPlan) else plan_of(fed)
     return render_istio(plan, {m.name: NO_CREDENTIALS for m in plan.meshes})
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 from meshfed.audit.sources.certs import CertRecord, secret_certificates, state_certificates
 from meshfed.audit.sources.manifests import Doc, LoadProblem, group_by_scope, scope_name
 from meshfed.audit.sources.spec import SpecSource
+from meshfed.plan.model import FederationPlan
 
 Mode = Literal["spec", "manifests"]
 
@@ -37,6 +38,9 @@ class AuditContext:
     docs: tuple[Doc, ...] = ()
     """Objects: from the manifest tree, or (spec mode) as ``meshfed render`` would write them."""
     spec: SpecSource | None = None
+    plan: FederationPlan | None = None
+    """Spec mode, when the spec validates: its plan (without trust material), which the
+    rendered objects were translated from."""
     state_dir: Path | None = None
     """Spec mode: the PKI state directory, when it exists."""
     root: Path | None = None

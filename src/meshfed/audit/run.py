@@ -12,6 +12,7 @@ from meshfed.audit.registry import REGISTRY, Check, run_check
 from meshfed.audit.sources.manifests import load_tree
 from meshfed.audit.sources.rendered import rendered_docs
 from meshfed.audit.sources.spec import read_spec
+from meshfed.workspace import plan_of
 
 
 def all_checks() -> list[Check]:
@@ -47,7 +48,8 @@ def audit_spec(
         state_dir = Path(".meshfed") / spec.name if spec.name else None
     ctx = AuditContext(mode="spec", options=options, spec=spec, state_dir=state_dir)
     if spec.federation is not None:
-        ctx.docs = tuple(rendered_docs(spec.federation))
+        ctx.plan = plan_of(spec.federation)
+        ctx.docs = tuple(rendered_docs(ctx.plan))
     else:
         ctx.docs_note = "the spec does not validate, so what meshfed renders was not assessed"
     extra = {"state": str(state_dir) if state_dir else "(none)"}

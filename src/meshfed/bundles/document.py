@@ -24,7 +24,6 @@ import binascii
 import json
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +33,7 @@ from meshfed.bundles import spiffelib
 from meshfed.bundles.errors import BundleError
 from meshfed.bundles.model import SpiffeBundle
 from meshfed.pki.certs import as_utc, describe, fingerprint, spiffe_ids
+from meshfed.spiffe import split
 
 MAX_DOCUMENT_BYTES = 1 << 20
 """A bundle of a few roots is a few kB; SPIRE's with JWT keys stays far below this."""
@@ -226,7 +226,7 @@ def check_authority(cert: x509.Certificate, trust_domain: str, now: datetime, so
     ):
         raise BundleError(source, f"{who} has an unsupported key type", _FIX_PEER)
     for uri in spiffe_ids(cert):
-        domain = urlsplit(uri).hostname or ""
+        domain = split(uri)[0]
         if domain != trust_domain:
             raise BundleError(
                 source,

@@ -24,12 +24,12 @@ Never trust on first use: with none of these, the fetch fails and says what to g
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from cryptography import x509
 
@@ -43,6 +43,13 @@ from meshfed.spiffe import spiffe_trust_domain
 
 MIN_REFRESH = 1.0
 MAX_REFRESH = 24 * 3600.0
+
+
+class Stop(Protocol):
+    """When following ends: a ``threading.Event``, or `meshfed.interrupts.StopRequest`."""
+
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -255,7 +262,7 @@ class Follower:
             self.on_change(list(self.pending))
             self.pending.clear()
 
-    def run_forever(self, stop: threading.Event) -> None:
+    def run_forever(self, stop: Stop) -> None:
         retry_at = 0.0
         while not stop.is_set():
             now = time.monotonic()

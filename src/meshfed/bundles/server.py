@@ -147,25 +147,25 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(503, "bundle unavailable")
             return None
 
-    def do_GET(self) -> None:
+    def _head(self) -> bytes | None:
+        """The status line and headers of the document (HEAD says exactly what GET does)."""
         body = self._document()
         if body is None:
-            return
+            return None
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        return body
+
+    def do_GET(self) -> None:
+        body = self._head()
+        if body is not None:
+            self.wfile.write(body)
 
     def do_HEAD(self) -> None:
-        body = self._document()
-        if body is None:
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        self._head()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass

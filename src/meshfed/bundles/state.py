@@ -123,11 +123,11 @@ class StoredBundle:
 
     @property
     def pem(self) -> str:
-        return certs_to_pem(self.x509_authorities).decode()
+        return self.bundle().pem
 
     @property
     def fingerprints(self) -> tuple[str, ...]:
-        return tuple(fingerprint(c) for c in self.x509_authorities)
+        return self.bundle().fingerprints
 
     def bundle(self) -> SpiffeBundle:
         return SpiffeBundle(

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from meshfed.spec.errors import SpecError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @contextmanager
@@ -25,3 +29,39 @@ def reported(*errors: type[Exception], effect: str = "nothing was changed") -> I
     except errors as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+def state_option(func: F) -> F:
+    return click.option(
+        "--state",
+        "state",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="State directory (default ./.meshfed/<federation>/).",
+    )(func)
+
+
+def spec_inputs(func: F) -> F:
+    """The federation's spec, both ways every local command takes it: ``[SPEC]`` as an
+    argument (as validate, render, apply and rotate take it) and ``--spec SPEC`` (the form
+    ``down``, ``logs``, ``call`` and ``lab`` took first); the command gets ``spec`` (one of
+    them, or None) through ``the_spec``."""
+    func = click.option(
+        "--spec",
+        "spec_option",
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+        default=None,
+        help="Spec of the federation (the same as the SPEC argument).",
+    )(func)
+    return click.argument(
+        "spec",
+        required=False,
+        type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    )(func)
+
+
+def the_spec(argument: Path | None, option: Path | None) -> Path | None:
+    """SPEC or --spec (the same file if both are given)."""
+    if argument is not None and option is not None and argument.resolve() != option.resolve():
+        raise click.UsageError(f"SPEC {argument} and --spec {option} name different files")
+    return argument if argument is not None else option

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 import yaml
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from meshfed import interrupts
 from meshfed.cli.common import reported
 from meshfed.kube.apply import ClusterRun, Rollout, kube_connector
 from meshfed.kube.client import KubeClient
@@ -159,12 +161,18 @@ def apply(
     """Server-side apply each mesh's manifests to its clusters; prune what meshfed no longer
     renders, and (without --mesh) empty the clusters of meshes the spec no longer names.
     Everything is dry-run on every cluster first: one refusal, and nothing is written."""
-    with reported(ApplyRefused, KubeError, TargetError, PKIError):
-        kws = _open(spec, state, kubeconfig)
-        targets = kws.targets(meshes or None)
-        rollout = kws.rollout(targets, retire=not meshes, forget=forget, progress=_RichProgress())
-        err.print(f"dry-run on {len(targets)} cluster(s)", markup=False)
-        runs = rollout.run(dry_run=dry_run)
+    rollout = None
+    try:
+        with reported(ApplyRefused, KubeError, TargetError, PKIError):
+            kws = _open(spec, state, kubeconfig)
+            targets = kws.targets(meshes or None)
+            rollout = kws.rollout(
+                targets, retire=not meshes, forget=forget, progress=_RichProgress()
+            )
+            err.print(f"dry-run on {len(targets)} cluster(s)", markup=False)
+            runs = rollout.run(dry_run=dry_run)
+    except KeyboardInterrupt as exc:
+        _apply_interrupted(rollout.runs if rollout is not None else [], exc, dry_run)
     title = f"{'dry-run: ' if dry_run else ''}{kws.ws.federation.name} applied"
     out.print(_table(title, runs))
     _notes(rollout)
@@ -174,6 +182,25 @@ def apply(
                 if action != "unchanged":
                     click.echo(f"  {run.label}: would be {action}: {name}")
     _remote_hints(kws)
+
+
+def _apply_interrupted(runs: list[ClusterRun], exc: KeyboardInterrupt, dry_run: bool) -> NoReturn:
+    """A stop signal during apply: what was written where, and how to finish."""
+    sig = interrupts.signal_name(exc)
+    written = [r for r in runs if r.actions]
+    if dry_run or not written:
+        click.echo(f"interrupted ({sig}) before anything was written to a cluster", err=True)
+    else:
+        click.echo(f"interrupted ({sig}) while writing; written so far:", err=True)
+        for run in runs:
+            click.echo(f"  {run.label}: {run.summary() if run.actions else 'nothing'}", err=True)
+        click.echo(
+            "the object being written when the signal came may or may not have been applied; "
+            "run meshfed apply again to finish (it dry-runs every object again first; "
+            "server-side apply is idempotent)",
+            err=True,
+        )
+    sys.exit(interrupts.exit_code(exc))
 
 
 @click.command("diff")

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from meshfed import __version__
-from meshfed.cli.common import reported
+from meshfed import __version__, interrupts
+from meshfed.cli.common import reported, state_option
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
+from meshfed.sinks.external_secrets import (
+    ExternalSecretsOptions,
+    to_external_secrets,
+    write_values,
+)
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
@@ -25,20 +30,12 @@ from meshfed.workspace import open_workspace
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 SPEC = click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
 
 
-def state_option(func: F) -> F:
-    return click.option(
-        "--state",
-        "state",
-        type=click.Path(path_type=Path, file_okay=False),
-        default=None,
-        help="State directory (default ./.meshfed/<federation>/).",
-    )(func)
-
+SECRET_PREFIX = re.compile(r"(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+"""Remote key prefix of ``--secrets external-secrets``: relative path segments, no ``.``/``..``."""
 
 # Command groups load on first use, so "meshfed up" does not import the Kubernetes client.
 LAZY_COMMANDS = {
@@ -70,6 +67,18 @@ class _LazyGroup(click.Group):
             for module in PKI_EXTENSIONS:
                 self._load(module)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Every command: SIGTERM and SIGHUP act as Ctrl-C (``meshfed.interrupts``); one that
+        reaches this far ends the command with ``128 + signal`` and one line, no traceback."""
+        previous = interrupts.install()
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            click.echo(f"interrupted ({interrupts.signal_name(exc)})", err=True)
+            sys.exit(interrupts.exit_code(exc))
+        finally:
+            interrupts.restore(previous)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -155,13 +164,77 @@ def pki_init(spec: Path, state: Path | None) -> None:
     "render meshfed replaces the files it wrote there and keeps any you added.",
 )
 @click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
+@click.option(
+    "--secrets",
+    "secrets_as",
+    type=click.Choice(["plain", "external-secrets"]),
+    default="plain",
+    show_default=True,
+    help="plain: Secrets with their keys in OUT/<mesh>/secrets/ (0600). external-secrets: "
+    "ExternalSecrets there instead (no key material, safe for git), and the values to upload "
+    "to the store under STATE/secret-store/.",
+)
+@click.option(
+    "--secret-store",
+    default=None,
+    help="With --secrets external-secrets: the name of the (Cluster)SecretStore to read from.",
+)
+@click.option(
+    "--secret-store-kind",
+    type=click.Choice(["ClusterSecretStore", "SecretStore"]),
+    default="ClusterSecretStore",
+    show_default=True,
+)
+@click.option(
+    "--secret-prefix",
+    default=None,
+    help="Remote keys are PREFIX/<mesh>/<secret> (default meshfed/<federation>).",
+)
 @state_option
-def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) -> None:
+def render(
+    spec: Path,
+    out_dir: Path | None,
+    target: str,
+    secrets_as: str,
+    secret_store: str | None,
+    secret_store_kind: str,
+    secret_prefix: str | None,
+    state: Path | None,
+) -> None:
     """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
+    options: ExternalSecretsOptions | None = None
+    if secrets_as == "external-secrets":
+        if not secret_store:
+            raise click.UsageError(
+                "--secrets external-secrets needs --secret-store NAME (the ClusterSecretStore "
+                "or SecretStore holding the values)"
+            )
+        if secret_prefix is not None and not SECRET_PREFIX.fullmatch(secret_prefix):
+            raise click.BadParameter(
+                "path segments of letters, digits, '.', '_' or '-', separated by '/' "
+                "(e.g. platform/meshfed)",
+                param_hint="--secret-prefix",
+            )
     with reported(PKIError, OutputError):
         ws = open_workspace(spec, state)
         rendered = ws.istio()
         target_dir = out_dir if out_dir is not None else Path("out") / ws.federation.name
+        values_dir = None
+        if secrets_as == "external-secrets" and secret_store:
+            options = ExternalSecretsOptions(
+                store=secret_store,
+                store_kind="SecretStore"
+                if secret_store_kind == "SecretStore"
+                else "ClusterSecretStore",
+                prefix=secret_prefix or f"meshfed/{ws.federation.name}",
+            )
+            converted = [to_external_secrets(r, options) for r in rendered]
+            rendered = [r for r, _ in converted]
+            # The values first (the state directory, private): a failure after them leaves
+            # the output as it was.
+            values_dir = write_values(
+                ws.state_dir, {k: v for _, d in converted for k, v in d.items()}
+            )
         kept = write_rendered(target_dir, rendered)
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
@@ -174,8 +247,23 @@ def render(spec: Path, out_dir: Path | None, target: str, state: Path | None) ->
             str(sum(len(d) for d in result.files.values())),
         )
     out.print(table)
+    if options is not None:
+        out.print(
+            f"{target_dir}/<mesh>/secrets/ holds ExternalSecrets of {options.store_kind} "
+            f"{options.store} (no key material). Upload each file under {values_dir}/ to the "
+            f"store key it is named after ({options.prefix}/<mesh>/<secret>), e.g. "
+            f"vault kv put <mount>/{options.prefix}/<mesh>/cacerts @{values_dir}/"
+            f"{options.prefix}/<mesh>/cacerts.json",
+            markup=False,
+        )
+    else:
+        out.print(
+            f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
+            markup=False,
+        )
     out.print(
-        f"Secrets (keys, mode 0600) are in {target_dir}/<mesh>/secrets/; apply them first.",
+        f"Istio install settings (IstioOperator, istiod Helm values, Sail Istio) are beside "
+        f"the manifests in {target_dir}/<mesh>/, outside the kustomization.",
         markup=False,
     )
     if kept:

@@ -10,11 +10,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 from meshfed.cli.common import reported
+from meshfed.interrupts import exit_code, signal_name
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
 from meshfed.pki import PKIStore
@@ -101,17 +102,38 @@ def _print_result(result: RunResult) -> None:
 
 def _rotate(kind: str, mesh: str | None, spec: Path | None, state: Path | None,
             until: str | None, single: bool) -> None:  # fmt: skip
-    with reported(PKIError, LocalError, RotationError):
-        if until is not None and single:
-            raise RotationError("--step and --next exclude each other")
-        rotator = _rotator(spec, state)
-        record = rotator.start(kind, mesh)  # type: ignore[arg-type]
-        if record.done or record.running:
-            _say(f"resuming {record.kind} rotation {record.id}")
-        else:
-            _say(f"started {record.kind} rotation {record.id}")
-        result = rotator.run(record, until=until, single=single)
+    rotator: Rotator | None = None
+    try:
+        with reported(PKIError, LocalError, RotationError):
+            if until is not None and single:
+                raise RotationError("--step and --next exclude each other")
+            rotator = _rotator(spec, state)
+            record = rotator.start(kind, mesh)  # type: ignore[arg-type]
+            if record.done or record.running:
+                _say(f"resuming {record.kind} rotation {record.id}")
+            else:
+                _say(f"started {record.kind} rotation {record.id}")
+            result = rotator.run(record, until=until, single=single)
+    except KeyboardInterrupt as exc:
+        _interrupted(rotator, exc, "the same meshfed rotate command")
     _print_result(result)
+
+
+def _interrupted(rotator: Rotator | None, exc: KeyboardInterrupt, again: str) -> NoReturn:
+    """A stop signal during a rotation command: where the rotation stands, and how to go on."""
+    record = rotator.status() if rotator is not None else None
+    sig = signal_name(exc)
+    if record is None:
+        click.echo(f"interrupted ({sig}): no rotation is under way", err=True)
+    else:
+        where = f"during step {record.running}" if record.running else "between two steps"
+        click.echo(
+            f"interrupted ({sig}) {where} of {record.kind} rotation {record.id}: run {again} "
+            "again to go on (an interrupted step is done again), or meshfed rotate abort; "
+            "meshfed rotate status shows where it stands",
+            err=True,
+        )
+    sys.exit(exit_code(exc))
 
 
 def register(main: click.Group) -> None:
@@ -168,8 +190,13 @@ def register(main: click.Group) -> None:
     @_state_option
     def rotate_abort(spec: Path | None, state: Path | None) -> None:
         """Roll the rotation under way back: old CA signs, new anchor removed, new keys gone."""
-        with reported(PKIError, LocalError, RotationError):
-            result = _rotator(spec, state).abort()
+        rotator: Rotator | None = None
+        try:
+            with reported(PKIError, LocalError, RotationError):
+                rotator = _rotator(spec, state)
+                result = rotator.abort()
+        except KeyboardInterrupt as exc:
+            _interrupted(rotator, exc, "meshfed rotate abort")
         _print_result(result)
 
     pki = main.commands.get("pki")

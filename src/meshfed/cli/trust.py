@@ -8,19 +8,17 @@ the next ``render``/``apply`` (the plan reads the kept bundles); ``status`` show
 
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from types import FrameType
 
 import click
 from cryptography import x509
 
+from meshfed import interrupts
 from meshfed.bundles import document
 from meshfed.bundles.config import followed, published
 from meshfed.bundles.errors import BundleError
@@ -110,14 +108,6 @@ def propagate(spec: Path, state: Path, changes: Sequence[Change]) -> str:
     return f"{peers}: local federation: {report.describe()}"
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def register(main: click.Group) -> None:
     @main.group()
     def trust() -> None:
@@ -162,7 +152,6 @@ def register(main: click.Group) -> None:
         web_key: Path | None,
     ) -> None:
         """Serve each local mesh's bundle at its bundleEndpoint until stopped (Ctrl-C)."""
-        stop = threading.Event()
         servers: list[BundleServer] = []
         with reported(PKIError, BundleError, OSError):
             spec, fed, state_dir = _load(spec, state)
@@ -202,17 +191,20 @@ def register(main: click.Group) -> None:
                 servers.append(
                     BundleServer(host, port, routes, tls, log=lambda s: click.echo(s, err=True))
                 )
-        for server in servers:
-            server.start()
-        for m in chosen:
-            how = m.endpoint.profile + (
-                f" as {m.endpoint.spiffe_id}" if m.endpoint.spiffe_id else ""
-            )
-            click.echo(f"serving {m.name}'s bundle at {m.endpoint.url} ({how})")
-        _stop_on_signals(stop)
-        stop.wait()
-        for server in servers:
-            server.stop()
+        with interrupts.stopping() as stop:
+            try:
+                for server in servers:
+                    server.start()
+                for m in chosen:
+                    how = m.endpoint.profile + (
+                        f" as {m.endpoint.spiffe_id}" if m.endpoint.spiffe_id else ""
+                    )
+                    click.echo(f"serving {m.name}'s bundle at {m.endpoint.url} ({how})")
+                stop.wait()
+            finally:
+                for server in servers:
+                    server.stop()
+        click.echo(f"stopped serving ({stop.describe()})", err=True)
 
     @trust.command("fetch")
     @_SPEC
@@ -273,11 +265,11 @@ def register(main: click.Group) -> None:
             if any(not o.ok for o in outcomes):
                 sys.exit(1)
             return
-        stop = threading.Event()
-        _stop_on_signals(stop)
         follower.quiet_unchanged = True
-        click.echo(f"following {', '.join(p.name for p in chosen)} (Ctrl-C stops)")
-        follower.run_forever(stop)
+        with interrupts.stopping() as stop:
+            click.echo(f"following {', '.join(p.name for p in chosen)} (Ctrl-C stops)")
+            follower.run_forever(stop)
+        click.echo(f"stopped following ({stop.describe()})", err=True)
 
     @trust.command("status")
     @_SPEC

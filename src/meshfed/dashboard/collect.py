@@ -1,10 +1,10 @@
 """What ``/api/state`` answers: the running federation, read live.
 
 The picture comes from the spec the last ``meshfed up`` applied (``runtime.json`` names it and is
-rewritten by every ``up``: a new one reloads the graph). Counters come from each ingress gateway's
-admin ``/stats`` (``dashboard/stats.py`` says which stats), which exporter serves each import from
-the egress gateway's ``/clusters`` (as ``meshfed status``), and the log tail from the gateways'
-access logs (as ``meshfed logs --boundary``).
+rewritten by every ``up``: a new one reloads the graph). Counters and the log tail come from the
+gateways' access logs, read once each line (``logtail.py``, ``counts.py``: the same totals as
+``meshfed logs --boundary``, across gateway restarts, meshfed's own probes apart); which exporter
+serves each import from the egress gateway's ``/clusters`` (as ``meshfed status``).
 """
 
 from __future__ import annotations
@@ -18,24 +18,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from meshfed.dashboard.counts import ArrowCounters, IngressCounts, arrow_counters
 from meshfed.dashboard.logtail import BoundaryTail, row
-from meshfed.dashboard.stats import (
-    STATS_FILTER,
-    ArrowCounters,
-    IngressCounters,
-    arrow_counters,
-    ingress_counters,
-    parse_stats,
-)
 from meshfed.graph import Edge, FederationGraph, build_graph
 from meshfed.graph.layout import layout
 from meshfed.graph.svg import LIVE_LINES, svg_from_layout
-from meshfed.local import admin
 from meshfed.local.health import SourceStatus, source_health
-from meshfed.local.logs import gateway_logs
+from meshfed.local.logs import LogEntry, gateway_logs
 from meshfed.local.paths import RuntimePaths
+from meshfed.local.prober import ledger_path
 from meshfed.local.state import ProcessRecord, load_processes
 from meshfed.local.summary import ImportInfo, RuntimeSummary, load_summary
 from meshfed.spec.errors import SpecError
@@ -43,7 +35,7 @@ from meshfed.spec.load import load_spec
 from meshfed.workspace import plan_of
 
 LOG_ROWS = 50
-ADMIN_TIMEOUT = 0.5
+TOTALS = ("allowed", "denied", "rejected", "tls_failures", "unknown_sni", "probes")
 CACHE_SECONDS = 0.25
 """Several open pages share one reading of the gateways."""
 
@@ -77,32 +69,20 @@ def load_model(paths: RuntimePaths) -> Model | None:
     return Model(summary, graph, svg, hashlib.sha256(svg.encode()).hexdigest()[:16], edges)
 
 
-StatsReader = Callable[[int], dict[str, int]]
 ClustersReader = Callable[[ImportInfo, int | None], tuple[str | None, tuple[SourceStatus, ...]]]
-
-
-def read_stats(admin_port: int) -> dict[str, int]:
-    status, body = admin.get(
-        admin_port, "/stats?filter=" + quote(STATS_FILTER, safe=""), ADMIN_TIMEOUT
-    )
-    if status != 200:
-        raise admin.AdminError(f"admin port {admin_port}: /stats answered {status}")
-    return parse_stats(body.decode(errors="replace"))
 
 
 class Collector:
     """Builds the state document; safe to call from several request threads."""
 
     def __init__(
-        self,
-        paths: RuntimePaths,
-        stats_reader: StatsReader = read_stats,
-        clusters_reader: ClustersReader = source_health,
+        self, paths: RuntimePaths, clusters_reader: ClustersReader = source_health
     ) -> None:
         self.paths = paths
-        self.read_stats = stats_reader
         self.read_health = clusters_reader
-        self.tail = BoundaryTail(keep=LOG_ROWS)
+        self.tail = BoundaryTail(keep=LOG_ROWS, ledger=ledger_path(paths))
+        self.counts: dict[str, IngressCounts] = {}
+        """By mesh: its ingress's counters, since the first line of its logs."""
         self.model: Model | None = None
         self._signature: tuple[int, int, int] | None = None
         self._lock = threading.Lock()
@@ -142,28 +122,34 @@ class Collector:
             }
         summary = model.summary
         records = load_processes(self.paths)
-        ingress = self._ingresses(summary, records)
+        self._read_logs(summary)
+        up = {
+            p.mesh: (r := records.get(p.name)) is not None and r.alive
+            for p in summary.processes
+            if p.role == "ingress"
+        }
         health = self._health(summary, records)
-        arrows = [_arrow(i, edge, summary, ingress, health) for i, edge in enumerate(model.edges)]
-        self.tail.update(gateway_logs(self.paths.root, summary, None, True), summary)
+        arrows = [_arrow(i, e, summary, self.counts, up, health) for i, e in enumerate(model.edges)]
         meshes = []
         for m in summary.meshes:
-            counters, error = ingress.get(m.name, (None, "not running"))
+            counts = self.counts.get(m.name, IngressCounts())
+            callers, own = counts.callers(), counts.own()
             meshes.append(
                 {
                     "name": m.name,
                     "trust_domain": m.trust_domain,
                     "ingress": f"{m.ingress_address}:{m.ingress_port}",
-                    "ingress_up": counters is not None,
-                    "error": error,
+                    "ingress_up": up.get(m.name, False),
+                    "error": None if up.get(m.name) else "ingress gateway not running",
                     "exports": len(m.exports),
-                    "tls_failures": counters.tls_failures if counters else None,
-                    "handshakes": counters.handshakes if counters else None,
-                    "unknown_sni": counters.unknown_sni if counters else None,
-                    "allowed": sum(c.allowed for c in counters.chains.values())
-                    if counters
-                    else None,
-                    "denied": sum(c.denied for c in counters.chains.values()) if counters else None,
+                    "tls_failures": counts.tls_failures,
+                    "handshakes": counts.handshakes,
+                    "unknown_sni": counts.unknown_sni,
+                    "allowed": callers.allowed,
+                    "denied": callers.denied,
+                    "rejected": callers.rejected,
+                    "probes": own.total - own.tls_failures + counts.probe_tls_failures,
+                    "since": counts.since,
                 }
             )
         return {
@@ -173,10 +159,8 @@ class Collector:
             "spec": summary.spec,
             "graph_version": model.version,
             "error": model.error,
-            "totals": {
-                key: sum(m[key] or 0 for m in meshes)
-                for key in ("allowed", "denied", "tls_failures", "unknown_sni")
-            },
+            "totals": {key: sum(m[key] or 0 for m in meshes) for key in TOTALS},
+            "since": min((str(m["since"]) for m in meshes if m["since"]), default=None),
             "meshes": meshes,
             "arrows": arrows,
             "imports": [
@@ -195,26 +179,17 @@ class Collector:
             "log": [row(e, summary) for e in self.tail.latest(LOG_ROWS)],
         }
 
-    def _ingresses(
-        self, summary: RuntimeSummary, records: dict[str, ProcessRecord]
-    ) -> dict[str, tuple[IngressCounters | None, str | None]]:
-        out: dict[str, tuple[IngressCounters | None, str | None]] = {}
-        for p in summary.processes:
-            if p.role != "ingress":
-                continue
-            record = records.get(p.name)
-            if record is None or not record.alive:
-                out[p.mesh] = (None, "ingress gateway not running")
-                continue
-            mesh = summary.mesh(p.mesh)
-            try:
-                stats = self.read_stats(p.admin_port)
-            except admin.AdminError as exc:
-                out[p.mesh] = (None, str(exc))
-                continue
-            listener = f"{mesh.ingress_address}:{mesh.ingress_port}"
-            out[p.mesh] = (ingress_counters(stats, listener, mesh.exports), None)
-        return out
+    def _read_logs(self, summary: RuntimeSummary) -> None:
+        """Read what is new in the gateways' logs: the tail, and each ingress's counters."""
+        exports = {m.name: m.exports for m in summary.meshes}
+        ingresses = {p.name: p.mesh for p in summary.processes if p.role == "ingress"}
+
+        def count(entry: LogEntry) -> None:
+            mesh = ingresses.get(entry.process)
+            if mesh is not None:
+                self.counts.setdefault(mesh, IngressCounts()).count(entry, exports[mesh])
+
+        self.tail.update(gateway_logs(self.paths.root, summary, None, True), summary, count)
 
     def _health(
         self, summary: RuntimeSummary, records: dict[str, ProcessRecord]
@@ -234,7 +209,8 @@ def _arrow(
     index: int,
     edge: Edge,
     summary: RuntimeSummary,
-    ingress: dict[str, tuple[IngressCounters | None, str | None]],
+    counts: dict[str, IngressCounts],
+    up: dict[str, bool],
     health: dict[ImportInfo, tuple[str | None, tuple[SourceStatus, ...]]],
 ) -> dict[str, Any]:
     snis = [edge.host]
@@ -252,8 +228,9 @@ def _arrow(
             state = "serving"
         else:
             state = "standby" if source.healthy else "down"
-    counters, error = ingress.get(edge.exporter, (None, "no ingress gateway"))
-    live: ArrowCounters | None = arrow_counters(counters, snis) if counters else None
+    served = next((m.exports for m in summary.meshes if m.name == edge.exporter), {})
+    live: ArrowCounters = arrow_counters(counts.get(edge.exporter, IngressCounts()), snis, served)
+    ingress_up = up.get(edge.exporter, False)
     return {
         "id": f"edge-{index}",
         "kind": edge.kind,
@@ -265,12 +242,14 @@ def _arrow(
         "order": edge.order + 1 if edge.order is not None else None,
         "sources": edge.sources,
         "principals": list(edge.principals),
-        "snis": list(live.snis) if live else list(dict.fromkeys(snis)),
-        "ingress_up": counters is not None,
-        "error": error,
+        "snis": list(live.snis) or list(dict.fromkeys(snis)),
+        "ingress_up": ingress_up,
+        "error": None if ingress_up else "ingress gateway not running",
         "state": state,
-        "allowed": live.allowed if live else None,
-        "denied": live.denied if live else None,
-        "tls_failures": live.tls_failures if live else None,
-        "tls_exact": live.tls_exact if live else True,
+        "allowed": live.allowed,
+        "denied": live.denied,
+        "rejected": live.rejected,
+        "tls_failures": live.tls_failures,
+        "tls_exact": True,
+        "probes": live.probes,
     }

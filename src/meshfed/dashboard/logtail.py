@@ -1,30 +1,42 @@
-"""The boundary log's newest crossings, read incrementally (``meshfed logs --boundary``, live).
+"""The boundary log, followed: every line of the gateways' log files read once, in order.
 
-Each gateway log file is followed from a remembered offset; on first sight it is read backwards
-from its end until enough crossings are found (the connection logs fill with the egress gateways'
-health checks, four lines a second, which the boundary view leaves out). A file that shrank or was
-replaced is read afresh.
+Each gateway log file is read from its start and then from a remembered offset (only complete
+lines); a file that shrank or was replaced is read afresh. Every line is marked (meshfed's own
+probes, ``local/prober.py``: the probe ledger is read first, so a line is never seen before its
+record) and handed to the counters (``counts.py``); the newest crossings of the boundary view
+(as ``meshfed logs --boundary``) are kept for the page. The egress gateways' health checks, four
+lines a second in the connection logs, are recognised without parsing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from meshfed.local.logs import Kind, LogEntry, boundary_view, decision
+from meshfed.local.logs import (
+    Kind,
+    LogEntry,
+    boundary_view,
+    decision,
+    is_health_check,
+    request_verdict,
+)
+from meshfed.local.prober import FALSE_CLAIM, Marks
 from meshfed.local.summary import RuntimeSummary
 
-CHUNK = 64 * 1024
-MAX_BACKWARDS = 8 * 1024 * 1024
-"""How far back a file is read on first sight (about an hour of health checks)."""
+CHUNK = 4 * 1024 * 1024
+Sink = Callable[[LogEntry], None]
+
+_HEALTH_CHECK = (b'"sni":null', b'"caller":null', b'"tls_failure":null', b'"bytes_received":0')
 
 
 def _parse(process: str, kind: Kind, line: bytes) -> LogEntry | None:
+    if all(part in line for part in _HEALTH_CHECK) and b'"NR"' not in line:
+        return None  # an egress's health check (``is_health_check``), without parsing it
     text = line.decode(errors="replace").strip()
     if not text:
         return None
@@ -32,7 +44,9 @@ def _parse(process: str, kind: Kind, line: bytes) -> LogEntry | None:
         doc = json.loads(text)
     except ValueError:
         return None
-    return LogEntry(process, kind, doc) if isinstance(doc, dict) else None
+    if not isinstance(doc, dict) or is_health_check(doc):
+        return None
+    return LogEntry(process, kind, doc)
 
 
 @dataclass
@@ -45,65 +59,66 @@ class _File:
     offset: int = 0
     entries: deque[LogEntry] = field(default_factory=deque)
 
-    def _kept(self, lines: Iterable[bytes], summary: RuntimeSummary) -> list[LogEntry]:
-        parsed = [e for line in lines if (e := _parse(self.process, self.kind, line)) is not None]
-        return boundary_view(parsed, summary)
-
-    def _reset(self, st: os.stat_result, summary: RuntimeSummary) -> None:
-        """Read the end of the file, a window growing until it holds ``keep`` crossings (or
-        reaches the start or ``MAX_BACKWARDS``); only complete lines."""
-        self.inode, self.entries = st.st_ino, deque(maxlen=self.keep)
-        size, window = st.st_size, CHUNK
-        with open(self.path, "rb") as f:
-            while True:
-                start = max(0, size - window)
-                f.seek(start)
-                data = f.read(size - start)
-                complete = data.rfind(b"\n") + 1
-                body = data[:complete]
-                if start > 0:  # the first line is cut
-                    body = body[body.find(b"\n") + 1 :]
-                found = self._kept(body.split(b"\n"), summary)
-                if len(found) >= self.keep or start == 0 or window >= MAX_BACKWARDS:
-                    break
-                window *= 4
-        self.entries.extend(found)
-        self.offset = start + complete
-
-    def update(self, summary: RuntimeSummary) -> None:
+    def update(self, summary: RuntimeSummary, marks: Marks, sink: Sink | None) -> None:
         try:
             st = self.path.stat()
         except OSError:
             return
         if st.st_ino != self.inode or st.st_size < self.offset:
-            self._reset(st, summary)
-            return
+            # New or replaced: from its start (the counts of the old file stay counted).
+            self.inode, self.offset, self.entries = st.st_ino, 0, deque(maxlen=self.keep)
         if st.st_size == self.offset:
             return
         with open(self.path, "rb") as f:
             f.seek(self.offset)
-            data = f.read(st.st_size - self.offset)
-        complete = data[: data.rfind(b"\n") + 1]
-        self.offset += len(complete)
-        self.entries.extend(self._kept(complete.split(b"\n"), summary))
+            while self.offset < st.st_size:
+                data = f.read(min(CHUNK, st.st_size - self.offset))
+                complete = data[: data.rfind(b"\n") + 1]
+                if not complete:
+                    break  # a line still being written
+                self.offset += len(complete)
+                f.seek(self.offset)
+                self._take(complete, summary, marks, sink)
+
+    def _take(self, data: bytes, summary: RuntimeSummary, marks: Marks, sink: Sink | None) -> None:
+        parsed = []
+        for line in data.split(b"\n"):
+            entry = _parse(self.process, self.kind, line)
+            if entry is None:
+                continue
+            entry = replace(entry, probe=marks.mark(entry.doc))
+            if sink is not None:
+                sink(entry)
+            parsed.append(entry)
+        self.entries.extend(boundary_view(parsed, summary))
 
 
 class BoundaryTail:
-    """The last crossings of a set of gateway log files."""
+    """The last crossings of a set of gateway log files (and every line, to ``sink``)."""
 
-    def __init__(self, keep: int = 50) -> None:
+    def __init__(self, keep: int = 50, ledger: Path | None = None) -> None:
         self.keep = keep
+        self.ledger = ledger
+        self.marks = Marks()
         self._files: dict[Path, _File] = {}
 
-    def update(self, files: list[tuple[str, Kind, Path]], summary: RuntimeSummary) -> None:
-        """Follow exactly ``files`` (as ``logs.gateway_logs`` lists them) and read what is new."""
+    def update(
+        self,
+        files: list[tuple[str, Kind, Path]],
+        summary: RuntimeSummary,
+        sink: Sink | None = None,
+    ) -> None:
+        """Follow exactly ``files`` (as ``logs.gateway_logs`` lists them) and read what is new;
+        each new line goes to ``sink`` once."""
+        if self.ledger is not None:
+            self.marks.read(self.ledger)
         wanted = {path: (process, kind) for process, kind, path in files}
         for path in list(self._files):
             if path not in wanted:
                 del self._files[path]
         for path, (process, kind) in wanted.items():
             tail = self._files.setdefault(path, _File(process, kind, path, self.keep))
-            tail.update(summary)
+            tail.update(summary, self.marks, sink)
 
     def latest(self, n: int | None = None) -> list[LogEntry]:
         """Newest first."""
@@ -140,12 +155,11 @@ def tls_reason(raw: str) -> str:
 
 
 def outcome(doc: dict[str, Any]) -> str:
-    """One word for the row's colour: allowed, denied, tls, refused, failed, passed."""
+    """One word for the row's colour: allowed, denied, rejected, tls, refused, failed, passed."""
     if doc.get("tls_failure"):
         return "tls"
     if doc.get("kind") == "request":
-        verdict = doc.get("decision") or ("denied" if doc.get("code") == 403 else "allowed")
-        return "denied" if verdict == "denied" else "allowed"
+        return request_verdict(doc)
     text = decision(doc)
     if text.startswith("denied"):
         return "denied"
@@ -184,4 +198,6 @@ def row(entry: LogEntry, summary: RuntimeSummary | None) -> dict[str, Any]:
         "tls_failure": tls_reason(raw_tls) if raw_tls else None,
         "tls_detail": raw_tls or None,
         "to": target,
+        "probe": None if entry.probe == FALSE_CLAIM else entry.probe,
+        "false_probe_mark": entry.probe == FALSE_CLAIM,
     }

@@ -30,7 +30,7 @@ border-radius:999px;background:#24406a;color:#dbe7f7}
 #live.off{background:#6b1f1f;color:#ffd9d9}#live.off .dot{background:#ff6b6b}
 main{padding:16px 22px 22px;display:grid;gap:16px;
 grid-template-columns:minmax(0,1fr) 510px;align-items:start}
-.tiles{grid-column:1/-1;display:grid;grid-template-columns:repeat(4,1fr);gap:16px}
+.tiles{grid-column:1/-1;display:grid;grid-template-columns:repeat(5,1fr);gap:16px}
 .tile{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px 16px;
 border-left:5px solid var(--muted)}
 .tile .n{font-size:28px;font-weight:700;font-variant-numeric:tabular-nums;line-height:1.15}
@@ -100,9 +100,15 @@ border-radius:4px;white-space:nowrap}
 #log tr.denied .badge{background:#fdecec;color:#9b1c1c}
 #log tr.tls .badge{background:#fff1e0;color:#8a4100}
 #log tr.refused .badge{background:#efe9fb;color:#4c2f94}
+#log tr.rejected .badge{background:#efe9fb;color:#4c2f94}
 #log tr.failed .badge{background:#fdecec;color:#9b1c1c}
 #log tr.passed .badge{background:#eef2f7;color:#33465e}
 #log td.reason{color:var(--tls)}
+#log .own,#log .false-mark{display:inline-block;margin-left:6px;font-size:11px;padding:0 6px;
+border-radius:4px;border:1px dashed #9aa5b1;color:var(--muted)}
+#log .false-mark{border-color:var(--deny);color:var(--deny);font-weight:650}
+td.own{text-align:right;color:var(--muted);font-variant-numeric:tabular-nums}
+#since{grid-column:1/-1;margin:-8px 0 0;color:var(--muted);font-size:12px}
 .empty{color:var(--muted);font-style:italic;padding:8px 0}
 footer{padding:0 22px 18px;color:var(--muted);font-size:12px}
 """
@@ -177,7 +183,7 @@ function drawArrows(arrows) {
         };
         part(a.allowed, "allowed", "ok"); line0.append(tspan(" · "));
         part(a.denied, "denied", "deny"); line0.append(tspan(" · "));
-        part(a.tls_failures, a.tls_exact ? "TLS failed" : "TLS failed*", "tls");
+        part(a.tls_failures, "TLS failed", "tls");
       }
     }
     if (line1) {
@@ -203,12 +209,15 @@ function num(value, key, cls) {
 
 function drawTables(s) {
   const tiles = s.totals || {};
-  for (const key of ["allowed", "denied", "tls_failures", "unknown_sni"]) {
+  for (const key of ["allowed", "denied", "tls_failures", "unknown_sni", "probes"]) {
     const node = $(`#tile-${key} .n`);
     if (!node) continue;
     node.textContent = fmt(tiles[key] ?? 0);
     bump(node.parentNode, "tile" + key, tiles[key]);
   }
+  const since = $("#since");
+  if (since) since.textContent = s.since ? "since " + s.since.replace("T", " ").slice(0, 19) +
+    " UTC (the first line of the gateways' logs), across gateway restarts" : "";
   const arrows = $("#arrows tbody");
   arrows.replaceChildren(...s.arrows.map(a => {
     const tr = el("tr", {"data-arrow": a.id},
@@ -217,6 +226,7 @@ function drawTables(s) {
         (a.order && a.sources > 1 ? ` · ${a.order}/${a.sources}` : "")),
       num(a.allowed, a.id + "a", "ok"), num(a.denied, a.id + "d", "deny"),
       num(a.tls_failures, a.id + "t", "tls"),
+      el("td", {class: "own" + (a.probes ? "" : " zero")}, fmt(a.probes)),
       el("td", {class: "st " + arrowState(a).replace(" ", "-")}, SHORT_STATE[arrowState(a)] || ""));
     tr.title = "SNI: " + a.snis.join(", ") + "\\nprincipals: " + a.principals.join(", ");
     return tr;
@@ -261,7 +271,12 @@ function drawLog(rows) {
       caller,
       el("td", {class: "sni"}, r.sni || "\\u2013", el("br"), el("small", {}, what)),
       el("td", {class: "decision"}, el("span", {class: "badge"}, r.decision),
-        r.policy ? el("small", {}, " " + r.policy) : null),
+        r.policy ? el("small", {}, " " + r.policy) : null,
+        r.probe ? el("span", {class: "own", title: "sent by meshfed itself (recorded in " +
+          "its probe ledger); not counted with the callers' traffic"}, "meshfed " + r.probe) :
+        null,
+        r.false_probe_mark ? el("span", {class: "false-mark", title: "carries a probe mark " +
+          "meshfed did not send: counted as a caller's"}, "false probe mark") : null),
       el("td", {class: "reason", title: r.tls_detail || ""}, r.tls_failure || ""));
     return tr;
   }));
@@ -352,9 +367,12 @@ def render_page(federation: str | None, svg: str, version: str) -> str:
 <div class="t">TLS handshakes refused (no, untrusted or unadmitted certificate)</div></div>
 <div class="tile refused" id="tile-unknown_sni"><div class="n">&ndash;</div>
 <div class="t">connections refused: SNI not exported</div></div>
+<div class="tile own" id="tile-probes"><div class="n">&ndash;</div>
+<div class="t">meshfed's own checks (probes, rotation handshakes): not in the counts</div></div>
 </section>
+<p id="since"></p>
 <section class="card"><h2>Federation graph<small>arrows point from the importing mesh to the
-exporter; counters from the exporting ingress gateway's Envoy stats</small></h2>
+exporter; counters from the exporting ingress gateway's access logs</small></h2>
 <div id="graph">{graph}</div>
 <div class="legend"><span><i></i>import, 1st choice</span>
 <span><i class="failover"></i>failover source (2nd, 3rd…)</span>
@@ -369,15 +387,17 @@ exporter; counters from the exporting ingress gateway's Envoy stats</small></h2>
 <th>TLS failed</th><th>unknown SNI</th></tr></thead><tbody></tbody></table></section>
 <section class="card"><h2>Arrows</h2>
 <table id="arrows"><thead><tr><th>calls</th><th>export</th><th>allowed</th><th>denied</th>
-<th>TLS</th><th>now</th></tr></thead><tbody></tbody></table></section>
+<th>TLS</th><th title="meshfed's own checks on this arrow">own</th><th>now</th></tr></thead>
+<tbody></tbody></table></section>
 </div>
 <section class="card wide"><h2>Boundary log<small>last 50 crossings, newest first</small></h2>
 <table id="log"><thead><tr><th>time (UTC)</th><th>gateway</th><th>caller</th>
 <th>SNI · request</th><th>decision</th><th>TLS failure</th></tr></thead><tbody></tbody>
 </table></section>
 </main>
-<footer>Counters start at zero when a gateway starts. * TLS failures of several TCP exports of one
-ingress cannot be told apart: the count is theirs together.</footer>
+<footer>Counters are counted from the gateways' access logs, as meshfed logs --boundary shows
+them: totals across gateway restarts. meshfed's own checks are marked in the log and counted
+apart.</footer>
 <script>{_JS.replace("__POLL__", str(POLL_MS))}</script>
 </body></html>
 """

@@ -16,18 +16,14 @@ on a retired remote the reader tokens its remote secret carried are revoked. A p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
 
-from meshfed.kube.client import Cluster, KubeClient, Obj, describe
+from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
     STAND_IN_NAMESPACE,
     NamespacePlan,
-    created_note,
     for_mesh,
     plan_namespaces,
-    stand_in_note,
 )
 from meshfed.kube.remote_secret import (
     Token,
@@ -35,6 +31,18 @@ from meshfed.kube.remote_secret import (
     issue_token,
     kubeconfig_text,
     token_secrets,
+)
+from meshfed.kube.runs import (
+    Action,
+    Checked,
+    ClusterRun,
+    Connect,
+    Progress,
+    Quiet,
+    dry_run_actions,
+    foreign_federation,
+    kube_connector,
+    object_namespace,
 )
 from meshfed.kube.state import (
     AppliedCluster,
@@ -45,7 +53,6 @@ from meshfed.kube.state import (
     state_object,
 )
 from meshfed.kube.targets import (
-    FEDERATION_LABEL,
     PRUNE_KINDS,
     ClusterTarget,
     owned_by,
@@ -55,133 +62,22 @@ from meshfed.kube.targets import (
     retired_targets,
     selector,
 )
-from meshfed.plan.model import ClusterPlan, FederationPlan, MeshPlan
+from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
 from meshfed.render.istio import multicluster
 from meshfed.spec.model import Federation
 
-Action = Literal["created", "configured", "unchanged", "deleted"]
+__all__ = [
+    "Action",
+    "ClusterRun",
+    "Connect",
+    "Progress",
+    "Rollout",
+    "dry_run_actions",
+    "kube_connector",
+]
+
 PENDING_TOKEN = "<issued by meshfed apply>"
-
-
-class Progress(Protocol):
-    def start(self, cluster: str, what: str, total: int) -> None: ...
-    def step(self, cluster: str) -> None: ...
-    def done(self, cluster: str, text: str) -> None: ...
-
-
-class _Quiet:
-    def start(self, cluster: str, what: str, total: int) -> None:
-        pass
-
-    def step(self, cluster: str) -> None:
-        pass
-
-    def done(self, cluster: str, text: str) -> None:
-        pass
-
-
-Connect = Callable[[ClusterPlan], Cluster]
-
-
-def kube_connector(kubeconfig: str | None = None) -> Connect:
-    """Connections by kubeconfig context, as kubectl resolves them."""
-
-    def connect(cluster: ClusterPlan) -> Cluster:
-        return KubeClient.for_context(cluster.context, kubeconfig, name=cluster.name)
-
-    return connect
-
-
-def _strip(obj: Obj | None) -> Obj:
-    """An object without what the server changes on every write."""
-    if obj is None:
-        return {}
-    meta = {
-        k: v
-        for k, v in (obj.get("metadata") or {}).items()
-        if k not in ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
-    }
-    return {k: v for k, v in obj.items() if k not in ("metadata", "status")} | {"metadata": meta}
-
-
-@dataclass
-class Checked:
-    """One object after the dry-run: live state, what applying would make, how to apply."""
-
-    obj: Obj
-    live: Obj | None
-    result: Obj
-    force: bool
-
-    @property
-    def action(self) -> Action:
-        if self.live is None:
-            return "created"
-        return "unchanged" if _strip(self.live) == _strip(self.result) else "configured"
-
-
-@dataclass
-class ClusterRun:
-    """A cluster's part of one apply: the dry-run findings, then what was done."""
-
-    target: ClusterTarget
-    client: Cluster | None = None
-    checked: list[Checked] = field(default_factory=list)
-    prune: list[Obj] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-    actions: list[tuple[Action, str]] = field(default_factory=list)
-    settled: set[tuple[str, str, str, str]] = field(default_factory=set)
-    """Objects the caller knows to be in place: neither dry-run nor written."""
-    created: list[str] = field(default_factory=list)
-    """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
-    stand_in: list[str] = field(default_factory=list)
-    """Namespaces not there yet whose objects the dry-run validated in the stand-in."""
-    written: bool = False
-
-    def notes(self) -> list[str]:
-        """What the user should know besides the object counts: namespaces created (or to be
-        created), and where the dry-run had to use a stand-in."""
-        out = [created_note(ns, self.written) for ns in self.created]
-        if self.stand_in and not self.written:
-            out.append(stand_in_note(self.stand_in))
-        return out
-
-    @property
-    def label(self) -> str:
-        mesh, cluster = self.target.mesh.name, self.target.cluster
-        name = mesh if cluster.name == mesh else f"{mesh}/{cluster.name}"
-        where = [f"context {cluster.context}"] if cluster.context else []
-        if self.target.retired:
-            where.append("no longer in the spec")
-        return f"{name} ({', '.join(where)})" if where else name
-
-    def refuse(self, what: str, reason: str) -> None:
-        self.refusals.append(Refusal(self.label, what, reason))
-
-    def counts(self) -> dict[str, int]:
-        out = {"created": 0, "configured": 0, "unchanged": 0, "deleted": 0}
-        for action, _ in self.actions:
-            out[action] += 1
-        return out
-
-    def summary(self) -> str:
-        counts = self.counts()
-        return ", ".join(f"{n} {a}" for a, n in counts.items())
-
-
-def _namespace(obj: Obj) -> str | None:
-    ns = (obj.get("metadata") or {}).get("namespace")
-    return str(ns) if ns else None
-
-
-def _foreign(live: Obj | None, federation: str) -> str | None:
-    """The other meshfed federation that applied ``live``, if one did. Such objects are not
-    taken over: a cluster's mesh has one CA, one pair of federation gateways, one set of
-    boundary policies."""
-    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
-    other = labels.get(FEDERATION_LABEL)
-    return str(other) if owned_by(live, None) and other and other != federation else None
 
 
 class Rollout:
@@ -204,14 +100,16 @@ class Rollout:
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> None:
-        """``prunable``: prune only the stale objects it accepts on a cluster (the controller's
-        make-before-break waves prune one side of the federation at a time). ``retire``:
-        also empty the recorded clusters the spec no longer names (a full apply). ``forget``:
-        kubeconfig contexts of recorded clusters to drop from the record without touching
-        them (a cluster that is gone for good). ``settled``: objects known to be on the cluster
-        exactly as rendered (the controller applied them and has watched them since): kept
-        (never pruned) but neither dry-run nor written again. ``present``: the federation's
-        objects on a cluster as the caller knows them (None: list them), for pruning."""
+        """``retire``: also empty the recorded clusters the spec no longer names (a full
+        apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
+        without touching them (a cluster that is gone for good).
+
+        For the controller: ``prunable``: prune only the stale objects it accepts on a
+        cluster (make-before-break waves prune one side of the federation at a time).
+        ``settled``: objects known to be on the cluster exactly as rendered (the controller
+        applied them and has watched them since): kept (never pruned) but neither dry-run nor
+        written again. ``present``: the federation's objects on a cluster as the caller knows
+        them (None: list them), for pruning."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -221,7 +119,7 @@ class Rollout:
         self.store_state = store_state
         self.retire = retire
         self.forget = frozenset(forget)
-        self.progress: Progress = progress or _Quiet()
+        self.progress: Progress = progress or Quiet()
         self.prunable = prunable
         self.settled = settled
         self.present = present
@@ -341,7 +239,7 @@ class Rollout:
         client = run.client
         assert client is not None
         exists: dict[str, bool] = {}
-        for ns in sorted({n for o in desired if (n := _namespace(o)) is not None}):
+        for ns in sorted({n for o in desired if (n := object_namespace(o)) is not None}):
             try:
                 exists[ns] = client.namespace_exists(ns)
             except KubeError:
@@ -377,7 +275,7 @@ class Rollout:
                 self.progress.step(run.label)
                 continue  # refused with its namespace
             try:
-                ns = _namespace(obj)
+                ns = object_namespace(obj)
                 stand_in = ns is not None and ns in namespaces.pending
                 res = client.resource(obj["apiVersion"], obj["kind"])
                 live = (
@@ -385,7 +283,7 @@ class Rollout:
                     if stand_in
                     else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
                 )
-                other = _foreign(live, self.fed.name)
+                other = foreign_federation(live, self.fed.name)
                 if other is not None:
                     foreign.setdefault(other, []).append(what)
                     self.progress.step(run.label)
@@ -492,7 +390,7 @@ class Rollout:
                 run.actions.append(("unchanged", ref_text(obj)))
                 self.progress.step(run.label)
                 continue
-            ns = _namespace(obj)
+            ns = object_namespace(obj)
             name = obj["metadata"]["name"]
             try:
                 before = client.get(obj["apiVersion"], obj["kind"], name, ns)
@@ -551,7 +449,3 @@ class Rollout:
     def notes(self) -> list[str]:
         """Every cluster's notes (``ClusterRun.notes``), each naming its cluster."""
         return [f"cluster {run.label}: {note}" for run in self.runs for note in run.notes()]
-
-
-def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
-    return {run.label: run.actions for run in runs}

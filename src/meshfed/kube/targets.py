@@ -1,10 +1,11 @@
 """Which objects go to which cluster, in which order, and what is meshfed's to prune.
 
 A mesh's primary cluster (the one cluster of ``kubernetes``, or the ``primary`` of ``clusters``)
-holds everything ``render`` writes for the mesh except the IstioOperator overlays (those go to
-``istioctl install``): gateways, policies, routes, ``cacerts`` and the ingress credential, plus in
-primary-remote the east-west gateway and one remote secret per remote. A remote cluster holds the
-mesh's ``cacerts`` (all clusters of a mesh share its intermediate CA) and Istio's reader account.
+holds everything ``render`` writes for the mesh except the Istio install settings (IstioOperator,
+Helm values, Sail ``Istio``: those go to the installer): gateways, policies, routes, ``cacerts``
+and the ingress credential, plus in primary-remote the east-west gateway and one remote secret
+per remote. A remote cluster holds the mesh's ``cacerts`` (all clusters of a mesh share its
+intermediate CA) and Istio's reader account.
 A cluster meshfed applied to before and the spec no longer names is retired: it is given nothing,
 so pruning removes all the federation put there.
 """
@@ -37,6 +38,7 @@ PRUNE_KINDS: tuple[tuple[str, str], ...] = (
     ("networking.istio.io/v1", "VirtualService"),
     ("networking.istio.io/v1", "ServiceEntry"),
     ("networking.istio.io/v1", "DestinationRule"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"),
     ("security.istio.io/v1", "AuthorizationPolicy"),
     ("security.istio.io/v1", "PeerAuthentication"),
     ("telemetry.istio.io/v1", "Telemetry"),

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from meshfed.local.errors import LocalError
 from meshfed.local.ports import LOOPBACK
+from meshfed.local.summary import ImportInfo, RuntimeSummary
 from meshfed.render.envoy.layout import SidecarLayout
 
 
@@ -90,3 +91,40 @@ def tcp_port(sidecar: SidecarLayout, url: str) -> int:
         known = ", ".join(f"tcp://{k}" for k in sorted(sidecar.tcp_outbound)) or "none"
         raise LocalError(f"{url!r} is not a TCP import of this mesh", f"TCP imports: {known}")
     return sidecar.tcp_outbound[key]
+
+
+def import_url(imp: ImportInfo) -> str:
+    """How ``meshfed call`` names an import: ``http://<local name>`` or ``tcp://<name>:<port>``."""
+    if imp.protocol == "TCP":
+        return f"tcp://{imp.local_host}:{imp.port}"
+    return f"http://{imp.local_host}" + ("" if imp.port == 80 else f":{imp.port}")
+
+
+def check_imported(summary: RuntimeSummary, mesh: str, url: str) -> ImportInfo:
+    """The import of ``mesh`` that ``url`` calls; a clear error listing the mesh's imports if
+    it calls none (a sidecar routes only its mesh's imports: anything else would be a bare 502
+    from the caller's own sidecar)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "tcp") or not parts.hostname:
+        raise LocalError(
+            f"{url!r} is not an http:// or tcp:// URL with a host",
+            "use http://<local name of an import>/path or tcp://<local name>:<port> (TLS is "
+            "the sidecar's job)",
+        )
+    tcp = parts.scheme == "tcp"
+    mine = [i for i in summary.imports if i.mesh == mesh]
+    for imp in mine:
+        if imp.local_host != parts.hostname or (imp.protocol == "TCP") != tcp:
+            continue
+        if not tcp or parts.port == imp.port:
+            return imp
+    listed = ", ".join(f"{import_url(i)} ({i.protocol})" for i in mine)
+    others = sorted({i.mesh for i in summary.imports if i.local_host == parts.hostname} - {mesh})
+    hint = f"imports of {mesh}: {listed}" if mine else f"mesh {mesh} imports nothing"
+    if others:
+        hint += f"; {parts.hostname} is an import of mesh {', '.join(others)} (--mesh)"
+    raise LocalError(
+        f"{parts.hostname or url} is not an import of mesh {mesh}: its sidecar has no route "
+        "for it (a call would get a bare 502 from the caller's own sidecar: REGISTRY_ONLY)",
+        hint,
+    )

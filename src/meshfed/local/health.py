@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from meshfed.local import admin
-from meshfed.local.summary import ImportInfo, SourceInfo
+from meshfed.local.probe import Hop
+from meshfed.local.summary import ImportInfo, RuntimeSummary, SourceInfo
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,45 @@ def health_from_clusters(
     sources = tuple(one(s) for s in sorted(imp.sources, key=lambda s: s.priority))
     current = next((s.mesh for s in sources if s.healthy), None)
     return current, sources
+
+
+def await_first_choice(
+    summary: RuntimeSummary, running: set[str], hops: set[Hop] | None, timeout: float = 5.0
+) -> None:
+    """Wait until each import is served by its first source whose ingress runs here.
+
+    All Envoys start at once, so an egress can health-check an ingress before it listens; a
+    call made then goes to the failover target and its connection stays pinned there for the
+    sidecar's connection lifetime. Probes and the user's first calls come after this.
+    ``running``: the names of the processes running; ``hops``: the processes the caller started
+    or changed (None: all); an import whose egress and sources' ingresses are all unchanged is
+    left alone. One ``/clusters`` read per egress gateway and round serves every import of its
+    mesh.
+    """
+    egress_admin = {p.mesh: p.admin_port for p in summary.processes if p.role == "egress"}
+    ingress_names = {p.mesh: p.name for p in summary.processes if p.role == "ingress"}
+    waiting: dict[int, list[tuple[ImportInfo, str]]] = {}
+    for imp in summary.imports:
+        path = {(s.mesh, "ingress", None) for s in imp.sources} | {(imp.mesh, "egress", None)}
+        if hops is not None and not path & hops:
+            continue
+        serving = [s for s in imp.sources if ingress_names.get(s.mesh) in running]
+        port = egress_admin.get(imp.mesh)
+        if port is None or not serving or imp.egress_cluster is None:
+            continue
+        first = min(serving, key=lambda s: s.priority).mesh
+        waiting.setdefault(port, []).append((imp, first))
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        for port, imports in list(waiting.items()):
+            try:
+                clusters = admin.clusters(port, timeout=1.0)
+            except (admin.AdminError, ValueError):
+                clusters = []
+            left = [(i, f) for i, f in imports if health_from_clusters(i, clusters)[0] != f]
+            if left:
+                waiting[port] = left
+            else:
+                del waiting[port]
+        if waiting:
+            time.sleep(0.02)

@@ -7,6 +7,7 @@ from pathlib import Path
 from meshfed.examples import example_path
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
+from meshfed.local.summary import load_summary
 from meshfed.spec.load import load_spec
 from meshfed.workspace import default_state_dir
 
@@ -40,5 +41,15 @@ def locate_state(spec: Path | None, state: Path | None, base: Path | None = None
             f"no local federation under {root}",
             "start one with meshfed up [SPEC], or pass --state DIR",
         )
-    names = ", ".join(str(p) for p in candidates)
-    raise LocalError(f"several local federations: {names}", "pass --state DIR or the SPEC")
+    names = ", ".join(_described(p) for p in candidates)
+    raise LocalError(
+        f"several local federations: {names}",
+        "name one: its SPEC (as an argument or --spec SPEC, the same for every command), or "
+        "--state DIR",
+    )
+
+
+def _described(state_dir: Path) -> str:
+    """``DIR`` and, when the last ``up`` recorded it, ``(spec FILE)``."""
+    summary = load_summary(RuntimePaths(state_dir))
+    return f"{state_dir} (spec {summary.spec})" if summary is not None else str(state_dir)

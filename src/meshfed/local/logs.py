@@ -8,10 +8,11 @@ Each gateway writes two files (paths from ``render/envoy/files.log_path``):
   (``tls_failure``) or an unknown SNI (flag ``NR``) shows.
 
 The boundary view (``boundary_view``) records every crossing once: the requests at each ingress,
-the TCP connections to each ingress's TCP exports, the connections each egress let out, and every
-refused connection (failed TLS handshake, unknown SNI). It leaves out what would repeat a request
-line (the connection an HTTP request came on) and the egress gateways' TCP health checks
-(plaintext connections without SNI, identity or bytes).
+the TCP sessions of each ingress's TCP exports (the line of the export's tunnel, with its RBAC
+decision), the connections each egress let out, and every refused connection (failed TLS
+handshake, unknown SNI). It leaves out what would repeat an access line (the connection an HTTP
+request or a TCP session came on) and the egress gateways' health checks (plaintext connections
+without SNI, and TLS probes that got their ServerHello).
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from meshfed.local.prober import FALSE_CLAIM, Marks
 from meshfed.local.summary import RuntimeSummary
+from meshfed.plan.limits import FailoverPolicy
 from meshfed.render.envoy.files import log_path
 
 Kind = Literal["access", "conn"]
@@ -34,6 +37,8 @@ class LogEntry:
     process: str
     file: Kind
     doc: dict[str, Any]
+    probe: str | None = None
+    """meshfed's own traffic: what probe it is (``prober.Marks.mark``); None: a caller's."""
 
     @property
     def time(self) -> str:
@@ -55,10 +60,16 @@ def gateway_logs(
     ]
 
 
+PROBE_SNI = FailoverPolicy().probe_sni
+"""The SNI of the egress gateways' TLS probes (``render/envoy/probe.py``)."""
+
+
 def is_health_check(doc: dict[str, Any]) -> bool:
+    """An egress gateway's check of an exporter's ingress: a plaintext connect (no SNI), or a
+    TLS probe that got its ServerHello and left (the probe SNI, no certificate, no failure)."""
     return (
         doc.get("kind") == "connection"
-        and not doc.get("sni")
+        and doc.get("sni") in (None, "", PROBE_SNI)
         and not doc.get("caller")
         and not doc.get("tls_failure")
         and not doc.get("bytes_received")
@@ -97,16 +108,25 @@ def boundary_view(entries: list[LogEntry], summary: RuntimeSummary) -> list[LogE
         doc = entry.doc
         if is_health_check(doc):
             continue
-        if entry.file == "conn" and not is_failure(doc):
-            gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
-            if gateway == "egress":
-                continue  # the egress's access file has the same connection
-            mesh = doc.get("mesh")
-            exports = next((m.exports for m in summary.meshes if m.name == mesh), {})
-            if exports.get(str(doc.get("sni"))) == "HTTP":
-                continue  # its requests are in the access file
+        if entry.file == "conn" and _in_access_file(doc, entry, summary):
+            continue
         kept.append(entry)
     return kept
+
+
+def _in_access_file(doc: dict[str, Any], entry: LogEntry, summary: RuntimeSummary) -> bool:
+    """A listener line whose crossing the gateway's access file records: the egress's
+    connections; an ingress's connections to an export (HTTP: its requests; TCP: the line of
+    the export's tunnel, which names the RBAC decision, also when it refused the caller)."""
+    tunnel_refused = str(doc.get("upstream_failure") or "").startswith("tunnel_response")
+    if is_failure(doc) and not tunnel_refused:
+        return False
+    gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
+    if gateway == "egress":
+        return True
+    mesh = doc.get("mesh")
+    exports = next((m.exports for m in summary.meshes if m.name == mesh), {})
+    return str(doc.get("sni")) in exports
 
 
 def read_entries(files: list[tuple[str, Kind, Path]], boundary: bool) -> list[LogEntry]:
@@ -153,14 +173,61 @@ def follow(
         time.sleep(interval)
 
 
+_CODEC_DETAILS = {
+    "http1.codec_error": "malformed HTTP",
+    "http1.invalid_characters": "invalid characters in the request",
+    "http1.headers_too_large": "headers too large",
+    "http1.invalid_transfer_encoding": "unsupported transfer encoding",
+    "http1.invalid_url": "invalid URL",
+    "http1.invalid_method": "unknown method",
+    "low_version": "HTTP/1.0 not accepted",
+    "path_normalization_failed": "path cannot be normalised",
+}
+"""Envoy's ``%RESPONSE_CODE_DETAILS%`` for requests refused before any policy saw them."""
+
+
+def request_verdict(doc: dict[str, Any]) -> str:
+    """One word for a request at a gateway: ``allowed`` (the RBAC policy let it through, or it
+    was answered by the workload), ``denied`` (the policy refused it), ``rejected`` (refused
+    before the policy: a malformed request, a codec or protocol error, Envoy's 400, 426, 431,
+    501), ``refused`` (no route for it)."""
+    verdict = doc.get("decision")
+    if verdict in ("allowed", "denied"):
+        return str(verdict)
+    details = str(doc.get("details") or "")
+    flags = str(doc.get("flags") or "-").split(",")
+    if "rbac_access_denied" in details:
+        return "denied"
+    if details == "via_upstream":
+        return "allowed"
+    if "NR" in flags or details == "route_not_found":
+        return "refused"
+    code = doc.get("code")
+    if code == 403 and not details:
+        return "denied"  # a log line without the RBAC fields (older format)
+    if "DPE" in flags or details.startswith(("http1.", "http2.", "http3.", "codec")):
+        return "rejected"
+    if isinstance(code, int) and code >= 400:
+        return "rejected"
+    return "allowed"
+
+
 def decision(doc: dict[str, Any]) -> str:
-    """What happened, in a few words: ``allowed 200``, ``denied 403``, ``TLS handshake failed``."""
+    """What happened, in a few words: ``allowed 200``, ``denied 403``, ``rejected 400:
+    malformed HTTP (http1.codec_error)``, ``TLS handshake failed``."""
     if doc.get("tls_failure"):
         return f"TLS handshake failed: {doc['tls_failure']}"
     flags = str(doc.get("flags") or "-")
     if doc.get("kind") == "request":
-        verdict = doc.get("decision") or ("denied" if doc.get("code") == 403 else "allowed")
-        return f"{verdict} {doc.get('code')}"
+        verdict = request_verdict(doc)
+        code = doc.get("code")
+        details = str(doc.get("details") or "")
+        if verdict == "rejected":
+            why = _CODEC_DETAILS.get(details, "refused before the policy")
+            return f"rejected {code}: {why}" + (f" ({details})" if details else "")
+        if verdict == "refused":
+            return f"refused {code}: no route"
+        return f"{verdict} {code}"
     details = str(doc.get("details") or "")
     if "rbac_access_denied" in details:
         return f"denied ({details})"
@@ -194,4 +261,13 @@ def summary_line(entry: LogEntry, summary: RuntimeSummary | None = None) -> str:
     if upstream and d.get("gateway") == "egress":
         target = summary.ingress_at(str(upstream)) if summary else None
         parts.append(f"-> {target} ingress" if target else f"-> {upstream}")
+    if entry.probe == FALSE_CLAIM:
+        parts.append("[NOT meshfed's: a probe mark meshfed did not send]")
+    elif entry.probe:
+        parts.append(f"[meshfed's own {entry.probe}]")
     return "  ".join(parts)
+
+
+def marked(entries: list[LogEntry], marks: Marks) -> list[LogEntry]:
+    """``entries`` (in the order they were written) with meshfed's own probes marked."""
+    return [replace(e, probe=marks.mark(e.doc)) for e in entries]

@@ -11,6 +11,9 @@ TCP: a connection through the sidecar's local port for the import, by an allowed
 is the exporting workload's greeting line. Without an allowed workload the TCP probe is skipped
 (the ingress closes such connections without a word).
 
+Every HTTP attempt carries a token of the probe ledger in ``x-meshfed-probe`` (``prober.py``), so
+the boundary log and the dashboard count it as meshfed's own, apart from the callers'.
+
 ``probe_path`` names the processes a probe's call passes through: after a live change, ``up``
 probes again only the imports whose path changed (and those that never passed).
 """
@@ -24,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from meshfed.local.ports import LOOPBACK
+from meshfed.local.prober import IMPORT_PROBE, PROBE_HEADER, ProbeLedger
 from meshfed.plan.model import FederationPlan, ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy.layout import LocalLayout
 
@@ -135,14 +139,17 @@ def _probe_for(
     return Probe(mesh.name, key, route.protocol, None, 0, route.local_host)
 
 
-def run_probe(probe: Probe, timeout: float = 10.0) -> ProbeResult:
-    """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming)."""
+def run_probe(
+    probe: Probe, timeout: float = 10.0, ledger: ProbeLedger | None = None
+) -> ProbeResult:
+    """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming).
+    With ``ledger``, every HTTP attempt is marked as meshfed's own (``prober.py``)."""
     if probe.workload is None:
         return ProbeResult(probe, True, "skipped: no workload of the mesh may call it")
     deadline = time.monotonic() + timeout
     last = "no attempt"
     while True:
-        ok, last = _attempt(probe)
+        ok, last = _attempt(probe, ledger)
         if ok:
             return ProbeResult(probe, True, last)
         if time.monotonic() > deadline:
@@ -150,12 +157,16 @@ def run_probe(probe: Probe, timeout: float = 10.0) -> ProbeResult:
         time.sleep(0.05)
 
 
-def _attempt(probe: Probe) -> tuple[bool, str]:
+def _attempt(probe: Probe, ledger: ProbeLedger | None) -> tuple[bool, str]:
     if probe.protocol == "TCP":
         return _attempt_tcp(probe)
+    headers = {"Host": probe.host}
+    if ledger is not None:
+        target = f"{probe.mesh} {probe.key} as {probe.workload}"
+        headers[PROBE_HEADER] = ledger.token(IMPORT_PROBE, target)
     conn = http.client.HTTPConnection(LOOPBACK, probe.port, timeout=3)
     try:
-        conn.request(probe.method, probe.path, headers={"Host": probe.host})
+        conn.request(probe.method, probe.path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
     except (OSError, http.client.HTTPException) as exc:

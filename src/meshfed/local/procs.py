@@ -84,7 +84,12 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
-INOTIFY_LIMIT = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_LIMITS = (
+    Path("/proc/sys/fs/inotify/max_user_instances"),
+    Path("/proc/sys/user/max_inotify_instances"),
+)
+"""The per-user limit (the kernel's), and the user namespace's own (a container's may be
+lower: both apply)."""
 
 
 def envoy_watches(sds_secrets: int) -> int:
@@ -98,10 +103,15 @@ def inotify_headroom() -> tuple[int, int] | None:
     Every Envoy that reads watched files holds a few inotify instances, and the kernel caps them
     per user (often at 128): past the cap Envoy aborts at start.
     """
-    try:
-        limit = int(INOTIFY_LIMIT.read_text())
-    except (OSError, ValueError):
+    limits = []
+    for path in INOTIFY_LIMITS:
+        try:
+            limits.append(int(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    if not limits:
         return None
+    limit = min(limits)
     uid = os.getuid()
     used = 0
     for entry in os.listdir("/proc"):

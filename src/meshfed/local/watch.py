@@ -28,6 +28,8 @@ POLL_S = 0.05
 """Re-stat interval without inotify."""
 RECHECK_S = 1.0
 """Re-stat interval with inotify (a safety net; events come first)."""
+SETTLE_S = 0.03
+"""A re-stat reports a content only once it is this old (an in-place save truncates first)."""
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -199,8 +201,13 @@ class FileWatcher:
         """Whether the content differs from the last reported; if so, it is now the last.
         ``written``: an event said the file was written (its identity alone may not show it:
         two saves of the same size within one timestamp tick)."""
-        unchanged = self.last.identity is not None and _identity(self.path) == self.last.identity
+        ident = _identity(self.path)
+        unchanged = self.last.identity is not None and ident == self.last.identity
         if unchanged and not written:
+            return False
+        if not written and ident is not None and time.time_ns() - ident[2] < SETTLE_S * 1e9:
+            # Seen by a re-stat while it is being written (truncated, half written): the
+            # next look decides. An inotify event comes when the writer closed the file.
             return False
         now = look(self.path)
         if now.digest is None:

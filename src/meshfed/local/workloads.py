@@ -5,9 +5,10 @@
 Each workload listens (plain, loopback) on its app port behind its sidecar:
 
 - HTTP: every request, any method and path, is answered with JSON
-  ``{"mesh", "workload": "<ns>/<name>", "caller", "method", "path"}``, where ``caller`` is the
-  verified identity derived from the ``x-forwarded-client-cert`` header its sidecar passes on
-  (see ``meshfed.local.xfcc``), or null.
+  ``{"mesh", "workload": "<ns>/<name>", "caller", "method", "path", "headers"}``, where
+  ``caller`` is the verified identity derived from the ``x-forwarded-client-cert`` header its
+  sidecar passes on (see ``meshfed.local.xfcc``), or null, and ``headers`` every request header
+  that reached the workload (what crossed the boundary).
 - TCP: sends one JSON greeting line ``{"mesh", "workload"}``, then echoes every line it receives.
 
 SIGHUP re-reads the configuration: new workloads start, removed ones stop, the others keep their
@@ -68,14 +69,22 @@ def load_config(path: Path) -> list[WorkloadSpec]:
     ]
 
 
-def answer(spec: WorkloadSpec, method: str, path: str, xfcc: str | None) -> dict[str, Any]:
-    """What an HTTP workload answers to a request."""
+def answer(
+    spec: WorkloadSpec,
+    method: str,
+    path: str,
+    xfcc: str | None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What an HTTP workload answers to a request: who it is, who called, and what arrived
+    (``headers``: every request header it received, by lower-case name)."""
     return {
         "mesh": spec.mesh,
         "workload": spec.workload,
         "caller": caller_from_xfcc(xfcc, spec.spiffe_id, spec.ingress_id),
         "method": method,
         "path": path,
+        "headers": dict(sorted((headers or {}).items())),
     }
 
 
@@ -108,8 +117,13 @@ class _HTTPHandler(BaseHTTPRequestHandler):
 
     def _reply(self) -> None:
         self._read_body()
+        received = {name.lower(): value for name, value in self.headers.items()}
         doc = answer(
-            self.server.spec, self.command, self.path, self.headers.get("x-forwarded-client-cert")
+            self.server.spec,
+            self.command,
+            self.path,
+            self.headers.get("x-forwarded-client-cert"),
+            received,
         )
         body = (json.dumps(doc) + "\n").encode()
         self.send_response(200)

@@ -5,10 +5,9 @@ Files (paths from ``render/envoy/files.py``): ``bootstrap.json``, ``cds/cds.json
 DiscoveryResponse whose ``version_info`` counts up whenever its resources change; unchanged
 resources are never rewritten, so an unchanged Envoy sees nothing at all.
 
-Files are compared by a digest of their canonical JSON. A process that writes a file remembers
-its digest and version under the file's identity (inode, size, times): a later comparison in the
-same process (``meshfed up --watch``, one edit after another) reads and parses only files that
-somebody else changed meanwhile.
+Files are compared by a digest of their canonical JSON, remembered by file identity
+(``xds_state.py``): a later comparison in the same process (``meshfed up --watch``, one edit
+after another) reads and parses only files that somebody else changed meanwhile.
 
 A running Envoy is updated make-before-break: secrets and ECDS filter configurations (wait until
 Envoy applied those its listeners already use), then clusters (old and new together), wait until
@@ -20,22 +19,28 @@ exist, would be rejected whole.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import threading
-import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from meshfed.local import admin
+from meshfed.local.admin import ecds_stats, ecds_stats_pattern, wait_for_stats
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json, write_atomic, write_json
 from meshfed.local.paths import mkdir_private
+from meshfed.local.xds_state import (
+    FileState,
+    digest,
+    file_id,
+    file_state,
+    has,
+    remember,
+    version_after,
+)
 from meshfed.render.envoy.files import (
     bootstrap,
     discovery_response,
@@ -51,103 +56,6 @@ APPLY_TIMEOUT = 10.0
 
 _CDS_STATS = r"^cluster_manager\.(cds\.version_text|cds\.update_rejected|warming_clusters)$"
 _LDS_STATS = r"^listener_manager\.(lds\.version_text|lds\.update_rejected|total_listeners_warming)$"
-_ECDS_STAT = re.compile(r"^extension_config_discovery\.[a-z_]+\.(?P<name>.+)\.(?P<stat>[a-z_]+)$")
-
-
-def ecds_stats_pattern(names: Collection[str]) -> str:
-    """Admin stats pattern of the ECDS subscriptions ``names``: their applied version and how
-    often Envoy rejected a file (``extension_config_discovery.<http|network>_filter.<name>.``)."""
-    alternatives = "|".join(re.escape(n) for n in sorted(names))
-    return (
-        rf"^extension_config_discovery\.[a-z_]+\.({alternatives})\.(version_text|update_rejected)$"
-    )
-
-
-def ecds_stats(stats: Mapping[str, str], stat: str) -> dict[str, str]:
-    """``stat`` (``version_text`` or ``update_rejected``) of each ECDS subscription in ``stats``."""
-    out = {}
-    for key, value in stats.items():
-        m = _ECDS_STAT.match(key)
-        if m and m["stat"] == stat:
-            out[m["name"]] = value
-    return out
-
-
-def _canonical(doc: Any) -> str:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-
-def digest(doc: Any) -> str:
-    """Digest of a JSON value's canonical form (key order and spacing do not count)."""
-    return hashlib.sha256(_canonical(doc).encode()).hexdigest()
-
-
-def _version_after(version: str | None) -> str:
-    try:
-        return str(int(str(version)) + 1)
-    except ValueError:
-        return "1"
-
-
-_FileId = tuple[int, int, int, int, int]
-
-
-@dataclass(frozen=True)
-class FileState:
-    """What one file on disk holds: its ``version_info`` and the digest of what counts."""
-
-    version: str | None
-    digest: str
-
-
-_KNOWN: dict[tuple[Path, bool], tuple[_FileId, FileState]] = {}
-_KNOWN_LOCK = threading.Lock()
-
-
-def _file_id(path: Path) -> _FileId | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def file_state(path: Path, whole: bool = False) -> FileState | None:
-    """The state of ``path`` (None: missing or not JSON). ``whole``: digest of the whole
-    document (a bootstrap), else of its ``resources`` (an xDS or SDS file)."""
-    ident = _file_id(path)
-    if ident is None:
-        return None
-    with _KNOWN_LOCK:
-        known = _KNOWN.get((path, whole))
-    if known is not None and known[0] == ident:
-        return known[1]
-    doc = read_json(path)
-    if not isinstance(doc, Mapping):
-        return None
-    version = doc.get("version_info")
-    state = FileState(
-        None if version is None else str(version),
-        digest(doc if whole else doc.get("resources")),
-    )
-    _remember(path, ident, state, whole)
-    return state
-
-
-def _remember(
-    path: Path, ident: _FileId | None, state: FileState | None, whole: bool = False
-) -> None:
-    """Note what this process wrote to ``path`` (``ident`` or ``state`` None: forget it)."""
-    with _KNOWN_LOCK:
-        if ident is None or state is None:
-            _KNOWN.pop((path, whole), None)
-        else:
-            _KNOWN[(path, whole)] = (ident, state)
-
-
-def _has(path: Path, want: str, whole: bool = False) -> bool:
-    state = file_state(path, whole)
-    return state is not None and state.digest == want
 
 
 @dataclass
@@ -232,10 +140,10 @@ class EnvoyFiles:
         """Compare with the files on disk; ``secrets``: name -> SDS file content."""
         pending = Pending()
         boot = bootstrap(self.process, self.runtime_dir)
-        if not _has(self.bootstrap_path, digest(boot), whole=True):
+        if not has(self.bootstrap_path, digest(boot), whole=True):
             pending.bootstrap = boot
         for name, content in secrets.items():
-            if not _has(self.sds_path(name), digest(content["resources"])):
+            if not has(self.sds_path(name), digest(content["resources"])):
                 pending.secrets[name] = content
         sds_dir = self.dir / "sds"
         if sds_dir.is_dir():
@@ -244,16 +152,16 @@ class EnvoyFiles:
                     pending.stale_secrets.append(path.stem)
         for name, config in self.process.extensions.items():
             content = extension_config(name, config)
-            if not _has(self.ecds_path(name), digest(content["resources"])):
+            if not has(self.ecds_path(name), digest(content["resources"])):
                 pending.extensions[name] = content
         ecds_dir = self.dir / "ecds"
         if ecds_dir.is_dir():
             for path in sorted(ecds_dir.glob("*.json")):
                 if path.stem not in self.process.extensions:
                     pending.stale_extensions.append(path.stem)
-        if not _has(self.cds_path, self.clusters_digest):
+        if not has(self.cds_path, self.clusters_digest):
             pending.clusters = self.process.clusters
-        if not _has(self.lds_path, self.listeners_digest):
+        if not has(self.lds_path, self.listeners_digest):
             pending.listeners = self.process.listeners
         return pending
 
@@ -261,28 +169,28 @@ class EnvoyFiles:
 
     def _write_xds(self, path: Path, resources: list[Resource], want: str | None = None) -> str:
         old = file_state(path)
-        version = _version_after(old.version if old else None)
+        version = version_after(old.version if old else None)
         write_json(path, discovery_response(resources, version))
-        _remember(path, _file_id(path), FileState(version, want or digest(resources)))
+        remember(path, file_id(path), FileState(version, want or digest(resources)))
         return version
 
     def _write_secret(self, name: str, content: Resource) -> str:
         path = self.sds_path(name)
         old = file_state(path)
         doc = dict(content)
-        doc["version_info"] = _version_after(old.version if old else None)
+        doc["version_info"] = version_after(old.version if old else None)
         data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
         write_atomic(path, data, SECRET_MODE)
-        _remember(path, _file_id(path), FileState(doc["version_info"], digest(doc["resources"])))
+        remember(path, file_id(path), FileState(doc["version_info"], digest(doc["resources"])))
         return str(doc["version_info"])
 
     def _write_extension(self, name: str, content: Resource) -> str:
         path = self.ecds_path(name)
         old = file_state(path)
         doc = dict(content)
-        doc["version_info"] = version = _version_after(old.version if old else None)
+        doc["version_info"] = version = version_after(old.version if old else None)
         write_json(path, doc)
-        _remember(path, _file_id(path), FileState(version, digest(doc["resources"])))
+        remember(path, file_id(path), FileState(version, digest(doc["resources"])))
         return version
 
     def _prepare_dirs(self) -> None:
@@ -295,7 +203,7 @@ class EnvoyFiles:
         if pending.bootstrap is not None:
             write_json(self.bootstrap_path, pending.bootstrap)
             state = FileState(None, digest(pending.bootstrap))
-            _remember(self.bootstrap_path, _file_id(self.bootstrap_path), state, whole=True)
+            remember(self.bootstrap_path, file_id(self.bootstrap_path), state, whole=True)
         for name, content in pending.secrets.items():
             self._write_secret(name, content)
         for name in pending.stale_secrets:
@@ -334,7 +242,7 @@ class EnvoyFiles:
                 # New listeners read their filter configurations while warming: check that
                 # Envoy took them (one it rejected leaves the filter failing closed).
                 self._confirm_extensions(port, unconfirmed, timeout)
-            if not _has(self.cds_path, self.clusters_digest):
+            if not has(self.cds_path, self.clusters_digest):
                 self._apply(port, self.cds_path, wanted, "cds", timeout, self.clusters_digest)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
@@ -404,7 +312,7 @@ class EnvoyFiles:
             # ``up`` sees the difference again and retries.
             for name, data in previous.items():
                 write_atomic(self.ecds_path(name), data)
-                _remember(self.ecds_path(name), None, None)
+                remember(self.ecds_path(name), None, None)
             raise
         return {
             name: (v, before.get(name, "0")) for name, v in written.items() if name not in running
@@ -458,7 +366,7 @@ class EnvoyFiles:
         want: str | None = None,
     ) -> None:
         want = want or digest(resources)
-        if _has(path, want):
+        if has(path, want):
             return
         pattern = _CDS_STATS if kind == "cds" else _LDS_STATS
         rejected_stat = (
@@ -491,7 +399,7 @@ class EnvoyFiles:
             # ``up`` sees the difference again and retries.
             if previous is not None:
                 write_atomic(path, previous)
-                _remember(path, None, None)
+                remember(path, None, None)
             raise LocalError(
                 f"{self.process.name}: {exc.problem} ({kind.upper()} version {version})",
                 f"see the Envoy log under {self.runtime_dir / 'logs'}",
@@ -511,33 +419,6 @@ def _ecds_names(doc: Any) -> set[str]:
         elif isinstance(item, list):
             stack.extend(item)
     return found
-
-
-def wait_for_stats(
-    port: int,
-    pattern: str,
-    done: Callable[[dict[str, str]], bool],
-    failed: Callable[[dict[str, str]], bool],
-    timeout: float,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            s = admin.stats(port, pattern)
-        except admin.AdminError as exc:
-            # Envoy answers its admin interface on the thread that applies a new listener: a
-            # large one (thousands of principals) can keep it busy past one request's timeout.
-            busy = isinstance(exc.__cause__, TimeoutError)
-            if busy and time.monotonic() < deadline:
-                continue
-            raise LocalError(f"Envoy's admin interface stopped answering ({exc})") from None
-        if done(s):
-            return
-        if failed(s):
-            raise LocalError("Envoy rejected the update")
-        if time.monotonic() > deadline:
-            raise LocalError(f"Envoy did not apply the update within {timeout:.0f} s")
-        time.sleep(0.005)
 
 
 def secrets_for(process: ProcessConfig, identity: tuple[str, str] | None) -> dict[str, Resource]:

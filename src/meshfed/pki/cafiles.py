@@ -17,6 +17,7 @@ from cryptography.exceptions import InvalidSignature
 
 from meshfed.pki.certs import (
     cert_to_pem,
+    check_self_signed,
     fingerprint,
     keys_match,
     load_cert_pem,
@@ -103,12 +104,7 @@ class CAFiles:
         cert, key = self.read_pair(
             req, cert_path, key_path, f"remove {self.layout.dir} to start over"
         )
-        try:
-            cert.verify_directly_issued_by(cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PKIError(
-                cert_path, "is not a self-signed root certificate", self.layout.restore_fix()
-            ) from None
+        check_self_signed(cert_path, cert, self.layout.restore_fix())
         check_ca_cert(cert_path, cert, now, f"remove {self.layout.dir} to start over")
         check_recorded(
             self.layout,
@@ -134,12 +130,7 @@ class CAFiles:
                 "meshfed pki sign CSR --state ROOTDIR, then meshfed pki import CERT --state DIR",
             )
         cert = self.read_cert(cert_path)
-        try:
-            cert.verify_directly_issued_by(cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PKIError(
-                cert_path, "is not a self-signed root certificate", self.layout.restore_fix()
-            ) from None
+        check_self_signed(cert_path, cert, self.layout.restore_fix())
         check_ca_cert(cert_path, cert, now, "have the root holder rotate the root")
         check_recorded(
             self.layout,
@@ -281,10 +272,7 @@ class CAFiles:
         want = record.fingerprints.get(gen, {}).get("root")
         if want is not None and fingerprint(cert) != want:
             raise PKIError(path, f"is not the {gen} root recorded in {RECORD_FILE}", fix)
-        try:
-            cert.verify_directly_issued_by(cert)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PKIError(path, "is not a self-signed root certificate", fix) from None
+        check_self_signed(path, cert, fix)
         return cert
 
     def read_pair(

@@ -8,15 +8,17 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, PublicKey
-from meshfed.spiffe import SCHEME, validate_spiffe_id, validate_trust_domain
+from meshfed.spiffe import is_spiffe_uri, validate_spiffe_id, validate_trust_domain
 
 ORGANIZATION = "meshfed"
 #: Certificates start this long before `now`, so peers with slightly slow clocks accept them.
@@ -329,9 +331,7 @@ def spiffe_ids(cert: x509.Certificate) -> list[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return []
-    return [
-        u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if u.startswith(SCHEME)
-    ]
+    return [u for u in san.get_values_for_type(x509.UniformResourceIdentifier) if is_spiffe_uri(u)]
 
 
 def permitted_uri_domains(cert: x509.Certificate) -> list[str] | None:
@@ -356,6 +356,21 @@ def cert_to_pem(cert: x509.Certificate) -> bytes:
 
 def certs_to_pem(certs: Sequence[x509.Certificate]) -> bytes:
     return b"".join(cert_to_pem(c) for c in certs)
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``cert`` (names and signature; ``cert`` itself: self-signed)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def check_self_signed(path: Path | str, cert: x509.Certificate, fix: str) -> None:
+    """PKIError unless ``cert`` (read from ``path``) is a self-signed root."""
+    if not issued_by(cert, cert):
+        raise PKIError(path, "is not a self-signed root certificate", fix)
 
 
 def split_pem(bundle: str) -> tuple[str, ...]:

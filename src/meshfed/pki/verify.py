@@ -24,11 +24,10 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshfed.pki.certs import as_utc, cert_to_pem, certs_to_pem, describe, spiffe_ids
+from meshfed.pki.certs import as_utc, cert_to_pem, certs_to_pem, describe, issued_by, spiffe_ids
 from meshfed.pki.errors import PKIError
 
 Purpose = Literal["client", "server"]
@@ -91,13 +90,6 @@ def _candidate_paths(
 ) -> list[list[x509.Certificate]]:
     """All signature-valid paths leaf -> ... -> root (a trust anchor), shortest first."""
     found: list[list[x509.Certificate]] = []
-
-    def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            return False
-        return True
 
     def walk(path: list[x509.Certificate]) -> None:
         tip = path[-1]

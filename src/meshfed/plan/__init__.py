@@ -4,9 +4,11 @@
 that does); `security_diff` words what a change of plan widens or narrows.
 """
 
-from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy
+from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy, PathPolicy
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import SecurityChange, security_diff
+from meshfed.plan.guard import WorkloadGuard
+from meshfed.plan.limits import FailoverPolicy, ListenerLimits, MeshLimits
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -32,17 +34,22 @@ __all__ = [
     "ClusterPlan",
     "Egress",
     "EgressRoute",
+    "FailoverPolicy",
     "FederationPlan",
     "ImportRoute",
     "Ingress",
     "IngressServer",
+    "ListenerLimits",
+    "MeshLimits",
     "MeshPlan",
     "PathMatch",
+    "PathPolicy",
     "PrincipalMatch",
     "SecurityChange",
     "Source",
     "TrustBundle",
     "Workload",
+    "WorkloadGuard",
     "build_plan",
     "root_pems",
     "security_diff",

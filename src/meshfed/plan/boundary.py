@@ -13,12 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-ADDRESS_HEADERS: tuple[str, ...] = ("x-forwarded-for", "x-real-ip", "x-envoy-external-address")
-"""Headers that carry network addresses: a caller can forge them, and they tell about a mesh's
-network when they leave it."""
+from meshfed.spec.headers import ADDRESS_HEADERS, CALLER_HEADER, STRIPPED_HEADERS
 
 RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     "server",
+    "x-powered-by",
     "x-envoy-upstream-service-time",
     "x-envoy-overloaded",
     "x-envoy-ratelimited",
@@ -29,7 +28,9 @@ RESPONSE_HEADERS_REMOVED: tuple[str, ...] = (
     *ADDRESS_HEADERS,
 )
 """Response headers that would tell a caller about the exporting mesh's insides (software,
-timings, load, routing, addresses). Envoy cannot remove by prefix, so x-envoy-* are listed."""
+timings, load, routing, addresses). ``x-powered-by``: frameworks name themselves in it (seen
+reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x-envoy-* are
+listed."""
 
 
 @dataclass(frozen=True)
@@ -53,20 +54,70 @@ class ClientCertPolicy:
 
 
 @dataclass(frozen=True)
+class PathPolicy:
+    """How the ingress reads a request's path before authorization decides on it: the path
+    the policy sees is the path the workload gets, so a path rule cannot be walked around."""
+
+    normalize: bool = True
+    """RFC 3986 normalization: ``.`` and ``..`` segments resolved, backslashes made slashes."""
+    merge_slashes: bool = True
+    """``//a///b`` is ``/a/b``, for the policy and the workload alike."""
+    escaped_slashes: Literal["REJECT"] = "REJECT"
+    """A path holding ``%2F``/``%5C`` (which a workload may decode into a separator the policy
+    never saw) is refused with 400."""
+
+
+@dataclass(frozen=True)
 class BoundaryPolicy:
     """What the federation ingress of a mesh does to every HTTP request coming in and every
-    response going back out."""
+    response going back out, and what the mesh's sidecars let out."""
 
-    request_headers_removed: tuple[str, ...] = ADDRESS_HEADERS
-    """Request headers a caller may send that never reach the exported workload."""
+    request_headers_removed: tuple[str, ...] = (*STRIPPED_HEADERS, CALLER_HEADER)
+    """Request headers a caller may send that never reach the exported workload: method, path
+    and host overrides, addresses, framework and proxy switches (`meshfed.spec.headers`), and
+    the caller header (set by the ingress itself). Per export, less what it keeps."""
+    kept_request_headers: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(SNI, headers) an export keeps (spec ``keepRequestHeaders``): only these reach its
+    workload as the caller sent them."""
+    caller_header: str = CALLER_HEADER
+    """Set by the ingress on every request to the caller's verified URI SAN(s) (Envoy's
+    ``%DOWNSTREAM_PEER_URI_SAN%``; several SANs are joined by ``,`` and so never equal one
+    identity): what the exported workload's sidecar authorizes the original caller on
+    (`WorkloadGuard`). A caller's own copy is removed first."""
+    tcp_authorized_before_connect: bool = True
+    """A TCP export connects to its workload only once the caller's verified certificate has
+    been authorized (every URI SAN, exactly as for HTTP): a certificate with two URI SANs, one
+    of them allowed, completes the handshake but gets no byte of the workload, which never sees
+    a connection. (Envoy's network RBAC decides only on the caller's first byte, while a
+    server-first workload would greet at once.)"""
     response_headers_removed: tuple[str, ...] = RESPONSE_HEADERS_REMOVED
     """Response headers that never leave the mesh."""
+    proxy_debug_headers: bool = False
+    """Whether the gateway adds its own diagnostic headers (``x-envoy-upstream-service-time``
+    and kin): never, they tell about the mesh's insides."""
     forward_caller_address: bool = False
     """Whether the workload learns the caller's network address (``x-forwarded-for``): never,
     addresses of one mesh do not leak into another. The caller is its verified identity."""
     client_cert: ClientCertPolicy = field(default_factory=ClientCertPolicy)
+    paths: PathPolicy = field(default_factory=PathPolicy)
+    outbound: Literal["REGISTRY_ONLY"] = "REGISTRY_ONLY"
+    """What a workload's sidecar lets out: only registered destinations (the mesh's own
+    services, and its imports, which leave through the egress gateway); a request for any
+    other host is refused by the sidecar itself (HTTP 502, Istio's ``block_all`` route; TCP:
+    nothing listens), so nothing leaves the mesh around its egress gateway. Istio:
+    ``meshConfig.outboundTrafficPolicy.mode``."""
+
+    def request_headers_removed_for(self, sni: str) -> tuple[str, ...]:
+        """The request headers the ingress removes on ``sni``: all, less what its export keeps."""
+        kept = dict(self.kept_request_headers).get(sni, ())
+        return tuple(h for h in self.request_headers_removed if h not in kept)
 
 
-def boundary_policy(ingress_spiffe_id: str) -> BoundaryPolicy:
-    """The boundary policy of a mesh whose federation ingress is ``ingress_spiffe_id``."""
-    return BoundaryPolicy(client_cert=ClientCertPolicy(forwarder=ingress_spiffe_id))
+def boundary_policy(
+    ingress_spiffe_id: str, kept: tuple[tuple[str, tuple[str, ...]], ...] = ()
+) -> BoundaryPolicy:
+    """The boundary policy of a mesh whose federation ingress is ``ingress_spiffe_id``;
+    ``kept``: (SNI, request headers its export keeps)."""
+    return BoundaryPolicy(
+        kept_request_headers=kept, client_cert=ClientCertPolicy(forwarder=ingress_spiffe_id)
+    )

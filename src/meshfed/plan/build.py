@@ -9,9 +9,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import timedelta
 
 from meshfed.pki.certs import split_pem
 from meshfed.plan.boundary import boundary_policy
+from meshfed.plan.guard import WorkloadGuard
+from meshfed.plan.limits import FailoverPolicy
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -32,6 +35,13 @@ from meshfed.spec.model import Export, Federation, Mesh
 from meshfed.spec.paths import parse_path
 from meshfed.spec.principals import parse_principal
 from meshfed.spiffe import workload_id
+
+FAILOVER = FailoverPolicy()
+"""When an exporter counts as down: the same for every import (`meshfed.plan.limits`)."""
+
+CONNECTION_LIFE = timedelta(seconds=2)
+"""Life of a consumer's pooled HTTP connection to its egress: failback waits at most this long
+for the connections pinned to a failover exporter (plus the primary's ejection)."""
 
 
 def root_name(fed: Federation, mesh: str) -> str:
@@ -100,6 +110,34 @@ def _allow_rules(fed: Federation, export: Export, meshes: set[str] | None) -> tu
             )
         )
     return tuple(rules)
+
+
+def _kept_headers(
+    fed: Federation, servers: tuple[IngressServer, ...]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """(SNI, request headers its export keeps), for the servers whose export keeps any."""
+    kept = []
+    for server in servers:
+        export = fed.export(server.export)
+        if export.keep_request_headers:
+            kept.append(
+                (server.sni, tuple(sorted({h.lower() for h in export.keep_request_headers})))
+            )
+    return tuple(kept)
+
+
+def _guards(ingress: Ingress, header: str) -> tuple[WorkloadGuard, ...]:
+    """One guard per exported HTTP workload: the rules of every server that leads to it."""
+    rules: dict[Workload, list[AllowRule]] = {}
+    for server in ingress.servers:
+        if server.protocol != "HTTP":
+            continue
+        found = rules.setdefault(server.workload, [])
+        found.extend(r for r in server.allow if r not in found)
+    return tuple(
+        WorkloadGuard(workload, ingress.spiffe_id, header, tuple(found))
+        for workload, found in sorted(rules.items(), key=lambda item: item[0].ref)
+    )
 
 
 def _limited(trusted: tuple[TrustBundle, ...], server: IngressServer) -> tuple[TrustBundle, ...]:
@@ -205,6 +243,7 @@ class _Resolver:
             servers=tuple(replace(s, trusted=_limited(trusted, s)) for s in servers),
             trusted=trusted,
             dns_names=tuple(s.sni for s in servers),
+            probe_sni=FAILOVER.probe_sni,
         )
 
     def imports(self, mesh: Mesh) -> tuple[ImportRoute, ...]:
@@ -224,6 +263,7 @@ class _Resolver:
                     wire_host=self.fed.wire_host(imp),
                     sources=sources,
                     trusted=self.bundles(mesh, {s.mesh: {s.trust_domain} for s in sources}),
+                    connection_life=CONNECTION_LIFE if protocol == "HTTP" else None,
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))
@@ -243,6 +283,7 @@ class _Resolver:
         kube = mesh.kubernetes
         clusters = mesh_clusters(mesh)
         ingress = self.ingress(mesh)
+        boundary = boundary_policy(ingress.spiffe_id, _kept_headers(self.fed, ingress.servers))
         return MeshPlan(
             name=mesh.name,
             trust_domain=mesh.trust_domain,
@@ -252,6 +293,7 @@ class _Resolver:
             egress=Egress(
                 spiffe_id=gateway_spiffe_id(mesh.trust_domain, EGRESS_GATEWAY),
                 routes=tuple(sorted(egress_routes.values(), key=lambda r: r.wire_host)),
+                failover=FAILOVER,
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
@@ -261,7 +303,8 @@ class _Resolver:
                 mesh, {s.mesh: {s.trust_domain} for route in imports for s in route.sources}
             ),
             foreign_trust=tuple(b for b in workload_trust if b.name != root),
-            boundary=boundary_policy(ingress.spiffe_id),
+            boundary=boundary,
+            workload_guards=_guards(ingress, boundary.caller_header),
             kube_context=clusters[0].context if clusters else None,
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from meshfed.plan.boundary import BoundaryPolicy
+from meshfed.plan.limits import FailoverPolicy, MeshLimits
 from meshfed.spec.paths import PathMatch as PathMatch  # the plan's type, defined with its rule
 from meshfed.spiffe import PrincipalMatch as PrincipalMatch
 from meshfed.spiffe import domain_prefix, whole_domain
+
+if TYPE_CHECKING:
+    from meshfed.plan.guard import WorkloadGuard
 
 Protocol = Literal["HTTP", "TCP"]
 
@@ -128,6 +132,9 @@ class Ingress:
     """Roots a caller's chain must lead to: only those of meshes allowed to call."""
     dns_names: tuple[str, ...]
     """Names in the gateway's server certificate (every SNI it serves)."""
+    probe_sni: str | None = None
+    """An SNI the ingress answers with a ServerHello and nothing else, for the active probes of
+    consumers' egress gateways (`FailoverPolicy`); None: no such probe."""
 
     def server(self, sni: str) -> IngressServer | None:
         return next((s for s in self.servers if s.sni == sni), None)
@@ -162,6 +169,8 @@ class Egress:
 
     spiffe_id: str
     routes: tuple[EgressRoute, ...]
+    failover: FailoverPolicy = field(default_factory=FailoverPolicy)
+    """When an exporter's ingress counts as down (and up again)."""
 
     @property
     def allowed_snis(self) -> tuple[str, ...]:
@@ -183,6 +192,11 @@ class ImportRoute:
     trusted: tuple[TrustBundle, ...] = ()
     """Roots a consumer sidecar verifies the sources' ingress gateways with, each bound to the
     trust domains it may vouch for."""
+    connection_life: timedelta | None = None
+    """How long a consumer sidecar may reuse a pooled connection to the egress gateway (HTTP):
+    each is pinned end to end to one exporter through the pass-through egress, so this bounds
+    how long calls stay on a failover exporter once the primary is back. None (TCP): a session
+    is the application's own connection, and cutting it would break the application."""
 
     @property
     def upstream_spiffe_ids(self) -> tuple[str, ...]:
@@ -232,6 +246,10 @@ class MeshPlan:
     domain (Istio: ``meshConfig.caCertificates``). Empty in SharedRoot: one root serves all."""
     boundary: BoundaryPolicy = field(default_factory=BoundaryPolicy)
     """What crossing the mesh's boundary does to requests and responses."""
+    limits: MeshLimits = field(default_factory=MeshLimits)
+    """How long and how much a client may hold the mesh's proxies."""
+    workload_guards: tuple[WorkloadGuard, ...] = ()
+    """Per exported HTTP workload, what its own sidecar admits from across the boundary."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
     clusters: tuple[ClusterPlan, ...] = ()
@@ -254,6 +272,10 @@ class MeshPlan:
     @property
     def exported_namespaces(self) -> tuple[str, ...]:
         return tuple(sorted({s.workload.namespace for s in self.ingress.servers}))
+
+    def guard(self, ref: str) -> WorkloadGuard | None:
+        """The guard of workload ``ref``'s sidecar, if it is an exported HTTP workload."""
+        return next((g for g in self.workload_guards if g.workload.ref == ref), None)
 
     def workload(self, ref: str) -> Workload:
         for w in self.workloads:

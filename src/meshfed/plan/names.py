@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+# Kept for meshfed by the spec's checks (meshfed.spec.reserved): no workload may take them.
+from meshfed.spec.reserved import EGRESS_GATEWAY as EGRESS_GATEWAY
+from meshfed.spec.reserved import GATEWAY_NAMESPACE as GATEWAY_NAMESPACE
+from meshfed.spec.reserved import INGRESS_GATEWAY as INGRESS_GATEWAY
+from meshfed.spec.reserved import PROBER as PROBER
 from meshfed.spiffe import workload_id
 
-GATEWAY_NAMESPACE = "meshfed-system"
-INGRESS_GATEWAY = "federation-ingress"
-EGRESS_GATEWAY = "federation-egress"
 EGRESS_PORT = 15443
 """Port of the egress gateway's Service inside a cluster (sidecars reach it there)."""
 MANAGED_BY = "meshfed"
+PROBE_HEADER = "x-meshfed-probe"
+"""Request header carrying the mark of meshfed's own probes; gateways log it (``probe``)."""
 
 
 def service_fqdn(namespace: str, name: str) -> str:
@@ -20,3 +24,8 @@ def service_fqdn(namespace: str, name: str) -> str:
 def gateway_spiffe_id(trust_domain: str, gateway: str) -> str:
     """The SPIFFE ID of one of meshfed's gateways in a mesh."""
     return workload_id(trust_domain, GATEWAY_NAMESPACE, gateway)
+
+
+def prober_spiffe_id(trust_domain: str) -> str:
+    """The identity meshfed's own checks present in a mesh (never an allowed caller)."""
+    return workload_id(trust_domain, GATEWAY_NAMESPACE, PROBER)

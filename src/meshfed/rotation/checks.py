@@ -7,19 +7,17 @@ import time
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from meshfed.pki import MeshCA, PKIMaterial
-from meshfed.pki.certs import describe, load_certs_pem
+from meshfed.pki.certs import describe, issued_by, load_certs_pem
 from meshfed.pki.errors import PKIError
 from meshfed.pki.record import RotationRecord
 from meshfed.pki.verify import verify_chain
 from meshfed.plan.model import FederationPlan, TrustBundle
+from meshfed.plan.names import prober_spiffe_id
 from meshfed.rotation.live import LiveFederation, handshake, sds_bundles
-from meshfed.spiffe import domain_prefix
 from meshfed.workspace import Workspace
 
-_CHECK_PATH = "ns/meshfed-system/sa/rotation-check"
 TEST_TTL = timedelta(minutes=10)
 RETRIES = 4
 
@@ -48,13 +46,13 @@ def verify_live(
         else:
             tries = [("current", ws.pki.meshes[target.client_mesh], True)]
         for gen, ca, expect in tries:
-            result = handshake(target, ca, now)
+            result = handshake(target, ca, now, live.ledger)
             shakes += 1
             for _ in range(RETRIES):  # a listener may be between two contexts for a moment
                 if result.accepted == expect:
                     break
                 time.sleep(0.2)
-                result = handshake(target, ca, now)
+                result = handshake(target, ca, now, live.ledger)
                 shakes += 1
             if result.accepted != expect:
                 want = "accepted" if expect else "refused"
@@ -74,16 +72,12 @@ def verify_live(
                 if mesh is None:
                     continue
                 roots = load_certs_pem(pem.encode(), f"{process.name} {secret}")
-                for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                    if gen not in cas:
-                        continue
-                    sds += 1
-                    ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                    if ok != expect:
-                        problems.append(
-                            f"{process.name} {secret} for {domain}: a {gen}-CA certificate "
-                            f"is {'accepted' if ok else 'refused'}"
-                        )
+                checked, wrong = _judged(cas, mesh, roots, accept, refuse, now)
+                sds += checked
+                problems += [
+                    f"{process.name} {secret} for {domain}: a {gen}-CA certificate is {verdict}"
+                    for gen, verdict in wrong
+                ]
     return shakes, sds
 
 
@@ -118,16 +112,30 @@ def _check_served(
         )
 
 
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+def _judged(
+    cas: dict[str, dict[str, MeshCA]],
+    mesh: str,
+    roots: list[x509.Certificate],
+    accept: list[str],
+    refuse: list[str],
+    now: datetime,
+) -> tuple[int, list[tuple[str, str]]]:
+    """A leaf of ``mesh`` from each generation in ``accept`` must verify against ``roots``, one
+    from each in ``refuse`` must not: how many were checked, and (generation, 'accepted' or
+    'refused') for each that went the other way."""
+    checked, wrong = 0, []
+    for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
+        if gen not in cas:
+            continue
+        checked += 1
+        ok = _leaf_verifies(cas[gen][mesh], roots, now)
+        if ok != expect:
+            wrong.append((gen, "accepted" if ok else "refused"))
+    return checked, wrong
 
 
 def _leaf_verifies(ca: MeshCA, roots: list[x509.Certificate], now: datetime) -> bool:
-    spiffe_id = domain_prefix(ca.trust_domain) + _CHECK_PATH
+    spiffe_id = prober_spiffe_id(ca.trust_domain)
     _, leaf = ca.issue(spiffe_id, TEST_TTL, now)
     try:
         verify_chain(leaf, [ca.ca_cert], roots, now, spiffe_id)
@@ -170,14 +178,9 @@ def check_bundles(
             mesh = domains.get(domain)
             if mesh is None:
                 continue
-            for gen, expect in [(g, True) for g in accept] + [(g, False) for g in refuse]:
-                if gen not in cas:
-                    continue
-                count += 1
-                ok = _leaf_verifies(cas[gen][mesh], roots, now)
-                if ok != expect:
-                    problems.append(
-                        f"{where} ({domain}): a {gen}-CA certificate is "
-                        f"{'accepted' if ok else 'refused'}"
-                    )
+            checked, wrong = _judged(cas, mesh, roots, accept, refuse, now)
+            count += checked
+            problems += [
+                f"{where} ({domain}): a {gen}-CA certificate is {verdict}" for gen, verdict in wrong
+            ]
     return count

@@ -30,27 +30,31 @@ from typing import Any
 
 from cryptography import x509
 
+from meshfed.local.admin import wait_for_stats
 from meshfed.local.certs import kept_identity
 from meshfed.local.errors import LocalError
 from meshfed.local.files import read_json
 from meshfed.local.layout import layout_from_json
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.probe import ProbeResult, plan_probes, run_probe
+from meshfed.local.prober import PROBE_HEADER, ROTATION_CHECK, ProbeLedger
 from meshfed.local.state import load_processes
-from meshfed.local.xds import EnvoyFiles, Pending, secrets_for, wait_for_stats
+from meshfed.local.xds import EnvoyFiles, Pending, secrets_for
 from meshfed.pki import MeshCA
 from meshfed.pki.certs import cert_to_pem
 from meshfed.pki.keys import key_to_pem
 from meshfed.plan.model import FederationPlan, IngressServer
+from meshfed.plan.names import prober_spiffe_id
 from meshfed.render.envoy import render_local
 from meshfed.render.envoy.layout import LocalLayout
 from meshfed.render.envoy.process import ProcessConfig
-from meshfed.spiffe import PrincipalMatch, validate_spiffe_id
+from meshfed.spiffe import PrincipalMatch
 
 APPLY_TIMEOUT = 10.0
 HANDSHAKE_TIMEOUT = 5.0
 TEST_CERT_TTL = timedelta(minutes=10)
-CHECK_ID_SUFFIXES = ("", "meshfed-rotation-check", "sa/meshfed-rotation-check")
+CHECK_SERVICE_ACCOUNT = "meshfed-rotation-check"
+"""Completes an allowed prefix into the identity a handshake check of a TCP export presents."""
 
 
 @dataclass
@@ -79,6 +83,8 @@ class LiveFederation:
     def __init__(self, paths: RuntimePaths, layout: LocalLayout) -> None:
         self.paths = paths
         self.layout = layout
+        self.ledger = ProbeLedger(paths)
+        """Every check is recorded as meshfed's own (``local/prober.py``)."""
 
     @classmethod
     def detect(cls, state_dir: Path) -> LiveFederation | None:
@@ -176,7 +182,7 @@ class LiveFederation:
         return handshake_targets(plan, self.layout)
 
     def probes(self, plan: FederationPlan, timeout: float = 10.0) -> list[ProbeResult]:
-        return [run_probe(p, timeout) for p in plan_probes(plan, self.layout)]
+        return [run_probe(p, timeout, self.ledger) for p in plan_probes(plan, self.layout)]
 
 
 def _stats(port: int, pattern: str) -> dict[str, str]:
@@ -209,6 +215,12 @@ class Target:
 def _client_id(
     plan: FederationPlan, server: IngressServer, consumer_mesh: str, matches: list[PrincipalMatch]
 ) -> str | None:
+    """Who a check of ``server`` presents itself as. An HTTP listener verifies the chain at the
+    handshake and decides on the identity after it: meshfed's own prober identity serves (it is
+    refused with 403, which proves the handshake passed, and the log names it). A TCP export
+    admits only its allowed identities to the handshake: one of them."""
+    if server.protocol == "HTTP":
+        return prober_spiffe_id(plan.mesh(consumer_mesh).trust_domain)
     exact = [p.value for p in matches if not p.prefix]
     if exact:
         return exact[0]
@@ -216,12 +228,7 @@ def _client_id(
         if any(p.matches(w.spiffe_id) for p in matches):
             return w.spiffe_id
     for p in matches:
-        for suffix in CHECK_ID_SUFFIXES:
-            cand = p.value + suffix
-            try:
-                validate_spiffe_id(cand)
-            except ValueError:
-                continue
+        for cand in p.completions(CHECK_SERVICE_ACCOUNT):
             if server.allows(cand, "GET", "/") or server.protocol == "TCP":
                 return cand
     return None
@@ -290,10 +297,19 @@ def _private_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def handshake(target: Target, ca: MeshCA, now: datetime | None = None) -> Handshake:
-    """Connect to ``target`` presenting a fresh certificate for its caller issued by ``ca``."""
+def handshake(
+    target: Target, ca: MeshCA, now: datetime | None = None, ledger: ProbeLedger | None = None
+) -> Handshake:
+    """Connect to ``target`` presenting a fresh certificate for its caller issued by ``ca``;
+    with ``ledger``, the certificate (and an HTTP request's token) are recorded first, so the
+    boundary log counts the check as meshfed's own."""
     now = now or datetime.now(UTC)
     key, cert = ca.issue(target.client_id, TEST_CERT_TTL, now)
+    token = None
+    if ledger is not None:
+        ledger.certificate(ROTATION_CHECK, target.describe(), cert)
+        if target.protocol == "HTTP":
+            token = ledger.token(ROTATION_CHECK, target.describe())
     with _private_dir() as tmp:
         pem = tmp / "client.pem"
         fd = os.open(pem, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -305,10 +321,10 @@ def handshake(target: Target, ca: MeshCA, now: datetime | None = None) -> Handsh
         ctx.load_cert_chain(str(pem))
     if target.protocol == "HTTP":
         ctx.set_alpn_protocols(["http/1.1"])
-    return _connect(target, ctx)
+    return _connect(target, ctx, token)
 
 
-def _connect(target: Target, ctx: ssl.SSLContext) -> Handshake:
+def _connect(target: Target, ctx: ssl.SSLContext, token: str | None = None) -> Handshake:
     try:
         raw = socket.create_connection((target.address, target.port), timeout=HANDSHAKE_TIMEOUT)
     except OSError as exc:
@@ -323,7 +339,10 @@ def _connect(target: Target, ctx: ssl.SSLContext) -> Handshake:
                 target.address, target.port, timeout=HANDSHAKE_TIMEOUT
             )
             conn.sock = tls
-            conn.request("GET", "/", headers={"Host": target.sni, "Connection": "close"})
+            headers = {"Host": target.sni, "Connection": "close"}
+            if token is not None:
+                headers[PROBE_HEADER] = token
+            conn.request("GET", "/", headers=headers)
             resp = conn.getresponse()
             resp.read()
             return Handshake(target, True, served, f"HTTP {resp.status}")

@@ -16,7 +16,6 @@ PKI store derives the bundles from them, so ``up`` and ``render`` need no specia
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,11 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
 
+from meshfed.holds import hold
+from meshfed.interrupts import deferred, signal_name, uninterrupted
 from meshfed.local.errors import LocalError
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.summary import load_summary
 from meshfed.pki import MeshCA, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
+from meshfed.pki.certs import issued_by
 from meshfed.pki.errors import PKIError
 from meshfed.pki.leaves import ensure_leaf, kept_leaf
 from meshfed.pki.record import (
@@ -42,14 +44,13 @@ from meshfed.pki.record import (
 )
 from meshfed.plan.names import INGRESS_GATEWAY
 from meshfed.plan.trust import trust_request
-from meshfed.rotation.checks import check_bundles, issued_by, verify_live
+from meshfed.rotation.checks import check_bundles, verify_live
 from meshfed.rotation.live import LiveFederation
 from meshfed.spec.load import load_spec
 from meshfed.workspace import Workspace, open_workspace
 
-HOLD_ENV = "MESHFED_TEST_HOLD"
-"""Tests: ``<step>`` or ``mid-switch``: stop there (write ``MESHFED_TEST_HOLD_FILE``, then sleep)
-so a test can kill the command at a known point."""
+# Tests: MESHFED_TEST_HOLD=<step> or mid-switch parks the command there (meshfed.holds), so a
+# test can kill or signal it at a known point.
 
 
 class RotationError(Exception):
@@ -90,14 +91,8 @@ class RunResult:
 
 
 def _hold(point: str) -> None:
-    """Test hook: park the command at ``point`` (see HOLD_ENV)."""
-    if os.environ.get(HOLD_ENV) != point:
-        return
-    marker = os.environ.get(f"{HOLD_ENV}_FILE")
-    if marker:
-        Path(marker).write_text(str(os.getpid()))
-    while True:
-        time.sleep(60)
+    """Test hook: park the command at ``point`` (see ``meshfed.holds``)."""
+    hold(point)
 
 
 class Rotator:
@@ -229,9 +224,15 @@ class Rotator:
         record.running = step
         record.event(step, "started")
         write_record(self.store.dir, record)
-        _hold(step)
         try:
+            _hold(step)
             detail = action(self, record)
+        except KeyboardInterrupt as exc:
+            # Ctrl-C, SIGTERM or SIGHUP: the step stays ``running`` and is done again next time
+            # (every step is idempotent), as after a command that was killed.
+            record.event(step, "interrupted", signal_name(exc))
+            uninterrupted(lambda: write_record(self.store.dir, record))
+            raise
         except Waiting:
             record.running = None
             record.event(step, "waiting")
@@ -255,9 +256,11 @@ class Rotator:
         if record.next_step is None:
             self.workspace(record)  # the files as they stay (repaired while the record exists)
             outcome = "aborted" if record.aborting else "completed"
-            material.finish(self.store, record, outcome, datetime.now(UTC))
+            with deferred():  # the record is archived whole or not at all
+                material.finish(self.store, record, outcome, datetime.now(UTC))
         else:
-            write_record(self.store.dir, record)
+            with deferred():
+                write_record(self.store.dir, record)
         self.out(f"{step}: {detail} ({seconds:.2f} s)")
         return StepResult(step, detail, seconds)
 

@@ -109,10 +109,14 @@ def _carry_over(out: Path, staging: Path, owned: set[str], written: set[str]) ->
     return sorted(kept)
 
 
-def write_tree(out: Path, fill: Callable[[Path], None]) -> list[str]:
+def write_tree(
+    out: Path, fill: Callable[[Path], None], formerly: Callable[[str], bool] | None = None
+) -> list[str]:
     """Let ``fill`` populate a fresh directory, then put it at ``out`` in one step.
 
     Files in ``out`` that meshfed did not write are carried over; their paths are returned.
+    ``formerly`` names paths an older meshfed wrote that this one no longer does: under an old
+    marker (no list) they are taken as meshfed's and not carried over.
     """
     out = out.resolve()
     _check_target(out)
@@ -124,7 +128,9 @@ def write_tree(out: Path, fill: Callable[[Path], None]) -> list[str]:
         kept: list[str] = []
         if out.exists():
             owned = _owned(out)
-            kept = _carry_over(out, staging, written if owned is None else owned, written)
+            if owned is None:
+                owned = written | {p for p in _listing(out) if formerly is not None and formerly(p)}
+            kept = _carry_over(out, staging, owned, written)
         (staging / MARKER).write_text(_MANIFEST_HEAD + "".join(f"{p}\n" for p in sorted(written)))
         staging.chmod(0o755)
         if out.exists():
@@ -142,7 +148,8 @@ def write_tree(out: Path, fill: Callable[[Path], None]) -> list[str]:
 
 
 def write_rendered(out: Path, meshes: list[RenderedMesh]) -> list[str]:
-    """``out/<mesh>/`` per mesh: manifests and kustomization; keys only under ``secrets/``.
+    """``out/<mesh>/`` per mesh: manifests and kustomization, and beside them (outside the
+    kustomization) the Istio install settings; keys only under ``secrets/``.
 
     Returns the files (and empty directories) of ``out`` meshfed did not write, which it kept.
     """
@@ -151,7 +158,7 @@ def write_rendered(out: Path, meshes: list[RenderedMesh]) -> list[str]:
         for rendered in meshes:
             mesh_dir = root / rendered.mesh
             mesh_dir.mkdir()
-            for name, docs in rendered.files.items():
+            for name, docs in {**rendered.files, **rendered.install_files}.items():
                 (mesh_dir / name).write_text(dump_all(docs))
             (mesh_dir / "kustomization.yaml").write_text(dump(rendered.kustomization()))
             secrets = mesh_dir / "secrets"
@@ -159,4 +166,15 @@ def write_rendered(out: Path, meshes: list[RenderedMesh]) -> list[str]:
             for name, docs in rendered.secret_files.items():
                 write_private(secrets / name, dump_all(docs))
 
-    return write_tree(out, fill)
+    return write_tree(out, fill, formerly=_former_output)
+
+
+def _former_output(rel: str) -> bool:
+    """What meshfed wrote before it moved the Istio install settings out of ``secrets/``."""
+    parts = rel.split("/")
+    return (
+        len(parts) == 3
+        and parts[1] == "secrets"
+        and parts[2].startswith("istio-operator")
+        and parts[2].endswith(".yaml")
+    )

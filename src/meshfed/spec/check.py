@@ -14,9 +14,11 @@ from typing import Literal
 
 from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
+from meshfed.spec.headers import keep_problem
 from meshfed.spec.model import Export, Federation, Import, Mesh
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
+from meshfed.spec.reserved import check_reserved
 
 _METHOD = re.compile(r"^[A-Z]+$")
 
@@ -176,6 +178,7 @@ def _check_exports(fed: Federation, discovery_pending: bool) -> Iterator[Problem
                 "exporting mesh's private naming across the boundary",
                 f"use a public name such as {export.name}.{export.mesh}.{fed.name}.global",
             )
+        yield from _check_kept_headers(export, path, workload.protocol if workload else None)
         for j in range(len(export.consumers)):
             yield from _check_consumer(
                 fed,
@@ -185,6 +188,29 @@ def _check_exports(fed: Federation, discovery_pending: bool) -> Iterator[Problem
                 meshes,
                 workload.protocol if workload else None,
             )
+
+
+def _check_kept_headers(
+    export: Export, path: tuple[str | int, ...], protocol: str | None
+) -> Iterator[Problem]:
+    """Each header an export keeps must be one the ingress strips and none that walks around
+    what the export's consumers are limited to (`meshfed.spec.headers`)."""
+    methods = any(c.methods for c in export.consumers)
+    paths = any(c.paths for c in export.consumers)
+    seen: dict[str, int] = {}
+    for k, name in enumerate(export.keep_request_headers or []):
+        where = (*path, "keepRequestHeaders", k)
+        if name.lower() in seen:
+            yield Problem(
+                where,
+                f"{name!r} is already listed at keepRequestHeaders[{seen[name.lower()]}]",
+                "list each header once",
+            )
+            continue
+        seen[name.lower()] = k
+        problem = keep_problem(name, methods, paths, protocol)
+        if problem is not None:
+            yield Problem(where, problem.message, problem.fix)
 
 
 def _check_consumer(
@@ -476,6 +502,7 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     return [
         *_check_names_and_ttls(fed),
         *_check_meshes(fed, discovery_pending),
+        *check_reserved(fed),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),
         *_check_imports(fed),

@@ -272,6 +272,14 @@ class Export(_Model):
         description="Public (SNI) name peers use; default <export>.<mesh>.<federation>.global",
     )
     consumers: list[Consumer] = Field(min_length=1)
+    keep_request_headers: list[str] | None = Field(
+        None,
+        description="Request headers the ingress strips from every call (method, path and host "
+        "overrides such as X-HTTP-Method-Override, X-Original-URL, Forwarded, X-Forwarded-Host) "
+        "that this export lets through to its workload (HTTP only). A method or path override "
+        "is refused when a consumer is limited to methods or paths; addresses and identity "
+        "headers are never kept.",
+    )
 
 
 class Import(_Model):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from meshfed.spiffe import SCHEME, PrincipalMatch, domain_prefix, split, whole_domain
+from meshfed.spiffe import PrincipalMatch, domain_prefix, is_spiffe_uri, split, whole_domain
 
 __all__ = ["PrincipalMatch", "parse_principal"]
 
@@ -23,7 +23,7 @@ def parse_principal(text: str, trust_domain: str) -> PrincipalMatch:
     if text == "*":
         return whole_domain(trust_domain)
     relative = text
-    if text.startswith(SCHEME):
+    if is_spiffe_uri(text):
         domain, relative = split(text)
         if domain != trust_domain:
             raise ValueError(

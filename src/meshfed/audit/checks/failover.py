@@ -26,6 +26,7 @@ from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.sources.spec import SpecSource
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, str_list, str_map
+from meshfed.spiffe import parse_istio_principal
 
 MESH_LABEL = "meshfed.dev/mesh"
 _FAILOVER_LABEL = "meshfed.dev/failover-"
@@ -105,13 +106,9 @@ def _sni_matches(rule: Obj, sni: str) -> bool:
 
 
 def _admits_domain(pattern: str, domain: str) -> bool:
-    prefix = f"{domain}/"
-    if pattern.startswith("*"):
-        return True
-    if pattern.endswith("*"):
-        stem = pattern[:-1]
-        return prefix.startswith(stem) or stem.startswith(prefix)
-    return pattern.startswith(prefix)
+    """Whether an Istio principal pattern could admit an identity of ``domain``."""
+    match = parse_istio_principal(pattern)
+    return match is None or match.may_match_domain(domain)
 
 
 def authorises(docs: list[Doc], workload: GatewayWorkload, sni: str, domain: str) -> bool:

@@ -8,17 +8,18 @@ are those of the files ``meshfed render`` writes, so findings point into its out
 from __future__ import annotations
 
 from meshfed.audit.sources.manifests import Doc, docs_from_text
+from meshfed.plan.model import FederationPlan
 from meshfed.sinks.yaml_out import dump_all
-from meshfed.spec.model import Federation
 from meshfed.workspace import preview_istio
 
 
-def rendered_docs(fed: Federation) -> list[Doc]:
+def rendered_docs(plan: FederationPlan) -> list[Doc]:
     """Every non-Secret object of every mesh, named ``<mesh>/<file>`` as render writes it."""
     docs: list[Doc] = []
-    for rendered in preview_istio(fed):
+    for rendered in preview_istio(plan):
         files = {
             **rendered.files,
+            **rendered.install_files,
             **{f"secrets/{name}": objs for name, objs in rendered.secret_files.items()},
         }
         for name, objects in sorted(files.items()):

@@ -1,15 +1,26 @@
 """Access logs of the local gateways: one JSON line per request or connection.
 
-The local runtime (``meshfed logs``, the dashboard) reads these fields back by name.
+The local runtime (``meshfed logs``, the dashboard) reads these fields back by name. ``probe``
+(the ``x-meshfed-probe`` header) and ``peer_cert`` (the client certificate's SHA-256, also for a
+refused handshake) let it tell meshfed's own probes from callers' traffic.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from meshfed.plan.names import PROBE_HEADER
+from meshfed.render.boundary_log import CONNECTION_FIELDS, REQUEST_FIELDS
 from meshfed.render.envoy.process import Resource
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+
+# Local-only fields beside the shared boundary-log ones: how ``meshfed logs`` and the dashboard
+# tell meshfed's own probes (its ledger vouches for the token or the certificate) from callers.
+_PROBE_FIELDS: dict[str, str] = {
+    "probe": f"%REQ({PROBE_HEADER})%",
+    "peer_cert": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
+}
 
 
 def file_log(path: Path, fields: dict[str, str]) -> Resource:
@@ -24,45 +35,44 @@ def file_log(path: Path, fields: dict[str, str]) -> Resource:
 
 
 def request_log(path: Path, mesh: str, gateway: str) -> Resource:
-    return file_log(
-        path,
-        {
-            "time": "%START_TIME%",
-            "kind": "request",
-            "mesh": mesh,
-            "gateway": gateway,
-            "sni": "%REQUESTED_SERVER_NAME%",
-            "caller": "%DOWNSTREAM_PEER_URI_SAN%",
-            "method": "%REQ(:METHOD)%",
-            "authority": "%REQ(:AUTHORITY)%",
-            "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
-            "code": "%RESPONSE_CODE%",
-            "flags": "%RESPONSE_FLAGS%",
-            "details": "%RESPONSE_CODE_DETAILS%",
-            "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
-            "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
-            "duration_ms": "%DURATION%",
-        },
-    )
+    fields = {"kind": "request", "mesh": mesh, "gateway": gateway, **REQUEST_FIELDS}
+    return file_log(path, {**fields, **_PROBE_FIELDS})
 
 
 def connection_log(path: Path, mesh: str, gateway: str) -> Resource:
+    fields = {"kind": "connection", "mesh": mesh, "gateway": gateway, **CONNECTION_FIELDS}
+    # The local log's name for what Istio's log calls ``termination`` (``meshfed logs`` reads it).
+    fields["details"] = fields.pop("termination")
+    return file_log(path, {**fields, "peer_cert": _PROBE_FIELDS["peer_cert"]})
+
+
+TUNNEL_PEER_CERT = "x-meshfed-peer-cert"
+"""Set by a TCP export's chain on its tunnel's CONNECT (never reaches the workload): the
+caller's certificate fingerprint, for the tunnel's log line."""
+
+
+def tunnel_log(path: Path, mesh: str, sni: str, caller_header: str) -> Resource:
+    """One line per TCP session through a TCP export's tunnel (`render/envoy/tunnel.py`), with
+    the connection log's fields: the caller (and its certificate) as the export's chain read them
+    from the verified certificate, the decision the tunnel's RBAC made before the workload was
+    connected, in ``details`` as for a request."""
     return file_log(
         path,
         {
             "time": "%START_TIME%",
             "kind": "connection",
             "mesh": mesh,
-            "gateway": gateway,
-            "sni": "%REQUESTED_SERVER_NAME%",
-            "caller": "%DOWNSTREAM_PEER_URI_SAN%",
-            "tls_failure": "%DOWNSTREAM_TRANSPORT_FAILURE_REASON%",
+            "gateway": "ingress",
+            "sni": sni,  # a tunnel per export: its SNI (the CONNECT's authority has a port)
+            "caller": f"%REQ({caller_header.upper()})%",
             "upstream": "%UPSTREAM_HOST%",
             "upstream_failure": "%UPSTREAM_TRANSPORT_FAILURE_REASON%",
-            "flags": "%RESPONSE_FLAGS%",
-            "details": "%CONNECTION_TERMINATION_DETAILS%",
+            "details": "%RESPONSE_CODE_DETAILS%",
+            "decision": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_engine_result)%",
+            "policy": "%DYNAMIC_METADATA(envoy.filters.http.rbac:enforced_effective_policy_id)%",
             "bytes_received": "%BYTES_RECEIVED%",
             "bytes_sent": "%BYTES_SENT%",
             "duration_ms": "%DURATION%",
+            "peer_cert": f"%REQ({TUNNEL_PEER_CERT.upper()})%",
         },
     )

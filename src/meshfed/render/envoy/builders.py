@@ -68,6 +68,7 @@ def hcm(
     route_config: Resource,
     filters: list[Resource],
     access_log: list[Resource],
+    suppress_envoy_headers: bool = True,
     **extra: Any,
 ) -> Resource:
     return {
@@ -81,7 +82,10 @@ def hcm(
                 *filters,
                 {
                     "name": "envoy.filters.http.router",
-                    "typed_config": {"@type": ROUTER, "suppress_envoy_headers": True},
+                    "typed_config": {
+                        "@type": ROUTER,
+                        "suppress_envoy_headers": suppress_envoy_headers,
+                    },
                 },
             ],
             "normalize_path": True,

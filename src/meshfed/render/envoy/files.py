@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from meshfed.render.envoy.limits import bootstrap_limits
 from meshfed.render.envoy.process import ProcessConfig, Resource
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -77,24 +78,15 @@ def bootstrap(process: ProcessConfig, runtime_dir: Path) -> Resource:
     base = process_dir(runtime_dir, process.name)
     return {
         "node": {"id": process.name, "cluster": process.mesh},
-        "admin": {"address": _loopback(process.admin_port)},
+        # The admin endpoint (status, health, stats) stays reachable at the connection cap.
+        "admin": {"address": _loopback(process.admin_port), "ignore_global_conn_limit": True},
         "dynamic_resources": {
             "lds_config": _watched(base / "lds" / "lds.json"),
             "cds_config": _watched(base / "cds" / "cds.json"),
         },
-        "overload_manager": {
-            "resource_monitors": [
-                {
-                    # Bound what runaway clients can hold open on one process.
-                    "name": "envoy.resource_monitors.global_downstream_max_connections",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
-                        "downstream_connections.v3.DownstreamConnectionsConfig",
-                        "max_active_downstream_connections": 10000,
-                    },
-                }
-            ]
-        },
+        **bootstrap_limits(
+            process.max_connections, process.listener_caps, process.internal_listeners
+        ),
     }
 
 

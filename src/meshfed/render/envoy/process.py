@@ -28,6 +28,14 @@ class ProcessConfig:
     with ``files.validation_secret(name, value)``)."""
     workload: str | None = None
     """For sidecars: ``<namespace>/<name>``."""
+    max_connections: int = 10000
+    """Downstream connections this Envoy holds at once, all listeners together (its admin
+    endpoint aside): the overload manager closes any above it at accept."""
+    listener_caps: dict[str, int] = field(default_factory=dict)
+    """Per listener name, the connections it holds at once (Envoy's runtime
+    ``envoy.resource_limits.listener.<name>.connection_limit``)."""
+    internal_listeners: bool = False
+    """Whether listeners may be internal ones (the bootstrap extension they need)."""
     extensions: dict[str, Resource] = field(default_factory=dict)
     """Filter configurations the listeners load through ECDS, by resource name -> the
     ``typed_config`` to serve (write each with ``files.extension_config(name, value)``, before

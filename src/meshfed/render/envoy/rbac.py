@@ -28,6 +28,12 @@ The matcher, deny by default (every level ends in DENY; Envoy also denies when n
    domain, each identity in the exact map leads to the methods/paths of every rule that covers
    it (so the predicates repeat per identity: a larger config, still one hash lookup).
 
+The caller's identity is the client certificate's URI SANs at an HTTP export's chain; elsewhere
+it is a header the ingress itself set from them (``%DOWNSTREAM_PEER_URI_SAN%``, joined by ``,``
+exactly as ``UriSanInput`` joins them, a caller's own copy removed first): in a TCP export's
+tunnel, which decides before the workload is connected (`render/envoy/tunnel.py`), and in the
+exported workload's sidecar (`sidecar_config`, `meshfed.plan.guard`). One matcher, three places.
+
 ALLOW actions are named like the policies of the ``rules`` form (``<consumer mesh>-<index>``), so
 the access log's ``policy`` field names the rule that let a request through.
 
@@ -43,17 +49,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from meshfed.plan.guard import WorkloadGuard
 from meshfed.plan.model import AllowRule, IngressServer, PathMatch, PrincipalMatch
 from meshfed.render.envoy.process import Resource
 
 HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
-NET_RBAC = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 ACTION = "type.googleapis.com/envoy.config.rbac.v3.Action"
 HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 URI_SAN_INPUT = "type.googleapis.com/envoy.extensions.matching.common_inputs.ssl.v3.UriSanInput"
 
 SEVERAL_URI_SANS = "several-uri-sans"
 DEFAULT_DENY = "default-deny"
+FROM_INGRESS = "from-ingress"
+MESH_TRAFFIC = "mesh-traffic"
+CALLER_NOT_FROM_INGRESS = "caller-header-not-from-ingress"
+XFCC_NOT_FROM_INGRESS = "xfcc-only-from-ingress"
 
 _URI_SAN: Resource = {"name": "uri_san", "typed_config": {"@type": URI_SAN_INPUT}}
 
@@ -63,27 +73,41 @@ def http_config(server: IngressServer) -> Resource:
     return {"@type": HTTP_RBAC, "matcher": matcher(server.allow, http=True)}
 
 
-def network_config(server: IngressServer, stat_prefix: str) -> Resource:
-    """The network RBAC configuration of a TCP export's chain: principals only, on the first
-    byte."""
-    return {
-        "@type": NET_RBAC,
-        "stat_prefix": stat_prefix,
-        "matcher": matcher(server.allow, http=False),
-    }
-
-
 def http_filter(server: IngressServer) -> Resource:
     """The HTTP RBAC filter of ``server``'s chain, inline."""
     return {"name": "envoy.filters.http.rbac", "typed_config": http_config(server)}
 
 
-def network_filter(server: IngressServer, stat_prefix: str) -> Resource:
-    """The network RBAC filter of a TCP export's chain, inline."""
-    return {
-        "name": "envoy.filters.network.rbac",
-        "typed_config": network_config(server, stat_prefix),
-    }
+def tunnel_config(server: IngressServer, header: str) -> Resource:
+    """The HTTP RBAC configuration of a TCP export's tunnel (`render/envoy/tunnel.py`): the
+    export's principals, on the ``header`` the ingress set to the caller's verified URI SANs,
+    decided when the tunnel opens, before the workload is connected."""
+    identity = header_input(header)
+    return {"@type": HTTP_RBAC, "matcher": matcher(server.allow, http=False, identity=identity)}
+
+
+def sidecar_config(forwarder: str, guard: WorkloadGuard | None) -> Resource:
+    """The HTTP RBAC configuration of a workload's inbound sidecar listener.
+
+    From the mesh's federation ingress (``forwarder``): with a guard (an exported workload),
+    the guard's rules on the caller header the ingress set (`meshfed.plan.guard`), the same
+    matcher as the ingress's; without, allowed. From any other peer: refused if it carries the
+    caller header (guard) or its own XFCC element (a ``,``: the sidecar appends its element
+    before filters run); else allowed (the mesh's own traffic).
+    """
+    if guard is None:
+        from_ingress = _allow(FROM_INGRESS)
+    else:
+        identity = header_input(guard.header)
+        from_ingress = _nested(matcher(guard.rules, http=True, identity=identity))
+    entries = [(_single(_URI_SAN, {"exact": forwarder}), from_ingress)]
+    if guard is not None:
+        present = {"safe_regex": {"google_re2": {}, "regex": "(?s).+"}}
+        forged = _single(header_input(guard.header), present)
+        entries.append((forged, _deny(CALLER_NOT_FROM_INGRESS)))
+    xfcc = _single(header_input("x-forwarded-client-cert"), {"contains": ","})
+    entries.append((xfcc, _deny(XFCC_NOT_FROM_INGRESS)))
+    return {"@type": HTTP_RBAC, "matcher": _list(entries, _allow(MESH_TRAFFIC))}
 
 
 def policy_id(rule: AllowRule, index: int) -> str:
@@ -104,8 +128,15 @@ class _Rule:
     prefixes: tuple[PrincipalMatch, ...]
 
 
-def matcher(rules: Sequence[AllowRule], http: bool) -> Resource:
-    """The unified matcher for ``rules`` (see the module docstring for its shape)."""
+def header_input(name: str) -> Resource:
+    """A request header as the matcher's identity input (a header the proxy itself set from
+    the caller's verified URI SANs, joined by ``,`` exactly as ``UriSanInput`` joins them)."""
+    return {"name": name, "typed_config": {"@type": HEADER_INPUT, "header_name": name}}
+
+
+def matcher(rules: Sequence[AllowRule], http: bool, identity: Resource = _URI_SAN) -> Resource:
+    """The unified matcher for ``rules`` (see the module docstring for its shape), reading the
+    caller's identity from ``identity``: the client certificate's URI SANs, or a header."""
     domains: dict[str, list[_Rule]] = {}
     keys: dict[str, str] = {}
     for i, rule in enumerate(rules):
@@ -114,10 +145,11 @@ def matcher(rules: Sequence[AllowRule], http: bool) -> Resource:
     body = _deny(DEFAULT_DENY)
     if domains:
         branches = {
-            keys[domain]: _branch(in_domain) for domain, in_domain in sorted(domains.items())
+            keys[domain]: _branch(in_domain, identity)
+            for domain, in_domain in sorted(domains.items())
         }
-        body = _nested(_tree("prefix_match_map", branches, _deny(DEFAULT_DENY)))
-    several = _single(_URI_SAN, {"contains": ","})
+        body = _nested(_tree(identity, "prefix_match_map", branches, _deny(DEFAULT_DENY)))
+    several = _single(identity, {"contains": ","})
     return _list([(several, _deny(SEVERAL_URI_SANS))], body)
 
 
@@ -150,15 +182,19 @@ def _path(path: PathMatch) -> list[Resource]:
     ]
 
 
-def _branch(rules: list[_Rule]) -> Resource:
+def _branch(rules: list[_Rule], identity: Resource) -> Resource:
     """What decides a caller of the rules' trust domain (a single URI SAN in it), as an
     OnMatch."""
     in_domain = [(rule, list(rule.exact), list(rule.prefixes)) for rule in rules]
     if len(in_domain) == 1:
         ((rule, exact, prefixes),) = in_domain
         allow = _allow(rule.name)
-        prefixed = [(_any_of([_san_prefix(q.value) for q in prefixes]), allow)] if prefixes else []
-        identities = _identities({p: allow for p in exact}, prefixed)
+        prefixed = (
+            [(_any_of([_single(identity, {"prefix": q.value}) for q in prefixes]), allow)]
+            if prefixes
+            else []
+        )
+        identities = _identities(identity, {p: allow for p in exact}, prefixed)
         if rule.permission is None:
             return identities
         return _nested(_list([(rule.permission, identities)], _deny(DEFAULT_DENY)))
@@ -177,13 +213,18 @@ def _branch(rules: list[_Rule]) -> Resource:
     # must not end the search: a later rule may allow the same caller).
     fallback = [
         (
-            _all_of([_any_of([_san_prefix(q.value) for q in prefixes]), *_maybe(r.permission)]),
+            _all_of(
+                [
+                    _any_of([_single(identity, {"prefix": q.value}) for q in prefixes]),
+                    *_maybe(r.permission),
+                ]
+            ),
             _allow(r.name),
         )
         for r, _, prefixes in in_domain
         if prefixes
     ]
-    return _identities(table, fallback)
+    return _identities(identity, table, fallback)
 
 
 def _decide(rules: list[_Rule]) -> Resource:
@@ -195,13 +236,15 @@ def _decide(rules: list[_Rule]) -> Resource:
     return _nested(_list(entries, _deny(DEFAULT_DENY)))
 
 
-def _identities(exact: dict[str, Resource], prefixed: list[tuple[Resource, Resource]]) -> Resource:
+def _identities(
+    identity: Resource, exact: dict[str, Resource], prefixed: list[tuple[Resource, Resource]]
+) -> Resource:
     """An exact map of identities, else the (predicate, outcome) list in order, else DENY; as
     an OnMatch."""
     otherwise = _nested(_list(prefixed, _deny(DEFAULT_DENY))) if prefixed else _deny(DEFAULT_DENY)
     if not exact:
         return otherwise
-    return _nested(_tree("exact_match_map", dict(sorted(exact.items())), otherwise))
+    return _nested(_tree(identity, "exact_match_map", dict(sorted(exact.items())), otherwise))
 
 
 # --- xds.type.matcher.v3 building blocks ---------------------------------------------------------
@@ -234,8 +277,10 @@ def _list(entries: Iterable[tuple[Resource, Resource]], on_no_match: Resource) -
     }
 
 
-def _tree(kind: str, table: dict[str, Resource], on_no_match: Resource) -> Resource:
-    return {"matcher_tree": {"input": _URI_SAN, kind: {"map": table}}, "on_no_match": on_no_match}
+def _tree(
+    identity: Resource, kind: str, table: dict[str, Resource], on_no_match: Resource
+) -> Resource:
+    return {"matcher_tree": {"input": identity, kind: {"map": table}}, "on_no_match": on_no_match}
 
 
 def _single(input_: Resource, value_match: Resource) -> Resource:
@@ -245,10 +290,6 @@ def _single(input_: Resource, value_match: Resource) -> Resource:
 def _header(name: str, value_match: Resource) -> Resource:
     config = {"@type": HEADER_INPUT, "header_name": name}
     return _single({"name": name, "typed_config": config}, value_match)
-
-
-def _san_prefix(prefix: str) -> Resource:
-    return _single(_URI_SAN, {"prefix": prefix})
 
 
 def _maybe(predicate: Resource | None) -> list[Resource]:

@@ -5,13 +5,20 @@ outbound listeners to its imports, through the mesh's egress, with the workload'
 from __future__ import annotations
 
 from pathlib import Path
+from typing import assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
-from meshfed.render.envoy import tls
+from meshfed.render.envoy import rbac, tls
 from meshfed.render.envoy.builders import hcm, http_options, listener, static_cluster, tcp_proxy
 from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
+from meshfed.render.envoy.limits import (
+    chain_fields,
+    cluster_fields,
+    hcm_fields,
+    listener_fields,
+    tcp_fields,
+)
 from meshfed.render.envoy.process import ProcessConfig, Resource
-from meshfed.render.envoy.rbac import HTTP_RBAC
 from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA, cert_details
 
 
@@ -28,40 +35,10 @@ def inbound(
         ["h2", "http/1.1"] if http else [],
         san_prefix=[mesh.local_peers.value],
     )
+    limits = mesh.limits.internal
     if not http:
-        filters = [tcp_proxy("inbound", "app")]
+        filters = [tcp_proxy("inbound", "app", **tcp_fields(limits))]
     else:
-        # The workload learns its caller from XFCC. Only the mesh's ingress may forward one: a
-        # ',' means the peer sent its own element (the sidecar's is appended before filters).
-        guard = {
-            "action": "DENY",
-            "policies": {
-                "xfcc-only-from-ingress": {
-                    "permissions": [{"any": True}],
-                    "principals": [
-                        {
-                            "and_ids": {
-                                "ids": [
-                                    {
-                                        "header": {
-                                            "name": "x-forwarded-client-cert",
-                                            "string_match": {"contains": ","},
-                                        }
-                                    },
-                                    {
-                                        "not_id": {
-                                            "authenticated": {
-                                                "principal_name": {"exact": xfcc.forwarder}
-                                            }
-                                        }
-                                    },
-                                ]
-                            }
-                        }
-                    ],
-                }
-            },
-        }
         route_config = {
             "name": "inbound",
             "virtual_hosts": [
@@ -74,27 +51,41 @@ def inbound(
                 }
             ],
         }
+        # Who may pass a caller on to the workload: only the mesh's ingress, and (an exported
+        # workload) only for the callers its exports allow, on the identity the ingress read
+        # from the caller's certificate (`meshfed.plan.guard`, `rbac.sidecar_config`).
+        guard = {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": rbac.sidecar_config(xfcc.forwarder, mesh.guard(workload.ref)),
+        }
         filters = [
             hcm(
                 "inbound",
                 route_config,
-                [
-                    {
-                        "name": "envoy.filters.http.rbac",
-                        "typed_config": {"@type": HTTP_RBAC, "rules": guard},
-                    }
-                ],
+                [guard],
                 [],
                 forward_client_cert_details=xfcc.to_workload,
                 set_current_client_cert_details=cert_details(xfcc),
+                **hcm_fields(limits),
             )
         ]
     return listener(
         "inbound",
         "127.0.0.1",
         sidecar.inbound_port,
-        [{"transport_socket": transport, "filters": filters}],
+        [{"transport_socket": transport, "filters": filters, **chain_fields(limits)}],
+        **listener_fields(limits, listener_filters=False),
     )
+
+
+def _unregistered(mesh: MeshPlan) -> list[Resource]:
+    """The outbound listener's answer to a host that is none of the mesh's imports, as the
+    plan's outbound policy says: REGISTRY_ONLY refuses it with 502, as Istio's sidecars do
+    (their ``block_all`` virtual host)."""
+    if mesh.boundary.outbound == "REGISTRY_ONLY":
+        route = {"name": "block_all", "match": {"prefix": "/"}, "direct_response": {"status": 502}}
+        return [{"name": "block_all", "domains": ["*"], "routes": [route]}]
+    assert_never(mesh.boundary.outbound)
 
 
 def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
@@ -120,6 +111,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
         }
         for route in imports
     ]
+    virtual_hosts += _unregistered(mesh)
     return listener(
         "outbound",
         "127.0.0.1",
@@ -134,10 +126,12 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
                         [],
                         # A workload's own XFCC never leaves: the remote ingress sets its own.
                         forward_client_cert_details=mesh.boundary.client_cert.leaving,
+                        **hcm_fields(mesh.limits.internal),
                     )
                 ]
             }
         ],
+        **listener_fields(mesh.limits.internal, listener_filters=False),
     )
 
 
@@ -151,37 +145,43 @@ def sidecar_process(
         inbound(name, mesh, workload, sidecar, runtime_dir),
         outbound_http(mesh, http_imports, sidecar.outbound_port),
     ]
+    limits = mesh.limits.internal
     app = static_cluster("app", [("127.0.0.1", sidecar.app_port, 0)])
     if workload.protocol == "HTTP":
         app["typed_extension_protocol_options"] = http_options(False, "30s")
-    clusters = [app]
+    clusters = [{**app, **cluster_fields(limits)}]
     for route in mesh.imports:
         http = route.protocol == "HTTP"
-        cluster = static_cluster(
-            f"outbound|{route.wire_host}", [("127.0.0.1", ports.egress_port, 0)]
-        )
-        cluster["transport_socket"] = tls.upstream(
+        # Bounded connection life (the plan's): failback and certificate rotation reach new
+        # connections.
+        life = route.connection_life
+        cluster = tls.mtls_cluster(
+            f"outbound|{route.wire_host}",
+            ports.egress_port,
             runtime_dir,
             name,
             PEER_CA,
             sni=route.wire_host,
-            server_ids=list(route.upstream_spiffe_ids),
-            alpn=["h2"] if http else [],
+            server_ids=route.upstream_spiffe_ids,
+            http=http,
+            idle="10s",
+            max_duration=f"{life.total_seconds():g}s" if life is not None else None,
         )
-        if http:
-            # Bounded connection life: failback and certificate rotation reach new connections.
-            cluster["typed_extension_protocol_options"] = http_options(True, "10s", "2s")
-        else:
+        if not http:
             key = f"{route.local_host}:{route.port}"
+            proxy = tcp_proxy(
+                f"outbound_{key}", f"outbound|{route.wire_host}", **tcp_fields(limits)
+            )
             listeners.append(
                 listener(
                     f"outbound-tcp|{key}",
                     "127.0.0.1",
                     sidecar.tcp_outbound[key],
-                    [{"filters": [tcp_proxy(f"outbound_{key}", f"outbound|{route.wire_host}")]}],
+                    [{"filters": [proxy]}],
+                    **listener_fields(limits, listener_filters=False),
                 )
             )
-        clusters.append(cluster)
+        clusters.append({**cluster, **cluster_fields(limits)})
     trust = {LOCAL_CA: tls.spiffe_validator(mesh.local_trust)}
     if mesh.import_trust:
         trust[PEER_CA] = tls.spiffe_validator(mesh.import_trust)
@@ -195,4 +195,9 @@ def sidecar_process(
         spiffe_id=workload.spiffe_id,
         trust=trust,
         workload=workload.ref,
+        max_connections=mesh.limits.max_connections_per_proxy,
+        # Listeners whose names never change: a cap per listener is in the bootstrap, and an
+        # import's own listener coming or going must not restart the sidecar (the proxy's
+        # overall cap covers those).
+        listener_caps={"inbound": limits.max_connections, "outbound": limits.max_connections},
     )

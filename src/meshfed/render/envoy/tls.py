@@ -8,6 +8,7 @@ from typing import Any
 
 from meshfed.plan.boundary import ClientCertPolicy
 from meshfed.plan.model import TrustBundle
+from meshfed.render.envoy.builders import http_options, static_cluster
 from meshfed.render.envoy.files import SPIFFE_VALIDATOR, sds_ref
 from meshfed.render.envoy.process import Resource
 
@@ -129,6 +130,30 @@ def upstream(
             "common_tls_context": _common(runtime_dir, process, trust, alpn, san_exact=server_ids),
         },
     }
+
+
+def mtls_cluster(
+    name: str,
+    port: int,
+    runtime_dir: Path,
+    process: str,
+    trust: str,
+    *,
+    sni: str,
+    server_ids: Sequence[str],
+    http: bool,
+    idle: str,
+    max_duration: str | None = None,
+) -> Resource:
+    """A cluster to a loopback ``port`` over mTLS with the process's own certificate: ``sni``,
+    only ``server_ids`` accepted (roots from the ``trust`` secret); HTTP over h2, its pooled
+    connections closed after ``idle`` and (if given) ``max_duration``."""
+    cluster = static_cluster(name, [("127.0.0.1", port, 0)])
+    alpn = ["h2"] if http else []
+    cluster["transport_socket"] = upstream(runtime_dir, process, trust, sni, server_ids, alpn)
+    if http:
+        cluster["typed_extension_protocol_options"] = http_options(True, idle, max_duration)
+    return cluster
 
 
 def cert_details(policy: ClientCertPolicy) -> dict[str, bool]:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshfed.credentials import MeshCredentials
 from meshfed.plan.model import FederationPlan, MeshPlan
-from meshfed.render.istio import boundary, gateways, imports, multicluster, trust
+from meshfed.render.istio import (
+    boundary,
+    filters,
+    gateways,
+    imports,
+    install,
+    limits,
+    multicluster,
+    trust,
+    workload,
+)
 from meshfed.render.istio.objects import Obj
 
 __all__ = ["RenderedMesh", "render_mesh"]
@@ -14,11 +24,18 @@ __all__ = ["RenderedMesh", "render_mesh"]
 
 @dataclass(frozen=True)
 class RenderedMesh:
-    """Documents per file, relative to the mesh's directory. ``secret_files`` hold keys."""
+    """Documents per file, relative to the mesh's directory.
+
+    ``files`` are the manifests (the kustomization lists them); ``secret_files`` hold keys (in
+    ``secrets/``, applied first); ``install_files`` are the mesh's Istio install settings
+    (IstioOperator, istiod Helm values, Sail ``Istio``): beside the manifests, never applied
+    with them.
+    """
 
     mesh: str
     files: dict[str, list[Obj]]
     secret_files: dict[str, list[Obj]]
+    install_files: dict[str, list[Obj]] = field(default_factory=dict)
 
     def kustomization(self) -> Obj:
         return {
@@ -36,18 +53,20 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         "exports.yaml": boundary.routes(plan, mesh) + boundary.authorization(plan, mesh),
         "mtls.yaml": boundary.peer_authentication(plan, mesh),
         "telemetry.yaml": boundary.access_logging(plan, mesh),
+        "envoy-filters.yaml": filters.ingress_filter(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
+        "limits.yaml": limits.objects(plan, mesh),
+        "guards.yaml": workload.guard_policies(plan, mesh),
     }
     if mesh.remotes:
         files["eastwest-gateway.yaml"] = multicluster.eastwest_gateway(plan, mesh)
     secret_files = {
         "cacerts.yaml": [trust.cacerts(plan, mesh, creds)],
         "ingress-credential.yaml": [trust.ingress_credential(plan, mesh, creds)],
-        "istio-operator.yaml": [trust.mesh_config(plan, mesh)],
-        **multicluster.settings_files(mesh),
     }
     return RenderedMesh(
         mesh.name,
         {name: docs for name, docs in files.items() if docs},
         secret_files,
+        install.install_files(plan, mesh),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.workload import route_headers
 from meshfed.spiffe import istio_principal
 
 
@@ -25,7 +26,10 @@ def _route(plan: FederationPlan, mesh: MeshPlan, server: IngressServer) -> Obj:
             {
                 "name": slug(server.export.replace("/", "-")),
                 "route": [destination],
-                "headers": {"response": {"remove": list(mesh.boundary.response_headers_removed)}},
+                # Istio has no virtual-host level header rules: they go on every route
+                # (route.go TranslateHeadersOperations -> the route's *_headers_to_remove).
+                # Override headers stripped, the caller header set (workload.py).
+                "headers": route_headers(mesh, server),
             }
         ]
     else:
@@ -110,8 +114,17 @@ def peer_authentication(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     ]
 
 
+def log_provider(gateway: str) -> str:
+    """The name of the access-log provider (meshConfig ``extensionProviders``) of a gateway."""
+    return f"meshfed-{gateway}-log"
+
+
 def access_logging(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
-    """Every crossing is logged at both gateways (boundary monitoring)."""
+    """Every crossing is logged at both gateways (boundary monitoring), in the boundary log's
+    format (the caller's URI SAN, SNI, decision): the providers are in the mesh settings
+    (`meshfed.render.istio.install`). Istio also writes a gateway listener's log through them,
+    but only for ``NR`` (no filter chain: an unknown SNI); refused handshakes are logged by
+    `meshfed.render.istio.filters`."""
     return [
         obj(
             "telemetry.istio.io/v1",
@@ -121,7 +134,7 @@ def access_logging(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
             GATEWAY_NAMESPACE,
             spec={
                 "selector": {"matchLabels": {"istio": gateway}},
-                "accessLogging": [{"providers": [{"name": "envoy"}]}],
+                "accessLogging": [{"providers": [{"name": log_provider(gateway)}]}],
             },
         )
         for gateway in (INGRESS_GATEWAY, EGRESS_GATEWAY)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 
-from meshfed.plan.model import FederationPlan, MeshPlan
+from meshfed.plan.model import FederationPlan, IngressServer, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, INGRESS_GATEWAY
+from meshfed.render.istio import limits
 from meshfed.render.istio.objects import Obj, obj, slug
 
 INGRESS_CREDENTIAL = "federation-ingress-credential"
@@ -25,14 +26,41 @@ def namespace(plan: FederationPlan, mesh: MeshPlan) -> Obj:
     return obj("v1", "Namespace", GATEWAY_NAMESPACE, plan.name, extra_labels=extra)
 
 
+def gateway_proxy_config(mesh: MeshPlan) -> Obj:
+    """The gateways' ProxyConfig (pod annotation ``proxy.istio.io/config``, read at injection):
+    how the boundary policy's header rules become Istio's own settings.
+
+    - XFCC: ``gatewayTopology.forwardClientCertDetails`` (istiod's ``buildGatewayConnectionManager``
+      in pilot/pkg/networking/core/gateway.go); a caller-sent XFCC is replaced.
+    - ``server``: by default the gateway's connection manager writes ``server: istio-envoy`` on
+      every response (OVERWRITE, after the route's header removal, local replies included);
+      ``proxyHeaders.server.disabled`` makes it pass through (``GetProxyHeadersFromProxyConfig``
+      in httproute.go: no server name, PASS_THROUGH), and the route removes the upstream's.
+    - ``x-envoy-*`` debug headers: ``proxyHeaders.envoyDebugHeaders.disabled`` sets the router's
+      ``suppress_envoy_headers`` (no ``x-envoy-upstream-service-time`` on responses).
+    """
+    boundary = mesh.boundary
+    config: Obj = {
+        "gatewayTopology": {"forwardClientCertDetails": boundary.client_cert.at_ingress},
+    }
+    headers: Obj = {}
+    if "server" in boundary.response_headers_removed:
+        headers["server"] = {"disabled": True}
+    if not boundary.proxy_debug_headers:
+        headers["envoyDebugHeaders"] = {"disabled": True}
+    if headers:
+        config["proxyHeaders"] = headers
+    return config
+
+
 def _gateway_workload(plan: FederationPlan, mesh: MeshPlan, name: str) -> list[Obj]:
     """ServiceAccount, secret-reading Role and the injected gateway Deployment."""
     pod_labels = {"istio": name, "app": name}
     pod_metadata_labels = {**pod_labels, "sidecar.istio.io/inject": "true"}
     if mesh.network:
         pod_metadata_labels["topology.istio.io/network"] = mesh.network
-    xfcc = mesh.boundary.client_cert.at_ingress
-    proxy_config = {"gatewayTopology": {"forwardClientCertDetails": xfcc}}
+    # The boundary's header settings, then the gateway's bounds and caps (limits.py).
+    proxy_config = {**gateway_proxy_config(mesh), **limits.proxy_config(mesh, name)}
     return [
         obj("v1", "ServiceAccount", name, plan.name, GATEWAY_NAMESPACE),
         obj(
@@ -81,6 +109,35 @@ def _gateway_workload(plan: FederationPlan, mesh: MeshPlan, name: str) -> list[O
     ]
 
 
+def handshake_identities(server: IngressServer) -> list[str] | None:
+    """The SPIFFE IDs a TCP export's Gateway server lets complete the handshake, or None where
+    Istio cannot say it.
+
+    Network RBAC decides on the caller's first byte while the gateway's tcp_proxy connects
+    upstream at once, so a server-first workload greets a denied caller; the local federation
+    pins the allowed identities in the handshake. Istio's ``tls.subjectAltNames`` does the same
+    (``match_subject_alt_names``, exact matches only: ``util.StringToExactMatch``), with full
+    SPIFFE IDs. A rule admitting by prefix (``ns/x/*``, ``*``) cannot be listed exactly: no pin
+    then (``meshfed audit`` names the gap), RBAC still denies on the first byte.
+    HTTP exports are not pinned, as locally: a denied caller gets a logged 403 before any byte
+    of the workload's.
+    """
+    if server.protocol != "TCP":
+        return None
+    principals = [p for rule in server.allow for p in rule.principals]
+    if any(p.prefix for p in principals):
+        return None
+    return sorted({p.value for p in principals})
+
+
+def _server_tls(server: IngressServer) -> Obj:
+    tls: Obj = {"mode": "MUTUAL", "credentialName": INGRESS_CREDENTIAL}
+    pinned = handshake_identities(server)
+    if pinned:
+        tls["subjectAltNames"] = pinned
+    return tls
+
+
 def ingress(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     """The federation ingress: peers reach it; it terminates their mTLS, one SNI per export."""
     ing = mesh.ingress
@@ -110,7 +167,7 @@ def ingress(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                     "protocol": "HTTPS" if s.protocol == "HTTP" else "TLS",
                 },
                 "hosts": [s.sni],
-                "tls": {"mode": "MUTUAL", "credentialName": INGRESS_CREDENTIAL},
+                "tls": _server_tls(s),
             }
             for s in ing.servers
         ]

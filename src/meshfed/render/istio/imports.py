@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import timedelta
 
+from meshfed.plan.limits import FailoverPolicy
 from meshfed.plan.model import EgressRoute, FederationPlan, ImportRoute, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, service_fqdn
+from meshfed.render.istio.limits import failover_policy
 from meshfed.render.istio.objects import Obj, obj, slug
 
 EGRESS_HOST = service_fqdn(GATEWAY_NAMESPACE, EGRESS_GATEWAY)
@@ -18,7 +21,19 @@ def _subset(wire_host: str) -> str:
 
 
 def _local_entry(plan: FederationPlan, route: ImportRoute) -> Obj:
-    """The local name consumers call. DNS capture with auto-allocation makes it resolvable."""
+    """The local name consumers call, given an address of its own so that it resolves and a TCP
+    import captures only traffic to it.
+
+    ``resolution: STATIC`` without endpoints (the import's VirtualService sends its traffic to
+    the egress gateway; nothing dials the entry itself): istiod's IP auto-allocation gives it an
+    address in its status (pilot/pkg/networking/serviceentry/ip_autoallocation.go: never for
+    ``NONE``, nor with ``spec.addresses``), proxies capturing DNS use that address
+    (``nodeUsesAutoallocatedIPs``, pilot/pkg/model/service.go), the DNS proxy's name table
+    answers the name with it (pkg/dns/server/name_table.go skips a service without one), and a
+    TCP import's listener binds ``<address>:<port>``. With ``NONE`` and no address the name did
+    not resolve, and a TCP import's listener was ``0.0.0.0:<port>``: every connection to that
+    port, to any address, went to the federation.
+    """
     return obj(
         "networking.istio.io/v1",
         "ServiceEntry",
@@ -28,7 +43,7 @@ def _local_entry(plan: FederationPlan, route: ImportRoute) -> Obj:
         spec={
             "hosts": [route.local_host],
             "location": "MESH_EXTERNAL",
-            "resolution": "NONE",
+            "resolution": "STATIC",
             "ports": [
                 {
                     "number": route.port,
@@ -72,22 +87,40 @@ def _local_route(plan: FederationPlan, route: ImportRoute) -> Obj:
     )
 
 
+def _duration(value: timedelta) -> str:
+    return f"{value.total_seconds():g}s"
+
+
 def _egress_subsets(plan: FederationPlan, mesh: MeshPlan) -> Obj:
     """Per wire host: the sidecar originates mTLS with its own workload certificate, the SNI
-    of the export, and accepts only the exporting meshes' ingress gateway identities."""
+    of the export, and accepts only the exporting meshes' ingress gateway identities.
+
+    A pooled connection's life is the plan's (HTTP imports): ``connectionPool.tcp.
+    maxConnectionDuration`` of a subset becomes its cluster's HTTP ``max_connection_duration``
+    (cluster_traffic_policy.go ``applyConnectionPool``), so connections pinned to a failover
+    exporter drain and failback happens. A subset's value never reaches a TCP listener's
+    ``tcp_proxy`` (networkfilter.go reads only the top-level policy): TCP sessions live on.
+    """
+    life = {r.wire_host: r.connection_life for r in mesh.imports}
     subsets = []
     for route in mesh.egress.routes:
+        policy: Obj = {
+            "tls": {
+                "mode": "ISTIO_MUTUAL",
+                "sni": route.wire_host,
+                "subjectAltNames": [s.ingress_spiffe_id for s in route.sources],
+            }
+        }
+        connection_life = life.get(route.wire_host)
+        if connection_life is not None:
+            policy["connectionPool"] = {
+                "tcp": {"maxConnectionDuration": _duration(connection_life)}
+            }
         subsets.append(
             {
                 "name": _subset(route.wire_host),
                 "labels": {"istio": EGRESS_GATEWAY},
-                "trafficPolicy": {
-                    "tls": {
-                        "mode": "ISTIO_MUTUAL",
-                        "sni": route.wire_host,
-                        "subjectAltNames": [s.ingress_spiffe_id for s in route.sources],
-                    }
-                },
+                "trafficPolicy": policy,
             }
         )
     return obj(
@@ -108,7 +141,7 @@ def _is_ip(address: str) -> bool:
     return True
 
 
-def _remote(plan: FederationPlan, route: EgressRoute) -> list[Obj]:
+def _remote(plan: FederationPlan, route: EgressRoute, failover: FailoverPolicy) -> list[Obj]:
     """Where the egress gateway sends a wire host: the exporters' ingresses, in order.
 
     Endpoints carry no ``network``: Istio would treat them as behind an east-west gateway of
@@ -130,16 +163,7 @@ def _remote(plan: FederationPlan, route: EgressRoute) -> list[Obj]:
     destination = {"host": route.wire_host, "port": {"number": EGRESS_PORT}}
     resolution = "STATIC" if all(_is_ip(s.address) for s in route.sources) else "DNS"
     name = f"remote-{slug(route.wire_host, 56)}"
-    traffic_policy: Obj = {
-        "outlierDetection": {
-            "consecutiveGatewayErrors": 1,
-            "consecutive5xxErrors": 1,
-            "interval": "1s",
-            "baseEjectionTime": "5s",
-            "maxEjectionPercent": 100,
-        },
-        "connectionPool": {"tcp": {"connectTimeout": "2s"}},
-    }
+    traffic_policy: Obj = failover_policy(failover)
     if count > 1:
         traffic_policy["loadBalancer"] = {
             "simple": "ROUND_ROBIN",
@@ -201,5 +225,5 @@ def consumer(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
         objects += [_local_entry(plan, route), _local_route(plan, route)]
     objects.append(_egress_subsets(plan, mesh))
     for egress_route in mesh.egress.routes:
-        objects += _remote(plan, egress_route)
+        objects += _remote(plan, egress_route, mesh.egress.failover)
     return objects

@@ -1,6 +1,8 @@
-"""Trust material for Istio: the plug-in ``cacerts``, the ingress credential, the meshConfig.
+"""Trust material for Istio: the plug-in ``cacerts``, the ingress credential, the foreign roots
+of the mesh config.
 
-These carry private keys (cacerts, ingress credential) and go to ``secrets/``, written 0600.
+The Secrets carry private keys and go to ``secrets/``, written 0600; ``caCertificates`` goes
+into the mesh settings (`meshfed.render.istio.install`).
 """
 
 from __future__ import annotations
@@ -48,38 +50,12 @@ def ingress_credential(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredenti
     )
 
 
-def mesh_config(plan: FederationPlan, mesh: MeshPlan) -> Obj:
-    """An IstioOperator overlay (``istioctl install -f``) with the settings federation needs."""
-    mesh_cfg: Obj = {
-        "trustDomain": mesh.trust_domain,
-        # Nothing leaves the mesh around the egress gateway: only registered hosts are
-        # reachable, and imports are registered (ServiceEntry) to route through it.
-        "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"},
-        "defaultConfig": {
-            "proxyMetadata": {
-                # Local import names resolve through the sidecar's DNS proxy.
-                "ISTIO_META_DNS_CAPTURE": "true",
-                "ISTIO_META_DNS_AUTO_ALLOCATE": "true",
-            }
-        },
-    }
-    # Multi-root support in istiod: needed for caCertificates, and for a root rotation (a new
-    # root in cacerts' root-cert.pem is taken live only with it, as a superset or subset of the
-    # old bundle). On from the first install, so a root rotation never has to restart istiod.
-    spec: Obj = {
-        "meshConfig": mesh_cfg,
-        "values": {"pilot": {"env": {"ISTIO_MULTIROOT_MESH": "true"}}},
-    }
-    if mesh.foreign_trust:
-        # One entry per root: during a partner's root rotation its bundle holds two.
-        mesh_cfg["caCertificates"] = [
-            {"pem": pem, "trustDomains": list(b.trust_domains)}
-            for b in mesh.foreign_trust
-            for pem in b.roots
-        ]
-    return {
-        "apiVersion": "install.istio.io/v1alpha1",
-        "kind": "IstioOperator",
-        "metadata": {"name": f"meshfed-{mesh.name}", "namespace": mesh.istio_namespace},
-        "spec": spec,
-    }
+def ca_certificates(mesh: MeshPlan) -> list[Obj]:
+    """``meshConfig.caCertificates``: the roots the mesh's sidecars trust beyond their own, each
+    for its trust domains (Federated: the roots of the meshes it imports from). One entry per
+    root: during a partner's root rotation its bundle holds two."""
+    return [
+        {"pem": pem, "trustDomains": list(b.trust_domains)}
+        for b in mesh.foreign_trust
+        for pem in b.roots
+    ]

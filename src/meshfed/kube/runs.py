@@ -1,0 +1,147 @@
+"""One cluster's part of an apply (``ClusterRun``: what the dry-run found, then what was
+done), how an apply reports progress, and how clusters are connected to.
+
+``meshfed.kube.apply`` runs the phases over these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from meshfed.kube.client import Cluster, KubeClient, Obj
+from meshfed.kube.errors import Refusal
+from meshfed.kube.namespaces import created_note, stand_in_note
+from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by
+from meshfed.plan.model import ClusterPlan
+
+Action = Literal["created", "configured", "unchanged", "deleted"]
+
+
+class Progress(Protocol):
+    def start(self, cluster: str, what: str, total: int) -> None: ...
+    def step(self, cluster: str) -> None: ...
+    def done(self, cluster: str, text: str) -> None: ...
+
+
+class Quiet:
+    def start(self, cluster: str, what: str, total: int) -> None:
+        pass
+
+    def step(self, cluster: str) -> None:
+        pass
+
+    def done(self, cluster: str, text: str) -> None:
+        pass
+
+
+Connect = Callable[[ClusterPlan], Cluster]
+
+
+def kube_connector(kubeconfig: str | None = None) -> Connect:
+    """Connections by kubeconfig context, as kubectl resolves them."""
+
+    def connect(cluster: ClusterPlan) -> Cluster:
+        return KubeClient.for_context(cluster.context, kubeconfig, name=cluster.name)
+
+    return connect
+
+
+def strip_server_fields(obj: Obj | None) -> Obj:
+    """An object without what the server changes on every write."""
+    if obj is None:
+        return {}
+    meta = {
+        k: v
+        for k, v in (obj.get("metadata") or {}).items()
+        if k not in ("managedFields", "resourceVersion", "generation", "creationTimestamp", "uid")
+    }
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")} | {"metadata": meta}
+
+
+@dataclass
+class Checked:
+    """One object after the dry-run: live state, what applying would make, how to apply."""
+
+    obj: Obj
+    live: Obj | None
+    result: Obj
+    force: bool
+
+    @property
+    def action(self) -> Action:
+        if self.live is None:
+            return "created"
+        return (
+            "unchanged"
+            if strip_server_fields(self.live) == strip_server_fields(self.result)
+            else "configured"
+        )
+
+
+@dataclass
+class ClusterRun:
+    """A cluster's part of one apply: the dry-run findings, then what was done."""
+
+    target: ClusterTarget
+    client: Cluster | None = None
+    checked: list[Checked] = field(default_factory=list)
+    prune: list[Obj] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
+    actions: list[tuple[Action, str]] = field(default_factory=list)
+    settled: set[tuple[str, str, str, str]] = field(default_factory=set)
+    """Objects the caller knows to be in place: neither dry-run nor written."""
+    created: list[str] = field(default_factory=list)
+    """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
+    stand_in: list[str] = field(default_factory=list)
+    """Namespaces not there yet whose objects the dry-run validated in the stand-in."""
+    written: bool = False
+
+    def notes(self) -> list[str]:
+        """What the user should know besides the object counts: namespaces created (or to be
+        created), and where the dry-run had to use a stand-in."""
+        out = [created_note(ns, self.written) for ns in self.created]
+        if self.stand_in and not self.written:
+            out.append(stand_in_note(self.stand_in))
+        return out
+
+    @property
+    def label(self) -> str:
+        mesh, cluster = self.target.mesh.name, self.target.cluster
+        name = mesh if cluster.name == mesh else f"{mesh}/{cluster.name}"
+        where = [f"context {cluster.context}"] if cluster.context else []
+        if self.target.retired:
+            where.append("no longer in the spec")
+        return f"{name} ({', '.join(where)})" if where else name
+
+    def refuse(self, what: str, reason: str) -> None:
+        self.refusals.append(Refusal(self.label, what, reason))
+
+    def counts(self) -> dict[str, int]:
+        out = {"created": 0, "configured": 0, "unchanged": 0, "deleted": 0}
+        for action, _ in self.actions:
+            out[action] += 1
+        return out
+
+    def summary(self) -> str:
+        counts = self.counts()
+        return ", ".join(f"{n} {a}" for a, n in counts.items())
+
+
+def object_namespace(obj: Obj) -> str | None:
+    ns = (obj.get("metadata") or {}).get("namespace")
+    return str(ns) if ns else None
+
+
+def foreign_federation(live: Obj | None, federation: str) -> str | None:
+    """The other meshfed federation that applied ``live``, if one did. Such objects are not
+    taken over: a cluster's mesh has one CA, one pair of federation gateways, one set of
+    boundary policies."""
+    labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+    other = labels.get(FEDERATION_LABEL)
+    return str(other) if owned_by(live, None) and other and other != federation else None
+
+
+def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
+    return {run.label: run.actions for run in runs}

@@ -1,0 +1,234 @@
+"""The plan's limits, failover policy and header rules in the Istio output (render/istio/limits.py,
+render/istio/workload.py): the same values as the local federation's, where Istio takes them.
+
+The EnvoyFilter patches are merged into an Envoy listener the way istiod's MERGE does (fields
+set, maps merged, lists appended) and Envoy 1.40 itself validates the result, so every field
+name and value is one Envoy accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshfed.plan.limits import FailoverPolicy
+from meshfed.sinks.files import write_rendered
+from meshfed.spec.headers import CALLER_HEADER, STRIPPED_HEADERS
+from meshfed.workspace import open_workspace
+from test_render_envoy import envoy_validates
+
+from conftest import EXAMPLES, Rendered
+
+HCM = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+
+
+def _proxy_config(rendered: Rendered, mesh: str, gateway: str) -> dict[str, Any]:
+    (deployment,) = [
+        d for d in rendered.docs(mesh, "Deployment") if d["metadata"]["name"] == gateway
+    ]
+    annotation = deployment["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+    config: dict[str, Any] = json.loads(annotation)
+    return config
+
+
+def test_gateway_pods_carry_idle_timeout_and_connection_caps(bank_rendered: Rendered) -> None:
+    for mesh in bank_rendered.workspace.plan.meshes:
+        limits = mesh.limits
+        for gateway, listener, port in (
+            ("federation-ingress", limits.ingress, mesh.ingress.port),
+            ("federation-egress", limits.internal, 15443),
+        ):
+            config = _proxy_config(bank_rendered, mesh.name, gateway)
+            idle = f"{listener.idle_timeout.total_seconds():g}s"
+            assert config["proxyMetadata"] == {"ISTIO_META_IDLE_TIMEOUT": idle}
+            assert config["runtimeValues"] == {
+                "overload.global_downstream_max_connections": str(limits.max_connections_per_proxy),
+                f"envoy.resource_limits.listener.0.0.0.0_{port}.connection_limit": str(
+                    listener.max_connections
+                ),
+            }
+            assert config["gatewayTopology"] == {"forwardClientCertDetails": "SANITIZE_SET"}
+
+
+def _merge(base: Any, patch: Any) -> Any:
+    """istiod's MERGE (pkg/proto/merge): messages merged field by field, lists appended."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for key, value in patch.items():
+            out[key] = _merge(base[key], value) if key in base else value
+        return out
+    if isinstance(base, list) and isinstance(patch, list):
+        return base + patch
+    return patch
+
+
+def _gateway_listener(port: int, hcm: bool) -> dict[str, Any]:
+    """A listener shaped like an Istio gateway's: tls_inspector, one TLS chain."""
+    filters: list[dict[str, Any]] = [
+        {
+            "name": "envoy.filters.network.tcp_proxy",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3."
+                "TcpProxy",
+                "stat_prefix": "x",
+                "cluster": "x",
+            },
+        }
+    ]
+    if hcm:
+        filters = [
+            {
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": HCM,
+                    "stat_prefix": "x",
+                    "route_config": {"name": "x"},
+                    "http_filters": [
+                        {
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http."
+                                "router.v3.Router"
+                            },
+                        }
+                    ],
+                },
+            }
+        ]
+    return {
+        "name": f"0.0.0.0_{port}",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "listener_filters": [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.listener."
+                    "tls_inspector.v3.TlsInspector"
+                },
+            }
+        ],
+        "filter_chains": [{"filter_chain_match": {"server_names": ["a.test"]}, "filters": filters}],
+    }
+
+
+def _apply(listener: dict[str, Any], patches: list[dict[str, Any]]) -> dict[str, Any]:
+    for patch in patches:
+        assert patch["match"]["context"] == "GATEWAY"
+        assert patch["patch"]["operation"] == "MERGE"
+        value = patch["patch"]["value"]
+        if patch["applyTo"] == "LISTENER":
+            listener = _merge(listener, value)
+        elif patch["applyTo"] == "FILTER_CHAIN":
+            listener["filter_chains"] = [_merge(c, value) for c in listener["filter_chains"]]
+        else:
+            assert patch["applyTo"] == "NETWORK_FILTER"
+            name = patch["match"]["listener"]["filterChain"]["filter"]["name"]
+            for chain in listener["filter_chains"]:
+                chain["filters"] = [
+                    _merge(f, value) if f["name"] == name else f for f in chain["filters"]
+                ]
+    return listener
+
+
+def test_envoy_filters_reach_only_the_gateways_and_envoy_accepts_them(
+    bank_rendered: Rendered, tmp_path: Path
+) -> None:
+    plan = bank_rendered.workspace.plan
+    for mesh in plan.meshes:
+        filters = {
+            f["metadata"]["name"]: f
+            for f in bank_rendered.docs(mesh.name, "EnvoyFilter")
+            if f["metadata"]["name"].endswith("-limits")
+        }
+        gateways = [
+            (name, port, hcm)
+            for name, port, hcm, present in (
+                ("federation-ingress", mesh.ingress.port, True, mesh.ingress.servers),
+                ("federation-egress", 15443, False, mesh.egress.routes),
+            )
+            if present  # no Gateway, no listener to patch
+        ]
+        assert set(filters) == {f"{name}-limits" for name, _, _ in gateways}
+        for name, port, hcm in gateways:
+            spec = filters[f"{name}-limits"]["spec"]
+            assert filters[f"{name}-limits"]["metadata"]["namespace"] == "meshfed-system"
+            assert spec["workloadSelector"] == {"labels": {"istio": name}}
+            for patch in spec["configPatches"]:
+                assert patch["match"]["listener"]["portNumber"] == port
+            listener = _apply(_gateway_listener(port, hcm), spec["configPatches"])
+            limits = mesh.limits.ingress if hcm else mesh.limits.internal
+            handshake = f"{limits.handshake_timeout.total_seconds():g}s"
+            assert listener["listener_filters_timeout"] == handshake
+            assert listener["per_connection_buffer_limit_bytes"] == limits.buffer_limit_bytes
+            if hcm:
+                (chain,) = listener["filter_chains"]
+                assert chain["transport_socket_connect_timeout"] == handshake
+                config = chain["filters"][0]["typed_config"]
+                assert config["request_headers_timeout"] == "5s"
+                assert config["common_http_protocol_options"]["max_headers_count"] == 64
+            boot = {"static_resources": {"listeners": [listener]}}
+            envoy_validates(tmp_path / f"{mesh.name}-{name}.json", boot)
+
+
+def test_the_ingress_pool_towards_each_exported_workload(bank_rendered: Rendered) -> None:
+    rules = {
+        d["spec"]["host"]: d
+        for d in bank_rendered.docs("payments", "DestinationRule")
+        if d["metadata"]["name"].startswith("ingress-limits-")
+    }
+    assert set(rules) == {"tokenizer.cards.svc.cluster.local", "ledger.cards.svc.cluster.local"}
+    for rule in rules.values():
+        assert rule["metadata"]["namespace"] == "meshfed-system"
+        assert rule["spec"]["exportTo"] == ["."]  # the gateways' namespace only
+        assert "tls" not in rule["spec"]["trafficPolicy"]  # Istio's auto mTLS stays
+    ledger = rules["ledger.cards.svc.cluster.local"]["spec"]["trafficPolicy"]["connectionPool"]
+    assert ledger == {"tcp": {"maxConnections": 8000, "idleTimeout": "300s"}}
+
+
+def test_the_egress_fails_over_on_refused_and_timed_out_connects(bank_rendered: Rendered) -> None:
+    failover = FailoverPolicy()
+    for rule in bank_rendered.docs("web", "DestinationRule"):
+        if not rule["metadata"]["name"].startswith("remote-"):
+            continue
+        policy = rule["spec"]["trafficPolicy"]
+        assert policy["connectionPool"]["tcp"]["connectTimeout"] == "1s"
+        outlier = policy["outlierDetection"]
+        assert outlier["splitExternalLocalOriginErrors"] is True
+        assert outlier["consecutiveLocalOriginFailures"] == failover.consecutive_failures
+        assert outlier["baseEjectionTime"] == "1s" and outlier["maxEjectionPercent"] == 100
+
+
+@pytest.fixture(scope="module")
+def keeping(tmp_path_factory: pytest.TempPathFactory) -> Rendered:
+    """The bank, with payments' tokenizer keeping X-Forwarded-Host."""
+    base = tmp_path_factory.mktemp("keep")
+    text = (EXAMPLES / "bank.yaml").read_text()
+    anchor = "      host: tokenizer.payments.global\n"
+    spec = base / "bank.yaml"
+    spec.write_text(text.replace(anchor, anchor + "      keepRequestHeaders: [X-Forwarded-Host]\n"))
+    ws = open_workspace(spec, base / "state")
+    meshes = {rendered.mesh: rendered for rendered in ws.istio()}
+    write_rendered(base / "out", list(meshes.values()))
+    return Rendered(ws, meshes, base / "out")
+
+
+def test_every_ingress_route_strips_the_override_headers_and_sets_the_caller(
+    keeping: Rendered,
+) -> None:
+    for mesh in keeping.workspace.plan.meshes:
+        for vs in keeping.docs(mesh.name, "VirtualService"):
+            if not vs["metadata"]["name"].startswith("ingress-"):
+                continue
+            (sni,) = vs["spec"]["hosts"]
+            for route in vs["spec"].get("http", []):
+                request = route["headers"]["request"]
+                assert request["set"] == {CALLER_HEADER: "%DOWNSTREAM_PEER_URI_SAN%"}
+                keeps = mesh.name == "payments" and sni == "tokenizer.payments.global"
+                kept = {"x-forwarded-host"} if keeps else set()
+                assert set(request["remove"]) == (set(STRIPPED_HEADERS) - kept) | {CALLER_HEADER}
