@@ -309,13 +309,14 @@ def test_a_federation_applied_with_kubectl_converges(env: dict[str, Any]) -> Non
     served = {i["host"]: i["servedBy"] for i in status["imports"]}
     assert served["tokenizer.shop.svc.cluster.local"] == "payments/tokenizer"
     shown = subprocess.run(
-        [MESHFED, "status", "--kube", FED, "--kubeconfig", KUBECONFIG, "--context", contexts[0]],
+        [MESHFED, "status", "--kube", "--federation", FED, "--kubeconfig", KUBECONFIG,
+         "--context", contexts[0]],
         capture_output=True, text=True,
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert "Ready=True Reconciled" in shown.stdout
     as_json = subprocess.run(
-        [MESHFED, "status", "--kube", FED, "--json", "--kubeconfig", KUBECONFIG,
+        [MESHFED, "status", "--kube", "--federation", FED, "--json", "--kubeconfig", KUBECONFIG,
          "--context", contexts[0]],
         capture_output=True, text=True, check=True,
     )  # fmt: skip

@@ -69,8 +69,9 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
     "kube",
     is_flag=True,
     help="The Federation objects' status in the management cluster, as the controller wrote "
-    "it (SPEC: the federation's name; default: all).",
+    "it (all of them, or --federation's).",
 )
+@click.option("--federation", default=None, help="With --kube: one Federation, by name.")
 @click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--context", default=None, help="With --kube: the management cluster's context.")
 def status(
@@ -79,6 +80,7 @@ def status(
     state: Path | None,
     as_json: bool,
     kube: bool = False,
+    federation: str | None = None,
     kubeconfig: Path | None = None,
     context: str | None = None,
 ) -> None:
@@ -87,8 +89,7 @@ def status(
     if kube:
         from meshfed.cli.controller import print_kube_status
 
-        name = spec or spec_option
-        print_kube_status(str(name) if name else None, kubeconfig, context, as_json)
+        print_kube_status(federation, kubeconfig, context, as_json)
         return
     with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, spec_option, state)

@@ -367,7 +367,9 @@ class Reconciler:
                             f"{' and '.join(sorted(map(str, hold.sides)))} side held: {hold.reason}"
                         )
             runs: list[Any] = []
+            earlier: list[Any] = []
             for wave in waves(changes):
+                earlier += runs
                 wave_kws = kws
                 if wave.spec == "union" and union_fed is not complete:
                     wave_kws = kube_workspace(union_fed, origin, state_dir, self.connector)
@@ -377,7 +379,7 @@ class Reconciler:
                 targets, runs = self._rollout(wave_kws, wave, held, retire, settled, present)
                 self._remember(name, runs)
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
-            self._account(name, kws, runs, reports, result)
+            self._account(name, kws, runs, reports, result, earlier)
             result.plan = kws.ws.plan
             result.federation = complete
             self._certificates(kws, reports, result, now)
@@ -391,8 +393,14 @@ class Reconciler:
         runs: list[Any],
         reports: dict[str, MeshReport],
         result: Result,
+        earlier: list[Any] | None = None,
     ) -> None:
-        """Per cluster: what the final wave did, drift told apart from change."""
+        """Per cluster: what the waves did (the final wave's objects are what is kept), drift
+        told apart from change."""
+        for run in earlier or []:  # opening and routing waves: changes, never drift
+            for action, obj_name in run.actions:
+                if action != "unchanged":
+                    result.applied.append((run.label, action, obj_name))
         for run in runs:
             target = run.target
             key = (target.mesh.name, target.name)
