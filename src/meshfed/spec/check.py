@@ -6,7 +6,6 @@ sees every problem at once.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,6 +14,7 @@ from typing import Literal
 from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
 from meshfed.spec.headers import keep_problem
+from meshfed.spec.ingress import check_address
 from meshfed.spec.model import Export, Federation, Import, Mesh
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
@@ -84,7 +84,7 @@ def _check_meshes(fed: Federation, discovery_pending: bool = False) -> Iterator[
                 "give each mesh's ingress its own address or port",
             )
         listeners.setdefault(key, i)
-        yield from _check_address(mesh, path, discovery_pending)
+        yield from check_address(mesh, path, discovery_pending)
         seen: dict[str, int] = {}
         for j, w in enumerate(mesh.workloads):
             if w.ref in seen:
@@ -94,39 +94,6 @@ def _check_meshes(fed: Federation, discovery_pending: bool = False) -> Iterator[
                     "give each workload a unique namespace/name",
                 )
             seen.setdefault(w.ref, j)
-
-
-def _check_address(
-    mesh: Mesh, path: tuple[str | int, ...], discovery_pending: bool = False
-) -> Iterator[Problem]:
-    address = mesh.ingress.address
-    if address is None:
-        if not mesh.in_cluster:
-            yield Problem(
-                (*path, "ingress", "address"),
-                "the ingress address is omitted, but the mesh names no cluster to read it from",
-                "set ingress.address, or kubernetes.context / clusters so it is read from the "
-                "federation-ingress load balancer",
-            )
-        elif not discovery_pending:
-            yield Problem(
-                (*path, "ingress", "address"),
-                f"mesh {mesh.name!r} leaves its ingress address to its load balancer, which only "
-                "the Kubernetes commands (apply, diff, discover, the controller) read",
-                "set ingress.address, or use meshfed apply/diff or the controller",
-            )
-        return
-    try:
-        ipaddress.ip_address(address)
-        return
-    except ValueError:
-        pass
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address):
-        yield Problem(
-            (*path, "ingress", "address"),
-            f"{address!r} is neither an IP address nor a DNS name",
-            "use the IP address or host name peers reach this mesh's ingress on",
-        )
 
 
 def _check_exports(fed: Federation, discovery_pending: bool) -> Iterator[Problem]:
