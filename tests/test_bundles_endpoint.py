@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from attack import client_hello
 from meshfed.bundles import document
 from meshfed.bundles.follow import Fetcher, Follower
 from meshfed.bundles.model import Bootstrap, Endpoint, FollowedPeer, SpiffeBundle
@@ -108,6 +109,15 @@ def test_https_spiffe_first_fetch_needs_a_bootstrap_never_tofu(
     assert out.refresh == 1.0  # the published hint
     # Later fetches are authenticated by the kept bundle (the bootstrap is not needed).
     assert fetcher.fetch(peer(served.url)).ok
+
+
+def test_a_bootstrap_file_is_read_bounded(tmp_path: Path, globex: tuple[PKIStore, Served]) -> None:
+    # Before: bootstrapBundle: /dev/zero made `trust fetch` read until memory ran out.
+    _, served = globex
+    out = Fetcher(tmp_path / "acme").fetch(peer(served.url, Bootstrap(file=Path("/dev/zero"))))
+    assert not out.ok
+    assert "its bootstrap bundle /dev/zero holds more than 1,048,576 bytes" in str(out.error)
+    assert PeerBundles(tmp_path / "acme").current("globex") is None
 
 
 def test_https_spiffe_fingerprint_bootstrap(
@@ -395,3 +405,85 @@ def test_redirects_are_followed_only_to_https_with_the_same_checks(tmp_path: Pat
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the endpoint faces the partner's network: nobody may hold it -------------------------------
+
+
+def _closed_within(sock: socket.socket | ssl.SSLSocket, seconds: float, trickle: bytes) -> float:
+    """Seconds until the server closed ``sock``, while the bytes of ``trickle`` are sent one
+    every 0.1 s (as a slowloris client does); ``inf`` if it was still open after ``seconds``."""
+    t0 = time.monotonic()
+    sock.settimeout(0.1)
+    left = iter(trickle)
+    while time.monotonic() - t0 < seconds:
+        try:
+            byte = next(left, None)
+            if byte is not None:
+                sock.send(bytes([byte]))
+            if sock.recv(1) == b"":
+                return time.monotonic() - t0
+        except TimeoutError:
+            continue
+        except (OSError, ssl.SSLError):
+            return time.monotonic() - t0
+    return float("inf")
+
+
+def test_a_client_that_trickles_its_request_is_cut_at_the_deadline(tmp_path: Path) -> None:
+    # Before: each byte restarted the 10 s socket timeout, so 4,000 such clients held 4,000
+    # threads (310 MB) of a `trust serve` for as long as they liked.
+    store = pki(tmp_path / "globex-state")
+    tls = SvidTls(ENDPOINT_ID, lambda: store.signing_ca("globex"))
+    server = BundleServer(
+        "127.0.0.1", 0, {"/globex": lambda: b"{}"}, tls, log=print, connection_deadline=1.0
+    ).start()
+    try:
+        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+        slow = client.wrap_socket(socket.create_connection(("127.0.0.1", server.port)))
+        request = b"GET /globex HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-Slow: 1\r\n" * 100
+        assert _closed_within(slow, 6, trickle=request) < 4
+        slow_handshake = socket.create_connection(("127.0.0.1", server.port))
+        assert _closed_within(slow_handshake, 6, trickle=client_hello("globex")) < 4
+        slow.close()
+        slow_handshake.close()
+        assert server.server.cut == 2
+    finally:
+        server.stop()
+
+
+def test_connections_over_the_cap_are_closed_at_accept_and_serving_goes_on(
+    tmp_path: Path,
+) -> None:
+    body = document.encode(SpiffeBundle("globex.example", (ca(),), 4, 60))
+    web_ca, cert, key = web_pki(tmp_path, "127.0.0.1")
+    server = BundleServer(
+        "127.0.0.1",
+        0,
+        {"/globex": lambda: body},
+        FileTls(cert, key),
+        log=print,
+        max_connections=4,
+        connection_deadline=1.5,
+    ).start()
+    held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 3
+        while server.server.active < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        over = socket.create_connection(("127.0.0.1", server.port))
+        assert _closed_within(over, 3, trickle=b"") < 1.5
+        over.close()
+        assert server.server.refused == 1
+        # The held ones are cut at their deadline; then the endpoint serves again.
+        assert all(_closed_within(s, 4, trickle=b"") < 4 for s in held)
+        context = ssl.create_default_context(cafile=str(web_ca))
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=5)
+        conn.request("GET", "/globex")
+        assert conn.getresponse().read() == body
+        conn.close()
+    finally:
+        for s in held:
+            s.close()
+        server.stop()

@@ -219,6 +219,22 @@ def test_split_custody_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "meshfed rotate intermediate" in result.output
 
 
+@pytest.mark.parametrize("command", ["sign", "import"])
+def test_what_another_party_hands_over_is_read_bounded(tmp_path: Path, command: str) -> None:
+    # Before: `pki sign /dev/zero` read until memory ran out (a MemoryError traceback).
+    runner = CliRunner()
+    root_dir = _root_holder(tmp_path)
+    state = root_dir if command == "sign" else tmp_path / "admin"
+    huge = tmp_path / "huge.csr"
+    huge.write_bytes(b"-----BEGIN CERTIFICATE REQUEST-----\n" + b"A" * (2 << 20))
+    what = "CSR" if command == "sign" else "signed certificate"
+    for handed in ("/dev/zero", str(huge)):
+        result = runner.invoke(cli(), ["pki", command, handed, "--state", str(state)])
+        assert result.exit_code == 1, result.output
+        assert f"{handed}: more than 1,048,576 bytes: not a {what}" in result.output
+        assert isinstance(result.exception, SystemExit)  # a clear error, no traceback
+
+
 def _split_pair(tmp_path: Path) -> tuple[Path, Path]:
     root_dir = _root_holder(tmp_path)
     mesh_dir = tmp_path / "admin"

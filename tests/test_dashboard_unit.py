@@ -7,8 +7,10 @@ import http.client
 import json
 import os
 import re
+import socket
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -143,6 +145,30 @@ def test_counts_from_the_logs_map_to_the_calls_that_were_made(tmp_path: Path) ->
     own = counts.probes[TOKENIZER]
     assert (own.denied, own.tls_failures) == (1, 1) and counts.probe_tls_failures == 1
     assert counts.since == _at(1)
+
+
+def test_stalled_handshakes_count_as_failed_ones_and_reach_the_tail(tmp_path: Path) -> None:
+    # Before: a client that stalled its handshake until the ingress closed it was skipped as an
+    # egress's health check (no SNI, or the probes' SNI) or as the connection of a request.
+    timeout = "transport socket timeout was reached"
+    held = {"bytes_received": 0, "bytes_sent": 0, "duration_ms": 4999}
+    lines = [
+        _conn(1, None, None, **held),
+        _conn(2, "probe.meshfed.invalid", None, details=timeout, **held),
+        _conn(3, TOKENIZER, None, details=timeout, **held),
+        _health_check(_at(4)),
+        {**_health_check(_at(5)), "bytes_received": 0, "details": None, "duration_ms": 2},
+    ]
+    _append(tmp_path / "conn.log", lines)
+    (tmp_path / "access.log").write_text("")
+    counts = _counted(tmp_path, _summary(tmp_path), ProbeLedger(RuntimePaths(tmp_path)))
+    assert counts.tls_failures == 3 and counts.chains[TOKENIZER].tls_failures == 1
+    tail = BoundaryTail(keep=10)
+    tail.update([("payments/ingress", "conn", tmp_path / "conn.log")], _summary(tmp_path))
+    assert [e.time for e in tail.latest()] == [_at(3), _at(2), _at(1)]
+    shown = row(tail.latest()[0], _summary(tmp_path))
+    assert shown["outcome"] == "tls"
+    assert shown["decision"] == f"TLS handshake not completed: {timeout} after 5.0 s"
 
 
 def test_a_probe_mark_counts_once_and_only_from_the_ledger(tmp_path: Path) -> None:
@@ -652,3 +678,39 @@ def test_requests_refused_before_the_policy_are_not_called_allowed(line: str, sa
     doc = json.loads(line)
     assert decision(doc) == said
     assert outcome(doc) == said.split()[0]
+
+
+def test_no_client_can_hold_the_dashboard(
+    runtime_dir: tuple[RuntimePaths, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before: no timeout at all, a thread per connection: a client that connects and sends
+    # nothing (or a byte now and then) held a thread for ever, and hundreds of them piled up.
+    monkeypatch.setattr(DashboardServer, "connection_deadline", 1.0)
+    monkeypatch.setattr(DashboardServer, "max_connections", 3)
+    paths, summary = runtime_dir
+    server = DashboardServer((LOOPBACK, 0), Handler)
+    server.collector = Collector(paths, FakeGateways(summary).read_health)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    held = [socket.create_connection((LOOPBACK, server.port)) for _ in range(3)]
+    try:
+        for s in held:
+            s.sendall(b"GET /api/state HTTP/1.1\r\n")  # and never the rest
+        deadline = time.monotonic() + 3
+        while server.active < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        over = socket.create_connection((LOOPBACK, server.port))
+        over.settimeout(5)
+        assert over.recv(1) == b""  # closed at accept: three are held
+        over.close()
+        for s in held:
+            s.settimeout(6)
+            assert s.recv(1) == b""  # cut at the deadline
+        assert (server.refused, server.cut) == (1, 3)
+        assert _get(server.port, "/healthz")[2] == b"ok\n"
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+        server.server_close()
+        thread.join()

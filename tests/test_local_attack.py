@@ -22,6 +22,7 @@ import pytest
 from attack import Stall, Staller
 from local_helpers import Fed, Loop, client_context, poll, spec_copy
 from meshfed.local import admin
+from meshfed.local.logs import PROBE_SNI, boundary_view, decision, gateway_logs, read_entries
 from meshfed.local.runtime import Runtime
 from meshfed.plan.limits import ListenerLimits, MeshLimits
 from meshfed.plan.model import FederationPlan
@@ -102,6 +103,35 @@ def test_stalled_handshakes_are_closed_at_every_listener(bank: Fed, stall: Stall
     finally:
         for staller in stallers.values():
             staller.stop()
+
+
+@pytest.mark.parametrize(
+    ("stall", "sni"),
+    [("nothing", SNI), ("partial", SNI), ("hello", SNI), ("hello", PROBE_SNI)],
+)
+def test_stalled_handshakes_are_in_the_boundary_log(bank: Fed, stall: Stall, sni: str) -> None:
+    # Before: none of these left a line in `meshfed logs --boundary` (nor on the dashboard):
+    # they read as an egress's health checks, or as the connection of a request.
+    def stalled() -> list[str]:
+        summary = bank.runtime.summary()
+        files = gateway_logs(bank.runtime.root, summary, "payments", boundary=True)
+        entries = boundary_view(read_entries(files, boundary=True), summary)
+        return [
+            str(e.doc.get("sni"))
+            for e in entries
+            if e.doc.get("gateway") == "ingress"
+            and decision(e.doc).startswith("TLS handshake not completed")
+        ]
+
+    before = len(stalled())
+    staller = _stall(bank.ingress("payments"), stall, sni, count=3)
+    try:
+        assert staller.wait_all_closed(DEADLINE)
+    finally:
+        staller.stop()
+    assert poll(lambda: len(stalled()) >= before + 3, timeout=DEADLINE) is not None
+    shown = stalled()[before:]
+    assert shown == [sni if stall == "hello" else "None"] * len(shown)
 
 
 def _tls(bank: Fed, tmp: Path, identity: str, sni: str, alpn: list[str]) -> ssl.SSLSocket:

@@ -120,6 +120,44 @@ def test_an_export_that_keeps_nothing_strips_everything(bank: Fed, tmp_path: Pat
     assert _crossed(result.doc["headers"]) == []
 
 
+ADDRESS_HEADERS_FRAMEWORKS_READ = (
+    # python-ipware's (django-ipware's) default precedence, header by header
+    "x-forwarded-for",
+    "client-ip",  # also Rails' ActionDispatch::RemoteIp (HTTP_CLIENT_IP)
+    "x-real-ip",
+    "x-forwarded",
+    "x-cluster-client-ip",
+    "forwarded-for",
+    "forwarded",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "fastly-client-ip",
+    "x-appengine-user-ip",
+    "x-client-ip",
+    # what ingress-nginx keeps of a caller's X-Forwarded-For, and other platforms' own
+    "x-original-forwarded-for",
+    "x-nf-client-connection-ip",
+    "do-connecting-ip",
+)
+"""Headers common frameworks take the client's address from (IP allow-lists, rate limits,
+audit trails): a caller forges them; none may reach the workload."""
+
+
+def test_no_address_header_a_framework_reads_reaches_the_workload(
+    bank: Fed, tmp_path: Path
+) -> None:
+    # Before: client-ip, x-forwarded, x-cluster-client-ip, forwarded-for, x-appengine-user-ip,
+    # x-original-forwarded-for, x-nf-client-connection-ip and do-connecting-ip reached it.
+    forged = dict.fromkeys(ADDRESS_HEADERS_FRAMEWORKS_READ, "203.0.113.7")
+    for address in (bank.ingress("payments"), bank.ingress("payments-dr")):
+        result = _direct(
+            bank, tmp_path, "web", CHECKOUT, address, SNI, "POST", "/v1/tokenize", forged
+        )
+        assert result.status == 200, result
+        received: dict[str, str] = result.doc["headers"]
+        assert sorted(h for h in forged if received.get(h) == "203.0.113.7") == []
+
+
 # --- the workload's own sidecar ------------------------------------------------------------------
 
 

@@ -467,6 +467,51 @@ def test_boundary_view_keeps_each_crossing_once(bank_ws: Workspace, tmp_path: Pa
     assert decision(closed.doc) == "denied (rbac_access_denied_matched_policy[several-uri-sans])"
 
 
+def _stalled(sni: str | None, details: str | None) -> LogEntry:
+    """A connection line as Envoy 1.40 writes it for a client that never finished its
+    handshake (seen on a local ingress: nothing sent, half a ClientHello, a whole one)."""
+    return _entry(
+        "conn", kind="connection", sni=sni, caller=None, bytes_received=0, bytes_sent=0,
+        details=details, duration_ms=4999, flags="-", tls_failure=None, upstream=None,
+    )  # fmt: skip
+
+
+def test_stalled_handshakes_are_in_the_boundary_log_whatever_their_sni(
+    bank_ws: Workspace, tmp_path: Path
+) -> None:
+    # Before: all three were hidden, the first two as "health checks" (no SNI / the probe's
+    # SNI), the third as "the connection of an HTTP request" (an exported SNI): 10,000 stalled
+    # handshakes left no trace in `meshfed logs --boundary` or on the dashboard.
+    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    summary = summarize(
+        bank_ws.plan, bank_ws.spec_path, render_local(bank_ws.plan, layout, tmp_path)
+    )
+    timeout = "transport socket timeout was reached"
+    stalled = [
+        _stalled(None, None),  # nothing sent, or half a ClientHello
+        _stalled(PROBE_SNI, timeout),  # the egress probes' name, then silence
+        _stalled("tokenizer.payments.global", timeout),  # a whole ClientHello, then silence
+    ]
+    probe = _entry(
+        "conn", kind="connection", sni=PROBE_SNI, caller=None, bytes_received=0, details=None,
+        duration_ms=1, flags="-", tls_failure=None, upstream=None,
+    )  # fmt: skip
+    assert boundary_view([probe, *stalled], summary) == stalled
+    assert not any(is_health_check(e.doc) for e in stalled) and is_health_check(probe.doc)
+    gave_up = _entry(
+        "conn", kind="connection", sni=PROBE_SNI, caller=None, bytes_received=0, flags="-",
+        tls_failure="TLS_error:|33554464:system_library:OPENSSL_internal:Broken_pipe:TLS_error_end",
+    )  # fmt: skip
+    assert decision(gave_up.doc).endswith(
+        "(the egress probes' name: a probe its egress gave up on, or a client's)"
+    )
+    assert [decision(e.doc) for e in stalled] == [
+        "TLS handshake not completed: closed after 5.0 s",
+        f"TLS handshake not completed: {timeout} after 5.0 s",
+        f"TLS handshake not completed: {timeout} after 5.0 s",
+    ]
+
+
 # --- locating a runtime, CLI errors --------------------------------------------------------------
 
 

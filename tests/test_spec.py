@@ -84,6 +84,24 @@ CASES = {
         [("workloadTTL: 24h", "workloadTTL: 1d")],
         ("workloadTTL: 1d", "spec.trust.workloadTTL", "does not match", "meshfed schema"),
     ),
+    "unspecified ingress address": (  # to a listener: every address; to a peer: none
+        [("ingress: {address: 127.0.0.1, port: 15443}", "ingress: {address: 0.0.0.0, port: 1}")],
+        (
+            "address: 0.0.0.0",
+            "spec.meshes[0].ingress.address",
+            "no address a peer can reach",
+            "peers reach",
+        ),
+    ),
+    "multicast ingress address": (
+        [("ingress: {address: 127.0.0.1, port: 15443}", "ingress: {address: 'ff02::1', port: 1}")],
+        (
+            "address: 'ff02::1'",
+            "spec.meshes[0].ingress.address",
+            "no address a peer can reach",
+            "peers reach",
+        ),
+    ),
     "unknown trust mode": (
         [("mode: SharedRoot", "mode: Shared")],
         ("mode: Shared", "spec.trust.mode", "SharedRoot", "values listed"),

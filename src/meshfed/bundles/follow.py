@@ -162,13 +162,21 @@ class Fetcher:
         path = peer.bootstrap.file
         assert path is not None
         try:
-            data = path.read_bytes()
+            with path.open("rb") as handle:  # bounded: a bundle is a few KB, /dev/zero is not
+                data = handle.read(document.MAX_DOCUMENT_BYTES + 1)
         except OSError as exc:
             raise BundleError(
                 peer.name,
                 f"cannot read its bootstrap bundle {path} ({exc.strerror or exc})",
                 "put the bundle file the peer gave you there, or fix bootstrapBundle",
             ) from None
+        if len(data) > document.MAX_DOCUMENT_BYTES:
+            raise BundleError(
+                peer.name,
+                f"its bootstrap bundle {path} holds more than {document.MAX_DOCUMENT_BYTES:,} "
+                "bytes: not a bundle",
+                "put the bundle file the peer gave you there, or fix bootstrapBundle",
+            )
         bundle = document.parse_bootstrap(data, peer.trust_domain, self.clock(), f"{peer.name}")
         if not bundle.x509_authorities:
             raise BundleError(peer.name, f"its bootstrap bundle {path} holds no X.509 authority")

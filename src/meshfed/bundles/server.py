@@ -25,17 +25,25 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from socket import socket
 from typing import Any, Protocol
 
 from cryptography import x509
 
+from meshfed.httpserver import BoundedHTTPServer
 from meshfed.pki.certs import cert_to_pem, fingerprint, renewal_time
 from meshfed.pki.keys import PrivateKey, key_to_pem
 
 HANDSHAKE_TIMEOUT = 10.0
+"""Seconds one read or write of a connection may block."""
+MAX_CONNECTIONS = 128
+"""Connections served at once; more are closed at accept (a peer's follower retries at its next
+interval and keeps its last good bundle meanwhile)."""
+CONNECTION_DEADLINE = 10.0
+"""Seconds from accept to the end of the exchange (handshake, request, a bundle of a few KB):
+a client that sends its request a byte at a time is cut then, however often it sends."""
 SVID_TTL = timedelta(hours=1)
 SIGNER_CHECK = 2.0
 """Seconds between looks at whether the mesh's signing CA changed."""
@@ -171,8 +179,9 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
+    max_connections = MAX_CONNECTIONS
+    connection_deadline = CONNECTION_DEADLINE
 
     def __init__(
         self,
@@ -215,9 +224,18 @@ class BundleServer:
         routes: Mapping[str, Callable[[], bytes]],
         tls: TlsSource,
         log: Callable[[str], None] = print,
+        max_connections: int = MAX_CONNECTIONS,
+        connection_deadline: float = CONNECTION_DEADLINE,
     ) -> None:
         self._server = _Server((host, port), routes, tls, log)
+        self._server.max_connections = max_connections
+        self._server.connection_deadline = connection_deadline
         self._thread: threading.Thread | None = None
+
+    @property
+    def server(self) -> BoundedHTTPServer:
+        """The HTTP server (its ``active``, ``refused`` and ``cut`` counts)."""
+        return self._server
 
     @property
     def port(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
+from rich.table import Table
 
 from meshfed.spec.errors import SpecError
 
@@ -29,6 +32,28 @@ def reported(*errors: type[Exception], effect: str = "nothing was changed") -> I
     except errors as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
+
+
+PIPE_WIDTH = 160
+"""Columns of a command's output that goes to a file or a pipe (rich would assume 80): what
+``meshfed audit`` writes too."""
+
+
+def console(stderr: bool = False) -> Console:
+    """A command's stdout or stderr: as wide as the terminal; in a pipe or file (CI logs, ``|
+    less``) ``PIPE_WIDTH`` columns unless ``COLUMNS`` says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty() or "COLUMNS" in os.environ
+    return Console(stderr=stderr, highlight=False, width=None if tty else PIPE_WIDTH)
+
+
+def unclipped(table: Table) -> Table:
+    """``table`` with no cell cut short: on a narrow terminal, and in a pipe (rich assumes 80
+    columns), rich's default ends a long cell with an ellipsis, which cut ports, SNIs and trust
+    domains (``127.0.0.1:26…``); a long cell now continues on the next line instead."""
+    for column in table.columns:
+        column.overflow = "fold"
+    return table
 
 
 def state_option(func: F) -> F:

@@ -16,10 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-from meshfed.cli.common import reported, spec_inputs, state_option, the_spec
+from meshfed.cli.common import console, reported, spec_inputs, state_option, the_spec, unclipped
 from meshfed.cli.up import up
 from meshfed.local import dashboard
 from meshfed.local.client import (
@@ -46,8 +45,8 @@ from meshfed.local.runtime import Runtime
 from meshfed.local.status import Status, collect_status
 from meshfed.pki.errors import PKIError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = console()
+err = console(stderr=True)
 
 EXIT_HTTP_ERROR = 1
 EXIT_NO_RESPONSE = 2
@@ -130,7 +129,7 @@ def _print_status(st: Status) -> None:
             p.admin or "-",
             cert,
         )
-    out.print(table)
+    out.print(unclipped(table))
     imports = Table(title="imports")
     for column in ("mesh", "local name", "serving now", "sources (failover order)"):
         imports.add_column(column)
@@ -140,7 +139,7 @@ def _print_status(st: Status) -> None:
             for s in imp.sources
         )
         imports.add_row(imp.mesh, imp.local, imp.current or "[red]none[/]", sources)
-    out.print(imports)
+    out.print(unclipped(imports))
     out.print(f"{st.running}/{len(st.processes)} processes running", markup=False)
 
 

@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from meshfed import __version__, interrupts
-from meshfed.cli.common import reported, state_option
+from meshfed.cli.common import console, reported, state_option, unclipped
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
 from meshfed.sinks.external_secrets import (
@@ -27,8 +26,8 @@ from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import open_workspace
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = console()
+err = console(stderr=True)
 
 
 SPEC = click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
@@ -150,7 +149,7 @@ def pki_init(spec: Path, state: Path | None) -> None:
             fingerprint(ca.ca_cert)[:16],
             ca.ca_cert.not_valid_after_utc.strftime("%Y-%m-%d"),
         )
-    out.print(table)
+    out.print(unclipped(table))
 
 
 @main.command()
@@ -246,7 +245,7 @@ def render(
             "\n".join(f"{i.local_host}:{i.port}" for i in mesh.imports) or "-",
             str(sum(len(d) for d in result.files.values())),
         )
-    out.print(table)
+    out.print(unclipped(table))
     if options is not None:
         out.print(
             f"{target_dir}/<mesh>/secrets/ holds ExternalSecrets of {options.store_kind} "

@@ -20,6 +20,8 @@ from meshfed.local.errors import LocalError
 from meshfed.local.locate import locate_state
 from meshfed.pki import PKIStore
 from meshfed.pki.errors import PKIError
+from meshfed.pki.files import read_input
+from meshfed.pki.layout import root_label
 from meshfed.pki.record import FORWARD_STEPS, STEP_HELP, RotationRecord
 from meshfed.pki.signing import (
     bundle_pem,
@@ -253,7 +255,7 @@ def register(main: click.Group) -> None:
             except ValueError as exc:
                 raise PKIError("--ttl", str(exc)) from None
             cert, root = sign_request(
-                PKIStore(state), csr.read_bytes(), str(csr), lifetime, datetime.now(UTC), mesh
+                PKIStore(state), read_input(csr, "CSR"), str(csr), lifetime, datetime.now(UTC), mesh
             )
             target = output or csr.with_suffix(".crt")
             target.write_bytes(bundle_pem(cert, root))
@@ -272,7 +274,10 @@ def register(main: click.Group) -> None:
         """Install a signed intermediate beside its key (or as a rotation's new one)."""
         with reported(PKIError, LocalError, RotationError):
             imported = import_certificate(
-                PKIStore(state), cert.read_bytes(), str(cert), datetime.now(UTC)
+                PKIStore(state),
+                read_input(cert, "signed certificate"),
+                str(cert),
+                datetime.now(UTC),
             )
         where = f"rotation {imported.rotation}" if imported.rotation else "the mesh's CA"
         _say(f"imported {imported.mesh} intermediate as {where}: {imported.cert_path}")
@@ -289,7 +294,7 @@ def register(main: click.Group) -> None:
             fed = load_spec(spec or _default_spec())
             material = PKIStore(state).ensure_roots(trust_request(fed))
         for name, root in sorted(material.roots.items()):
-            _say(f"root {name}: {root.subject.rfc4514_string()} in {state}")
+            _say(f"{root_label(name)}: {root.subject.rfc4514_string()} in {state}")
 
 
 def _say(text: str) -> None:

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,10 +21,11 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 from rich.table import Table
 
-from meshfed.cli.common import reported, state_option, the_spec
+from meshfed.cli.common import console, reported, state_option, the_spec, unclipped
 from meshfed.interrupts import exit_code, signal_name
 from meshfed.local.errors import LocalError
 from meshfed.local.locate import default_spec
+from meshfed.local.probe import partner_sources
 from meshfed.local.report import Silent, UpReport
 from meshfed.local.runtime import Runtime
 from meshfed.local.state import WORKLOAD_HOST
@@ -34,8 +34,8 @@ from meshfed.local.watchloop import watch_edits
 from meshfed.pki.errors import PKIError
 from meshfed.workspace import open_workspace
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = console()
+err = console(stderr=True)
 
 
 class _RichProgress:
@@ -121,7 +121,19 @@ def up(spec: Path | None, spec_option: Path | None, state: Path | None, watch: b
     if not report.ok:
         failed = [p for p in report.probes if not p.ok]
         for p in failed:
-            err.print(f"probe failed: {p.probe.mesh} {p.probe.key}: {p.detail}", markup=False)
+            err.print(
+                f"probe failed: {p.probe.mesh} {p.probe.key}: {p.detail}",
+                markup=False,
+                soft_wrap=True,
+            )
+            partners = partner_sources(ws.plan, p.probe)
+            if partners:
+                where = ", ".join(f"{s.mesh} ({s.address}:{s.port})" for s in partners)
+                err.print(
+                    f"  served only by a partner's ingress, run by another organisation: {where}."
+                    " Once it is up, run meshfed up again: this import is probed again",
+                    markup=False,
+                )
         err.print(
             "the federation is running; see meshfed logs --boundary and meshfed status",
             markup=False,
@@ -184,7 +196,7 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
         table.add_section()
     host = records.get(WORKLOAD_HOST)
     table.add_row("", "workload host", str(host.pid) if host else "-", "every app port", "-")
-    out.print(table)
+    out.print(unclipped(table))
 
     imports = Table(title="imports (local name -> exporters, in failover order)")
     for column in ("mesh", "local name", "wire host (SNI)", "sources", "probe"):
@@ -200,7 +212,7 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
             " > ".join(s.mesh for s in sorted(imp.sources, key=lambda s: s.priority)),
             verdict,
         )
-    out.print(imports)
+    out.print(unclipped(imports))
 
     if not report.first_run:
         _print_changes(report)
@@ -211,10 +223,11 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
         f"{envoys} Envoys and the workload host up in {report.elapsed:.1f} s "
         f"(state: {runtime.paths.root})",
         markup=False,
+        soft_wrap=True,
     )
     example = _example_call(report)
     if example:
-        out.print(f"try: {example}", markup=False)
+        out.print(f"try: {example}", markup=False, soft_wrap=True)  # one line: copied whole
     if report.dashboard:
         out.print(f"dashboard: {report.dashboard}", markup=False, soft_wrap=True)
 

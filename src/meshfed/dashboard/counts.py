@@ -14,7 +14,8 @@ Per ingress and exported SNI, from the ingress's two files (``local/logs.py``):
   it before the workload was connected: a leaf with two URI SANs), else ``allowed`` (its
   handshake admits only the export's allowed identities);
 - both: ``tls_failures``, connection lines with a failed handshake (no, an untrusted or an
-  unadmitted certificate) for that SNI.
+  unadmitted certificate) for that SNI, or one the client left unfinished until the listener
+  closed it (a stalled ClientHello: what an attack on the ingress looks like).
 
 Per ingress also: failed handshakes without an SNI (in ``tls_failures`` of the mesh, on no
 arrow), completed ``handshakes``, and connections refused for an ``unknown_sni``.
@@ -25,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from meshfed.local.logs import LogEntry, is_health_check, request_verdict
+from meshfed.local.logs import LogEntry, is_health_check, request_verdict, stalled_handshake
 from meshfed.local.prober import FALSE_CLAIM
 
 
@@ -85,7 +86,7 @@ class IngressCounts:
             else:
                 tally.rejected += 1
             return
-        if doc.get("tls_failure"):
+        if doc.get("tls_failure") or stalled_handshake(doc) is not None:
             if probe:
                 self.probe_tls_failures += 1
             else:

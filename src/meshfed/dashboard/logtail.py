@@ -11,6 +11,7 @@ lines a second in the connection logs, are recognised without parsing.
 from __future__ import annotations
 
 import json
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,7 @@ from meshfed.local.logs import (
     decision,
     is_health_check,
     request_verdict,
+    stalled_handshake,
 )
 from meshfed.local.prober import FALSE_CLAIM, Marks
 from meshfed.local.summary import RuntimeSummary
@@ -31,11 +33,19 @@ from meshfed.local.summary import RuntimeSummary
 CHUNK = 4 * 1024 * 1024
 Sink = Callable[[LogEntry], None]
 
-_HEALTH_CHECK = (b'"sni":null', b'"caller":null', b'"tls_failure":null', b'"bytes_received":0')
+_HEALTH_CHECK = (
+    b'"sni":null',
+    b'"caller":null',
+    b'"tls_failure":null',
+    b'"bytes_received":0',
+    b'"details":null',
+)
+_QUICK = re.compile(rb'"duration_ms":([0-9]{1,2}|[0-4][0-9]{2}),')
+"""Over within ``logs.HELD_MS`` (500 ms): a stalled connection is held longer."""
 
 
 def _parse(process: str, kind: Kind, line: bytes) -> LogEntry | None:
-    if all(part in line for part in _HEALTH_CHECK) and b'"NR"' not in line:
+    if all(part in line for part in _HEALTH_CHECK) and b'"NR"' not in line and _QUICK.search(line):
         return None  # an egress's health check (``is_health_check``), without parsing it
     text = line.decode(errors="replace").strip()
     if not text:
@@ -156,7 +166,7 @@ def tls_reason(raw: str) -> str:
 
 def outcome(doc: dict[str, Any]) -> str:
     """One word for the row's colour: allowed, denied, rejected, tls, refused, failed, passed."""
-    if doc.get("tls_failure"):
+    if doc.get("tls_failure") or stalled_handshake(doc) is not None:
         return "tls"
     if doc.get("kind") == "request":
         return request_verdict(doc)

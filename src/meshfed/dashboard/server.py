@@ -6,18 +6,21 @@
 ``/healthz``      ``ok``
 
 Requests must name the dashboard itself in ``Host`` (127.0.0.1 or localhost with its port): a
-web page elsewhere cannot read the boundary log through DNS rebinding.
+web page elsewhere cannot read the boundary log through DNS rebinding. No client can hold it
+(``meshfed.httpserver``): at most 32 connections at once, each cut 10 s after accept (the page
+polls with one short request per connection).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from meshfed.dashboard.page import render_page
+from meshfed.httpserver import BoundedHTTPServer
 
 if TYPE_CHECKING:
     from meshfed.dashboard.collect import Collector
@@ -29,8 +32,9 @@ CSP = (
 )
 
 
-class DashboardServer(ThreadingHTTPServer):
-    daemon_threads = True
+class DashboardServer(BoundedHTTPServer):
+    max_connections = 32
+    connection_deadline = 10.0
     collector: Collector | None = None
 
     @property
@@ -42,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
     server: DashboardServer
     server_version = "meshfed-dashboard"
     sys_version = ""
+    timeout = 5.0
+    """Seconds one read or write may block (the connection's deadline bounds the whole)."""
 
     def _host_ok(self) -> bool:
         host = (self.headers.get("Host") or "").lower()

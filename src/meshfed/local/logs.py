@@ -12,7 +12,8 @@ the TCP sessions of each ingress's TCP exports (the line of the export's tunnel,
 decision), the connections each egress let out, and every refused connection (failed TLS
 handshake, unknown SNI). It leaves out what would repeat an access line (the connection an HTTP
 request or a TCP session came on) and the egress gateways' health checks (plaintext connections
-without SNI, and TLS probes that got their ServerHello).
+without SNI, and TLS probes that got their ServerHello, within the probe's timeout). A
+handshake a client left unfinished until the listener closed it is a crossing attempt too.
 """
 
 from __future__ import annotations
@@ -62,11 +63,17 @@ def gateway_logs(
 
 PROBE_SNI = FailoverPolicy().probe_sni
 """The SNI of the egress gateways' TLS probes (``render/envoy/probe.py``)."""
+HELD_MS = int(FailoverPolicy().probe_timeout.total_seconds() * 1000) // 2
+"""A health check is over in milliseconds (a ServerHello, or a plain connect); a connection
+held half the probe's timeout without a handshake is a client's stall (the shortest handshake
+bound a listener gets is the probe's timeout)."""
 
 
 def is_health_check(doc: dict[str, Any]) -> bool:
     """An egress gateway's check of an exporter's ingress: a plaintext connect (no SNI), or a
-    TLS probe that got its ServerHello and left (the probe SNI, no certificate, no failure)."""
+    TLS probe that got its ServerHello and left (the probe SNI, no certificate, no failure),
+    within the probe's timeout. A connection that stalled (held until a timeout closed it) is
+    never one, whatever its SNI: that is what an attack on the ingress looks like."""
     return (
         doc.get("kind") == "connection"
         and doc.get("sni") in (None, "", PROBE_SNI)
@@ -74,7 +81,30 @@ def is_health_check(doc: dict[str, Any]) -> bool:
         and not doc.get("tls_failure")
         and not doc.get("bytes_received")
         and "NR" not in str(doc.get("flags") or "")
+        and stalled_handshake(doc) is None
     )
+
+
+def stalled_handshake(doc: dict[str, Any]) -> str | None:
+    """Why a connection closed before its TLS handshake completed without failing it: the
+    client sent nothing, half a ClientHello, or a ClientHello and then nothing, until the
+    listener's handshake bound closed it (``plan/limits.py``); None for anything else."""
+    if (
+        doc.get("kind") != "connection"
+        or doc.get("caller")
+        or doc.get("tls_failure")
+        or doc.get("upstream")
+        or doc.get("bytes_received")
+        or str(doc.get("flags") or "-") not in ("-", "")
+    ):
+        return None
+    details = str(doc.get("details") or "")
+    duration = doc.get("duration_ms")
+    held = isinstance(duration, int) and duration >= HELD_MS
+    if not held and "timeout" not in details:
+        return None
+    after = f" after {duration / 1000:.1f} s" if isinstance(duration, int) else ""
+    return f"{details or 'closed'}{after}"
 
 
 def _parse(process: str, kind: Kind, line: str) -> LogEntry | None:
@@ -117,9 +147,10 @@ def boundary_view(entries: list[LogEntry], summary: RuntimeSummary) -> list[LogE
 def _in_access_file(doc: dict[str, Any], entry: LogEntry, summary: RuntimeSummary) -> bool:
     """A listener line whose crossing the gateway's access file records: the egress's
     connections; an ingress's connections to an export (HTTP: its requests; TCP: the line of
-    the export's tunnel, which names the RBAC decision, also when it refused the caller)."""
+    the export's tunnel, which names the RBAC decision, also when it refused the caller). A
+    handshake that never completed made no request and opened no tunnel."""
     tunnel_refused = str(doc.get("upstream_failure") or "").startswith("tunnel_response")
-    if is_failure(doc) and not tunnel_refused:
+    if (is_failure(doc) and not tunnel_refused) or stalled_handshake(doc) is not None:
         return False
     gateway = doc.get("gateway") or entry.process.rpartition("/")[2]
     if gateway == "egress":
@@ -216,7 +247,15 @@ def decision(doc: dict[str, Any]) -> str:
     """What happened, in a few words: ``allowed 200``, ``denied 403``, ``rejected 400:
     malformed HTTP (http1.codec_error)``, ``TLS handshake failed``."""
     if doc.get("tls_failure"):
-        return f"TLS handshake failed: {doc['tls_failure']}"
+        said = f"TLS handshake failed: {doc['tls_failure']}"
+        if doc.get("sni") == PROBE_SNI and not doc.get("caller"):
+            # Seen when an egress drops its probes (an exporter's ingress went away or answered
+            # late): the ingress's ServerHello meets a closed connection.
+            said += " (the egress probes' name: a probe its egress gave up on, or a client's)"
+        return said
+    stalled = stalled_handshake(doc)
+    if stalled is not None:
+        return f"TLS handshake not completed: {stalled}"
     flags = str(doc.get("flags") or "-")
     if doc.get("kind") == "request":
         verdict = request_verdict(doc)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 
 from meshfed.local.ports import LOOPBACK
 from meshfed.local.prober import IMPORT_PROBE, PROBE_HEADER, ProbeLedger
-from meshfed.plan.model import FederationPlan, ImportRoute, MeshPlan, Workload
+from meshfed.plan.model import FederationPlan, ImportRoute, MeshPlan, Source, Workload
 from meshfed.render.envoy.layout import LocalLayout
 
 RETRY_STATUSES = frozenset({502, 503, 504})
@@ -69,8 +69,7 @@ def probe_path(plan: FederationPlan, probe: Probe) -> frozenset[Hop]:
     """The Envoys a probe's call passes through: the caller's sidecar, its mesh's egress, and
     for every source (failover included) the exporting ingress and the exported workload's
     sidecar."""
-    mesh = plan.mesh(probe.mesh)
-    route = next(r for r in mesh.imports if f"{r.local_host}:{r.port}" == probe.key)
+    route = _route(plan, probe)
     hops: set[Hop] = {(probe.mesh, "egress", None)}
     if probe.workload is not None:
         hops.add((probe.mesh, "sidecar", probe.workload))
@@ -80,6 +79,21 @@ def probe_path(plan: FederationPlan, probe: Probe) -> frozenset[Hop]:
         if server is not None:
             hops.add((source.mesh, "sidecar", server.workload.ref))
     return frozenset(hops)
+
+
+def partner_sources(plan: FederationPlan, probe: Probe) -> tuple[Source, ...]:
+    """The sources of the probed import when every one is a partner's mesh (run by another
+    organisation, not here): its probe fails until the partner's ingress is up, which nothing
+    run here can change. Empty when any source is a mesh of this federation."""
+    route = _route(plan, probe)
+    partners = {p.name for p in plan.partners}
+    if all(s.mesh in partners for s in route.sources):
+        return route.sources
+    return ()
+
+
+def _route(plan: FederationPlan, probe: Probe) -> ImportRoute:
+    return next(r for r in plan.mesh(probe.mesh).imports if f"{r.local_host}:{r.port}" == probe.key)
 
 
 def probe_key(probe: Probe) -> str:

@@ -7,6 +7,8 @@ import os
 import secrets
 from pathlib import Path
 
+from meshfed.pki.errors import PKIError
+
 TMP_PREFIX = ".tmp-"
 KEY_MODE = 0o600
 CERT_MODE = 0o644
@@ -16,6 +18,28 @@ DIR_MODE = 0o700
 def read_bytes(path: Path) -> bytes:
     with open(path, "rb") as f:
         return f.read()
+
+
+MAX_INPUT_BYTES = 1 << 20
+"""Largest CSR or certificate bundle read from another party (``pki sign``, ``pki import``): a
+CSR is about 0.5 KB, a certificate with its root about 2 KB."""
+
+
+def read_input(path: Path, what: str, limit: int = MAX_INPUT_BYTES) -> bytes:
+    """A file another party handed over: read at most ``limit`` bytes, so that ``/dev/zero`` or
+    a huge file is a clear error, never a MemoryError; unreadable is a PKIError too."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise PKIError(path, f"cannot read the {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise PKIError(
+            path,
+            f"more than {limit:,} bytes: not a {what}",
+            f"check that this is the {what} you were given",
+        )
+    return data
 
 
 def mkdir_private(path: Path) -> None:

@@ -23,6 +23,14 @@ TrustMode = Literal["SharedRoot", "Federated"]
 TRUST_MODES: tuple[TrustMode, ...] = ("SharedRoot", "Federated")
 
 SHARED_ROOT_NAME = "root"
+
+
+def root_label(name: str) -> str:
+    """A root by its name, for people: "the shared root" (SharedRoot), "globex's root"
+    (Federated: the mesh's own); never "root root"."""
+    return "the shared root" if name == SHARED_ROOT_NAME else f"{name}'s root"
+
+
 ROOT_CERT = "root-cert.pem"
 ROOT_KEY = "root-key.pem"
 CA_CERT = "ca-cert.pem"

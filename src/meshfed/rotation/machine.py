@@ -32,6 +32,7 @@ from meshfed.pki import MeshCA, PKIStore, TrustRequest
 from meshfed.pki import rotation as material
 from meshfed.pki.certs import issued_by
 from meshfed.pki.errors import PKIError
+from meshfed.pki.layout import root_label
 from meshfed.pki.leaves import ensure_leaf, kept_leaf
 from meshfed.pki.record import (
     FORWARD_STEPS,
@@ -284,7 +285,8 @@ class Rotator:
         self.workspace(record)  # rewrites root-cert.pem and peers/*.pem from the record
         if record.kind == "intermediate":
             return "same root: trust bundles unchanged (the new intermediate chains to it)"
-        return f"every bundle trusting root {record.root} now carries the old and the new root"
+        trusting = root_label(record.root)
+        return f"every bundle trusting {trusting} now carries the old and the new one"
 
     def _propagate(self, record: RotationRecord) -> str:
         ws = self.workspace(record)

@@ -68,9 +68,19 @@ ADDRESS_HEADERS = (
     "cf-connecting-ip",
     "fastly-client-ip",
     "x-envoy-external-address",
+    "client-ip",
+    "x-forwarded",
+    "x-cluster-client-ip",
+    "forwarded-for",
+    "x-appengine-user-ip",
+    "x-original-forwarded-for",
+    "x-nf-client-connection-ip",
+    "do-connecting-ip",
 )
 """Network addresses: a caller forges them against IP allow-lists, and they tell about a
-mesh's network when they leave it."""
+mesh's network when they leave it. Every header python-ipware (django-ipware) reads by default
+(``Client-IP`` is also Rails' ``request.remote_ip``), ingress-nginx's
+``X-Original-Forwarded-For``, and the CDN and platform headers apps behind them read."""
 INTERNAL = (
     "x-middleware-subrequest",
     "x-envoy-original-path",

@@ -33,13 +33,18 @@ def check_address(
             )
         return
     try:
-        ipaddress.ip_address(address)
-        return
+        ip = ipaddress.ip_address(address)
+        problem = None
+        if ip.is_unspecified or ip.is_multicast or address == "255.255.255.255":
+            # 0.0.0.0 and :: mean every address to a listener and none to a caller: rendered
+            # into the importers' ServiceEntries, no call would ever reach this ingress.
+            problem = "is no address a peer can reach (every address, or a group, to a listener)"
     except ValueError:
-        pass
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address):
+        valid = re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address)
+        problem = None if valid else "is neither an IP address nor a DNS name"
+    if problem:
         yield Problem(
             (*path, "ingress", "address"),
-            f"{address!r} is neither an IP address nor a DNS name",
+            f"{address!r} {problem}",
             "use the IP address or host name peers reach this mesh's ingress on",
         )
