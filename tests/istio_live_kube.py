@@ -10,6 +10,7 @@ import base64
 import datetime as dt
 import ipaddress
 import json
+import shutil
 import ssl
 import subprocess
 import urllib.error
@@ -239,6 +240,7 @@ class Kube:
     def start_etcd(self) -> None:
         client, peer = free_ports(2)
         data = self.directory / "etcd"
+        shutil.rmtree(data, ignore_errors=True)  # a kept directory of an earlier run
         proc = self.procs.start(
             [
                 str(self.bins.etcd),

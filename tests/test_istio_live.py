@@ -38,7 +38,7 @@ Services and, for Pods, WorkloadEntries carrying the injector's label
 ``security.istio.io/tlsMode: istio``; a ``Sidecar`` per workload binding its listeners to the
 proxy's own 127.x address; each proxy on its own 127.x address, with the environment the
 injector would give it (every ``proxyMetadata`` entry of the mesh config and of the pod's
-``proxy.istio.io/config``). Runs in about four minutes on two shared cores.
+``proxy.istio.io/config``). Runs in about three minutes on two shared cores.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -127,7 +128,8 @@ def _federation(
 ) -> Iterator[LiveFederation]:  # fmt: skip
     bins, procs, kube = live
     root = kube.directory.parent / name
-    root.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(root, ignore_errors=True)  # a kept directory of an earlier run
+    root.mkdir(parents=True)
     fed = LiveFederation(root, bins, procs, kube, spec, workloads)
     clusters = [f"{name}-{m['name']}" for m in spec["spec"]["meshes"]]
     try:
