@@ -46,6 +46,37 @@ def pki_speed(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def controller(data: dict[str, Any]) -> list[str]:
+    out = [
+        "### Federation controller on real kube-apiservers",
+        "",
+    ]
+    if "skipped" in data:
+        return [*out, f"Not measured: {data['skipped']}"]
+    out += [
+        f"{data['clusters']} clusters, {data['exports']} exports ({data['exports_spec']} "
+        f"services, some with a failover twin), {data['objects_on_clusters']} routing and "
+        "policy objects on the clusters.",
+        "",
+        "| what | measured | baseline (same run) | ratio |",
+        "|---|---:|---:|---:|",
+        f"| initial reconcile (kubectl apply to Ready) | {data['initial_reconcile_s']} s | "
+        f"`meshfed apply`: {data['cli_apply_s']} s | {data['initial_vs_cli']} |",
+    ]
+    floor = f"one server-side apply: {data['apply_round_trip_s']} s"
+    for key, label in (
+        ("service_change", "Service port change to the exporter's route"),
+        ("address_change", "load-balancer address change to every importer"),
+        ("policy_restore", "deleted AuthorizationPolicy restored"),
+    ):
+        out.append(f"| {label} | {data[key + '_s']} s | {floor} | {data[key + '_vs_round_trip']} |")
+    out.append(
+        f"| controller idle | {data['idle_cpu_core_fraction'] * 100:.2f}% of a core, "
+        f"{data['idle_rss_mb']} MB RSS | | |"
+    )
+    return out
+
+
 def main(folder: Path) -> str:
     lines = [
         "## Benchmark results",
@@ -58,6 +89,9 @@ def main(folder: Path) -> str:
         data = _load(folder, name)
         if data:
             lines += [*render(data), ""]
+    data = _load(folder, "controller")
+    if data:
+        lines += [*controller(data), ""]
     for name in ("data_plane", "authz_scale", "edit_latency", "dos"):  # each writes its own
         part = folder / f"{name}.md"
         if part.exists():

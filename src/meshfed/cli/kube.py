@@ -95,9 +95,9 @@ def _open(spec: Path, state: Path | None, kubeconfig: Path | None) -> KubeWorksp
         for note in found.notes:
             err.print(f"  note: {note}", markup=False)
     for address in kws.addresses:
+        what = "ingress.address" if address.ingress else "discoveryAddress"
         err.print(
-            f"discovered discoveryAddress {address.address} of mesh {address.mesh} "
-            f"(from {address.source})",
+            f"discovered {what} {address.address} of mesh {address.mesh} (from {address.source})",
             markup=False,
         )
     return kws

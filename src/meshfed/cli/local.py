@@ -64,8 +64,33 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
 @spec_inputs
 @state_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(spec: Path | None, spec_option: Path | None, state: Path | None, as_json: bool) -> None:
-    """Every process and its health, its ports, and each import's current source."""
+@click.option(
+    "--kube",
+    "kube",
+    is_flag=True,
+    help="The Federation objects' status in the management cluster, as the controller wrote "
+    "it (all of them, or --federation's).",
+)
+@click.option("--federation", default=None, help="With --kube: one Federation, by name.")
+@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option("--context", default=None, help="With --kube: the management cluster's context.")
+def status(
+    spec: Path | None,
+    spec_option: Path | None,
+    state: Path | None,
+    as_json: bool,
+    kube: bool = False,
+    federation: str | None = None,
+    kubeconfig: Path | None = None,
+    context: str | None = None,
+) -> None:
+    """Every process and its health, its ports, and each import's current source (--kube:
+    the controller's view of Federations in a management cluster)."""
+    if kube:
+        from meshfed.cli.controller import print_kube_status
+
+        print_kube_status(federation, kubeconfig, context, as_json)
+        return
     with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, spec_option, state)
         st = collect_status(runtime)

@@ -43,6 +43,7 @@ LAZY_COMMANDS = {
     **dict.fromkeys(("audit", "graph"), "meshfed.cli.audit"),
     **dict.fromkeys(("apply", "diff", "discover", "remote-secret"), "meshfed.cli.kube"),
     "rotate": "meshfed.cli.rotate",
+    "controller": "meshfed.cli.controller",
     "trust": "meshfed.cli.trust",
 }
 PKI_EXTENSIONS = ("meshfed.cli.kube", "meshfed.cli.rotate")

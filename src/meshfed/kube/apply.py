@@ -15,7 +15,7 @@ on a retired remote the reader tokens its remote secret carried are revoked. A p
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
@@ -96,10 +96,20 @@ class Rollout:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
+        prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
+        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
+        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> None:
         """``retire``: also empty the recorded clusters the spec no longer names (a full
         apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
-        without touching them (a cluster that is gone for good)."""
+        without touching them (a cluster that is gone for good).
+
+        For the controller: ``prunable``: prune only the stale objects it accepts on a
+        cluster (make-before-break waves prune one side of the federation at a time).
+        ``settled``: objects known to be on the cluster exactly as rendered (the controller
+        applied them and has watched them since): kept (never pruned) but neither dry-run nor
+        written again. ``present``: the federation's objects on a cluster as the caller knows
+        them (None: list them), for pruning."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -110,6 +120,9 @@ class Rollout:
         self.retire = retire
         self.forget = frozenset(forget)
         self.progress: Progress = progress or Quiet()
+        self.prunable = prunable
+        self.settled = settled
+        self.present = present
         self.tokens: dict[tuple[str, str], Token | None] = {}
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
@@ -254,6 +267,10 @@ class Rollout:
         foreign: dict[str, list[str]] = {}
         for obj in desired:
             what = ref_text(obj)
+            if self.settled is not None and self.settled(run.target, obj):
+                run.settled.add(ref(obj))
+                self.progress.step(run.label)
+                continue
             if namespaces.skipped(obj):
                 self.progress.step(run.label)
                 continue  # refused with its namespace
@@ -310,15 +327,21 @@ class Rollout:
     def _plan_prune(self, run: ClusterRun, desired: list[Obj]) -> None:
         client = run.client
         assert client is not None
+        known = None if self.present is None else self.present(run.target)
         live: list[Obj] = []
-        for api_version, kind in PRUNE_KINDS:
-            try:
-                if client.find(api_version, kind) is None:
-                    continue
-                live += client.list(api_version, kind, labels=selector(self.fed.name))
-            except KubeError as exc:
-                run.refuse(f"(prune: list {kind})", exc.message)
+        if known is not None:
+            live = known  # what the caller knows to be there: no listing
+        else:
+            for api_version, kind in PRUNE_KINDS:
+                try:
+                    if client.find(api_version, kind) is None:
+                        continue
+                    live += client.list(api_version, kind, labels=selector(self.fed.name))
+                except KubeError as exc:
+                    run.refuse(f"(prune: list {kind})", exc.message)
         run.prune = prune_set(live, desired, self.fed.name)
+        if self.prunable is not None:
+            run.prune = [o for o in run.prune if self.prunable(run.target, o)]
         if run.target.retired and run.target.cluster.role == "remote":
             # The reader tokens the primary's remote secret carried: revoked with it.
             try:
@@ -363,6 +386,10 @@ class Rollout:
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
         forced = {ref(c.obj): c.force for c in run.checked}
         for obj in desired:
+            if ref(obj) in run.settled:
+                run.actions.append(("unchanged", ref_text(obj)))
+                self.progress.step(run.label)
+                continue
             ns = object_namespace(obj)
             name = obj["metadata"]["name"]
             try:
@@ -412,6 +439,7 @@ class Rollout:
         if dry_run:
             for run in self.runs:
                 run.actions = [(c.action, ref_text(c.obj)) for c in run.checked]
+                run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
         for run in self.runs:

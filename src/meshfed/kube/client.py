@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,6 +193,71 @@ class KubeClient:
         data = response.json()
         return data if isinstance(data, dict) else {}
 
+    def watch(
+        self,
+        api_version: str,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: str | None = None,
+        resource_version: str = "",
+        timeout_seconds: int = 300,
+    ) -> Iterator[tuple[str, Obj]]:
+        """Watch events (``ADDED``, ``MODIFIED``, ``DELETED``, ``BOOKMARK``) from
+        ``resource_version`` until the server ends the watch (``timeout_seconds``). A 410
+        (``ERROR`` event with code 410: the version is too old) raises KubeError status 410:
+        list again and watch from there."""
+        res = self.resource(api_version, kind)
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if labels:
+            params["labelSelector"] = labels
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        timeout = httpx2.Timeout(15.0, read=timeout_seconds + 30.0)
+        try:
+            with self._http.stream(
+                "GET", res.path(namespace), params=params, timeout=timeout
+            ) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _status_error(response, f"watch {kind}")
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    body = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        raise KubeError(
+                            f"watch {kind}: {body.get('message', 'error')}",
+                            status=int(body.get("code") or 500),
+                            reason=str(body.get("reason") or ""),
+                        )
+                    yield (
+                        str(event.get("type")),
+                        {"apiVersion": res.api_version, "kind": kind, **body},
+                    )
+        except httpx2.HTTPError as exc:
+            raise KubeError(f"{self.server} unreachable: {exc or type(exc).__name__}") from None
+
+    def list_with_version(
+        self,
+        api_version: str,
+        kind: str,
+        *,
+        namespace: str | None = None,
+        labels: str | None = None,
+    ) -> tuple[list[Obj], str]:
+        """``list``, and the list's resourceVersion to watch from."""
+        res = self.resource(api_version, kind)
+        params = {"labelSelector": labels} if labels else {}
+        doc = self.request("GET", res.path(namespace), params=params, what=f"list {kind}")
+        items = [{"apiVersion": res.api_version, "kind": kind, **i} for i in doc.get("items", [])]
+        return items, str((doc.get("metadata") or {}).get("resourceVersion") or "")
+
     def version(self) -> str:
         return str(self.request("GET", "/version", what="version").get("gitVersion", "?"))
 
@@ -218,6 +283,10 @@ class KubeClient:
                 )
             self._groups[api_version] = kinds
         return self._groups[api_version]
+
+    def rediscover(self) -> None:
+        """Forget what discovery found (a CRD was installed since)."""
+        self._groups.clear()
 
     def find(self, api_version: str, kind: str) -> Resource | None:
         """The kind on this server, or None when the server does not serve it."""
@@ -309,6 +378,19 @@ class KubeClient:
             params["dryRun"] = "All"
         ns = (obj.get("metadata") or {}).get("namespace")
         return self.request("POST", res.path(ns), params=params, body=obj, what=describe(obj))
+
+    def replace(self, obj: Obj, manager: str = FIELD_MANAGER) -> Obj:
+        """PUT the whole object; its ``metadata.resourceVersion`` (when set) is a precondition:
+        a conflict (409) means someone else wrote it since it was read."""
+        res = self.resource(obj["apiVersion"], obj["kind"])
+        meta = obj.get("metadata") or {}
+        return self.request(
+            "PUT",
+            res.path(meta.get("namespace"), meta["name"]),
+            params={"fieldManager": manager},
+            body=obj,
+            what=describe(obj),
+        )
 
     def delete(self, obj: Obj, *, dry_run: bool = False) -> bool:
         """Delete (foreground for owned objects); False when it was already gone."""

@@ -20,7 +20,7 @@ from meshfed.kube.apply import Connect
 from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
 from meshfed.plan.build import mesh_clusters
-from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
@@ -138,15 +138,21 @@ def discover(
 
 @dataclass(frozen=True)
 class AddressFound:
-    """A primary's discovery address, read from its east-west gateway's load balancer."""
+    """An address read from a gateway's load balancer: a primary's discovery address (its
+    east-west gateway), or a mesh's ingress address (its federation ingress)."""
 
     mesh: str
     cluster: str
     address: str
+    service: str = EASTWEST_GATEWAY
 
     @property
     def source(self) -> str:
-        return f"Service {GATEWAY_NAMESPACE}/{EASTWEST_GATEWAY} on cluster {self.cluster}"
+        return f"Service {GATEWAY_NAMESPACE}/{self.service} on cluster {self.cluster}"
+
+    @property
+    def ingress(self) -> bool:
+        return self.service == INGRESS_GATEWAY
 
 
 def load_balancer_address(service: Obj | None) -> str | None:
@@ -184,6 +190,57 @@ def discover_addresses(
     return out
 
 
+def discover_ingress_addresses(
+    fed: Federation, connect: Connect, meshes: Iterable[str] | None = None
+) -> tuple[list[AddressFound], list[str]]:
+    """Ingress addresses of the meshes whose spec leaves them out, from the federation-ingress
+    load balancer on each one's primary; and the meshes whose load balancer has none yet."""
+    chosen = set(meshes) if meshes is not None else None
+    found, pending = [], []
+    for mesh in fed.spec.meshes:
+        clusters = mesh_clusters(mesh)
+        if (chosen is not None and mesh.name not in chosen) or not mesh.address_omitted:
+            continue
+        if not clusters:
+            continue
+        primary = clusters[0]
+        try:
+            service = connect(primary).get("v1", "Service", INGRESS_GATEWAY, GATEWAY_NAMESPACE)
+        except KubeError as exc:
+            raise KubeError(
+                f"discovery in mesh {mesh.name} cluster {primary.name}: {exc.message}"
+            ) from None
+        address = load_balancer_address(service)
+        if address is None:
+            pending.append(mesh.name)
+        else:
+            found.append(AddressFound(mesh.name, primary.name, address, INGRESS_GATEWAY))
+    return found, pending
+
+
+def completed_spec(
+    fed: Federation,
+    workloads: dict[str, list[Obj]],
+    addresses: Iterable[AddressFound],
+    placeholder: dict[str, str] | None = None,
+) -> Federation:
+    """The spec with discovered workloads, discovery and ingress addresses filled in (and,
+    for the controller, ``placeholder`` ingress addresses of meshes still waiting for their
+    load balancer: objects of those meshes' importers are not written until it has one)."""
+    address_of = {(a.mesh, a.cluster): a.address for a in addresses if not a.ingress}
+    ingress_of = {a.mesh: a.address for a in addresses if a.ingress} | (placeholder or {})
+    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    for mesh in doc["spec"]["meshes"]:
+        if mesh["name"] in workloads:
+            mesh["workloads"] = workloads[mesh["name"]]
+        if mesh["name"] in ingress_of:
+            mesh["ingress"]["address"] = ingress_of[mesh["name"]]
+        for cluster in mesh.get("clusters") or []:
+            if (mesh["name"], cluster["name"]) in address_of:
+                cluster["discoveryAddress"] = address_of[(mesh["name"], cluster["name"])]
+    return Federation.model_validate(doc)
+
+
 def with_discovered(
     fed: Federation, connect: Connect, file: str = "<spec>"
 ) -> tuple[Federation, list[Discovery], list[AddressFound]]:
@@ -191,18 +248,20 @@ def with_discovered(
     again."""
     found = discover(fed, connect)
     addresses = discover_addresses(fed, connect)
+    ingress, pending = discover_ingress_addresses(fed, connect)
+    if pending:
+        raise KubeError(
+            "the federation-ingress Service of mesh(es) "
+            + ", ".join(pending)
+            + f" ({GATEWAY_NAMESPACE}/{INGRESS_GATEWAY}) has no load-balancer address yet, and "
+            "the spec leaves ingress.address out: set it for the first apply, or run the "
+            "controller, which applies such a mesh first and its importers once the address "
+            "is there"
+        )
+    addresses += ingress
     if not found and not addresses:
         return fed, [], []
-    by_mesh = {d.mesh: d.workloads for d in found}
-    address_of = {(a.mesh, a.cluster): a.address for a in addresses}
-    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    for mesh in doc["spec"]["meshes"]:
-        if mesh["name"] in by_mesh:
-            mesh["workloads"] = by_mesh[mesh["name"]]
-        for cluster in mesh.get("clusters") or []:
-            if (mesh["name"], cluster["name"]) in address_of:
-                cluster["discoveryAddress"] = address_of[(mesh["name"], cluster["name"])]
-    completed = Federation.model_validate(doc)
+    completed = completed_spec(fed, {d.mesh: d.workloads for d in found}, addresses)
     problems = check_federation(completed)
     if problems:
         where = f"{file} (with workloads discovered in the clusters)"

@@ -90,6 +90,8 @@ class ClusterRun:
     prune: list[Obj] = field(default_factory=list)
     refusals: list[Refusal] = field(default_factory=list)
     actions: list[tuple[Action, str]] = field(default_factory=list)
+    settled: set[tuple[str, str, str, str]] = field(default_factory=set)
+    """Objects the caller knows to be in place: neither dry-run nor written."""
     created: list[str] = field(default_factory=list)
     """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
     stand_in: list[str] = field(default_factory=list)

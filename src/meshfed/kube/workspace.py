@@ -3,15 +3,17 @@ PKI and plan, each mesh rendered, and the rollout of those objects to the cluste
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshfed.kube.apply import Connect, Progress, Rollout
+from meshfed.kube.client import Obj
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
 from meshfed.kube.targets import ClusterTarget, cluster_targets
 from meshfed.render.istio import RenderedMesh
 from meshfed.spec.load import load_spec
+from meshfed.spec.model import Federation
 from meshfed.workspace import Workspace, workspace_for
 
 
@@ -38,6 +40,9 @@ class KubeWorkspace:
         retire: bool = False,
         forget: Iterable[str] = (),
         progress: Progress | None = None,
+        prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
+        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
+        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -50,6 +55,9 @@ class KubeWorkspace:
             retire=retire,
             forget=forget,
             progress=progress,
+            prunable=prunable,
+            settled=settled,
+            present=present,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
@@ -69,5 +77,17 @@ def open_kube_workspace(spec_path: Path, state_dir: Path | None, connect: Connec
     """Load the spec, discover omitted workloads, create missing PKI, resolve the plan."""
     fed = load_spec(spec_path, discovery_pending=True)
     fed, found, addresses = with_discovered(fed, connect, str(spec_path))
-    ws = workspace_for(spec_path, fed, state_dir)
-    return KubeWorkspace(ws, ws.roots, found, connect, addresses)
+    return kube_workspace(fed, spec_path, state_dir, connect, found, addresses)
+
+
+def kube_workspace(
+    fed: Federation,
+    origin: Path,
+    state_dir: Path | None,
+    connect: Connect,
+    found: list[Discovery] | None = None,
+    addresses: list[AddressFound] | None = None,
+) -> KubeWorkspace:
+    """A complete spec (discovery done) with its PKI (created where missing) and plan."""
+    ws = workspace_for(origin, fed, state_dir)
+    return KubeWorkspace(ws, ws.roots, found or [], connect, addresses or [])

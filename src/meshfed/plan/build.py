@@ -206,7 +206,7 @@ class _Resolver:
             priority=priority,
             mesh=mesh.name,
             export=ref,
-            address=mesh.ingress.address,
+            address=_address(mesh),
             port=mesh.ingress.port,
             ingress_spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             trust_domain=mesh.trust_domain,
@@ -240,7 +240,7 @@ class _Resolver:
             else ()
         )
         return Ingress(
-            address=mesh.ingress.address,
+            address=_address(mesh),
             port=mesh.ingress.port,
             spiffe_id=gateway_spiffe_id(mesh.trust_domain, INGRESS_GATEWAY),
             servers=tuple(replace(s, trusted=_limited(trusted, s)) for s in servers),
@@ -313,6 +313,13 @@ class _Resolver:
             istio_namespace=kube.istio_namespace if kube else "istio-system",
             clusters=clusters,
         )
+
+
+def _address(mesh: Mesh) -> str:
+    """The ingress address: the spec's, or the one discovery filled in (checked before)."""
+    if mesh.ingress.address is None:
+        raise ValueError(f"mesh {mesh.name}: ingress address not discovered yet")
+    return mesh.ingress.address
 
 
 def build_plan(

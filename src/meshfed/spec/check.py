@@ -6,7 +6,6 @@ sees every problem at once.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterator
 from datetime import timedelta
@@ -15,6 +14,7 @@ from typing import Literal
 from meshfed.spec.bundle_checks import check_bundles
 from meshfed.spec.errors import Problem
 from meshfed.spec.headers import keep_problem
+from meshfed.spec.ingress import check_address
 from meshfed.spec.model import Export, Federation, Import, Mesh
 from meshfed.spec.paths import PathError, parse_path
 from meshfed.spec.principals import parse_principal
@@ -48,7 +48,7 @@ def _local_names(mesh: Mesh) -> dict[str, str]:
     return names
 
 
-def _check_meshes(fed: Federation) -> Iterator[Problem]:
+def _check_meshes(fed: Federation, discovery_pending: bool = False) -> Iterator[Problem]:
     names: dict[str, int] = {}
     domains: dict[str, int] = {}
     listeners: dict[tuple[str, int], int] = {}
@@ -76,7 +76,7 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
                 "'cluster.local' is Istio's default trust domain and not unique to this mesh",
                 f"choose a trust domain of its own, e.g. {mesh.name}.{fed.name}.example",
             )
-        key = (mesh.ingress.address, mesh.ingress.port)
+        key = (mesh.ingress.address or f"<{mesh.name}'s load balancer>", mesh.ingress.port)
         if key in listeners:
             yield Problem(
                 (*path, "ingress"),
@@ -84,7 +84,7 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
                 "give each mesh's ingress its own address or port",
             )
         listeners.setdefault(key, i)
-        yield from _check_address(mesh, path)
+        yield from check_address(mesh, path, discovery_pending)
         seen: dict[str, int] = {}
         for j, w in enumerate(mesh.workloads):
             if w.ref in seen:
@@ -94,21 +94,6 @@ def _check_meshes(fed: Federation) -> Iterator[Problem]:
                     "give each workload a unique namespace/name",
                 )
             seen.setdefault(w.ref, j)
-
-
-def _check_address(mesh: Mesh, path: tuple[str | int, ...]) -> Iterator[Problem]:
-    address = mesh.ingress.address
-    try:
-        ipaddress.ip_address(address)
-        return
-    except ValueError:
-        pass
-    if not re.match(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", address):
-        yield Problem(
-            (*path, "ingress", "address"),
-            f"{address!r} is neither an IP address nor a DNS name",
-            "use the IP address or host name peers reach this mesh's ingress on",
-        )
 
 
 def _check_exports(fed: Federation, discovery_pending: bool) -> Iterator[Problem]:
@@ -483,7 +468,7 @@ def check_federation(fed: Federation, *, discovery_pending: bool = False) -> lis
     """
     return [
         *_check_names_and_ttls(fed),
-        *_check_meshes(fed),
+        *_check_meshes(fed, discovery_pending),
         *check_reserved(fed),
         *_check_clusters(fed),
         *_check_exports(fed, discovery_pending),

@@ -87,7 +87,15 @@ class Trust(_Model):
 class Ingress(_Model):
     """Where peer meshes reach this mesh's federation ingress gateway."""
 
-    address: Annotated[str, Field(min_length=1, description="IP address or DNS name")]
+    address: Annotated[
+        str | None,
+        Field(
+            min_length=1,
+            description="IP address or DNS name. Omitted with kubernetes or clusters set: read "
+            "from the load balancer of the federation-ingress Service on the mesh's primary "
+            "cluster (apply, diff, and the controller, which follows it when it changes).",
+        ),
+    ] = None
     port: Port = 15443
 
 
@@ -225,6 +233,16 @@ class Mesh(_Model):
     @property
     def istio_namespace(self) -> str:
         return self.kubernetes.istio_namespace if self.kubernetes else "istio-system"
+
+    @property
+    def in_cluster(self) -> bool:
+        """The spec names the mesh's cluster(s), so what it leaves out can be read there."""
+        return self.clusters is not None or self.kubernetes is not None
+
+    @property
+    def address_omitted(self) -> bool:
+        """The ingress address is read from the federation-ingress load balancer."""
+        return self.ingress.address is None
 
 
 class Consumer(_Model):

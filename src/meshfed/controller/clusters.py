@@ -1,0 +1,146 @@
+"""How the controller reaches each mesh's cluster.
+
+The spec names clusters by kubeconfig context (``meshes[].kubernetes.context``,
+``meshes[].clusters[].context``). In the controller, a context name is looked up:
+
+1. in the remote secrets of the controller's namespace: Secrets labelled
+   ``istio/multiCluster: "true"`` (Istio's format, as ``meshfed remote-secret`` and
+   ``meshfed controller install`` write them), one kubeconfig per key, the key being the
+   cluster's name;
+2. the ``--in-cluster-context`` name: the management cluster itself, with the controller's own
+   ServiceAccount;
+3. with ``--kubeconfig`` (a controller run from a laptop): that file's contexts.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+from lightkube.config.kubeconfig import KubeConfig, SingleConfig
+from lightkube.core.exceptions import ConfigError
+
+from meshfed.kube.client import KubeClient
+from meshfed.kube.config import resolve_context
+from meshfed.kube.errors import KubeError
+from meshfed.plan.model import ClusterPlan
+from meshfed.render.istio.multicluster import MULTICLUSTER_LABEL
+
+REQUEST_TIMEOUT = 5.0
+"""A cluster that does not answer within this is unreachable for this reconcile."""
+
+
+def remote_kubeconfigs(secrets: list[dict[str, Any]]) -> dict[str, str]:
+    """Cluster name -> kubeconfig text, from Istio-format remote secrets (data or stringData)."""
+    import base64
+
+    out: dict[str, str] = {}
+    for secret in secrets:
+        for key, value in (secret.get("data") or {}).items():
+            out.setdefault(key, base64.b64decode(value).decode())
+        for key, value in (secret.get("stringData") or {}).items():
+            out.setdefault(key, str(value))
+    return out
+
+
+def _single(text: str, cluster: str) -> SingleConfig:
+    try:
+        doc = yaml.safe_load(text)
+        config = (
+            KubeConfig.from_dict(doc).get(context_name=cluster) or KubeConfig.from_dict(doc).get()
+        )
+    except (ConfigError, KeyError, yaml.YAMLError, AttributeError) as exc:
+        raise KubeError(
+            f"remote secret for cluster {cluster}: unusable kubeconfig ({exc})"
+        ) from None
+    if config is None:
+        raise KubeError(f"remote secret for cluster {cluster}: kubeconfig has no context")
+    return config
+
+
+class Connector:
+    """Connections to mesh clusters by context name, kept between reconciles."""
+
+    def __init__(
+        self,
+        management: KubeClient | None,
+        namespace: str,
+        kubeconfig: Path | None = None,
+        in_cluster_context: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        self.management = management
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.in_cluster_context = in_cluster_context
+        self.timeout = timeout
+        self._clients: dict[str, KubeClient] = {}
+        self._sources: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def _remote_configs(self) -> dict[str, str]:
+        if self.management is None:
+            return {}
+        secrets = self.management.list(
+            "v1", "Secret", namespace=self.namespace, labels=f"{MULTICLUSTER_LABEL}=true"
+        )
+        return remote_kubeconfigs(secrets)
+
+    def config_for(self, context: str | None) -> tuple[SingleConfig, str]:
+        """The connection settings for ``context``, and where they came from."""
+        if context is not None:
+            remote = self._remote_configs().get(context)
+            if remote is not None:
+                return _single(remote, context), f"remote secret {context}"
+            if context == self.in_cluster_context:
+                try:
+                    config = KubeConfig.from_service_account().get()
+                except ConfigError as exc:
+                    raise KubeError(f"in-cluster context {context}: {exc}") from None
+                assert config is not None
+                return config, "the controller's ServiceAccount"
+        if self.kubeconfig is not None or self.management is None:
+            return resolve_context(context, self.kubeconfig), "kubeconfig"
+        raise KubeError(
+            f"no remote secret for cluster (context) {context!r} in namespace {self.namespace}: "
+            f"run `meshfed controller install --target-context {context}` (or create one with "
+            "`meshfed remote-secret` and a writer token) and label it istio/multiCluster=true"
+        )
+
+    def client(self, context: str | None) -> KubeClient:
+        key = context or ""
+        with self._lock:
+            found = self._clients.get(key)
+        if found is not None:
+            return found
+        config, source = self.config_for(context)
+        client = KubeClient(context or config.context_name, config, timeout=self.timeout)
+        with self._lock:
+            self._clients[key] = client
+            self._sources[key] = source
+        return client
+
+    def fresh(self, context: str | None) -> KubeClient:
+        """A new connection (for a watch: long requests get their own)."""
+        config, _ = self.config_for(context)
+        return KubeClient(context or config.context_name, config, timeout=self.timeout)
+
+    def forget(self, context: str | None) -> None:
+        """Drop a cached connection (its remote secret may have changed)."""
+        with self._lock:
+            client = self._clients.pop(context or "", None)
+        if client is not None:
+            client.close()
+
+    def __call__(self, cluster: ClusterPlan) -> KubeClient:
+        client = self.client(cluster.context)
+        client.name = cluster.name
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()

@@ -1,0 +1,70 @@
+"""Drift: a watch event on a mesh cluster, and what it calls for (pure).
+
+An object carrying meshfed's labels that someone else changed or deleted is put back as the
+last reconcile rendered it; one that the last reconcile did not render (a copy, or an object
+left behind) is deleted. meshfed's own writes come back as events too: a change is meshfed's
+when the newest entry of its ``managedFields`` (status updates aside) is the ``meshfed`` field
+manager's, and a deletion is meshfed's when it pruned that object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from meshfed.kube.client import FIELD_MANAGER
+from meshfed.kube.targets import owned_by, ref
+
+Obj = dict[str, Any]
+Ref = tuple[str, str, str, str]
+
+
+def last_writer(obj: Obj) -> str | None:
+    """The field manager of the newest change to the object's spec or metadata (status
+    updates by other controllers, e.g. a Deployment's, do not count)."""
+    entries = [
+        e
+        for e in (obj.get("metadata") or {}).get("managedFields") or []
+        if e.get("subresource") != "status"
+    ]
+    if not entries:
+        return None
+    newest = max(str(e.get("time") or "") for e in entries)
+    writers = {str(e.get("manager")) for e in entries if str(e.get("time") or "") == newest}
+    if len(writers) > 1 and FIELD_MANAGER in writers:
+        writers.discard(FIELD_MANAGER)  # same second: someone else wrote after meshfed
+    return sorted(writers)[0]
+
+
+@dataclass(frozen=True)
+class Repair:
+    action: Literal["restore", "prune"]
+    ref: Ref
+    obj: Obj
+    """restore: the object as meshfed renders it; prune: the live object."""
+    why: str
+
+
+def repair_for(
+    event: str,
+    live: Obj,
+    desired: Mapping[Ref, Obj],
+    federation: str,
+    pruned_by_us: Collection[Ref] = (),
+) -> Repair | None:
+    """What one watch event on a labelled object calls for (None: nothing)."""
+    if event not in ("ADDED", "MODIFIED", "DELETED") or not owned_by(live, federation):
+        return None
+    key = ref(live)
+    wanted = desired.get(key)
+    if event == "DELETED":
+        if wanted is None or key in pruned_by_us:
+            return None
+        return Repair("restore", key, wanted, "deleted by hand")
+    writer = last_writer(live)
+    if writer == FIELD_MANAGER:
+        return None
+    if wanted is None:
+        return Repair("prune", key, live, f"carries meshfed's labels, not rendered (by {writer})")
+    return Repair("restore", key, wanted, f"changed by {writer or 'someone else'}")

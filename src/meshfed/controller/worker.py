@@ -1,0 +1,319 @@
+"""The loop of one Federation (run by a kopf daemon, in its own thread): wait for a reason to
+act, act, tell.
+
+Reasons: the object changed (kopf), a watched object on a mesh cluster changed (drift, a
+Service, a load-balancer address), a certificate is due, the periodic resync. Drift of single
+objects is repaired at once with the same server-side apply (or deleted, for an extra object)
+and an Event; everything else runs a whole reconcile (``reconcile.py``). Events that arrive
+within ``DEBOUNCE`` of each other make one reconcile.
+
+Where more triggers plug in: anything that changes what the plan trusts or routes calls
+``kick(reason)`` from any thread (a SPIFFE trust bundle fetched from a peer's bundle endpoint
+that changed, for instance), and the reconcile reads it through the PKI state and the spec like
+any other input; nothing here needs to know where it came from.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from meshfed.controller.drift import Ref, Repair, repair_for
+from meshfed.controller.reconcile import Reconciler, Result, expiring
+from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
+from meshfed.controller.status import federation_status
+from meshfed.controller.watch import Key, Watches, watch_specs
+from meshfed.kube.client import Obj
+from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
+from meshfed.kube.errors import KubeError
+from meshfed.kube.targets import ref, ref_text
+from meshfed.plan.build import mesh_clusters
+from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
+from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
+
+DEBOUNCE = 0.1
+FULL_CHECKS = frozenset({"started", "periodic resync", "repair failed"})
+"""Reconciles that dry-run every object (the others take what this controller applied and
+has watched since as settled)."""
+RESYNC = 300.0
+EXPIRY_WARNING = timedelta(days=30)
+Emit = Callable[[str, str, str], None]
+"""(type Normal|Warning, reason, message): an Event on the Federation."""
+Patch = Callable[[Obj], None]
+"""Writes the Federation's status."""
+
+
+def service_signature(obj: Obj) -> tuple[Any, ...]:
+    """What discovery and load-balancer addresses read from a Service."""
+    spec = obj.get("spec") or {}
+    ports = tuple(
+        (p.get("port"), p.get("name"), p.get("appProtocol")) for p in spec.get("ports") or []
+    )
+    selector = tuple(sorted((spec.get("selector") or {}).items()))
+    ingress = tuple(
+        (i.get("ip"), i.get("hostname"))
+        for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    )
+    return ports, selector, ingress
+
+
+@dataclass
+class FederationWorker:
+    name: str
+    reconciler: Reconciler
+    emit: Emit
+    patch_status: Patch
+    log: Callable[[str], None] = lambda _l: None
+    resync: float = RESYNC
+    events: queue.Queue[tuple[str, Any]] = field(default_factory=queue.Queue)
+    last: Result | None = None
+    services: dict[tuple[Key, str, str], tuple[Any, ...]] = field(default_factory=dict)
+    pruned: set[Ref] = field(default_factory=set)
+    watches: Watches | None = None
+    annotate: Callable[[dict[str, str | None]], None] | None = None
+    """Sets (or, with None, removes) annotations of the Federation."""
+
+    # -- triggers (any thread) ----------------------------------------------------------------
+
+    def kick(self, reason: str) -> None:
+        self.events.put(("resync", reason))
+
+    def on_event(self, key: Key, event: str, obj: Obj) -> None:
+        if obj.get("kind") == "Service" and self._service_matters(key, event, obj):
+            meta = obj.get("metadata") or {}
+            self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
+        if _labelled(obj, self.name):
+            self.events.put(("drift", (key, "MODIFIED" if event == "LISTED" else event, obj)))
+
+    def _service_matters(self, key: Key, event: str, obj: Obj) -> bool:
+        meta = obj.get("metadata") or {}
+        ns, name = str(meta.get("namespace")), str(meta.get("name"))
+        ident = (key, ns, name)
+        signature = None if event == "DELETED" else service_signature(obj)
+        before = self.services.get(ident)
+        if signature is None:
+            self.services.pop(ident, None)
+        else:
+            self.services[ident] = signature
+        if ns == GATEWAY_NAMESPACE and name == INGRESS_GATEWAY:
+            # Compared with the address the last reconcile used (a change may come before
+            # this watch's first list).
+            used = self.last.lb_addresses if self.last else {}
+            return key[0] in used and used[key[0]] != load_balancer_address(obj)
+        if event == "LISTED" or before == signature:
+            return False
+        return name == EASTWEST_GATEWAY or ns not in SYSTEM_NAMESPACES
+
+    # -- the loop (the daemon's thread) ---------------------------------------------------------
+
+    def run(self, body: Callable[[], Obj], stopped: Callable[[], bool]) -> None:
+        self.kick("started")
+        try:
+            while not stopped():
+                timeout = self._until_due()
+                try:
+                    first = self.events.get(timeout=max(min(timeout, 1.0), 0.01))
+                except queue.Empty:
+                    if timeout <= 1.0 and self.events.empty():
+                        self.kick("periodic resync" if self.last else "retry")
+                    continue
+                batch = [first]
+                deadline = time.monotonic() + DEBOUNCE
+                while (left := deadline - time.monotonic()) > 0:
+                    try:
+                        batch.append(self.events.get(timeout=left))
+                    except queue.Empty:
+                        break
+                if stopped():
+                    break
+                resync = [reason for kind, reason in batch if kind == "resync"]
+                if resync or self.last is None:
+                    self._reconcile(body(), resync[0] if resync else "drift")
+                else:
+                    for _, item in batch:
+                        self._repair(*item)
+        finally:
+            if self.watches is not None:
+                self.watches.close()
+
+    def _until_due(self) -> float:
+        due = self.resync
+        if self.last is not None and self.last.next_renewal is not None:
+            renew = (self.last.next_renewal - datetime.now(UTC)).total_seconds()
+            due = min(due, max(renew, 1.0))
+        if self.last is not None and (
+            self.last.outcome.refusals or self.last.outcome.error or self.last.outcome.waiting
+        ):
+            due = min(due, 15.0)  # retry what failed or waits, sooner than a resync
+        since = time.monotonic() - getattr(self, "_last_at", time.monotonic())
+        return max(due - since, 0.0)
+
+    # -- acting -----------------------------------------------------------------------------
+
+    def _reconcile(self, body: Obj, reason: str) -> None:
+        t0 = time.monotonic()
+        full = reason in FULL_CHECKS or not reason or reason.startswith("retry")
+        result = self.reconciler.reconcile(body, full=full)
+        self._last_at = time.monotonic()
+        self.last = result
+        outcome = result.outcome
+        self.pruned = {_ref_of(name) for _, action, name in result.applied if action == "deleted"}
+        for label, action, name in result.restored:
+            self.emit("Warning", "DriftRestored", f"{name} on {label}: {action} (changed by hand)")
+        changed = [f"{a} {n} on {label}" for label, a, n in result.applied]
+        if changed:
+            self.emit(
+                "Normal",
+                "Applied",
+                f"{len(changed)} change(s) ({reason}): " + "; ".join(changed[:5]),
+            )
+        for report in outcome.meshes:
+            for cluster in report.clusters:
+                if not cluster.reachable:
+                    self.emit(
+                        "Warning",
+                        "ClusterUnreachable",
+                        f"mesh {report.name} cluster {cluster.name}: {cluster.unreachable_reason}",
+                    )
+        if outcome.spec_problems:
+            self.emit("Warning", "InvalidSpec", "; ".join(outcome.spec_problems)[:1000])
+        if outcome.refusals or outcome.error:
+            self.emit(
+                "Warning", "ReconcileFailed", (outcome.error or "; ".join(outcome.refusals))[:1000]
+            )
+        for text in expiring(result, datetime.now(UTC), EXPIRY_WARNING):
+            self.emit("Warning", "CertificateExpiring", text)
+        self._rotate(body, result)
+        previous = (body.get("status") or {}) if isinstance(body, dict) else {}
+        try:
+            self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
+        except KubeError as exc:
+            self.log(f"{self.name}: status not written: {exc}")
+        self._watch(result)
+        self.log(
+            f"{self.name}: reconciled ({reason}) in {time.monotonic() - t0:.2f}s: "
+            f"{len(result.applied)} applied, {len(result.restored)} restored"
+        )
+
+    def _rotate(self, body: Obj, result: Result) -> None:
+        """One step of a rotation the annotation asks for, after a reconcile that applied
+        the previous step; the next reconcile applies this one."""
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        try:
+            request = parse_request(annotations.get(ANNOTATION))
+        except ValueError as exc:
+            result.outcome.spec_problems.append(str(exc))
+            return
+        if request is None or result.federation is None or self.annotate is None:
+            return
+        if result.outcome.refusals or result.outcome.error or result.outcome.spec_problems:
+            return  # the last step is not on every cluster yet
+        reconciler = self.reconciler
+        try:
+            step = rotation_step(
+                reconciler.management,
+                reconciler.namespace,
+                reconciler.work_dir,
+                result.federation,
+                request,
+            )
+        except Exception as exc:  # RotationError, PKIError, KubeError: reported, retried
+            self.emit("Warning", "RotationFailed", str(exc)[:1000])
+            result.outcome.waiting.append(f"rotation: {exc}")
+            return
+        result.outcome.rotation = step.record or {"finished": True}
+        if step.waiting:
+            result.outcome.waiting.append(
+                "rotation waits for signed certificate(s): "
+                + ", ".join(step.waiting)
+                + " (meshfed controller pki-request / pki-import)"
+            )
+            return
+        if step.step:
+            self.emit("Normal", "RotationStep", f"{step.step}: {step.detail}"[:1000])
+        if step.finished:
+            self.annotate({ANNOTATION: None})
+            self.emit("Normal", "RotationDone", f"{request.kind} rotation finished")
+        self.kick("rotation step")
+
+    def _watch(self, result: Result) -> None:
+        fed = result.federation
+        if fed is None:
+            return
+        if self.watches is None:
+            self.watches = Watches(self.reconciler.connector, self.on_event, self.log)
+        clusters = []
+        services: set[Key] = set()
+        for mesh in fed.spec.meshes:
+            for cluster in mesh_clusters(mesh):
+                key = (mesh.name, cluster.name)
+                clusters.append((key, cluster))
+                services.add(key)  # discovery, ingress and east-west load balancers
+        self.watches.ensure(watch_specs(self.name, clusters, services))
+
+    def _repair(self, key: Key, event: str, obj: Obj) -> None:
+        last = self.last
+        if last is None:
+            return
+        desired = last.desired.get(key, {})
+        repair = repair_for(event, obj, desired, self.name, self.pruned)
+        if repair is None:
+            return
+        if key not in {k for k in last.desired}:
+            return
+        try:
+            self._do(key, repair)
+        except KubeError as exc:
+            self.log(f"{self.name}: repair of {ref_text(repair.obj)} failed: {exc}; reconciling")
+            self.kick("repair failed")
+
+    def _do(self, key: Key, repair: Repair) -> None:
+        fed = self.last.federation if self.last else None
+        assert fed is not None
+        mesh = next(m for m in fed.spec.meshes if m.name == key[0])
+        cluster = next(c for c in mesh_clusters(mesh) if c.name == key[1])
+        client = self.reconciler.connector(cluster)
+        what = ref_text(repair.obj)
+        if repair.action == "prune":
+            if client.delete(repair.obj):
+                self.pruned.add(repair.ref)
+                self.emit("Warning", "DriftPruned", f"{what} on {key[1]}: {repair.why}; deleted")
+            return
+        before = client.get(
+            repair.obj["apiVersion"],
+            repair.obj["kind"],
+            repair.obj["metadata"]["name"],
+            repair.obj["metadata"].get("namespace"),
+        )
+        after = client.apply(repair.obj, force=True)
+        version = (before or {}).get("metadata", {}).get("resourceVersion")
+        if before is None or version != after["metadata"].get("resourceVersion"):
+            self.emit("Warning", "DriftRestored", f"{what} on {key[1]}: {repair.why}; restored")
+            self.log(f"{self.name}: restored {what} on {key[1]} ({repair.why})")
+
+
+def _labelled(obj: Obj, federation: str) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get("meshfed.dev/federation") == federation
+
+
+def _ref_of(text: str) -> Ref:
+    """The ref of a rendered object from ``ref_text`` (``Kind.group ns/name``)."""
+    kind_group, _, where = text.partition(" ")
+    kind, _, group = kind_group.partition(".")
+    ns, _, name = where.rpartition("/")
+    return (group, kind, ns, name)
+
+
+def start_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+__all__ = ["FederationWorker", "ref"]

@@ -1,0 +1,353 @@
+"""The controller's decisions that need no cluster: drift, leader election, status, the PKI
+state's encoding, the install manifests and their RBAC."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from meshfed.controller.drift import last_writer, repair_for
+from meshfed.controller.leader import Observed, decide
+from meshfed.controller.manifests import (
+    ControllerOptions,
+    management_manifests,
+    target_manifests,
+)
+from meshfed.controller.pkistate import (
+    decode_key,
+    encode_key,
+    files_of,
+    secret_body,
+    snapshot,
+)
+from meshfed.controller.rbac import MANAGEMENT_NAMESPACE_RULES, target_cluster_rules
+from meshfed.controller.status import (
+    ClusterReport,
+    MeshReport,
+    Outcome,
+    federation_status,
+    import_status,
+    merge_conditions,
+)
+from meshfed.controller.worker import service_signature
+from meshfed.kube.errors import KubeError
+from meshfed.kube.targets import PRUNE_KINDS, prune_set
+from meshfed.plan.build import build_plan
+from meshfed.spec.load import load_spec
+
+from k8s_schema import validate_manifest
+
+BANK = Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml"
+LABELS = {"app.kubernetes.io/managed-by": "meshfed", "meshfed.dev/federation": "bank"}
+
+
+def _obj(name: str, writers: list[tuple[str, str]], **extra: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {
+            "name": name,
+            "namespace": "meshfed-system",
+            "labels": dict(LABELS),
+            "managedFields": [
+                {"manager": m, "operation": "Apply" if m == "meshfed" else "Update", "time": t}
+                for m, t in writers
+            ],
+        },
+        **extra,
+    }
+
+
+REF = ("security.istio.io", "AuthorizationPolicy", "meshfed-system", "allow-x")
+
+
+# -- drift ----------------------------------------------------------------------------------------
+
+
+def test_own_write_is_not_drift() -> None:
+    live = _obj("allow-x", [("meshfed", "2026-01-01T00:00:00Z")])
+    assert repair_for("MODIFIED", live, {REF: live}, "bank") is None
+
+
+def test_hand_edit_is_restored_as_rendered() -> None:
+    desired = _obj("allow-x", [], spec={"action": "ALLOW"})
+    live = _obj(
+        "allow-x",
+        [("meshfed", "2026-01-01T00:00:00Z"), ("kubectl-edit", "2026-01-01T00:00:05Z")],
+    )
+    repair = repair_for("MODIFIED", live, {REF: desired}, "bank")
+    assert repair is not None and repair.action == "restore"
+    assert repair.obj is desired
+    assert "kubectl-edit" in repair.why
+
+
+def test_status_updates_by_others_are_not_drift() -> None:
+    live = _obj("allow-x", [("meshfed", "2026-01-01T00:00:00Z")])
+    live["metadata"]["managedFields"].append(
+        {
+            "manager": "kcm",
+            "operation": "Update",
+            "subresource": "status",
+            "time": "2026-01-02T00:00:00Z",
+        }
+    )
+    assert last_writer(live) == "meshfed"
+
+
+def test_same_second_edit_counts_as_someone_elses() -> None:
+    t = "2026-01-01T00:00:00Z"
+    assert last_writer(_obj("a", [("meshfed", t), ("kubectl", t)])) == "kubectl"
+
+
+def test_deletion_by_hand_is_restored_but_not_our_prune() -> None:
+    desired = _obj("allow-x", [])
+    live = _obj("allow-x", [("meshfed", "2026-01-01T00:00:00Z")])
+    repair = repair_for("DELETED", live, {REF: desired}, "bank")
+    assert repair is not None and repair.action == "restore"
+    assert repair_for("DELETED", live, {}, "bank") is None
+    assert repair_for("DELETED", live, {REF: desired}, "bank", pruned_by_us={REF}) is None
+
+
+def test_extra_labelled_object_is_pruned() -> None:
+    live = _obj("allow-x", [("kubectl-client-side-apply", "2026-01-01T00:00:00Z")])
+    repair = repair_for("ADDED", live, {}, "bank")
+    assert repair is not None and repair.action == "prune"
+
+
+def test_other_federations_and_unlabelled_objects_are_left_alone() -> None:
+    live = _obj("allow-x", [("kubectl", "2026-01-01T00:00:00Z")])
+    assert repair_for("ADDED", live, {}, "other") is None
+    live["metadata"]["labels"] = {}
+    assert repair_for("ADDED", live, {}, "bank") is None
+
+
+# -- leader election ------------------------------------------------------------------------
+
+
+def test_leader_decisions() -> None:
+    seen = Observed(("b", "t1"), changed_at=100.0)
+    assert decide(None, "a", seen, 101.0, 15.0) == "acquire"
+    assert decide({"holderIdentity": ""}, "a", seen, 101.0, 15.0) == "acquire"
+    assert decide({"holderIdentity": "a"}, "a", seen, 101.0, 15.0) == "renew"
+    assert decide({"holderIdentity": "b"}, "a", seen, 110.0, 15.0) == "wait"
+    # Expiry is measured on our own clock since the record last changed, never by the
+    # holder's timestamps (clocks differ between nodes).
+    assert (
+        decide({"holderIdentity": "b", "renewTime": "2000-01-01T00:00:00Z"}, "a", seen, 110.0, 15.0)
+        == "wait"
+    )
+    assert decide({"holderIdentity": "b"}, "a", seen, 116.0, 15.0) == "acquire"
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def _plan() -> Any:
+    fed = load_spec(BANK)
+    return build_plan(fed, {m.name: f"PEM {m.name}" for m in fed.spec.meshes})
+
+
+def test_import_served_by_failover_when_first_source_unavailable() -> None:
+    imports = import_status(_plan(), {})
+    tokenizer = next(i for i in imports if i["host"].startswith("tokenizer"))
+    assert tokenizer["servedBy"] == "payments/tokenizer"
+    assert tokenizer["sources"] == ["payments/tokenizer", "payments-dr/tokenizer"]
+    imports = import_status(_plan(), {"payments": "cluster unreachable"})
+    tokenizer = next(i for i in imports if i["host"].startswith("tokenizer"))
+    assert tokenizer["servedBy"] == "payments-dr/tokenizer"
+    assert "payments" in tokenizer["reason"]
+    ledger = next(i for i in imports if i["host"].startswith("ledger"))
+    assert "servedBy" not in ledger and "no source mesh available" in ledger["reason"]
+
+
+def _outcome(**kw: Any) -> Outcome:
+    clusters = [
+        ClusterReport("web", "web", "web-admin", "primary", applied=True, apply_message="ok")
+    ]
+    return Outcome(3, meshes=[MeshReport("web", clusters)], counts={"meshes": 1}, **kw)
+
+
+def _cond(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_ready_status() -> None:
+    status = federation_status(_outcome(), None, NOW)
+    assert _cond(status, "Ready")["status"] == "True"
+    assert _cond(status, "Ready")["observedGeneration"] == 3
+    assert _cond(status, "Degraded")["status"] == "False"
+    mesh = status["meshes"][0]
+    assert {c["type"]: c["status"] for c in mesh["conditions"]} == {
+        "Applied": "True",
+        "Reachable": "True",
+        "Drifted": "False",
+    }
+
+
+def test_unreachable_cluster_and_held_mesh() -> None:
+    outcome = _outcome()
+    outcome.meshes[0].clusters[0].reachable = False
+    outcome.meshes[0].clusters[0].unreachable_reason = "connection refused"
+    outcome.meshes[0].clusters[0].applied = None
+    outcome.meshes.append(MeshReport("shop", [], frozen="its federation with mesh web changes"))
+    status = federation_status(outcome, None, NOW)
+    assert _cond(status, "Ready")["reason"] == "ClusterUnreachable"
+    assert _cond(status, "Degraded")["status"] == "True"
+    assert "shop" in _cond(status, "Degraded")["message"]
+    web = status["meshes"][0]
+    reach = next(c for c in web["conditions"] if c["type"] == "Reachable")
+    assert reach["status"] == "False" and "connection refused" in reach["message"]
+    shop = status["meshes"][1]
+    applied = next(c for c in shop["conditions"] if c["type"] == "Applied")
+    assert applied["reason"] == "Held"
+
+
+def test_invalid_spec_status_names_the_field() -> None:
+    status = federation_status(
+        _outcome(spec_problems=["federation/bank: spec.meshes[0]: bad. Fix: x"]), None, NOW
+    )
+    assert _cond(status, "Ready")["reason"] == "InvalidSpec"
+    assert "spec.meshes[0]" in _cond(status, "Ready")["message"]
+
+
+def test_transition_time_moves_only_with_the_status() -> None:
+    first = merge_conditions([], [{"type": "Ready", "status": "True"}], NOW)
+    later = datetime(2026, 1, 2, tzinfo=UTC)
+    same = merge_conditions(first, [{"type": "Ready", "status": "True"}], later)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    flipped = merge_conditions(first, [{"type": "Ready", "status": "False"}], later)
+    assert flipped[0]["lastTransitionTime"] == "2026-01-02T00:00:00Z"
+
+
+def test_drift_shows_in_mesh_status() -> None:
+    outcome = _outcome()
+    outcome.meshes[0].clusters[0].restored = ["AuthorizationPolicy meshfed-system/allow-x created"]
+    status = federation_status(outcome, None, NOW)
+    drift = next(c for c in status["meshes"][0]["conditions"] if c["type"] == "Drifted")
+    assert drift["status"] == "True" and "allow-x" in drift["message"]
+
+
+def test_service_signature_follows_ports_accounts_and_addresses() -> None:
+    svc: dict[str, Any] = {
+        "spec": {"ports": [{"port": 80, "name": "http"}], "selector": {"app": "a"}}
+    }
+    before = service_signature(svc)
+    svc["status"] = {"loadBalancer": {"ingress": [{"ip": "127.0.0.9"}]}}
+    assert service_signature(svc) != before
+
+
+# -- PKI state in a Secret ------------------------------------------------------------------
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda s: ".." not in s and not s.startswith("/")))
+def test_secret_keys_round_trip(path: str) -> None:
+    key = encode_key(path)
+    assert all(c.isalnum() or c in "-._" for c in key)
+    assert decode_key(key) == path
+
+
+def test_unsafe_paths_refused() -> None:
+    with pytest.raises(KubeError):
+        decode_key(encode_key("../etc/passwd"))
+
+
+def test_state_files_and_modes_round_trip(tmp_path: Path) -> None:
+    (tmp_path / "pki/payments").mkdir(parents=True)
+    (tmp_path / "pki/payments/ca-key.pem").write_bytes(b"KEY")
+    (tmp_path / "pki/payments/ca-key.pem").chmod(0o600)
+    (tmp_path / "pki/payments/ca-cert.pem").write_bytes(b"CERT")
+    (tmp_path / "pki/payments/ca-cert.pem").chmod(0o644)
+    (tmp_path / "pki/.lock").write_bytes(b"")
+    files = snapshot(tmp_path)
+    assert set(files) == {"pki/payments/ca-key.pem", "pki/payments/ca-cert.pem"}
+    body = secret_body("bank", "meshfed-system", files)
+    assert body["metadata"]["name"] == "meshfed-state-bank"
+    assert files_of(body) == files
+    assert files["pki/payments/ca-key.pem"][1] == 0o600
+
+
+def test_state_secret_is_never_pruned_as_a_federation_object() -> None:
+    """The management cluster may be a mesh's cluster too: the CA must not look like one of
+    the federation's rendered objects to pruning."""
+    body = secret_body("bank", "meshfed-system", {"pki/x": (b"KEY", 0o600)})
+    assert prune_set([body], [], "bank") == []
+
+
+def test_oversized_state_refused() -> None:
+    with pytest.raises(KubeError, match="more than a Secret"):
+        secret_body("bank", "ns", {"big": (b"x" * 1_000_000, 0o600)})
+
+
+# -- manifests and RBAC -----------------------------------------------------------------------
+
+
+def test_manifests_are_valid_kubernetes_objects() -> None:
+    objects = management_manifests(ControllerOptions(image="registry.example/meshfed:1"))
+    objects += target_manifests(("istio-system",))
+    problems = [p for o in objects for p in validate_manifest(o)]
+    assert problems == []
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/meshfed:1"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    names = [(o["kind"], o["metadata"]["name"]) for o in objects if "metadata" in o]
+    cluster_wide = [n for n in names if n[0].startswith("Cluster")]
+    assert len(cluster_wide) == len(set(cluster_wide)), "management and mesh roles collide"
+    for binding in (o for o in objects if o["kind"].endswith("Binding")):
+        assert all(subject.get("namespace") for subject in binding["subjects"]), binding
+    volume = deployment["spec"]["template"]["spec"]["volumes"][0]
+    assert volume["emptyDir"] == {"medium": "Memory"}
+
+
+def _all_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return [
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    ]
+
+
+def test_rbac_has_no_wildcards_and_covers_every_rendered_kind() -> None:
+    rules = target_cluster_rules()
+    granted = _all_rules(rules) + _all_rules(MANAGEMENT_NAMESPACE_RULES)
+    assert all("*" not in (g, r, v) for g, r, v in granted)
+    plurals = {
+        "ServiceEntry": "serviceentries",
+        "AuthorizationPolicy": "authorizationpolicies",
+        "Telemetry": "telemetries",
+        "Service": "services",
+    }
+    for api_version, kind in PRUNE_KINDS:
+        group = api_version.rpartition("/")[0]
+        plural = plurals.get(kind, kind.lower() + "s")
+        found = {v for g, r, v in _all_rules(rules) if g == group and r == plural}
+        assert {"get", "list", "watch", "create", "patch", "delete"} <= found, kind
+    # The reader ClusterRole's escalate/bind is limited to its own name.
+    escalate = [r for r in rules if "escalate" in r["verbs"]]
+    assert escalate and all(r.get("resourceNames") for r in escalate)
+
+
+# -- rotation requests ----------------------------------------------------------------------
+
+
+def test_rotation_annotation() -> None:
+    from meshfed.controller.rotation import Request, parse_request
+
+    assert parse_request(None) is None
+    assert parse_request("intermediate/payments") == Request("intermediate", "payments")
+    assert parse_request("root") == Request("root", None)
+    assert parse_request("root/globex") == Request("root", "globex")
+    assert parse_request("abort") == Request("abort", None)
+    for bad in ("intermediate", "leaf/x", "abort/x"):
+        with pytest.raises(ValueError, match=r"meshfed\.dev/rotate"):
+            parse_request(bad)
