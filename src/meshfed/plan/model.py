@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 from meshfed.plan.boundary import BoundaryPolicy
-from meshfed.plan.limits import FailoverPolicy, MeshLimits
+from meshfed.plan.limits import FailoverPolicy, MeshLimits, RetryPolicy
 from meshfed.spec.paths import PathMatch as PathMatch  # the plan's type, defined with its rule
 from meshfed.spiffe import PrincipalMatch as PrincipalMatch
 from meshfed.spiffe import domain_prefix, whole_domain
@@ -197,6 +197,9 @@ class ImportRoute:
     each is pinned end to end to one exporter through the pass-through egress, so this bounds
     how long calls stay on a failover exporter once the primary is back. None (TCP): a session
     is the application's own connection, and cutting it would break the application."""
+    retries: RetryPolicy | None = None
+    """How the consumer's sidecar retries a call that reached no workload (HTTP); None (TCP):
+    a refused connect reaches the application, which reconnects."""
 
     @property
     def upstream_spiffe_ids(self) -> tuple[str, ...]:
