@@ -47,8 +47,11 @@ from meshfed.kube.runs import (
 from meshfed.kube.state import (
     AppliedCluster,
     StoredState,
+    canonical_json,
+    is_state,
     plan_clusters,
     read_state,
+    spec_yaml,
     state_name,
     state_object,
 )
@@ -99,6 +102,7 @@ class Rollout:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        canonical: Callable[[Obj], str] = canonical_json,
     ) -> None:
         """``retire``: also empty the recorded clusters the spec no longer names (a full
         apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
@@ -109,7 +113,11 @@ class Rollout:
         ``settled``: objects known to be on the cluster exactly as rendered (the controller
         applied them and has watched them since): kept (never pruned) but neither dry-run nor
         written again. ``present``: the federation's objects on a cluster as the caller knows
-        them (None: list them), for pruning."""
+        them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
+        it (for the stored state's digest of the objects).
+
+        The stored state goes last: on each primary after every cluster's objects are
+        written (it records what was applied, and at a thousand exports it is large)."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -123,6 +131,8 @@ class Rollout:
         self.prunable = prunable
         self.settled = settled
         self.present = present
+        self.canonical = canonical
+        self._spec_text: str | None = None
         self.tokens: dict[tuple[str, str], Token | None] = {}
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
@@ -230,7 +240,19 @@ class Rollout:
                 previous = None
             applied = [*target.objects, *extra]
             clusters = [*plan_clusters(self.plan), *self.carried]
-            extra.append(state_object(self.fed, self.roots, applied, previous, clusters))
+            if self._spec_text is None:
+                self._spec_text = spec_yaml(self.fed)  # once, not once per primary
+            extra.append(
+                state_object(
+                    self.fed,
+                    self.roots,
+                    applied,
+                    previous,
+                    clusters,
+                    spec_text=self._spec_text,
+                    canonical=self.canonical,
+                )
+            )
         target.extra = extra
 
     def _namespaces(self, run: ClusterRun, desired: list[Obj]) -> NamespacePlan:
@@ -376,7 +398,8 @@ class Rollout:
 
     # -- phase 2: write -------------------------------------------------------------------
 
-    def _write(self, run: ClusterRun) -> None:
+    def _write(self, run: ClusterRun) -> list[Obj]:
+        """Writes the run's objects and pruning; returns the stored state, still to write."""
         client = run.client
         assert client is not None
         target = run.target
@@ -385,34 +408,10 @@ class Rollout:
         desired = target.desired()
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
         forced = {ref(c.obj): c.force for c in run.checked}
+        states = [o for o in target.extra if is_state(o)]
         for obj in desired:
-            if ref(obj) in run.settled:
-                run.actions.append(("unchanged", ref_text(obj)))
-                self.progress.step(run.label)
-                continue
-            ns = object_namespace(obj)
-            name = obj["metadata"]["name"]
-            try:
-                before = client.get(obj["apiVersion"], obj["kind"], name, ns)
-                after = client.apply(
-                    obj, force=forced.get(ref(obj), before is None or owned_by(before, None))
-                )
-            except KubeError as exc:
-                done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
-                raise KubeError(
-                    f"cluster {run.label}: {ref_text(obj)}: {exc.message} (after the dry-run "
-                    f"passed; written on this cluster so far: {done})"
-                ) from None
-            if before is None:
-                action: Action = "created"
-            elif before["metadata"].get("resourceVersion") == after["metadata"].get(
-                "resourceVersion"
-            ):
-                action = "unchanged"
-            else:
-                action = "configured"
-            run.actions.append((action, ref_text(obj)))
-            self.progress.step(run.label)
+            if not any(obj is s for s in states):
+                self._put(run, obj, forced)
         for obj in run.prune:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
@@ -429,8 +428,39 @@ class Rollout:
                     )
                 )
             self.tokens[key] = token
-        run.written = True
-        self.progress.done(run.label, run.summary())
+        run.forced = forced
+        return states
+
+    def _put(
+        self, run: ClusterRun, obj: Obj, forced: dict[tuple[str, str, str, str], bool]
+    ) -> None:
+        client = run.client
+        assert client is not None
+        if ref(obj) in run.settled:
+            run.actions.append(("unchanged", ref_text(obj)))
+            self.progress.step(run.label)
+            return
+        ns = object_namespace(obj)
+        name = obj["metadata"]["name"]
+        try:
+            before = client.get(obj["apiVersion"], obj["kind"], name, ns)
+            after = client.apply(
+                obj, force=forced.get(ref(obj), before is None or owned_by(before, None))
+            )
+        except KubeError as exc:
+            done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
+            raise KubeError(
+                f"cluster {run.label}: {ref_text(obj)}: {exc.message} (after the dry-run "
+                f"passed; written on this cluster so far: {done})"
+            ) from None
+        if before is None:
+            action: Action = "created"
+        elif before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):
+            action = "unchanged"
+        else:
+            action = "configured"
+        run.actions.append((action, ref_text(obj)))
+        self.progress.step(run.label)
 
     def run(self, dry_run: bool = False) -> list[ClusterRun]:
         refusals = self.preflight()
@@ -442,8 +472,12 @@ class Rollout:
                 run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
-        for run in self.runs:
-            self._write(run)
+        states = [(run, self._write(run)) for run in self.runs]
+        for run, objects in states:
+            for obj in objects:
+                self._put(run, obj, run.forced)
+            run.written = True
+            self.progress.done(run.label, run.summary())
         return self.runs
 
     def notes(self) -> list[str]:
