@@ -50,7 +50,7 @@ from meshfed.kube.state import (
     canonical_json,
     is_state,
     plan_clusters,
-    read_state,
+    read_stored,
     spec_yaml,
     state_name,
     state_object,
@@ -132,8 +132,11 @@ class Rollout:
         self.settled = settled
         self.present = present
         self.canonical = canonical
-        self._spec_text: str | None = None
+        self.spec_text: str | None = None
+        """The stored state's spec as written (None: no state written)."""
         self.tokens: dict[tuple[str, str], Token | None] = {}
+        self.state_objects: dict[tuple[str, str], Obj | None] = {}
+        """The state ConfigMap of each primary (mesh, cluster) as the dry-run read it."""
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
         self.carried: list[AppliedCluster] = []
@@ -171,7 +174,8 @@ class Rollout:
             if run.client is None or not run.target.primary:
                 continue
             try:
-                found = read_state(run.client, self.fed.name)
+                found, read = read_stored(run.client, self.fed.name)
+                self.state_objects[(run.target.mesh.name, run.target.name)] = read
             except KubeError as exc:
                 what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
                 run.refuse(what, exc.message)
@@ -230,8 +234,11 @@ class Rollout:
             extra.append(multicluster.remote_secret(self.plan, target.mesh, remote, kubeconfig))
         if self.store_state and target.primary:
             try:
-                previous = client.get(
-                    "v1", "ConfigMap", state_name(self.fed.name), GATEWAY_NAMESPACE
+                at = (target.mesh.name, target.name)
+                previous = (
+                    self.state_objects[at]
+                    if at in self.state_objects
+                    else client.get("v1", "ConfigMap", state_name(self.fed.name), GATEWAY_NAMESPACE)
                 )
             except KubeError as exc:
                 run.refuse(
@@ -240,8 +247,8 @@ class Rollout:
                 previous = None
             applied = [*target.objects, *extra]
             clusters = [*plan_clusters(self.plan), *self.carried]
-            if self._spec_text is None:
-                self._spec_text = spec_yaml(self.fed)  # once, not once per primary
+            if self.spec_text is None:
+                self.spec_text = spec_yaml(self.fed)  # once, not once per primary
             extra.append(
                 state_object(
                     self.fed,
@@ -249,7 +256,7 @@ class Rollout:
                     applied,
                     previous,
                     clusters,
-                    spec_text=self._spec_text,
+                    spec_text=self.spec_text,
                     canonical=self.canonical,
                 )
             )
@@ -407,11 +414,11 @@ class Rollout:
             self._extras(run, pending_ok=False)  # with the tokens the remotes now hold
         desired = target.desired()
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
-        forced = {ref(c.obj): c.force for c in run.checked}
+        checked = {ref(c.obj): c for c in run.checked}
         states = [o for o in target.extra if is_state(o)]
         for obj in desired:
             if not any(obj is s for s in states):
-                self._put(run, obj, forced)
+                self._put(run, obj, checked)
         for obj in run.prune:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
@@ -428,11 +435,11 @@ class Rollout:
                     )
                 )
             self.tokens[key] = token
-        run.forced = forced
+        run.found = checked
         return states
 
     def _put(
-        self, run: ClusterRun, obj: Obj, forced: dict[tuple[str, str, str, str], bool]
+        self, run: ClusterRun, obj: Obj, checked: dict[tuple[str, str, str, str], Checked]
     ) -> None:
         client = run.client
         assert client is not None
@@ -443,10 +450,13 @@ class Rollout:
         ns = object_namespace(obj)
         name = obj["metadata"]["name"]
         try:
-            before = client.get(obj["apiVersion"], obj["kind"], name, ns)
-            after = client.apply(
-                obj, force=forced.get(ref(obj), before is None or owned_by(before, None))
-            )
+            found = checked.get(ref(obj))
+            if found is not None:  # as the dry-run just found it: no second read
+                before, force = found.live, found.force
+            else:
+                before = client.get(obj["apiVersion"], obj["kind"], name, ns)
+                force = before is None or owned_by(before, None)
+            after = client.apply(obj, force=force)
         except KubeError as exc:
             done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
             raise KubeError(
@@ -475,7 +485,7 @@ class Rollout:
         states = [(run, self._write(run)) for run in self.runs]
         for run, objects in states:
             for obj in objects:
-                self._put(run, obj, run.forced)
+                self._put(run, obj, run.found)
             run.written = True
             self.progress.done(run.label, run.summary())
         return self.runs

@@ -92,8 +92,8 @@ class ClusterRun:
     actions: list[tuple[Action, str]] = field(default_factory=list)
     settled: set[tuple[str, str, str, str]] = field(default_factory=set)
     """Objects the caller knows to be in place: neither dry-run nor written."""
-    forced: dict[tuple[str, str, str, str], bool] = field(default_factory=dict)
-    """Per object: written with ``force`` (taking over fields of other managers)."""
+    found: dict[tuple[str, str, str, str], Checked] = field(default_factory=dict)
+    """``checked`` by object, while writing."""
     created: list[str] = field(default_factory=list)
     """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
     stand_in: list[str] = field(default_factory=list)

@@ -159,23 +159,29 @@ def _read_clusters(text: str | None, where: str) -> tuple[AppliedCluster, ...] |
 
 def read_state(client: Cluster, federation: str) -> StoredState | None:
     """The state on one cluster; None when meshfed never applied the federation there."""
+    return read_stored(client, federation)[0]
+
+
+def read_stored(client: Cluster, federation: str) -> tuple[StoredState | None, Obj | None]:
+    """``read_state``, and the ConfigMap as read."""
     if client.find("v1", "ConfigMap") is None:
-        return None
+        return None, None
     found = client.get("v1", "ConfigMap", state_name(federation), GATEWAY_NAMESPACE)
     if found is None:
-        return None
+        return None, None
     data = found.get("data") or {}
     try:
         roots = json.loads(data.get("roots.json", "{}"))
     except ValueError:
         raise KubeError(f"state ConfigMap on {client.label} has unreadable roots.json") from None
-    return StoredState(
+    stored = StoredState(
         client.name,
         data.get("spec.yaml", ""),
         roots,
         data.get("appliedAt", ""),
         _read_clusters(data.get("clusters.json"), client.label),
     )
+    return stored, found
 
 
 def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, StoredState | None]:

@@ -1,0 +1,121 @@
+"""What the controller keeps of what it applied (``controller/applied.py``): pure, no cluster."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from meshfed.controller.applied import AppliedCache, Canon
+from meshfed.kube.state import canonical_json, objects_digest
+from meshfed.kube.targets import prune_set
+
+KEY = ("bank", "payments", "east")
+
+
+def _obj(name: str, port: int = 8080, kind: str = "VirtualService") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "meshfed-system",
+            "labels": {"app.kubernetes.io/managed-by": "meshfed", "meshfed.dev/federation": "bank"},
+        },
+        "spec": {"port": port},
+    }
+
+
+def _state(spec: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "meshfed-bank", "namespace": "meshfed-system"},
+        "data": {"spec.yaml": spec},
+    }
+
+
+def test_settled_only_when_the_text_is_what_was_applied() -> None:
+    cache, canon = AppliedCache(), Canon()
+    a, b = _obj("a"), _obj("b")
+    assert not cache.settled(KEY, a, canon)  # nothing known: write it
+    assert cache.remember(KEY, [a, b], [], canon)  # first time: a change, not drift
+    assert cache.settled(KEY, copy.deepcopy(a), Canon())
+    assert not cache.settled(KEY, _obj("a", port=9090), Canon())
+    assert not cache.settled(("bank", "payments", "west"), a, Canon())  # per cluster
+
+
+def test_remember_tells_a_change_of_what_is_desired_from_the_same_again() -> None:
+    cache, canon = AppliedCache(), Canon()
+    cache.remember(KEY, [_obj("a"), _obj("b"), _state("v1")], [], canon)
+    # The same objects again (a drift repair by a full check): no change.
+    assert not cache.remember(KEY, [_obj("a"), _obj("b")], [], Canon())
+    # Only the stored state changed: not a change of what is desired either.
+    assert not cache.remember(KEY, [_obj("a"), _state("v2")], [], Canon())
+    assert cache.remember(KEY, [_obj("a", port=1)], [], Canon())
+    assert cache.remember(KEY, [], [_obj("b")], Canon())  # pruned
+    assert set(cache.view(KEY)) == {
+        ("networking.istio.io", "VirtualService", "meshfed-system", "a"),
+        ("", "ConfigMap", "meshfed-system", "meshfed-bank"),
+    }
+
+
+def test_present_stubs_prune_like_the_listed_objects() -> None:
+    cache, canon = AppliedCache(), Canon()
+    foreign = _obj("theirs")
+    foreign["metadata"]["labels"] = {"team": "web"}
+    applied = [_obj("a"), _obj("b"), foreign]
+    cache.remember(KEY, applied, [], canon)
+    stubs = cache.present(KEY)
+    assert stubs is not None
+    desired = [_obj("a")]
+    # Pruning against the stubs deletes what pruning against the real objects would.
+    names = [o["metadata"]["name"] for o in prune_set(stubs, desired, "bank")]
+    assert names == [o["metadata"]["name"] for o in prune_set(applied, desired, "bank")] == ["b"]
+    assert all(s["apiVersion"] == "networking.istio.io/v1" for s in stubs)
+    assert cache.present(("bank", "web", "web")) is None  # unknown: list the cluster
+
+
+def test_a_mesh_is_reused_only_with_the_same_inputs_and_everything_kept() -> None:
+    cache, canon = AppliedCache(), Canon()
+    objects = [_obj("a"), _obj("b")]
+    cache.remember(KEY, objects, [], canon)
+    cache.mark_rendered(KEY, objects, "payments", ("bank", "plan-1"))
+    assert cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY])
+    assert not cache.reusable("bank", "payments", ("bank", "plan-2"), [KEY])
+    assert not cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY, ("bank", "p", "w")])
+    fresh = Canon()
+    again = cache.objects_of(KEY, fresh)
+    assert again is not None
+    # Stubs: what waves, holds and pruning read; settled by their whole text.
+    assert [(o["kind"], o["metadata"]) for o in again] == [
+        (o["kind"], o["metadata"]) for o in objects
+    ]
+    assert "spec" not in again[0]
+    assert all(cache.settled(KEY, o, fresh) for o in again)
+    # The stored state's digest over read-back objects is the digest over the rendered ones.
+    assert objects_digest(again, fresh) == objects_digest(objects)
+    cache.remember(KEY, [], [_obj("b")], Canon())  # something of it went: render again
+    assert cache.objects_of(KEY, Canon()) is None
+    cache.unmark("bank", "payments")
+    assert not cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY])
+
+
+def test_forget_drops_one_federation() -> None:
+    cache, canon = AppliedCache(), Canon()
+    other = ("shop", "web", "web")
+    cache.remember(KEY, [_obj("a")], [], canon)
+    cache.remember(other, [_obj("a")], [], canon)
+    cache.mark_rendered(KEY, [_obj("a")], "payments", 1)
+    cache.forget("bank")
+    assert cache.present(KEY) is None and cache.present(other) is not None
+    assert not cache.reusable("bank", "payments", 1, [KEY])
+
+
+def test_canon_is_canonical_json_computed_once_per_object() -> None:
+    canon = Canon()
+    a = _obj("a")
+    first = canon(a)
+    assert first == canonical_json(a)
+    a["spec"]["port"] = 1  # the same object: the reconcile does not change objects it has
+    assert canon(a) == first
+    assert canon(copy.deepcopy(a)) != first
