@@ -32,6 +32,7 @@ from meshfed.kube.targets import (
     ClusterTarget,
     TargetError,
     cluster_targets,
+    order_rank,
     prune_set,
     server_form,
 )
@@ -622,6 +623,7 @@ def _rollout(
     clusters: dict[str, FakeCluster],
     meshes: list[str] | None = None,
     forget: tuple[str, ...] = (),
+    workers: int = 1,
 ) -> Rollout:
     targets: list[ClusterTarget] = cluster_targets(plan, rendered(plan), meshes)
     roots = {m.name: f"PEM {m.name}" for m in plan.meshes}
@@ -632,7 +634,9 @@ def _rollout(
             raise KubeError(f"cannot reach the API server of context {cluster.context}")
         return found
 
-    return Rollout(fed, plan, roots, targets, connect, retire=meshes is None, forget=forget)
+    return Rollout(
+        fed, plan, roots, targets, connect, retire=meshes is None, forget=forget, workers=workers
+    )
 
 
 def _fakes(log: list[tuple[str, str, str]], istio_web: bool = True) -> dict[str, FakeCluster]:
@@ -676,6 +680,33 @@ def test_every_cluster_is_dry_run_before_anything_is_written() -> None:
     log.clear()
     again = _rollout(fed, plan, clusters).run()
     assert [run.counts()["configured"] + run.counts()["created"] for run in again] == [0, 0, 0]
+
+
+def test_requests_in_parallel_write_the_same_in_the_same_order_of_kinds() -> None:
+    fed, plan = fed_and_plan()
+    one: list[tuple[str, str, str]] = []
+    many: list[tuple[str, str, str]] = []
+    serial, parallel = _fakes(one), _fakes(many)
+    _rollout(fed, plan, serial).run()
+    runs = _rollout(fed, plan, parallel, workers=8).run()
+    for ctx in serial:
+        assert serial[ctx].store.keys() == parallel[ctx].store.keys()
+    # Still every dry-run before any write, and per cluster the kinds in apply order.
+    writes = [i for i, e in enumerate(many) if e[1] in ("apply", "create", "delete")]
+    dry = [i for i, e in enumerate(many) if e[1] in ("dry-run", "dry-delete")]
+    assert max(dry) < min(writes)
+    for cluster in ("east", "west", "web"):
+        made = [e[2] for e in many if e[0] == cluster and e[1] == "apply"]
+        # (remote secrets and the stored state are made at apply time, and go last)
+        kinds = [w.split("/")[0] for w in made if "remote-secret" not in w and "meshfed-" not in w]
+        ranks = [order_rank({"kind": k}) for k in kinds]
+        assert ranks == sorted(ranks)
+    assert sorted(r.counts()["created"] for r in runs) == sorted(
+        r.counts()["created"] for r in _rollout(fed, plan, _fakes([])).run()
+    )
+    # Refusals are the same too.
+    with pytest.raises(ApplyRefused):
+        _rollout(fed, plan, _fakes([], istio_web=False), workers=8).run()
 
 
 def test_a_cluster_without_istio_crds_stops_the_whole_apply() -> None:

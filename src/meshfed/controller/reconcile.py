@@ -64,6 +64,9 @@ PENDING_ADDRESS = "pending.invalid"
 exporter's address, and importers of such a mesh are held, so it never reaches a cluster."""
 Key = tuple[str, str]
 """(mesh, cluster)."""
+REQUESTS_IN_FLIGHT = 8
+"""Requests to one cluster at a time (dry-runs; writes of objects that do not depend on each
+other): a change of a hundred routes waits for round trips, not for the CPU."""
 
 
 def spec_document(body: Obj) -> Obj:
@@ -268,6 +271,7 @@ class Reconciler:
             settled=None if full else settled,
             present=None if full else present,
             canonical=canon,
+            workers=REQUESTS_IN_FLIGHT,
         )
         return targets, rollout
 

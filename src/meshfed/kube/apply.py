@@ -16,8 +16,11 @@ on a retired remote the reader tokens its remote secret carried are revoked. A p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from itertools import groupby
+from typing import TypeVar
 
-from meshfed.kube.client import Obj, describe
+from meshfed.kube.client import Cluster, Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
     STAND_IN_NAMESPACE,
@@ -58,6 +61,7 @@ from meshfed.kube.state import (
 from meshfed.kube.targets import (
     PRUNE_KINDS,
     ClusterTarget,
+    order_rank,
     owned_by,
     prune_set,
     ref,
@@ -81,6 +85,7 @@ __all__ = [
 ]
 
 PENDING_TOKEN = "<issued by meshfed apply>"
+T = TypeVar("T")
 
 
 class Rollout:
@@ -103,6 +108,7 @@ class Rollout:
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
+        workers: int = 1,
     ) -> None:
         """``retire``: also empty the recorded clusters the spec no longer names (a full
         apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
@@ -114,7 +120,9 @@ class Rollout:
         applied them and has watched them since): kept (never pruned) but neither dry-run nor
         written again. ``present``: the federation's objects on a cluster as the caller knows
         them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
-        it (for the stored state's digest of the objects).
+        it (for the stored state's digest of the objects). ``workers``: requests to one
+        cluster at a time (dry-runs; writes of objects of one kind rank, which do not depend
+        on each other).
 
         The stored state goes last: on each primary after every cluster's objects are
         written (it records what was applied, and at a thousand exports it is large)."""
@@ -132,6 +140,9 @@ class Rollout:
         self.settled = settled
         self.present = present
         self.canonical = canonical
+        self.workers = workers
+        self.slim = False
+        """Keep of each dry-run only what writing needs (``run`` without ``dry_run``)."""
         self.spec_text: str | None = None
         """The stored state's spec as written (None: no state written)."""
         self.tokens: dict[tuple[str, str], Token | None] = {}
@@ -286,6 +297,48 @@ class Rollout:
         run.stand_in = sorted(plan.pending)
         return plan
 
+    def _map(self, fn: Callable[[Obj], T], objects: list[Obj]) -> list[T]:
+        """``fn`` over ``objects`` (requests to one cluster), ``workers`` at a time, in order."""
+        if self.workers <= 1 or len(objects) <= 1:
+            return [fn(o) for o in objects]
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            return list(pool.map(fn, objects))
+
+    def _probe(
+        self, client: Cluster, obj: Obj, namespaces: NamespacePlan
+    ) -> Checked | KubeError | str:
+        """One object's dry-run: what it found, the refusal, or the other federation the
+        object belongs to."""
+        try:
+            ns = object_namespace(obj)
+            stand_in = ns is not None and ns in namespaces.pending
+            res = client.resource(obj["apiVersion"], obj["kind"])
+            live = (
+                None
+                if stand_in
+                else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
+            )
+            other = foreign_federation(live, self.fed.name)
+            if other is not None:
+                return other
+            force = live is None or owned_by(live, None)
+            if stand_in:
+                # The namespace is created by this apply: validate in a stand-in namespace,
+                # and ask the authorizer about the real one.
+                if not client.can("patch", res, ns, obj["metadata"]["name"]):
+                    raise KubeError(
+                        f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}"
+                    )
+                result = client.apply(obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE)
+                result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
+                for key in ("uid", "resourceVersion", "creationTimestamp"):
+                    result["metadata"].pop(key, None)
+            else:
+                result = client.apply(obj, dry_run=True, force=force)
+            return Checked(obj, live, result, force)
+        except KubeError as exc:
+            return exc
+
     def _check(self, run: ClusterRun) -> None:
         client = run.client
         assert client is not None
@@ -294,54 +347,35 @@ class Rollout:
         desired = run.target.desired()  # with the namespaces to create, first
         self.progress.start(run.label, "dry-run", len(desired))
         foreign: dict[str, list[str]] = {}
+        pending = []
         for obj in desired:
-            what = ref_text(obj)
             if self.settled is not None and self.settled(run.target, obj):
                 run.settled.add(ref(obj))
-                self.progress.step(run.label)
-                continue
-            if namespaces.skipped(obj):
-                self.progress.step(run.label)
-                continue  # refused with its namespace
-            try:
-                ns = object_namespace(obj)
-                stand_in = ns is not None and ns in namespaces.pending
-                res = client.resource(obj["apiVersion"], obj["kind"])
-                live = (
-                    None
-                    if stand_in
-                    else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
-                )
-                other = foreign_federation(live, self.fed.name)
-                if other is not None:
-                    foreign.setdefault(other, []).append(what)
-                    self.progress.step(run.label)
-                    continue
-                force = live is None or owned_by(live, None)
-                if stand_in:
-                    # The namespace is created by this apply: validate in a stand-in namespace,
-                    # and ask the authorizer about the real one.
-                    if not client.can("patch", res, ns, obj["metadata"]["name"]):
-                        raise KubeError(
-                            f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}"
-                        )
-                    result = client.apply(
-                        obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE
+            elif not namespaces.skipped(obj):  # else refused with its namespace
+                pending.append(obj)
+        for obj, found in zip(
+            pending, self._map(lambda o: self._probe(client, o, namespaces), pending), strict=True
+        ):
+            what = ref_text(obj)
+            if isinstance(found, str):
+                foreign.setdefault(found, []).append(what)
+            elif isinstance(found, Checked):
+                if self.slim:  # what writing needs of it: the live version, and how to write
+                    version = ((found.live or {}).get("metadata") or {}).get("resourceVersion")
+                    live = (
+                        None if found.live is None else {"metadata": {"resourceVersion": version}}
                     )
-                    result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
-                    for key in ("uid", "resourceVersion", "creationTimestamp"):
-                        result["metadata"].pop(key, None)
-                else:
-                    result = client.apply(obj, dry_run=True, force=force)
-                run.checked.append(Checked(obj, live, result, force))
-            except KubeError as exc:
-                reason = exc.message.removeprefix(f"{describe(obj)}: ")
-                if exc.status == 409 and exc.reason != "AlreadyExists":
+                    found = Checked(obj, live, {}, found.force)
+                run.checked.append(found)
+            else:
+                reason = found.message.removeprefix(f"{describe(obj)}: ")
+                if found.status == 409 and found.reason != "AlreadyExists":
                     reason += (
                         " (another field manager owns these fields of an object meshfed did not "
                         "create; meshfed takes over only objects carrying its labels)"
                     )
-                run.refuse(what, reason + (f" ({exc.causes})" if exc.causes else ""))
+                run.refuse(what, reason + (f" ({found.causes})" if found.causes else ""))
+        for _ in desired:
             self.progress.step(run.label)
         for other, names in foreign.items():
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -416,9 +450,11 @@ class Rollout:
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
         checked = {ref(c.obj): c for c in run.checked}
         states = [o for o in target.extra if is_state(o)]
-        for obj in desired:
-            if not any(obj is s for s in states):
-                self._put(run, obj, checked)
+        rest = [o for o in desired if not any(o is s for s in states)]
+        # In apply order; objects of one rank (e.g. all Istio configuration) together.
+        extra = {id(o) for o in target.extra}
+        for _, group in groupby(rest, key=lambda o: (id(o) in extra, order_rank(o))):
+            self._map(lambda o: self._put(run, o, checked), list(group))
         for obj in run.prune:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
@@ -473,6 +509,7 @@ class Rollout:
         self.progress.step(run.label)
 
     def run(self, dry_run: bool = False) -> list[ClusterRun]:
+        self.slim = not dry_run
         refusals = self.preflight()
         if refusals:
             raise ApplyRefused(refusals, self.notes())

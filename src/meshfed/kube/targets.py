@@ -73,9 +73,15 @@ def ref_text(obj: Obj) -> str:
     return f"{kind}{'.' + group if group else ''} {ns + '/' if ns else ''}{name}"
 
 
+def order_rank(obj: Obj) -> int:
+    """Where a kind comes in ``apply_order`` (objects of one rank do not depend on each
+    other)."""
+    return _ORDER.get(obj["kind"], 10)
+
+
 def apply_order(objects: Iterable[Obj]) -> list[Obj]:
     """Namespaces and identities first, then secrets, services, workloads, Istio config."""
-    return sorted(objects, key=lambda o: (_ORDER.get(o["kind"], 10), ref(o)))
+    return sorted(objects, key=lambda o: (order_rank(o), ref(o)))
 
 
 def server_form(obj: Obj) -> Obj:

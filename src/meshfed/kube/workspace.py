@@ -45,6 +45,7 @@ class KubeWorkspace:
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
+        workers: int = 1,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -61,6 +62,7 @@ class KubeWorkspace:
             settled=settled,
             present=present,
             canonical=canonical,
+            workers=workers,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
