@@ -27,7 +27,7 @@ from meshfed.kube.remote_secret import (
     istioctl_secret,
     kubeconfig_text,
 )
-from meshfed.kube.state import state_object
+from meshfed.kube.state import spec_yaml, state_object
 from meshfed.kube.targets import (
     ClusterTarget,
     TargetError,
@@ -434,6 +434,21 @@ def test_state_keeps_applied_at_while_nothing_changes() -> None:
     assert changed["data"]["appliedAt"] != "old"
     stored = parse_spec(first["data"]["spec.yaml"])
     assert stored.mesh("payments").clusters is not None
+
+
+def test_spec_yaml_made_by_sections_is_the_whole_dump() -> None:
+    fed, _ = fed_and_plan()
+    doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    whole = yaml.safe_dump(doc, sort_keys=False)
+    assert spec_yaml(fed) == whole
+    assert spec_yaml(fed) == whole  # from the kept sections
+    # One section changed (a discovered address), the others kept: still the whole dump.
+    doc["spec"]["meshes"][0]["ingress"]["address"] = "192.0.2.7"
+    moved = Federation.model_validate(doc)
+    assert spec_yaml(moved) == yaml.safe_dump(
+        moved.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+    )
+    assert parse_spec(spec_yaml(moved)).spec.meshes[0].ingress.address == "192.0.2.7"
 
 
 # -- the rollout, on fake clusters --------------------------------------------------------

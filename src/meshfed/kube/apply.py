@@ -450,9 +450,18 @@ class Rollout:
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
         checked = {ref(c.obj): c for c in run.checked}
         states = [o for o in target.extra if is_state(o)]
-        rest = [o for o in desired if not any(o is s for s in states)]
-        # In apply order; objects of one rank (e.g. all Istio configuration) together.
+        later = {id(o) for o in states}
         extra = {id(o) for o in target.extra}
+        rest = []
+        for obj in desired:
+            if id(obj) in later:
+                continue
+            if ref(obj) in run.settled:
+                run.actions.append(("unchanged", ref_text(obj)))
+                self.progress.step(run.label)
+            else:
+                rest.append(obj)
+        # In apply order; objects of one rank (e.g. all Istio configuration) together.
         for _, group in groupby(rest, key=lambda o: (id(o) in extra, order_rank(o))):
             self._map(lambda o: self._put(run, o, checked), list(group))
         for obj in run.prune:

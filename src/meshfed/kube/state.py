@@ -39,9 +39,36 @@ _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 thousand exports is about 0.5 MB)."""
 
 
+_SECTIONS: dict[str, str] = {}
+"""Recent YAML text of spec sections, by the digest of their JSON (see ``spec_yaml``)."""
+
+
+def _section(key: str, value: Any) -> str:
+    """``spec.<key>`` as it appears in the YAML of the whole document (block style: the
+    document's text is the concatenation of its sections')."""
+    canon = json.dumps([key, value], sort_keys=True, separators=(",", ":"))
+    sha = hashlib.sha256(canon.encode()).hexdigest()
+    text = _SECTIONS.get(sha)
+    if text is None:
+        dumped = str(yaml.dump({"spec": {key: value}}, Dumper=_Dumper, sort_keys=False))
+        text = dumped.removeprefix("spec:\n")
+        if len(_SECTIONS) > 64:
+            _SECTIONS.clear()
+        _SECTIONS[sha] = text
+    return text
+
+
 def spec_yaml(fed: Federation) -> str:
+    """The spec as YAML. Made section by section, each kept while it does not change: a
+    discovered port or address changes ``meshes`` only, and the exports and imports of a
+    thousand exports take most of the time to emit."""
     doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return str(yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
+    spec = doc.get("spec")
+    if not isinstance(spec, dict) or not spec or list(doc)[-1] != "spec":
+        return str(yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
+    head = {k: v for k, v in doc.items() if k != "spec"}
+    text = str(yaml.dump(head, Dumper=_Dumper, sort_keys=False)) if head else ""
+    return text + "spec:\n" + "".join(_section(k, v) for k, v in spec.items())
 
 
 def canonical_json(o: Obj) -> str:
