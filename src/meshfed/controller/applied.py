@@ -117,12 +117,11 @@ class AppliedCache:
         changed = known is None
         known = self.objects.setdefault(key, {})
         for obj in written:
-            labels = (obj.get("metadata") or {}).get("labels")
-            entry = Entry(obj["apiVersion"], canon(obj), dict(labels) if labels else None)
-            at = ref(obj)
+            at, text = ref(obj), canon(obj)
             before = known.get(at)
-            if before is None or before.text != entry.text:
-                known[at] = entry
+            if before is None or before.text != text:
+                labels = (obj.get("metadata") or {}).get("labels")
+                known[at] = Entry(obj["apiVersion"], text, dict(labels) if labels else None)
                 changed = changed or not is_state(obj)
         for obj in pruned:
             if known.pop(ref(obj), None) is not None and not is_state(obj):

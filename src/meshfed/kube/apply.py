@@ -122,7 +122,8 @@ class Rollout:
         them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
         it (for the stored state's digest of the objects). ``workers``: requests to one
         cluster at a time (dry-runs; writes of objects of one kind rank, which do not depend
-        on each other).
+        on each other), and with more than one, the clusters' dry-runs and stored states at
+        once (``progress`` is then called from several threads).
 
         The stored state goes last: on each primary after every cluster's objects are
         written (it records what was applied, and at a thousand exports it is large)."""
@@ -297,6 +298,16 @@ class Rollout:
         run.stand_in = sorted(plan.pending)
         return plan
 
+    def _each(self, fn: Callable[[ClusterRun], None], runs: list[ClusterRun]) -> None:
+        """``fn`` for each cluster; with ``workers``, the clusters at once (each its own API
+        server; what one finds does not depend on another)."""
+        if self.workers <= 1 or len(runs) <= 1:
+            for run in runs:
+                fn(run)
+            return
+        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+            list(pool.map(fn, runs))
+
     def _map(self, fn: Callable[[Obj], T], objects: list[Obj]) -> list[T]:
         """``fn`` over ``objects`` (requests to one cluster), ``workers`` at a time, in order."""
         if self.workers <= 1 or len(objects) <= 1:
@@ -425,16 +436,16 @@ class Rollout:
         for run in self.runs:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
-        for run in self.runs:
-            if run.client is not None:
-                self._check(run)
-                if not run.refusals:
-                    self.progress.done(
-                        run.label,
-                        f"dry-run ok ({len(run.checked)} objects, {len(run.prune)} to prune)",
-                    )
-                else:
-                    self.progress.done(run.label, f"refused: {len(run.refusals)}")
+        checking = [run for run in self.runs if run.client is not None]
+        self._each(self._check, checking)
+        for run in checking:
+            if not run.refusals:
+                self.progress.done(
+                    run.label,
+                    f"dry-run ok ({len(run.checked)} objects, {len(run.prune)} to prune)",
+                )
+            else:
+                self.progress.done(run.label, f"refused: {len(run.refusals)}")
         return [r for run in self.runs for r in run.refusals]
 
     # -- phase 2: write -------------------------------------------------------------------
@@ -528,10 +539,14 @@ class Rollout:
                 run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
-        states = [(run, self._write(run)) for run in self.runs]
-        for run, objects in states:
-            for obj in objects:
+        states = {id(run): self._write(run) for run in self.runs}
+
+        def record(run: ClusterRun) -> None:
+            for obj in states[id(run)]:
                 self._put(run, obj, run.found)
+
+        self._each(record, self.runs)
+        for run in self.runs:
             run.written = True
             self.progress.done(run.label, run.summary())
         return self.runs
