@@ -119,3 +119,35 @@ def test_canon_is_canonical_json_computed_once_per_object() -> None:
     a["spec"]["port"] = 1  # the same object: the reconcile does not change objects it has
     assert canon(a) == first
     assert canon(copy.deepcopy(a)) != first
+
+
+class _Closable:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_watch_streams_of_one_cluster_share_a_connection_until_it_fails() -> None:
+    from meshfed.controller.watch import Watches
+
+    made: list[tuple[str | None, _Closable]] = []
+
+    class Connector:
+        def fresh(self, context: str | None) -> Any:
+            client = _Closable()
+            made.append((context, client))
+            return client
+
+    watches = Watches(Connector(), lambda *_: None, lambda _: None)  # type: ignore[arg-type]
+    one = watches._client("c1")
+    assert watches._client("c1") is one and watches._client("c2") is not one
+    watches._failed("c1", one)
+    again = watches._client("c1")
+    assert again is not one and not made[0][1].closed  # streams on it end on their own
+    watches._failed("c1", one)  # a late failure on the old one keeps the new one
+    assert watches._client("c1") is again
+    watches.close()
+    assert [c for c, _ in made] == ["c1", "c2", "c1"]
+    assert [closable.closed for _, closable in made] == [False, True, True]
