@@ -16,14 +16,11 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from meshfed.bundles.config import followed_pems
 from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
@@ -56,7 +53,7 @@ from meshfed.plan.model import FederationPlan
 from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
-from meshfed.spec.load import parse_spec
+from meshfed.spec.load import parse_document, parse_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import plan_of
 
@@ -83,14 +80,7 @@ def spec_document(body: Obj) -> Obj:
 def parse_federation(body: Obj) -> Federation:
     """The spec of a Federation object, checked like a file (SpecError names each field)."""
     name = str((body.get("metadata") or {}).get("name"))
-    label = f"federation/{name}"
-    text = yaml.safe_dump(spec_document(body), sort_keys=False)
-    try:
-        return parse_spec(text, label, discovery_pending=True)
-    except SpecError as exc:
-        # Line numbers would point into our own YAML dump: name the field only.
-        lines = [re.sub(rf"^{re.escape(label)}:\d+: ", f"{label}: ", line) for line in exc.lines]
-        raise SpecError(label, lines) from None
+    return parse_document(spec_document(body), f"federation/{name}", discovery_pending=True)
 
 
 def _sha(text: str) -> str:
