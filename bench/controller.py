@@ -33,6 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from synth import synthetic_spec  # noqa: E402
 
+from meshfed.controller.manifests import MEMORY_ENV  # noqa: E402
 from meshfed.kube.client import KubeClient  # noqa: E402
 
 CLUSTERS = 10
@@ -220,7 +221,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     proc = subprocess.Popen(
         [MESHFED, "controller", "run", "--kubeconfig", kubeconfig, "--context", contexts[0],
          "--health-port", "0", "--resync", "3600", "--work-dir", str(work / "ctl")],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **MEMORY_ENV},  # as deployed
     )  # fmt: skip
     try:
         path = work / "bench.yaml"
