@@ -151,3 +151,42 @@ def test_watch_streams_of_one_cluster_share_a_connection_until_it_fails() -> Non
     watches.close()
     assert [c for c, _ in made] == ["c1", "c2", "c1"]
     assert [closable.closed for _, closable in made] == [False, True, True]
+
+
+def test_spec_memo_parses_once_per_version_and_remembers_what_it_stored() -> None:
+    from pathlib import Path
+
+    from meshfed.controller.specmemo import SpecMemo
+    from meshfed.kube.state import StoredState, spec_yaml
+    from meshfed.spec.load import load_spec
+    from meshfed.workspace import plan_of
+
+    bank = load_spec(Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml")
+    memo, calls = SpecMemo(), []
+
+    def parse() -> Any:
+        calls.append(1)
+        return bank
+
+    doc = bank.model_dump(mode="json", by_alias=True)
+    assert memo.parse("bank", doc, parse) is memo.parse("bank", copy.deepcopy(doc), parse)
+    doc["spec"]["meshes"][0]["ingress"]["port"] = 1
+    memo.parse("bank", doc, parse)
+    assert len(calls) == 2  # a new version is parsed again
+    assert memo.remembered("bank") is None  # nothing stored by this controller yet
+    plan = plan_of(bank)
+    text = spec_yaml(bank)
+    memo.stored_now("bank", text, bank, plan)
+    remembered = memo.remembered("bank")
+    assert remembered is not None and remembered[1] is plan
+    roots = {m.name: "" for m in bank.spec.meshes}
+    stored = StoredState("c1", text, roots, "2026-01-01T00:00:00Z")
+    old, digest = memo.old("bank", stored)
+    assert old is bank and memo.old_plan("bank", stored, digest) is plan
+    # A state someone else stored: parsed and planned from its text.
+    other = StoredState("c1", text.replace("15443", "15499"), roots, "2026-01-02T00:00:00Z")
+    old, digest = memo.old("bank", other)
+    assert old is not None and old is not bank
+    assert memo.old_plan("bank", other, digest) is not plan
+    memo.forget("bank")
+    assert memo.remembered("bank") is None

@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +31,7 @@ from meshfed.controller.ordering import (
     waves,
 )
 from meshfed.controller.pkistate import SecretState
+from meshfed.controller.specmemo import SpecMemo, release_memory
 from meshfed.controller.status import ClusterReport, MeshReport, Outcome, import_status
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.discover import (
@@ -53,7 +51,7 @@ from meshfed.plan.model import FederationPlan
 from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
-from meshfed.spec.load import parse_document, parse_spec
+from meshfed.spec.load import parse_document
 from meshfed.spec.model import Federation
 from meshfed.workspace import plan_of
 
@@ -81,10 +79,6 @@ def parse_federation(body: Obj) -> Federation:
     """The spec of a Federation object, checked like a file (SpecError names each field)."""
     name = str((body.get("metadata") or {}).get("name"))
     return parse_document(spec_document(body), f"federation/{name}", discovery_pending=True)
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass
@@ -117,13 +111,8 @@ class Reconciler:
     """Per (federation, mesh, cluster): each object as this controller last put it there.
     Between full checks, such an object is settled: the watches report any change to it, and
     drift repair puts it back (``applied.py``)."""
-    parsed: dict[str, tuple[str, Federation]] = field(default_factory=dict)
-    """Per federation: the digest of the object's spec and the spec parsed from it."""
-    stored_specs: dict[str, tuple[str, Federation | None]] = field(default_factory=dict)
-    """Per federation: the digest of the stored spec's text and that spec parsed."""
-    applied_plans: dict[str, tuple[str, FederationPlan]] = field(default_factory=dict)
-    """Per federation: the digest of the spec text this controller stored last, and the plan
-    it applied then (what the stored state's plan is, without planning it again)."""
+    specs: SpecMemo = field(default_factory=SpecMemo)
+    """The object's spec, the stored spec and its plan, once per version (``specmemo.py``)."""
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -276,7 +265,7 @@ class Reconciler:
         outcome = Outcome(int(body["metadata"].get("generation") or 0))
         result = Result(outcome)
         try:
-            fed = self._parse(name, body)
+            fed = self.specs.parse(name, spec_document(body), lambda: parse_federation(body))
         except SpecError as exc:
             outcome.spec_problems = exc.lines
             return result
@@ -308,48 +297,7 @@ class Reconciler:
 
     def forget(self, name: str) -> None:
         self.applied.forget(name)
-        self.applied_plans.pop(name, None)
-
-    def _parse(self, name: str, body: Obj) -> Federation:
-        """``parse_federation``, once per version of the spec (at a thousand exports it takes
-        seconds, and most reconciles are for something else)."""
-        text = json.dumps(spec_document(body), sort_keys=True, separators=(",", ":"))
-        sha = _sha(text)
-        found = self.parsed.get(name)
-        if found is not None and found[0] == sha:
-            return found[1]
-        fed = parse_federation(body)
-        self.parsed[name] = (sha, fed)
-        return fed
-
-    def _old(self, name: str, stored: StoredState | None) -> tuple[Federation | None, str]:
-        """The stored spec, parsed once per text; and the text's digest."""
-        if stored is None:
-            return None, ""
-        sha = _sha(stored.spec_text)
-        found = self.stored_specs.get(name)
-        if found is None or found[0] != sha:
-            found = (sha, _stored_spec(stored))
-            self.stored_specs[name] = found
-        return found[1], sha
-
-    def _remembered(self, name: str) -> tuple[Federation, str] | None:
-        """Between full checks, the state on the clusters is the one this controller stored
-        last (the watches report a change to it, and drift repair puts it back): no need to
-        read it again."""
-        spec, plan = self.stored_specs.get(name), self.applied_plans.get(name)
-        if spec is None or plan is None or spec[0] != plan[0] or spec[1] is None:
-            return None
-        return spec[1], spec[0]
-
-    def _old_plan(self, name: str, stored: StoredState | None, sha: str) -> FederationPlan | None:
-        """The plan of the stored state: the one applied, when this controller stored it."""
-        if stored is None:
-            return None
-        found = self.applied_plans.get(name)
-        if found is not None and found[0] == sha:
-            return found[1]
-        return stored.plan()
+        self.specs.forget(name)
 
     def _run(
         self,
@@ -362,9 +310,11 @@ class Reconciler:
     ) -> None:
         outcome = result.outcome
         blocked = self._reach(fed, reports)
-        remembered = self._remembered(name) if not full else None
+        remembered = self.specs.remembered(name) if not full else None
         stored = None if remembered is not None else self._stored(fed, blocked)
-        old_fed, stored_sha = remembered or self._old(name, stored)
+        old_fed, stored_sha = (
+            (remembered[0], "") if remembered is not None else self.specs.old(name, stored)
+        )
         complete, pending, addresses = self._complete(fed, blocked, old_fed)
         for found in addresses:
             if found.ingress:
@@ -389,9 +339,9 @@ class Reconciler:
             origin = Path(f"federation/{name}")
             kws = kube_workspace(complete, origin, state_dir, self.connector)
             old_plan = (
-                self.applied_plans[name][1]
+                remembered[1]
                 if remembered is not None
-                else self._old_plan(name, stored, stored_sha)
+                else self.specs.old_plan(name, stored, stored_sha)
             )
             union_fed, why = union_spec(old_fed, complete)
             if why:
@@ -449,8 +399,7 @@ class Reconciler:
                     self.applied.mark_rendered(at, target.objects, mesh, inputs[mesh])
             if spec_text is not None:
                 # What the next reconcile reads back from the clusters' stored state.
-                self.stored_specs[name] = (_sha(spec_text), complete)
-                self.applied_plans[name] = (_sha(spec_text), kws.ws.plan)
+                self.specs.stored_now(name, spec_text, complete, kws.ws.plan)
             self._account(name, kws, runs, reports, result, earlier, changed)
             result.plan = kws.ws.plan
             result.federation = complete
@@ -521,17 +470,6 @@ class Reconciler:
         result.next_renewal = soonest
 
 
-def release_memory() -> None:
-    """Give the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
-    nothing). A reconcile of a thousand exports reads and renders far more than it keeps,
-    and an idle controller should hold only what it keeps."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _stamp(when: datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -541,15 +479,6 @@ def _report(reports: dict[str, MeshReport], mesh: str, cluster: str) -> ClusterR
     if found is None:
         return None
     return next((c for c in found.clusters if c.name == cluster), None)
-
-
-def _stored_spec(stored: StoredState | None) -> Federation | None:
-    if stored is None:
-        return None
-    try:
-        return parse_spec(stored.spec_text, f"stored on {stored.cluster}")
-    except SpecError:
-        return None
 
 
 def expiring(result: Result, now: datetime, within: timedelta) -> list[str]:
