@@ -26,6 +26,10 @@ Key = tuple[str, str]
 """(mesh, cluster)."""
 OnEvent = Callable[[Key, str, Obj], None]
 SERVICES = ("v1", "Service")
+LISTS_AT_ONCE = 4
+"""Initial lists running at once (each a page of at most 500 objects at a time): when the
+watches of ten clusters start together, the controller does not hold every object of every
+cluster at once."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Watches:
         self.threads: dict[WatchSpec, threading.Thread] = {}
         self._clients: dict[str, KubeClient] = {}
         self._lock = threading.Lock()
+        self._listing = threading.BoundedSemaphore(LISTS_AT_ONCE)
 
     def _client(self, context: str | None) -> KubeClient:
         """The watch connection to a cluster, shared by its streams."""
@@ -108,12 +113,7 @@ class Watches:
                     self.stop.wait(30.0)  # e.g. Istio's CRDs not installed yet
                     continue
                 if not version:
-                    items, version = client.list_with_version(
-                        spec.api_version, spec.kind, labels=spec.labels
-                    )
-                    for item in items:  # what changed before the watch began counts too
-                        self.on_event(spec.key, "LISTED", item)
-                    del items  # not held while watching (all of them: tens of MB)
+                    version = self._list(spec, client)
                 for event, obj in client.watch(
                     spec.api_version,
                     spec.kind,
@@ -144,6 +144,17 @@ class Watches:
                 self.log(f"watch {spec.kind} on {spec.key[1]}: {type(exc).__name__}: {exc}")
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _list(self, spec: WatchSpec, client: KubeClient) -> str:
+        """Every object of the kind as ``LISTED`` (what changed before the watch began counts
+        too), a page at a time, a few lists at once; the version to watch from."""
+        version = ""
+        with self._listing:
+            for items, listed in client.list_pages(spec.api_version, spec.kind, labels=spec.labels):
+                for item in items:
+                    self.on_event(spec.key, "LISTED", item)
+                version = listed or version
+        return version
 
     def close(self) -> None:
         self.stop.set()
