@@ -206,7 +206,7 @@ def ingress_process(
         name=name,
         mesh=mesh.name,
         role="ingress",
-        admin_port=ports.ingress_admin_port,
+        admin_socket=ports.ingress_admin,
         clusters=clusters,
         listeners=[gateway, *internal],
         spiffe_id=ing.spiffe_id,

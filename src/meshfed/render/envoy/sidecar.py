@@ -189,7 +189,7 @@ def sidecar_process(
         name=name,
         mesh=mesh.name,
         role="sidecar",
-        admin_port=sidecar.admin_port,
+        admin_socket=sidecar.admin_socket,
         clusters=clusters,
         listeners=listeners,
         spiffe_id=workload.spiffe_id,
