@@ -58,10 +58,12 @@ def test_only_current_istio_apis(request: pytest.FixtureRequest) -> None:
             for doc in rendered.docs(mesh):
                 if doc["kind"] == "EnvoyFilter":
                     # Only where no Istio API can say it (render/istio/filters.py, the
-                    # boundary log and path rules; render/istio/limits.py, the bounds);
+                    # boundary log, path rules and the proxies' own replies at the ingress and
+                    # the exported workloads; render/istio/limits.py, the bounds);
                     # EnvoyFilter has no other version.
                     assert doc["apiVersion"] == "networking.istio.io/v1alpha3"
-                    assert doc["metadata"]["name"] in (
+                    name = doc["metadata"]["name"]
+                    assert name.startswith("meshfed-replies-") or name in (
                         "federation-ingress-boundary",
                         "federation-ingress-limits",
                         "federation-egress-limits",
