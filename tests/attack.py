@@ -44,6 +44,8 @@ class Held:
     """When the server closed it (EOF or reset), monotonic; None while open."""
     refused: bool = False
     """The connect itself failed (the listen queue was full or the port closed)."""
+    peer: str = ""
+    """The attacker's own end, ``address:port``, as an access log's peer field shows it."""
 
 
 @dataclass
@@ -82,7 +84,8 @@ class Staller:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind((self.source, 0))
         sock.setblocking(False)
-        entry = Held(sock, time.monotonic())
+        host, port = sock.getsockname()[:2]
+        entry = Held(sock, time.monotonic(), peer=f"{host}:{port}")
         self.opened += 1
         code = sock.connect_ex(self.address)
         if code not in (0, errno.EINPROGRESS):

@@ -133,7 +133,9 @@ def test_missing_application_namespace_is_said_plainly() -> None:
         _rollout(_bare(log), ["payments"]).run(dry_run=True)
     text = str(info.value)
     assert (
-        "Namespace cards (for AuthorizationPolicy cards/meshfed-guard-tokenizer, "
+        "Namespace cards (for EnvoyFilter cards/meshfed-replies-tokenizer, "
+        "EnvoyFilter cards/meshfed-xfcc-tokenizer, "
+        "AuthorizationPolicy cards/meshfed-guard-tokenizer, "
         "PeerAuthentication cards/meshfed-strict)"
     ) in text
     assert "it belongs to the applications (the workload cards/tokenizer)" in text

@@ -253,6 +253,27 @@ def test_sidecars_let_out_only_imports_as_the_plan_says(rendered: Rendered) -> N
             assert [r["direct_response"] for r in catch_all["routes"]] == [{"status": 502}]
 
 
+def test_sidecars_retry_imports_as_the_plan_says(rendered: Rendered) -> None:
+    """The plan's retries of a call that reached no workload, the same as the Istio output's
+    (`RetryPolicy`): attempts, what is retried, Envoy's default back-off."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        by_host = {r.local_host: r for r in mesh.imports if r.protocol == "HTTP"}
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            (outbound,) = [x for x in sidecar.listeners if x["name"] == "outbound"]
+            (hcm,) = outbound["filter_chains"][0]["filters"]
+            for host in hcm["typed_config"]["route_config"]["virtual_hosts"][:-1]:
+                retries = by_host[host["name"]].retries
+                assert retries is not None
+                (route,) = host["routes"]
+                assert route["route"]["retry_policy"] == {
+                    "retry_on": ",".join(retries.retry_on),
+                    "num_retries": retries.attempts,
+                    "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+                }
+
+
 def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:
     ws, _, processes = rendered
     roots = {name: cert for name, cert in ws.pki.roots.items()}

@@ -47,11 +47,13 @@ def test_gateway_pods_carry_idle_timeout_and_connection_caps(bank_rendered: Rend
             config = _proxy_config(bank_rendered, mesh.name, gateway)
             idle = f"{listener.idle_timeout.total_seconds():g}s"
             assert config["proxyMetadata"] == {"ISTIO_META_IDLE_TIMEOUT": idle}
+            # istiod names a gateway listener without bind <first wildcard>_<port>: 0.0.0.0
+            # on IPv4 and dual-stack pods, :: on IPv6-only ones (gateway.go getListenerName).
+            cap = str(listener.max_connections)
             assert config["runtimeValues"] == {
                 "overload.global_downstream_max_connections": str(limits.max_connections_per_proxy),
-                f"envoy.resource_limits.listener.0.0.0.0_{port}.connection_limit": str(
-                    listener.max_connections
-                ),
+                f"envoy.resource_limits.listener.0.0.0.0_{port}.connection_limit": cap,
+                f"envoy.resource_limits.listener.::_{port}.connection_limit": cap,
             }
             assert config["gatewayTopology"] == {"forwardClientCertDetails": "SANITIZE_SET"}
 
@@ -232,3 +234,41 @@ def test_every_ingress_route_strips_the_override_headers_and_sets_the_caller(
                 keeps = mesh.name == "payments" and sni == "tokenizer.payments.global"
                 kept = {"x-forwarded-host"} if keeps else set()
                 assert set(request["remove"]) == (set(STRIPPED_HEADERS) - kept) | {CALLER_HEADER}
+
+
+def test_http_imports_retry_across_envoys_late_second_ejection(bank_rendered: Rendered) -> None:
+    """A consumer's HTTP import retries a call that reached no workload for longer than the
+    second in which Envoy still sends connections to an exporter it re-ejected (seen on
+    istiod 1.25.5: two retries let 20-30 calls of an 8 s outage fail, sixteen none or two);
+    Istio 1.25's HTTPRetry has no back-off, so Envoy's default is the plan's. TCP imports have
+    no retries (the application reconnects)."""
+    plan = bank_rendered.workspace.plan
+    (web,) = [m for m in plan.meshes if m.name == "web"]
+    by_host = {r.local_host: r for r in web.imports}
+    routes = {
+        d["spec"]["hosts"][0]: d["spec"]
+        for d in bank_rendered.docs("web", "VirtualService")
+        if d["metadata"]["name"].startswith("import-")
+    }
+    checked = 0
+    for host, spec in routes.items():
+        route = by_host[host]
+        if route.protocol == "TCP":
+            assert route.retries is None and "http" not in spec
+            continue
+        retries = route.retries
+        assert retries is not None
+        assert spec["http"][0]["retries"] == {
+            "attempts": retries.attempts,
+            "retryOn": ",".join(retries.retry_on),
+        }
+        # Envoy's jittered back-off: the n-th retry waits up to min(base * (2^n - 1), max),
+        # on average half of it; together well over the second of the late ejection.
+        base = retries.base_interval.total_seconds()
+        cap = retries.max_interval.total_seconds()
+        mean = sum(min(base * (2**n - 1), cap) / 2 for n in range(1, retries.attempts + 1))
+        assert mean > 1.5
+        assert (base, cap) == (0.025, 0.25)  # Envoy's default: what Istio 1.25 uses
+        assert set(retries.retry_on) == {"connect-failure", "refused-stream", "reset"}
+        checked += 1
+    assert checked

@@ -14,7 +14,7 @@ from datetime import timedelta
 from meshfed.pki.certs import split_pem
 from meshfed.plan.boundary import boundary_policy
 from meshfed.plan.guard import WorkloadGuard
-from meshfed.plan.limits import FailoverPolicy
+from meshfed.plan.limits import FailoverPolicy, RetryPolicy
 from meshfed.plan.model import (
     AllowRule,
     ClusterPlan,
@@ -38,6 +38,9 @@ from meshfed.spiffe import workload_id
 
 FAILOVER = FailoverPolicy()
 """When an exporter counts as down: the same for every import (`meshfed.plan.limits`)."""
+
+RETRIES = RetryPolicy()
+"""How a consumer's sidecar retries an HTTP import's call that reached no workload."""
 
 CONNECTION_LIFE = timedelta(seconds=2)
 """Life of a consumer's pooled HTTP connection to its egress: failback waits at most this long
@@ -264,6 +267,7 @@ class _Resolver:
                     sources=sources,
                     trusted=self.bundles(mesh, {s.mesh: {s.trust_domain} for s in sources}),
                     connection_life=CONNECTION_LIFE if protocol == "HTTP" else None,
+                    retries=RETRIES if protocol == "HTTP" else None,
                 )
             )
         routes.sort(key=lambda r: (r.local_host, r.port))

@@ -14,15 +14,19 @@ The guard makes it check the original caller too, on the identity the ingress vo
 Why a header of meshfed's own and not XFCC: a sidecar appends its own element to XFCC before
 its authorization runs, and Istio's header matching knows only exact, prefix and suffix, so no
 AuthorizationPolicy can pin the caller inside XFCC (research notes Q10). The ingress removes any
-caller-sent copy before it sets the header. HTTP workloads only: a TCP stream carries no header,
-and its callers are authorized at the ingress before the workload is connected.
+caller-sent copy before it sets the header. (That XFCC comes only from the ingress, the
+``BoundaryPolicy.client_cert.forwarder`` rule, each renderer enforces at the workload too: on
+Istio with an EnvoyFilter, render/istio/workload.py.) HTTP workloads only: a TCP stream carries
+no header, and its callers are authorized at the ingress (locally before the workload is
+connected; on Istio 1.25 its gateway connects at accept, and pins callers in the handshake).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshfed.plan.model import AllowRule, PrincipalMatch, Workload
+from meshfed.plan.rules import AllowRule, Workload
+from meshfed.spiffe import PrincipalMatch
 
 __all__ = ["WorkloadGuard"]
 

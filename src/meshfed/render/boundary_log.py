@@ -38,6 +38,7 @@ CONNECTION_FIELDS: dict[str, str] = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "duration_ms": "%DURATION%",
+    "peer": "%DOWNSTREAM_REMOTE_ADDRESS%",
 }
 """A connection at a gateway (TCP exports, pass-through, refused handshakes): ``termination``
 names a network RBAC deny, ``tls_failure`` a refused handshake."""

@@ -378,7 +378,10 @@ def istio_boundary_gaps(ctx: AuditContext) -> Iterator[Hit]:
                         f"{_where(gateway, i, server)}: a leaf with two URI SANs, one of them "
                         "allowed, is admitted to this TCP route (Istio matches any SAN, and a "
                         "TCP route has no header to pin one); bounded by the CA bundle's name "
-                        "constraints and by issuance",
+                        "constraints and by issuance. The gateway also connects to the route's "
+                        "workload when it accepts a connection, before the handshake (Istio "
+                        "1.25's tcp_proxy cannot wait), so every stalled or refused handshake "
+                        "holds a workload connection until the handshake bound closes it",
                         gateway.at("spec", "servers", i),
                     )
                 elif set(hosts) <= guarded and set(hosts) & by_prefix:

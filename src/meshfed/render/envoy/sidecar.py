@@ -14,6 +14,7 @@ from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
 from meshfed.render.envoy.limits import (
     chain_fields,
     cluster_fields,
+    duration,
     hcm_fields,
     listener_fields,
     tcp_fields,
@@ -93,6 +94,23 @@ def _unregistered(mesh: MeshPlan) -> list[Resource]:
     assert_never(mesh.boundary.outbound)
 
 
+def _retry_policy(route: ImportRoute) -> Resource:
+    """The plan's retries of a call that reached no workload (`meshfed.plan.limits`)."""
+    retries = route.retries
+    if retries is None:
+        return {}
+    return {
+        "retry_policy": {
+            "retry_on": ",".join(retries.retry_on),
+            "num_retries": retries.attempts,
+            "retry_back_off": {
+                "base_interval": duration(retries.base_interval),
+                "max_interval": duration(retries.max_interval),
+            },
+        }
+    }
+
+
 def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
     virtual_hosts = [
         {
@@ -105,11 +123,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
                         "cluster": f"outbound|{route.wire_host}",
                         "host_rewrite_literal": route.wire_host,
                         "timeout": "15s",
-                        "retry_policy": {
-                            "retry_on": "reset,connect-failure,refused-stream",
-                            "num_retries": 3,
-                            "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
-                        },
+                        **_retry_policy(route),
                     },
                 }
             ],

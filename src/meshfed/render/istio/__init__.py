@@ -57,7 +57,7 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         + filters.workload_filters(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
         "limits.yaml": limits.objects(plan, mesh),
-        "guards.yaml": workload.guard_policies(plan, mesh),
+        "guards.yaml": workload.guard_policies(plan, mesh) + workload.xfcc_filters(plan, mesh),
     }
     if mesh.remotes:
         files["eastwest-gateway.yaml"] = multicluster.eastwest_gateway(plan, mesh)

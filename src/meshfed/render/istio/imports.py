@@ -56,6 +56,15 @@ def _local_entry(plan: FederationPlan, route: ImportRoute) -> Obj:
     )
 
 
+def _retries(route: ImportRoute) -> Obj:
+    """The plan's retries of a call that reached no workload. Istio 1.25's ``HTTPRetry`` has
+    no back-off: Envoy's default (25 ms, at most 250 ms) applies, which is the plan's."""
+    retries = route.retries
+    if retries is None:
+        return {}
+    return {"retries": {"attempts": retries.attempts, "retryOn": ",".join(retries.retry_on)}}
+
+
 def _local_route(plan: FederationPlan, route: ImportRoute) -> Obj:
     """Send the local name to the egress gateway, over the caller's own mTLS (subset)."""
     destination = {
@@ -72,7 +81,7 @@ def _local_route(plan: FederationPlan, route: ImportRoute) -> Obj:
                 "name": "federated",
                 "route": [destination],
                 "rewrite": {"authority": route.wire_host},
-                "retries": {"attempts": 2, "retryOn": "connect-failure,refused-stream,reset"},
+                **_retries(route),
             }
         ]
     else:

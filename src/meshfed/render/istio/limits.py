@@ -13,8 +13,8 @@ What a user can set, and where each limit goes here:
   change takes a rollout restart): ``proxyMetadata.ISTIO_META_IDLE_TIMEOUT`` (the HCM's and the
   default tcp_proxy idle timeout) and ``runtimeValues``: the proxy's connection cap (Envoy still
   honours ``overload.global_downstream_max_connections``, measured on 1.40) and the listener's
-  (``envoy.resource_limits.listener.0.0.0.0_<port>.connection_limit``; a gateway listener is
-  named ``<bind>_<targetPort>``);
+  (``envoy.resource_limits.listener.<wildcard>_<port>.connection_limit``; a gateway listener
+  is named ``<bind>_<targetPort>``, see `GATEWAY_WILDCARDS`);
 - a DestinationRule the gateway uses for an exported workload (``meshfed-system``, exported to
   that namespace only): the TCP session idle bound (top-level ``connectionPool.tcp.idleTimeout``
   reaches the gateway's tcp_proxy, networkfilter.go) and the upstream connection cap;
@@ -46,6 +46,14 @@ HCM = (
 )
 
 
+GATEWAY_WILDCARDS = ("0.0.0.0", "::")
+"""How istiod names a gateway's listener for a server without ``bind``: ``<wildcard>_<port>``
+with the pod's first wildcard address (pilot/pkg/networking/core/gateway.go
+``getListenerName``, listener_address.go ``wildCards``): ``0.0.0.0`` on IPv4 and dual-stack
+pods, ``::`` on IPv6-only ones. A runtime key for a listener that does not exist is inert, so
+both are set."""
+
+
 def _gateway(mesh: MeshPlan, gateway: str) -> tuple[ListenerLimits, int]:
     if gateway == INGRESS_GATEWAY:
         return mesh.limits.ingress, mesh.ingress.port
@@ -56,16 +64,15 @@ def proxy_config(mesh: MeshPlan, gateway: str) -> Obj:
     """The part of a federation gateway's ProxyConfig (``proxy.istio.io/config``) that bounds
     it: idle connections, and its connection caps."""
     limits, port = _gateway(mesh, gateway)
+    runtime = {
+        "overload.global_downstream_max_connections": str(mesh.limits.max_connections_per_proxy)
+    }
+    for wildcard in GATEWAY_WILDCARDS:
+        key = f"envoy.resource_limits.listener.{wildcard}_{port}.connection_limit"
+        runtime[key] = str(limits.max_connections)
     return {
         "proxyMetadata": {"ISTIO_META_IDLE_TIMEOUT": duration(limits.idle_timeout)},
-        "runtimeValues": {
-            "overload.global_downstream_max_connections": str(
-                mesh.limits.max_connections_per_proxy
-            ),
-            f"envoy.resource_limits.listener.0.0.0.0_{port}.connection_limit": str(
-                limits.max_connections
-            ),
-        },
+        "runtimeValues": runtime,
     }
 
 

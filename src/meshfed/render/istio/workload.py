@@ -42,6 +42,17 @@ trust domain. The local federation's sidecar refuses it (Envoy's matcher denies 
 
 Pods are selected by ``app: <workload name>`` (Istio's recommended label; the spec names the
 workload by its Service, whose selector meshfed does not read).
+
+XFCC from anyone but the ingress. A sidecar appends its own element for the direct peer to
+whatever ``x-forwarded-client-cert`` arrives (APPEND_FORWARD) before any filter runs, and
+AuthorizationPolicy header values match only exactly, by prefix or by suffix: no policy can say
+"one element only". A mesh workload's own sidecar drops what its application sends (outbound
+SANITIZE), but a workload that speaks mTLS itself with its own certificate put a forged element
+first, and it reached the exported workload (seen on istiod 1.25.5). So each exported HTTP
+workload's sidecar also gets an EnvoyFilter inserting an Envoy RBAC filter (before the router,
+after Istio's own authorization filters; it removes and rewrites nothing) that refuses an XFCC
+with an element before the sidecar's own from any peer but the ingress, as the local
+federation's sidecar does.
 """
 
 from __future__ import annotations
@@ -149,3 +160,78 @@ def guard_policies(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
         )
         for guard in mesh.workload_guards
     ]
+
+
+XFCC = "x-forwarded-client-cert"
+HTTP_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+HCM_NAME = "envoy.filters.network.http_connection_manager"
+APPENDED = (",By=", ",Hash=")
+"""How the element a sidecar appends to an XFCC that arrived begins: Envoy joins elements with
+``,`` and writes ``By`` (the sidecar's own URI SAN) first, else ``Hash``. A value holding one
+of these has an element before the sidecar's, which only the ingress may send. (A comma alone
+would also refuse an honest peer whose certificate's subject holds one, e.g. SPIRE's
+``O=SPIRE,C=US``, written inside ``Subject="..."``; a regex for "a comma outside quotes" is
+defeated by an unbalanced quote in the forged element.)"""
+
+
+def xfcc_filter(guard: WorkloadGuard) -> Obj:
+    """The Envoy HTTP RBAC filter refusing, from any peer but the ingress, an XFCC the peer
+    sent (the sidecar's own element is always there, appended after the peer's)."""
+    return {
+        "name": "meshfed.xfcc-only-from-ingress",
+        "typed_config": {
+            "@type": HTTP_RBAC,
+            "rules": {
+                "action": "DENY",
+                "policies": {
+                    "xfcc-not-from-ingress": {
+                        "permissions": [
+                            {"header": {"name": XFCC, "string_match": {"contains": appended}}}
+                            for appended in APPENDED
+                        ],
+                        "principals": [
+                            {
+                                "not_id": {
+                                    "authenticated": {"principal_name": {"exact": guard.forwarder}}
+                                }
+                            }
+                        ],
+                    }
+                },
+            },
+        },
+    }
+
+
+def xfcc_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
+    """Per exported HTTP workload, the EnvoyFilter adding `xfcc_filter` to its sidecar's
+    inbound HTTP chain on the workload's port."""
+    out = []
+    for guard in mesh.workload_guards:
+        listener = {
+            "portNumber": guard.workload.port,
+            "filterChain": {
+                "filter": {"name": HCM_NAME, "subFilter": {"name": "envoy.filters.http.router"}}
+            },
+        }
+        out.append(
+            obj(
+                "networking.istio.io/v1alpha3",
+                "EnvoyFilter",
+                f"meshfed-xfcc-{slug(guard.workload.name, 50)}",
+                plan.name,
+                guard.workload.namespace,
+                spec={
+                    "workloadSelector": {"labels": {"app": guard.workload.name}},
+                    "configPatches": [
+                        {
+                            "applyTo": "HTTP_FILTER",
+                            "match": {"context": "SIDECAR_INBOUND", "listener": listener},
+                            "patch": {"operation": "INSERT_BEFORE", "value": xfcc_filter(guard)},
+                        }
+                    ],
+                },
+                extra_labels={"meshfed.dev/workload": guard.workload.ref.replace("/", ".")},
+            )
+        )
+    return out
