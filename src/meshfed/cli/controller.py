@@ -148,8 +148,19 @@ def _options(
     return ControllerOptions(namespace, image, replicas, in_cluster_context=in_cluster)
 
 
-_IMAGE = click.option("--image", default=DEFAULT_IMAGE, show_default=True)
-_REPLICAS = click.option("--replicas", type=int, default=2, show_default=True)
+_IMAGE = click.option(
+    "--image",
+    default=DEFAULT_IMAGE,
+    show_default=True,
+    help="The controller's container image (built from this repository's Dockerfile).",
+)
+_REPLICAS = click.option(
+    "--replicas",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Controller replicas; one leads (Lease), the others stand by.",
+)
 _IN_CLUSTER = click.option(
     "--in-cluster-context",
     default=None,
@@ -431,8 +442,14 @@ def _state_session(
 
 @controller.command("pki-request")
 @click.argument("federation")
-@click.option("--mesh", required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--mesh", required=True, help="The mesh whose intermediate key is made.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Where to write the CSR (for the root holder).",
+)
 @_KUBECONFIG
 @_CONTEXT
 @_NAMESPACE

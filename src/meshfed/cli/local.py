@@ -71,7 +71,12 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
     "it (all of them, or --federation's).",
 )
 @click.option("--federation", default=None, help="With --kube: one Federation, by name.")
-@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --kube: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
+)
 @click.option("--context", default=None, help="With --kube: the management cluster's context.")
 def status(
     spec: Path | None,
