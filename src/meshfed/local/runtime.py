@@ -276,11 +276,13 @@ class Runtime:
         self.progress.phase("probing imports", len(stale))
         hold("up:probes")
         results = {}
+        probing = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
             ledger = ProbeLedger(self.paths)
             for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT, ledger), stale):
                 results[result.probe] = result
                 self.progress.advance()
+        report.probing = time.monotonic() - probing
         for probe in probes:
             report.probes.append(
                 results.get(probe)
