@@ -71,7 +71,12 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
     "it (all of them, or --federation's).",
 )
 @click.option("--federation", default=None, help="With --kube: one Federation, by name.")
-@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --kube: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
+)
 @click.option("--context", default=None, help="With --kube: the management cluster's context.")
 def status(
     spec: Path | None,
@@ -151,9 +156,15 @@ def _print_status(st: Status) -> None:
 @click.command()
 @click.option("--mesh", "mesh", required=True, help="Mesh of the calling workload.")
 @click.option(
-    "--as", "as_", required=True, metavar="NS/SA", help="Namespace/serviceAccount of the caller."
+    "--as",
+    "as_",
+    required=True,
+    metavar="NS/SA",
+    help="Namespace/serviceAccount of the caller (or namespace/name of its workload).",
 )
-@click.option("-X", "--request", "method", default=None, help="HTTP method (default GET/POST).")
+@click.option(
+    "-X", "--request", "method", default=None, help="HTTP method (default GET, POST with -d)."
+)
 @click.option("-d", "--data", "data", default=None, help="Request body (TCP: a line to echo).")
 @click.option("-H", "--header", "headers", multiple=True, help="Extra header 'Name: value'.")
 @click.option("-i", "--include", is_flag=True, help="Print the status line and headers too.")
