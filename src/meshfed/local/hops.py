@@ -128,10 +128,16 @@ class HopIndex:
         duration = doc.get("duration_ms")
         if came is None or went is None or start is None or not isinstance(duration, int):
             return
-        if not self.during_probe(start):
+        if not self._near_probe(start):
             return  # no probe was held then: not part of any probe's way
         end = start + timedelta(milliseconds=duration)
         self.hops.setdefault(went, []).append(_Hop(came, start, end))
+
+    def _near_probe(self, when: datetime) -> bool:
+        """Whether ``when`` is at most ``HELD_AT_MOST`` after a probe's socket was taken: the
+        lines worth keeping (a hop's own start is checked against its upstream's, not here)."""
+        i = bisect.bisect_right(self._by_start, when, key=lambda h: h.start)
+        return i > 0 and self._by_start[i - 1].start >= when - HELD_AT_MOST
 
     def during_probe(self, when: datetime) -> bool:
         """Whether some probe's socket was held at ``when`` (or may still have been: its
