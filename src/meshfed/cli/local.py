@@ -288,8 +288,8 @@ def logs(
     show(entries)
     if follow_:
         try:
-            for entry in follow(files, boundary):
-                show([entry])
+            for batch in follow(files, boundary):
+                show(batch)
         except KeyboardInterrupt:
             return
 

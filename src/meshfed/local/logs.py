@@ -187,8 +187,9 @@ def read_entries(files: list[tuple[str, Kind, Path]], boundary: bool) -> list[Lo
 
 def follow(
     files: list[tuple[str, Kind, Path]], boundary: bool, interval: float = 0.2
-) -> Iterator[LogEntry]:
-    """New entries as they are written (until interrupted)."""
+) -> Iterator[list[LogEntry]]:
+    """New entries as they are written (until interrupted), each read's in one batch (in
+    time order), so that a batch's lines waiting for their hops' logs wait together."""
     offsets = {path: (path.stat().st_size if path.exists() else 0) for _, _, path in files}
     while True:
         batch: list[LogEntry] = []
@@ -210,7 +211,8 @@ def follow(
                 entry = _parse(process, kind, line)
                 if entry is not None and _keep(entry, boundary):
                     batch.append(entry)
-        yield from sorted(batch, key=lambda e: e.time)
+        if batch:
+            yield sorted(batch, key=lambda e: e.time)
         time.sleep(interval)
 
 
