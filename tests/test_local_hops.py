@@ -5,7 +5,10 @@ through every hop before it, within each hop's lifetime; never by time or addres
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,9 +18,10 @@ import pytest
 
 from meshfed.dashboard.logtail import BoundaryTail
 from meshfed.local.hops import PENDING
-from meshfed.local.logs import LogEntry, marked
+from meshfed.local.logs import LogEntry, follow, marked
 from meshfed.local.paths import RuntimePaths
-from meshfed.local.prober import IMPORT_PROBE, Marks, ProbeLedger, load_marks
+from meshfed.local.probe import Probe, run_probe
+from meshfed.local.prober import IMPORT_PROBE, Marks, ProbeLedger, ledger_path, load_marks
 from meshfed.local.summary import MeshInfo, RuntimeSummary
 
 SIDECAR = "127.0.0.1:27386"
@@ -170,3 +174,56 @@ def test_a_line_waits_for_its_hops_logs(tmp_path: Path, paths: RuntimePaths) -> 
 def _summary() -> RuntimeSummary:
     mesh = MeshInfo("payments", "payments.bank.example", "127.0.0.1", 29117, "x", {SNI: "TCP"})
     return RuntimeSummary("bank", "bank.yaml", "SharedRoot", (mesh,), (), (), ())
+
+
+def test_a_tcp_probe_records_its_socket_which_nobody_else_can_bind(
+    tmp_path: Path, paths: RuntimePaths
+) -> None:
+    """The ledger's record names the probe's own address before it connects and its release
+    after its greeting; while it is held, no other socket binds that address, not even with
+    SO_REUSEADDR and SO_REUSEPORT (the kernel's word the hop tracing relies on)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    seen: dict[str, Any] = {}
+
+    def serve() -> None:
+        conn, peer = server.accept()
+        with conn:
+            seen["peer"] = "{}:{}".format(*peer)
+            seen["records"] = [
+                json.loads(line) for line in ledger_path(paths).read_text().splitlines()
+            ]
+            other = socket.socket()
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                other.bind(peer)
+                seen["bound"] = True
+            except OSError as exc:
+                seen["bound"] = exc.errno
+            finally:
+                other.close()
+            conn.sendall(b'{"mesh": "payments", "workload": "cards/ledger"}\n')
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    probe = Probe("web", "ledger:9000", "TCP", "shop/checkout", server.getsockname()[1], "ledger")
+    try:
+        result = run_probe(probe, 5, ProbeLedger(paths))
+    finally:
+        thread.join(5)
+        server.close()
+    assert result.ok, result.detail
+    assert seen["bound"] == errno.EADDRINUSE
+    held, released = [json.loads(line) for line in ledger_path(paths).read_text().splitlines()]
+    assert seen["records"] == [held]  # recorded before it connected, released only after
+    assert held["source"] == seen["peer"] and held["to"] == f"127.0.0.1:{probe.port}"
+    assert released == {"conn": held["conn"], "released": True, "time": released["time"]}
+
+
+def test_logs_follow_yields_each_read_as_one_batch(tmp_path: Path) -> None:
+    path = tmp_path / "payments_ingress.access.log"
+    path.write_text("")
+    lines = follow([("payments/ingress", "access", path)], False, interval=0)
+    _write(path, [{"time": "2026-01-01T00:00:02.000Z"}, {"time": "2026-01-01T00:00:01.000Z"}])
+    batch = next(lines)
+    assert [e.time for e in batch] == ["2026-01-01T00:00:01.000Z", "2026-01-01T00:00:02.000Z"]

@@ -189,8 +189,16 @@ def follow(
     files: list[tuple[str, Kind, Path]], boundary: bool, interval: float = 0.2
 ) -> Iterator[list[LogEntry]]:
     """New entries as they are written (until interrupted), each read's in one batch (in
-    time order), so that a batch's lines waiting for their hops' logs wait together."""
+    time order), so that a batch's lines waiting for their hops' logs wait together. From
+    the files' ends when it is called (not when first iterated): nothing written after the
+    caller's own read is missed."""
     offsets = {path: (path.stat().st_size if path.exists() else 0) for _, _, path in files}
+    return _follow(files, boundary, interval, offsets)
+
+
+def _follow(
+    files: list[tuple[str, Kind, Path]], boundary: bool, interval: float, offsets: dict[Path, int]
+) -> Iterator[list[LogEntry]]:
     while True:
         batch: list[LogEntry] = []
         for process, kind, path in files:
