@@ -36,6 +36,7 @@ from meshfed.local.logs import (
     boundary_view,
     follow,
     gateway_logs,
+    hop_logs,
     marked,
     read_entries,
     summary_line,
@@ -275,12 +276,17 @@ def logs(
         runtime = _runtime(spec, spec_option, state)
         summary = runtime.summary()
         files = gateway_logs(runtime.root, summary, mesh, boundary)
+        hops = hop_logs(runtime.root, summary)
         entries = read_entries(files, boundary)
         marks = load_marks(runtime.paths)
 
+    def refresh() -> None:
+        marks.read(ledger_path(runtime.paths))  # probes recorded since, then their hops
+        marks.read_hops(hops)
+
     def show(batch: list[LogEntry]) -> None:
-        marks.read(ledger_path(runtime.paths))  # probes recorded since
-        batch = marked(batch, marks)
+        refresh()
+        batch = marked(batch, marks, refresh)
         for entry in boundary_view(batch, summary) if boundary else batch:
             if as_json:
                 doc = {"process": entry.process, "file": entry.file, **entry.doc}
@@ -293,8 +299,8 @@ def logs(
     show(entries)
     if follow_:
         try:
-            for entry in follow(files, boundary):
-                show([entry])
+            for batch in follow(files, boundary):
+                show(batch)
         except KeyboardInterrupt:
             return
 
