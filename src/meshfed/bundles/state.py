@@ -87,21 +87,69 @@ def publish(
     """The bundle ``mesh`` publishes now, numbered: the recorded sequence if its content is
     unchanged, else the next one (recorded before it is returned, so no two contents ever share
     a number, also across restarts of the server)."""
-    path = bundles_dir(state_dir) / "published" / f"{mesh}.json"
-    content = {
-        "trust_domain": trust_domain,
-        "fingerprints": [fingerprint(c) for c in roots],
-        "refresh_hint": refresh_hint,
-    }
+    path = _published_path(state_dir, mesh)
+    content = _published_content(trust_domain, roots, refresh_hint)
     with locked(state_dir):
         record = _read_json(path)
-        sequence = record.get("sequence") if isinstance(record, dict) else None
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
-            sequence = 0
+        sequence = _recorded_sequence(record)
         if not isinstance(record, dict) or record.get("content") != content:
             sequence += 1
             _write_json(path, {"sequence": sequence, "content": content, "since": _now(now)})
     return SpiffeBundle(trust_domain, tuple(roots), sequence, refresh_hint)
+
+
+@dataclass(frozen=True)
+class PublishedState:
+    """What a mesh's endpoint served last, against what it would serve now (read-only)."""
+
+    sequence: int | None
+    """The sequence last served or printed (None: nothing yet)."""
+    since: str | None
+    current: bool
+    """Whether the roots and refresh hint now are what ``sequence`` numbers."""
+    next_sequence: int
+    """The sequence the next fetch gets."""
+
+
+def published_state(
+    state_dir: Path,
+    mesh: str,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate],
+    refresh_hint: int,
+) -> PublishedState:
+    """``publish`` without writing: the recorded sequence and whether it still numbers the
+    bundle made of ``roots`` (``trust status``: what a partner should hold by now)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    if not isinstance(record, dict):
+        return PublishedState(None, None, False, 1)
+    sequence = _recorded_sequence(record)
+    current = record.get("content") == _published_content(trust_domain, roots, refresh_hint)
+    since = record.get("since")
+    return PublishedState(
+        sequence, since if isinstance(since, str) else None, current, sequence + (not current)
+    )
+
+
+def _published_path(state_dir: Path, mesh: str) -> Path:
+    return bundles_dir(state_dir) / "published" / f"{mesh}.json"
+
+
+def _published_content(
+    trust_domain: str, roots: Sequence[x509.Certificate], refresh_hint: int
+) -> dict[str, Any]:
+    return {
+        "trust_domain": trust_domain,
+        "fingerprints": [fingerprint(c) for c in roots],
+        "refresh_hint": refresh_hint,
+    }
+
+
+def _recorded_sequence(record: Any) -> int:
+    sequence = record.get("sequence") if isinstance(record, dict) else None
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+        return 0
+    return sequence
 
 
 # --- bundles accepted from peers ---------------------------------------------------------------

@@ -25,7 +25,7 @@ from meshfed.graph import Edge, FederationGraph, build_graph
 from meshfed.graph.layout import layout
 from meshfed.graph.svg import LIVE_LINES, svg_from_layout
 from meshfed.local.health import SourceStatus, source_health
-from meshfed.local.logs import LogEntry, gateway_logs
+from meshfed.local.logs import LogEntry, gateway_logs, hop_logs
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.prober import ledger_path
 from meshfed.local.state import ProcessRecord, load_processes
@@ -69,7 +69,8 @@ def load_model(paths: RuntimePaths) -> Model | None:
     return Model(summary, graph, svg, hashlib.sha256(svg.encode()).hexdigest()[:16], edges)
 
 
-ClustersReader = Callable[[ImportInfo, int | None], tuple[str | None, tuple[SourceStatus, ...]]]
+ClustersReader = Callable[[ImportInfo, str | None], tuple[str | None, tuple[SourceStatus, ...]]]
+"""(import, its egress gateway's admin socket or None) -> ``source_health``."""
 
 
 class Collector:
@@ -189,7 +190,10 @@ class Collector:
             if mesh is not None:
                 self.counts.setdefault(mesh, IngressCounts()).count(entry, exports[mesh])
 
-        self.tail.update(gateway_logs(self.paths.root, summary, None, True), summary, count)
+        root = self.paths.root
+        self.tail.update(
+            gateway_logs(root, summary, None, True), summary, count, hop_logs(root, summary)
+        )
 
     def _health(
         self, summary: RuntimeSummary, records: dict[str, ProcessRecord]
@@ -200,8 +204,8 @@ class Collector:
                 (p for p in summary.processes if p.mesh == imp.mesh and p.role == "egress"), None
             )
             record = records.get(egress.name) if egress else None
-            port = egress.admin_port if egress and record and record.alive else None
-            out[imp] = self.read_health(imp, port)
+            sock = egress.admin_socket if egress and record and record.alive else None
+            out[imp] = self.read_health(imp, sock)
         return out
 
 

@@ -9,7 +9,9 @@ from typing import assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy import rbac, tls
+from meshfed.render.envoy.access_log import hop_log
 from meshfed.render.envoy.builders import hcm, http_options, listener, static_cluster, tcp_proxy
+from meshfed.render.envoy.files import log_path
 from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
 from meshfed.render.envoy.limits import (
     chain_fields,
@@ -21,6 +23,7 @@ from meshfed.render.envoy.limits import (
 )
 from meshfed.render.envoy.process import ProcessConfig, Resource
 from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA, cert_details
+from meshfed.render.local_reply import local_reply_config
 
 
 def inbound(
@@ -55,21 +58,25 @@ def inbound(
         # Who may pass a caller on to the workload: only the mesh's ingress, and (an exported
         # workload) only for the callers its exports allow, on the identity the ingress read
         # from the caller's certificate (`meshfed.plan.guard`, `rbac.sidecar_config`).
+        exported = mesh.guard(workload.ref)
         guard = {
             "name": "envoy.filters.http.rbac",
-            "typed_config": rbac.sidecar_config(xfcc.forwarder, mesh.guard(workload.ref)),
+            "typed_config": rbac.sidecar_config(xfcc.forwarder, exported),
         }
-        filters = [
-            hcm(
-                "inbound",
-                route_config,
-                [guard],
-                [],
-                forward_client_cert_details=xfcc.to_workload,
-                set_current_client_cert_details=cert_details(xfcc),
-                **hcm_fields(limits),
-            )
-        ]
+        manager = hcm(
+            "inbound",
+            route_config,
+            [guard],
+            [],
+            forward_client_cert_details=xfcc.to_workload,
+            set_current_client_cert_details=cert_details(xfcc),
+            **hcm_fields(limits),
+        )
+        # Its answers for the workload reach callers across the boundary through the ingress.
+        replies = mesh.boundary.local_replies
+        if exported is not None and replies.at_exported_workloads:
+            manager["typed_config"]["local_reply_config"] = local_reply_config(replies)
+        filters = [manager]
     return listener(
         "inbound",
         "127.0.0.1",
@@ -183,8 +190,15 @@ def sidecar_process(
         )
         if not http:
             key = f"{route.local_host}:{route.port}"
+            # Its log is the first hop of a TCP import probe's evidence (`access_log.hop_log`).
+            hops = hop_log(
+                log_path(runtime_dir, name, "access"), mesh.name, workload.ref, route.wire_host
+            )
             proxy = tcp_proxy(
-                f"outbound_{key}", f"outbound|{route.wire_host}", **tcp_fields(limits)
+                f"outbound_{key}",
+                f"outbound|{route.wire_host}",
+                access_log=[hops],
+                **tcp_fields(limits),
             )
             listeners.append(
                 listener(
@@ -203,7 +217,7 @@ def sidecar_process(
         name=name,
         mesh=mesh.name,
         role="sidecar",
-        admin_port=sidecar.admin_port,
+        admin_socket=sidecar.admin_socket,
         clusters=clusters,
         listeners=listeners,
         spiffe_id=workload.spiffe_id,
