@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from meshfed.controller.clusters import Connector
+from meshfed.controller.specmemo import release_memory
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.errors import KubeError
 from meshfed.kube.targets import PRUNE_KINDS, selector
@@ -154,6 +155,7 @@ class Watches:
                 for item in items:
                     self.on_event(spec.key, "LISTED", item)
                 version = listed or version
+        release_memory()  # the pages, decoded and dropped
         return version
 
     def close(self) -> None:
