@@ -86,6 +86,12 @@ def _management(kubeconfig: Path | None, context: str | None) -> KubeClient:
 @click.option("--resync", type=float, default=300.0, show_default=True, help="Seconds.")
 @click.option("--health-port", type=int, default=8080, show_default=True, help="0: none.")
 @click.option("--lease-duration", type=float, default=15.0, show_default=True, help="Seconds.")
+@click.option(
+    "--bundle-web-ca",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Peers' https_web bundle endpoints: a CA bundle to trust instead of the system's.",
+)
 def run_command(
     kubeconfig: Path | None,
     context: str | None,
@@ -95,6 +101,7 @@ def run_command(
     resync: float,
     health_port: int,
     lease_duration: float,
+    bundle_web_ca: Path | None,
 ) -> None:
     """Watch Federations and keep every mesh's cluster as they say (one replica acts at a
     time: leader election with a Lease in NAMESPACE)."""
@@ -120,6 +127,7 @@ def run_command(
     mkdir_private(work_dir)
     connector = Connector(management, namespace, kubeconfig, in_cluster_context)
     ctl = Controller(management, config, namespace, work_dir, connector, resync)
+    ctl.web_ca = bundle_web_ca
     if health_port:
         serve_health(health_port)
     stop = threading.Event()

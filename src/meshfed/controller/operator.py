@@ -9,6 +9,7 @@ work to ``worker.py``; the decisions are in ``ordering.py``, ``drift.py`` and ``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from lightkube.config.models import User
 
 from meshfed.controller.clusters import Connector
 from meshfed.controller.crd import GROUP, PLURAL, VERSION
+from meshfed.controller.follow import PeerFollowing, spec_source
 from meshfed.controller.leader import LeaderElector
 from meshfed.controller.reconcile import Reconciler
 from meshfed.controller.retire import retire_federation
@@ -69,6 +71,9 @@ class Controller:
     connector: Connector
     resync: float = 300.0
     workers: dict[str, FederationWorker] = field(default_factory=dict)
+    followings: dict[str, PeerFollowing] = field(default_factory=dict)
+    web_ca: Path | None = None
+    """https_web bundle endpoints of peers: a private CA to trust instead of the system's."""
     log: Callable[[str], None] = logger.info
 
     def patcher(self, name: str) -> Callable[[Obj], None]:
@@ -124,10 +129,14 @@ class Controller:
             worker = ctl.workers.get(name)
             if worker is not None:
                 worker.kick(f"Federation {reason}")
+            following = ctl.followings.get(name)
+            if following is not None:
+                following.wake.set()
 
         @kopf.on.delete(*RESOURCE, registry=registry)
         def deleted(name: str, body: kopf.Body, **_: Any) -> None:
             worker = ctl.workers.pop(name, None)
+            ctl.followings.pop(name, None)
             if worker is not None and worker.watches is not None:
                 worker.watches.close()
             done = retire_federation(ctl.reconciler(), dict(body))
@@ -142,10 +151,42 @@ class Controller:
                 name, ctl.reconciler(), emit, ctl.patcher(name), ctl.log, ctl.resync
             )
             worker.annotate = ctl.annotator(name)
+            following = ctl.following(name, lambda: _plain(body), worker, emit)
             ctl.workers[name] = worker
+            # Its own thread, in kopf's context (Events are posted through it).
+            context = contextvars.copy_context()
+            threading.Thread(
+                target=context.run,
+                args=(following.run, lambda: bool(stopped)),
+                name=f"follow-{name}",
+                daemon=True,
+            ).start()
             worker.run(lambda: _plain(body), lambda: bool(stopped))
 
         return registry
+
+    def following(
+        self,
+        name: str,
+        body: Callable[[], Obj],
+        worker: FederationWorker,
+        emit: Callable[[str, str, str], None],
+    ) -> PeerFollowing:
+        """The peers' bundles followed beside ``worker``; its status writes carry theirs."""
+        following = PeerFollowing(
+            name,
+            self.management,
+            self.namespace,
+            self.work_dir / ".follow",
+            spec_source(body),
+            worker.kick,
+            emit,
+            self.log,
+            web_ca=self.web_ca,
+        )
+        worker.patch_status = following.patcher(worker.patch_status)
+        self.followings[name] = following
+        return following
 
     def reconciler(self) -> Reconciler:
         return Reconciler(self.management, self.namespace, self.work_dir, self.connector, self.log)
