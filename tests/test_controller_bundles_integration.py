@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import socket
+import subprocess
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,12 @@ import yaml
 from cryptography import x509
 
 from meshfed.bundles import document
-from meshfed.bundles.model import SpiffeBundle
+from meshfed.bundles.errors import BundleError
+from meshfed.bundles.fetch import fetch_document
+from meshfed.bundles.model import Endpoint, SpiffeBundle
 from meshfed.bundles.server import SvidTls
 from meshfed.kube.client import KubeClient
-from meshfed.pki.certs import make_root_ca, same_public_key
+from meshfed.pki.certs import fingerprint, make_root_ca, same_public_key
 from meshfed.pki.keys import generate_key
 from test_bundles_endpoint import ENDPOINT_ID, Served, pki, roots_of
 from test_controller_integration import (
@@ -84,11 +89,19 @@ class Partner:
             self.raw = raw
 
 
-def _spec(context: str, partner: Partner, bootstrap: Path) -> Obj:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spec(context: str, partner: Partner, bootstrap: Path, port: int) -> Obj:
     doc = yaml.safe_load((ROOT / "src/meshfed/examples/acme.yaml").read_text())
     doc["metadata"]["name"] = FED
     meshes = {m["name"]: m for m in doc["spec"]["meshes"]}
     meshes["acme"]["kubernetes"] = {"context": context}
+    meshes["acme"]["bundleEndpoint"]["url"] = f"https://127.0.0.1:{port}/acme"
+    meshes["acme"]["bundleEndpoint"]["refreshHint"] = "1s"
     endpoint = meshes["globex"]["bundleEndpoint"]
     endpoint["url"] = partner.served.url
     endpoint["bootstrapBundle"] = str(bootstrap)
@@ -97,8 +110,6 @@ def _spec(context: str, partner: Partner, bootstrap: Path) -> Obj:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    import subprocess
-
     context = _contexts()[0]
     base = tmp_path_factory.mktemp("follow")
     client = KubeClient.for_context(context, KUBECONFIG, name=context)
@@ -138,10 +149,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     bootstrap = base / "globex-bundle.json"
     bootstrap.write_bytes(partner.body())
     controllers = Controllers(_service_account_kubeconfig(context, base), base)
-    env = {"client": client, "partner": partner, "ctl": controllers, "base": base}
+    port = _free_port()
+    env = {"client": client, "partner": partner, "ctl": controllers, "base": base, "port": port}
     try:
-        controllers.start("follower")
-        client.apply(_spec(context, partner, bootstrap), force=True)
+        controllers.start("follower", "--bundle-listen", f"127.0.0.1:{port}")
+        client.apply(_spec(context, partner, bootstrap, port), force=True)
         yield env
     finally:
         if client.get(FED_API, "Federation", FED) is not None:
@@ -243,3 +255,107 @@ def test_a_bad_bundle_leaves_the_last_good_one_and_names_the_peer(env: dict[str,
     wait("the retired root gone from ca.crt", lambda: not cross_certified(env, first), 60)
     assert cross_certified(env, new_root)
     assert peer_sequence(env) == 3
+
+
+ACME_ID = "spiffe://acme.example/meshfed/bundle-endpoint"
+
+
+def cacerts(env: dict[str, Any]) -> dict[str, list[x509.Certificate]]:
+    secret = env["client"].get("v1", "Secret", "cacerts", "istio-system") or {}
+    return {
+        key: x509.load_pem_x509_certificates(base64.b64decode(value))
+        for key, value in (secret.get("data") or {}).items()
+        if key.endswith(".pem") and key != "ca-key.pem"
+    }
+
+
+def served_bundle(env: dict[str, Any], roots: list[x509.Certificate]) -> SpiffeBundle | None:
+    """acme's bundle as a partner fetches it from the controller: https_spiffe, the endpoint's
+    SVID checked against ``roots``."""
+    endpoint = Endpoint(f"https://127.0.0.1:{env['port']}/acme", "https_spiffe", ACME_ID)
+    try:
+        raw, _ = fetch_document(endpoint, "acme", roots=roots, timeout=5.0)
+    except BundleError:
+        return None
+    return document.parse(raw, "acme.example", datetime.now(UTC), "acme")
+
+
+def fingerprints(certs: Sequence[x509.Certificate]) -> frozenset[str]:
+    return frozenset(fingerprint(c) for c in certs)
+
+
+def test_the_controller_serves_acmes_bundle_through_a_root_rotation(env: dict[str, Any]) -> None:
+    """Every replica's endpoint serves the mesh's bundle; a root rotation started through the
+    controller runs to completion, and at every moment seen: the cluster's intermediate chains
+    to a root its cacerts trust, the bundle's sequence never goes backwards, the new root is
+    published beside the old before the cluster signs with it, and the old one is dropped."""
+    wait("Ready", lambda: condition(env, "Ready").get("status") == "True", 120)
+    old_roots = wait("acme's cacerts", lambda: cacerts(env).get("root-cert.pem"), 60)
+    first = wait("acme's bundle served", lambda: served_bundle(env, old_roots), 30)
+    assert fingerprints(first.x509_authorities) == fingerprints(old_roots)
+    assert first.sequence is not None and first.refresh_hint == 1
+    asked = subprocess.run(
+        [MESHFED, "controller", "rotate", FED, "root", "--mesh", "acme",
+         "--kubeconfig", KUBECONFIG, "--context", _contexts()[0]],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    seen: list[tuple[frozenset[str], frozenset[str], frozenset[str], int]] = []
+    trusted = list(old_roots)
+    deadline = time.monotonic() + 240
+
+    def finished() -> bool:
+        annotations = (federation(env).get("metadata") or {}).get("annotations") or {}
+        return "meshfed.dev/rotate" not in annotations
+
+    held = False
+    while True:
+        done = finished()
+        held = held or "partners following" in condition(env, "Progressing").get("message", "")
+        files = cacerts(env)
+        roots, chain = files.get("root-cert.pem", []), files.get("cert-chain.pem", [])
+        trusted += [r for r in roots if fingerprint(r) not in fingerprints(trusted)]
+        bundle = served_bundle(env, trusted)
+        if bundle is not None and chain:
+            signer = chain[-1]  # the root the intermediate chains to
+            seen.append(
+                (
+                    fingerprints(roots),
+                    frozenset({fingerprint(signer)}),
+                    fingerprints(bundle.x509_authorities),
+                    int(bundle.sequence or 0),
+                )
+            )
+        if done:
+            break
+        assert time.monotonic() < deadline, "the rotation did not finish"
+        time.sleep(0.2)
+    wait("Ready after the rotation", lambda: condition(env, "Ready").get("status") == "True", 120)
+    new_roots = wait(
+        "the old root retired from acme's cacerts",
+        lambda: (r := cacerts(env).get("root-cert.pem", [])) and len(r) == 1 and r,
+        60,
+    )
+    assert fingerprints(new_roots).isdisjoint(fingerprints(old_roots))
+    final = wait("the new bundle served", lambda: served_bundle(env, new_roots), 30)
+    wait(
+        "the old root dropped from the bundle",
+        lambda: (
+            (b := served_bundle(env, new_roots)) is not None
+            and fingerprints(b.x509_authorities) == fingerprints(new_roots)
+        ),
+        30,
+    )
+    final = served_bundle(env, new_roots)
+    assert final is not None and (final.sequence or 0) > (first.sequence or 0)
+    sequences = [s[3] for s in seen]
+    assert sequences == sorted(sequences), sequences
+    for trusted_roots, signer, _published, _seq in seen:
+        assert signer <= trusted_roots  # the cluster never signs with a root it does not trust
+    both = fingerprints(old_roots) | fingerprints(new_roots)
+    assert any(s[2] == both for s in seen), "the overlap (both roots) was never published"
+    for _roots, signer, published_roots, _seq in seen:
+        # A partner never sees a certificate of a root the bundle does not hold yet.
+        assert signer <= published_roots, (signer, published_roots)
+    assert held, "the switch never waited for the published overlap"
+    assert {"prepare", "switch", "retire"} <= {m.split(":")[0] for m in events(env, "RotationStep")}

@@ -128,7 +128,7 @@ class Controllers:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         env = {**os.environ, "POD_NAME": name}
         proc = subprocess.Popen(
@@ -137,6 +137,7 @@ class Controllers:
                 "--kubeconfig", str(self.kubeconfig), "--context", "mgmt",
                 "--namespace", NS, "--health-port", "0", "--resync", "60",
                 "--lease-duration", "4", "--work-dir", str(self.log_dir / f"work-{name}"),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -76,6 +76,51 @@ def _now(now: datetime | None) -> str:
 # --- published bundles -------------------------------------------------------------------------
 
 
+def _published_path(state_dir: Path, mesh: str) -> Path:
+    return bundles_dir(state_dir) / "published" / f"{mesh}.json"
+
+
+def _published_content(
+    trust_domain: str, roots: Sequence[x509.Certificate], refresh_hint: int
+) -> dict[str, Any]:
+    return {
+        "trust_domain": trust_domain,
+        "fingerprints": [fingerprint(c) for c in roots],
+        "refresh_hint": refresh_hint,
+    }
+
+
+def published_bundle(
+    state_dir: Path,
+    mesh: str,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate],
+    refresh_hint: int,
+) -> SpiffeBundle | None:
+    """The bundle ``mesh`` publishes, if ``publish`` has numbered exactly this content; None
+    otherwise. Writes nothing: for a reader that may not number (a standby replica)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    if not isinstance(record, dict):
+        return None
+    sequence = record.get("sequence")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+        return None
+    if record.get("content") != _published_content(trust_domain, roots, refresh_hint):
+        return None
+    return SpiffeBundle(trust_domain, tuple(roots), sequence, refresh_hint)
+
+
+def published_since(state_dir: Path, mesh: str) -> datetime | None:
+    """Since when ``mesh``'s published bundle has had its current content (None: never
+    published)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    since = record.get("since") if isinstance(record, dict) else None
+    try:
+        return datetime.strptime(str(since), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def publish(
     state_dir: Path,
     mesh: str,
@@ -87,12 +132,8 @@ def publish(
     """The bundle ``mesh`` publishes now, numbered: the recorded sequence if its content is
     unchanged, else the next one (recorded before it is returned, so no two contents ever share
     a number, also across restarts of the server)."""
-    path = bundles_dir(state_dir) / "published" / f"{mesh}.json"
-    content = {
-        "trust_domain": trust_domain,
-        "fingerprints": [fingerprint(c) for c in roots],
-        "refresh_hint": refresh_hint,
-    }
+    path = _published_path(state_dir, mesh)
+    content = _published_content(trust_domain, roots, refresh_hint)
     with locked(state_dir):
         record = _read_json(path)
         sequence = record.get("sequence") if isinstance(record, dict) else None

@@ -92,6 +92,25 @@ def _management(kubeconfig: Path | None, context: str | None) -> KubeClient:
     default=None,
     help="Peers' https_web bundle endpoints: a CA bundle to trust instead of the system's.",
 )
+@click.option(
+    "--bundle-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve each local mesh's SPIFFE bundle here (the path of its bundleEndpoint.url), "
+    "as `meshfed trust serve` does; every replica serves, the leader numbers changes.",
+)
+@click.option(
+    "--bundle-web-cert",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="https_web bundle endpoints: the Web PKI certificate chain (PEM), re-read on change.",
+)
+@click.option(
+    "--bundle-web-key",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="https_web bundle endpoints: its private key (PEM).",
+)
 def run_command(
     kubeconfig: Path | None,
     context: str | None,
@@ -102,6 +121,9 @@ def run_command(
     health_port: int,
     lease_duration: float,
     bundle_web_ca: Path | None,
+    bundle_listen: str | None,
+    bundle_web_cert: Path | None,
+    bundle_web_key: Path | None,
 ) -> None:
     """Watch Federations and keep every mesh's cluster as they say (one replica acts at a
     time: leader election with a Lease in NAMESPACE)."""
@@ -128,9 +150,22 @@ def run_command(
     connector = Connector(management, namespace, kubeconfig, in_cluster_context)
     ctl = Controller(management, config, namespace, work_dir, connector, resync)
     ctl.web_ca = bundle_web_ca
+    stop = threading.Event()
+    if bundle_listen:
+        from meshfed.controller.publish import BundlePublisher, parse_listen
+
+        with reported(ValueError, OSError):
+            host, port = parse_listen(bundle_listen)
+            publisher = BundlePublisher(
+                management, namespace, work_dir / ".publish", ctl.log, bundle_web_cert,
+                bundle_web_key,
+            )  # fmt: skip
+            publisher.serve(host, port)
+        ctl.publisher = publisher
+        threading.Thread(target=publisher.run, args=(stop,), daemon=True, name="bundles").start()
+        ctl.log(f"serving local meshes' bundles on {host}:{port}")
     if health_port:
         serve_health(health_port)
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     who = identity()
@@ -151,9 +186,11 @@ def _dump(objects: list[dict[str, Any]]) -> str:
 
 
 def _options(
-    namespace: str, image: str, replicas: int, in_cluster: str | None
+    namespace: str, image: str, replicas: int, in_cluster: str | None, bundle_port: int | None
 ) -> ControllerOptions:
-    return ControllerOptions(namespace, image, replicas, in_cluster_context=in_cluster)
+    return ControllerOptions(
+        namespace, image, replicas, in_cluster_context=in_cluster, bundle_port=bundle_port
+    )
 
 
 _IMAGE = click.option("--image", default=DEFAULT_IMAGE, show_default=True)
@@ -162,6 +199,13 @@ _IN_CLUSTER = click.option(
     "--in-cluster-context",
     default=None,
     help="The context name under which specs refer to the management cluster itself.",
+)
+_BUNDLE_PORT = click.option(
+    "--bundle-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the local meshes' SPIFFE bundles on this port, behind the Service "
+    "meshfed-bundles (443). Default: no bundle endpoint.",
 )
 _ISTIO_NS = click.option(
     "--istio-namespace",
@@ -178,6 +222,7 @@ _ISTIO_NS = click.option(
 @_IMAGE
 @_REPLICAS
 @_IN_CLUSTER
+@_BUNDLE_PORT
 @click.option(
     "--target",
     is_flag=True,
@@ -189,6 +234,7 @@ def manifests_command(
     image: str,
     replicas: int,
     in_cluster_context: str | None,
+    bundle_port: int | None,
     target: bool,
     istio_namespaces: tuple[str, ...],
 ) -> None:
@@ -197,7 +243,7 @@ def manifests_command(
     if target:
         click.echo(_dump(target_manifests(tuple(istio_namespaces))), nl=False)
         return
-    opts = _options(namespace, image, replicas, in_cluster_context)
+    opts = _options(namespace, image, replicas, in_cluster_context, bundle_port)
     click.echo(_dump(management_manifests(opts)), nl=False)
 
 
@@ -216,6 +262,7 @@ def _apply_all(client: KubeClient, objects: list[dict[str, Any]]) -> None:
 @_IMAGE
 @_REPLICAS
 @_IN_CLUSTER
+@_BUNDLE_PORT
 @_ISTIO_NS
 @click.option(
     "--target-context",
@@ -233,6 +280,7 @@ def install_command(
     image: str,
     replicas: int,
     in_cluster_context: str | None,
+    bundle_port: int | None,
     istio_namespaces: tuple[str, ...],
     targets: tuple[str, ...],
     no_controller: bool,
@@ -242,7 +290,8 @@ def install_command(
     with reported(KubeError):
         management = KubeClient("management", resolve_context(context, kubeconfig))
         if not no_controller:
-            objects = management_manifests(_options(namespace, image, replicas, in_cluster_context))
+            opts = _options(namespace, image, replicas, in_cluster_context, bundle_port)
+            objects = management_manifests(opts)
             _apply_all(management, objects[:2])  # namespace and CRD first
             management.wait_for(
                 "apiextensions.k8s.io/v1",

@@ -30,6 +30,7 @@ from meshfed.controller.clusters import Connector
 from meshfed.controller.crd import GROUP, PLURAL, VERSION
 from meshfed.controller.follow import PeerFollowing, spec_source
 from meshfed.controller.leader import LeaderElector
+from meshfed.controller.publish import BundlePublisher
 from meshfed.controller.reconcile import Reconciler
 from meshfed.controller.retire import retire_federation
 from meshfed.controller.worker import FederationWorker
@@ -73,6 +74,8 @@ class Controller:
     workers: dict[str, FederationWorker] = field(default_factory=dict)
     followings: dict[str, PeerFollowing] = field(default_factory=dict)
     web_ca: Path | None = None
+    publisher: BundlePublisher | None = None
+    """Serves local meshes' bundles (every replica); numbers changed ones while leading."""
     """https_web bundle endpoints of peers: a private CA to trust instead of the system's."""
     log: Callable[[str], None] = logger.info
 
@@ -251,6 +254,9 @@ def run(controller: Controller, stop: threading.Event, elector: LeaderElector) -
     operator_thread: list[threading.Thread] = []
 
     def started() -> None:
+        if controller.publisher is not None:
+            controller.publisher.leading.set()
+
         def operate() -> None:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(controller.operate(kopf_stop))
@@ -260,6 +266,8 @@ def run(controller: Controller, stop: threading.Event, elector: LeaderElector) -
         thread.start()
 
     def stopped() -> None:
+        if controller.publisher is not None:
+            controller.publisher.leading.clear()
         lost.set()
         loop.call_soon_threadsafe(kopf_stop.set)
         for thread in operator_thread:

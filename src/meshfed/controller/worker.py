@@ -227,6 +227,9 @@ class FederationWorker:
             result.outcome.waiting.append(f"rotation: {exc}")
             return
         result.outcome.rotation = step.record or {"finished": True}
+        if step.held:
+            result.outcome.waiting.append(f"rotation: {step.held}")
+            return
         if step.waiting:
             result.outcome.waiting.append(
                 "rotation waits for signed certificate(s): "
