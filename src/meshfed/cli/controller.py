@@ -55,14 +55,10 @@ def controller() -> None:
 
 
 def _management(kubeconfig: Path | None, context: str | None) -> KubeClient:
-    from lightkube.config.kubeconfig import KubeConfig
-    from lightkube.core.exceptions import ConfigError
+    from meshfed.controller.clusters import in_cluster_config
 
     if kubeconfig is None and context is None:
-        try:
-            config = KubeConfig.from_service_account().get()
-        except ConfigError:
-            config = None
+        config = in_cluster_config()
         if config is not None:
             return KubeClient("management", config)
     return KubeClient("management", resolve_context(context, kubeconfig))

@@ -46,7 +46,7 @@ def connection_info(config: SingleConfig, namespace: str) -> kopf.ConnectionInfo
     cluster = config.cluster
     user = config.user or User()
     token = user.token
-    if not token and user.token_file:
+    if user.token_file:  # read again at each login: a ServiceAccount token is rotated
         token = Path(user.token_file).read_text().strip()
     return kopf.ConnectionInfo(
         server=cluster.server,
