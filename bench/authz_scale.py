@@ -41,7 +41,7 @@ from fed_util import (
     CpuMeter,
     Federation,
     Load,
-    admin_ports,
+    admin_sockets,
     cpu_seconds,
     dump_spec,
     error_stats,
@@ -291,7 +291,7 @@ def main() -> dict[str, Any]:
                         f"{got['greeting_p99_ms']:.2f} ms"
                     )
             load_after = loadavg()
-            errors = error_stats(admin_ports(fed.layout, ON_PATH))
+            errors = error_stats(admin_sockets(fed.layout, ON_PATH))
         finally:
             fed.close()
 

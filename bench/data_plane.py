@@ -37,7 +37,7 @@ from fed_util import (
     CpuMeter,
     Federation,
     Load,
-    admin_ports,
+    admin_sockets,
     bank_spec_text,
     cpu_seconds,
     error_stats,
@@ -52,6 +52,7 @@ from fed_util import (
 
 from meshfed.local.ports import PortAllocator
 from meshfed.local.procs import rss_bytes
+from meshfed.render.envoy.files import admin as envoy_admin
 from meshfed.render.envoy.files import process_dir
 
 DURATION = int(os.environ.get("BENCH_DURATION", "10"))
@@ -75,7 +76,7 @@ def _load_resources(path: Path) -> list[dict[str, Any]]:
     return list(json.loads(path.read_text())["resources"])
 
 
-def inmesh_bootstrap(fed: Federation, port: int, admin_port: int) -> dict[str, Any]:
+def inmesh_bootstrap(fed: Federation, port: int, admin_socket: str) -> dict[str, Any]:
     """A client sidecar for the in-mesh path, from the federation's own rendered files."""
     root = fed.runtime.root
     listener = next(
@@ -99,9 +100,7 @@ def inmesh_bootstrap(fed: Federation, port: int, admin_port: int) -> dict[str, A
     cluster["load_assignment"]["cluster_name"] = route_cluster
     return {
         "node": {"id": "bench/in-mesh-client", "cluster": "payments"},
-        "admin": {
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
-        },
+        "admin": envoy_admin(admin_socket),
         "static_resources": {"listeners": [listener], "clusters": [cluster]},
     }
 
@@ -167,9 +166,11 @@ def main() -> dict[str, Any]:
         log("  starting the bank federation")
         with federation(bank_spec_text(), state) as fed:
             alloc = PortAllocator()
-            inmesh_port, admin_port = alloc.allocate(), alloc.allocate()
-            bootstrap = inmesh_bootstrap(fed, inmesh_port, admin_port)
-            with extra_envoy(bootstrap, Path(tmp) / "in-mesh-client", admin_port) as client_pid:
+            inmesh_port = alloc.allocate()
+            # The federation's own private admin directory (``tmp`` is 0700 too).
+            admin_socket = str(Path(fed.layout.admin_dir) / "bench_in-mesh-client.sock")
+            bootstrap = inmesh_bootstrap(fed, inmesh_port, admin_socket)
+            with extra_envoy(bootstrap, Path(tmp) / "in-mesh-client", admin_socket) as client_pid:
                 pids = {n: p for n, p in fed.pids().items() if n in {CLIENT, EGRESS, INGRESS}}
                 pids |= {n: fed.pids()[n] for n in (SERVER, BACKEND)}
                 pids[INMESH_CLIENT] = client_pid
@@ -200,8 +201,8 @@ def main() -> dict[str, Any]:
                                 f"errors {run['errors']}  other CPU {run['other_cpu_s']:.1f} s"
                             )
                 rss = {n: rss_bytes(p) / 2**20 for n, p in pids.items()}
-                ports = admin_ports(fed.layout, [CLIENT, EGRESS, INGRESS, SERVER])
-                errors = error_stats({**ports, INMESH_CLIENT: admin_port})
+                sockets = admin_sockets(fed.layout, [CLIENT, EGRESS, INGRESS, SERVER])
+                errors = error_stats({**sockets, INMESH_CLIENT: admin_socket})
                 load_after = loadavg()
     all_runs = [run for rs in runs.values() for run in rs]
     results: dict[str, Any] = {

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 from fed_util import (  # noqa: E402
-    admin_ports,
+    admin_sockets,
     bank_spec_text,
     cpu_seconds,
     federation,
@@ -114,20 +114,20 @@ def _phase(
     }
 
 
-def _ingress_stats(port: int) -> dict[str, int]:
+def _ingress_stats(sock: str) -> dict[str, int]:
     """The federation listener's counters (not its per-worker copies, not the admin's)."""
     pattern = (
         r"^listener\.127\.0\.0\.1_[0-9]+\.(downstream_cx_overflow|downstream_global_cx_overflow"
         r"|downstream_cx_active|downstream_cx_total)$"
     )
-    return {name.rpartition(".")[2]: int(v) for name, v in admin.stats(port, pattern).items()}
+    return {name.rpartition(".")[2]: int(v) for name, v in admin.stats(sock, pattern).items()}
 
 
-def _held_ms(port: int) -> dict[str, float]:
+def _held_ms(sock: str) -> dict[str, float]:
     """How long the ingress held its connections, from Envoy's own histogram (accept to
     close): cumulative quantiles of the federation listener's ``downstream_cx_length_ms``."""
     pattern = r"^listener\.127\.0\.0\.1_[0-9]+\.downstream_cx_length_ms$"
-    (text,) = admin.stats(port, pattern).values()
+    (text,) = admin.stats(sock, pattern).values()
     out = {}
     for part in text.split():
         name, _, values = part.partition("(")
@@ -146,7 +146,7 @@ def measure() -> dict[str, Any]:
         federation(bank_spec_text(), Path(tmp) / "state") as fed,
     ):
         layout = fed.layout
-        ingress_admin = admin_ports(layout, [INGRESS])[INGRESS]
+        ingress_admin = admin_sockets(layout, [INGRESS])[INGRESS]
         pids = fed.pids()
         target = _payments_ingress(fed)
         caller = Caller(layout.meshes["web"].sidecars["shop/checkout"].outbound_port)

@@ -405,8 +405,9 @@ def envoy_argv(bootstrap: Path) -> list[str]:
 
 
 @contextmanager
-def extra_envoy(bootstrap: dict[str, Any], folder: Path, admin_port: int) -> Iterator[int]:
-    """Start one Envoy from a static bootstrap; yield its pid; stop it (by pid) at the end."""
+def extra_envoy(bootstrap: dict[str, Any], folder: Path, admin_socket: str) -> Iterator[int]:
+    """Start one Envoy from a static bootstrap (admin at unix socket ``admin_socket``); yield
+    its pid; stop it (by pid) at the end."""
     from meshfed.local import admin
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -418,7 +419,7 @@ def extra_envoy(bootstrap: dict[str, Any], folder: Path, admin_port: int) -> Ite
     )
     try:
         deadline = time.monotonic() + 20
-        while not admin.ready(admin_port):
+        while not admin.ready(admin_socket):
             if proc.poll() is not None:
                 raise RuntimeError(
                     f"baseline Envoy exited: {(folder / 'envoy.log').read_text()[-2000:]}"
@@ -450,14 +451,14 @@ ERROR_STATS = (
 )
 
 
-def error_stats(admin_ports: Mapping[str, int]) -> dict[str, dict[str, str]]:
+def error_stats(admin_sockets: Mapping[str, str]) -> dict[str, dict[str, str]]:
     """Each Envoy's non-zero error and retry counters: where failed requests came from."""
     from meshfed.local import admin
 
     out = {}
-    for name, port in admin_ports.items():
+    for name, sock in admin_sockets.items():
         try:
-            got = admin.stats(port, ERROR_STATS)
+            got = admin.stats(sock, ERROR_STATS)
         except admin.AdminError as exc:
             out[name] = {"error": str(exc)}
             continue
@@ -465,19 +466,20 @@ def error_stats(admin_ports: Mapping[str, int]) -> dict[str, dict[str, str]]:
     return out
 
 
-def admin_ports(layout: LocalLayout, names: list[str]) -> dict[str, int]:
-    """Admin ports of named processes (``mesh/ingress``, ``mesh/egress``, ``mesh/sidecar/ns/w``)."""
-    ports = {}
+def admin_sockets(layout: LocalLayout, names: list[str]) -> dict[str, str]:
+    """Admin sockets of named processes (``mesh/ingress``, ``mesh/egress``,
+    ``mesh/sidecar/ns/w``)."""
+    sockets = {}
     for name in names:
         mesh, _, rest = name.partition("/")
         m = layout.meshes[mesh]
         if rest == "ingress":
-            ports[name] = m.ingress_admin_port
+            sockets[name] = m.ingress_admin
         elif rest == "egress":
-            ports[name] = m.egress_admin_port
+            sockets[name] = m.egress_admin
         elif rest.startswith("sidecar/"):
-            ports[name] = m.sidecars[rest.removeprefix("sidecar/")].admin_port
-    return ports
+            sockets[name] = m.sidecars[rest.removeprefix("sidecar/")].admin_socket
+    return sockets
 
 
 def poll(condition: Callable[[], bool], timeout: float, interval: float = 0.005) -> float | None:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from local_helpers import TEST_ADMIN
 from meshfed.examples import example_path
 from meshfed.local.layout import allocate_layout
 from meshfed.local.procs import envoy_watches, start_time
@@ -45,7 +46,7 @@ RECOUNT = 5.0
 def demo_instances(base: Path) -> int:
     """What ``./dev demo`` (the bank example) needs, by the runtime's own estimate."""
     ws = open_workspace(example_path("bank"), base)
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     processes = ws.envoy(layout, base / "local")
     return sum(envoy_watches(len(p.sds_names) + len(p.extensions)) for p in processes)
 

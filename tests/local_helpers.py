@@ -31,6 +31,8 @@ from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 from meshfed.workspace import Workspace, open_workspace
 
 LOOPBACK = "127.0.0.1"
+TEST_ADMIN = Path("/run/meshfed-test/admin")
+"""The admin socket directory of layouts that are only rendered (no Envoy runs them)."""
 
 
 def numbered_layout(plan: FederationPlan) -> LocalLayout:
@@ -40,16 +42,16 @@ def numbered_layout(plan: FederationPlan) -> LocalLayout:
         {
             m.name: MeshLayout(
                 m.name,
+                str(TEST_ADMIN / f"{m.name}_ingress.sock"),
                 next(ports),
-                next(ports),
-                next(ports),
+                str(TEST_ADMIN / f"{m.name}_egress.sock"),
                 {
                     w.ref: SidecarLayout(
                         w.ref,
                         next(ports),
                         next(ports),
                         next(ports),
-                        next(ports),
+                        str(TEST_ADMIN / f"{m.name}_sidecar_{w.ref.replace('/', '_')}.sock"),
                         {
                             f"{i.local_host}:{i.port}": next(ports)
                             for i in m.imports
@@ -60,7 +62,8 @@ def numbered_layout(plan: FederationPlan) -> LocalLayout:
                 },
             )
             for m in plan.meshes
-        }
+        },
+        admin_dir=str(TEST_ADMIN),
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from local_helpers import TEST_ADMIN
 from meshfed.dashboard.collect import Collector, load_model
 from meshfed.dashboard.counts import IngressCounts, Tally, arrow_counters
 from meshfed.dashboard.logtail import BoundaryTail, outcome, row, tls_reason
@@ -393,7 +394,7 @@ class FakeGateways:
         self.current: str | None = "payments"
 
     def read_health(
-        self, imp: ImportInfo, port: int | None
+        self, imp: ImportInfo, sock: str | None
     ) -> tuple[str | None, tuple[SourceStatus, ...]]:
         sources = tuple(
             SourceStatus(
@@ -401,7 +402,7 @@ class FakeGateways:
                 s.export,
                 f"{s.address}:{s.port}",
                 s.priority,
-                None if port is None else s.mesh == self.current or s.priority > 0,
+                None if sock is None else s.mesh == self.current or s.priority > 0,
             )
             for s in sorted(imp.sources, key=lambda s: s.priority)
         )
@@ -417,7 +418,7 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runt
     ws = open_workspace(spec, base / "state")
     paths = RuntimePaths((base / "state").resolve())
     paths.ensure()
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     summary = summarize(ws.plan, spec.resolve(), render_local(ws.plan, layout, paths.root))
     save_summary(paths, summary)
     me = os.getpid()

@@ -19,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from local_helpers import TEST_ADMIN
 from meshfed.audit import audit_spec
 from meshfed.local.layout import allocate_layout
 from meshfed.spec.errors import SpecError
@@ -273,7 +274,7 @@ def _survives_everything(text: str) -> None:
     with tempfile.TemporaryDirectory(prefix="meshfed-fuzz-") as tmp:
         ws = workspace_for(Path(tmp) / FILE, fed, Path(tmp) / "state")  # pki init + plan
         assert len(ws.istio()) == len(fed.spec.meshes)
-        layout, _ = allocate_layout(ws.plan, None, set())
+        layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
         assert ws.envoy(layout, Path(tmp) / "local")
 
 

@@ -76,6 +76,9 @@ Obj = dict[str, Any]
 CHECKOUT = "spiffe://web.live.test/ns/shop/sa/checkout"
 CATALOG = "spiffe://web.live.test/ns/shop/sa/catalog"
 TOKENIZER = "tokenizer.shop.svc.cluster.local"
+DENIED = b"access denied\n"
+"""What a refused caller reads (the plan's local-reply body for 403), from the ingress or the
+exported workload's sidecar; Envoy's own is ``RBAC: access denied``."""
 LEDGER = "ledger.shop.svc.cluster.local"
 REPORT: dict[str, Any] = {}
 
@@ -327,18 +330,27 @@ class TestFederated:
             reply = http_call(sidecar.ip, 8080, host, "GET", "/v1/a", headers, context=context,
                               sni=f"outbound_.8080_._.{host}")  # fmt: skip
             assert reply.status == status, (headers, reply.body)
-        # a caller the export does not allow is refused at the ingress
+            if status == 403:  # the sidecar's own reply, worded by its local-reply EnvoyFilter
+                assert reply.body == DENIED, reply.body
+        # a caller the export does not allow is refused at the ingress, in the plan's words
         reply = federated.call("web", "catalog", 80, TOKENIZER, "GET", "/v1/a")
-        assert reply.status == 403
-        # two URI SANs, one allowed: the ingress lets it through (Istio: any SAN), the
-        # workload's guard refuses it (x-meshfed-caller is both, joined by ',')
+        assert (reply.status, reply.body) == (403, DENIED)
         address, port = federated.ingress("pay")
         sni = "tokenizer.pay.fed.global"
+        # straight at the ingress: no "RBAC: access denied", no "server: istio-envoy"
+        context = federated.leaf("web", "catalog", [CATALOG]).context()
+        context.set_alpn_protocols(["http/1.1"])
+        reply = http_call(address, port, sni, "GET", "/v1/a", context=context, sni=sni)
+        assert (reply.status, reply.body) == (403, DENIED)
+        assert "server" not in reply.headers, reply.headers
+        # two URI SANs, one allowed: the ingress lets it through (Istio: any SAN), the
+        # workload's guard refuses it (x-meshfed-caller is both, joined by ','); the sidecar's
+        # 403 reaches the caller in the same words
         for order in ([CHECKOUT, CATALOG], [CATALOG, CHECKOUT]):
             context = federated.leaf("web", "two-" + order[0][-7:], order).context()
             context.set_alpn_protocols(["http/1.1"])
             reply = http_call(address, port, sni, "GET", "/v1/a", context=context, sni=sni)
-            assert reply.status == 403, order
+            assert (reply.status, reply.body) == (403, DENIED), order
         time.sleep(2.5)  # Envoy flushes its access log every second
         lines = federated.access_log("pay", "federation-ingress")
         two = [x for x in lines if x.get("caller") == f"{CHECKOUT},{CATALOG}"]

@@ -133,7 +133,8 @@ def test_missing_application_namespace_is_said_plainly() -> None:
         _rollout(_bare(log), ["payments"]).run(dry_run=True)
     text = str(info.value)
     assert (
-        "Namespace cards (for EnvoyFilter cards/meshfed-xfcc-tokenizer, "
+        "Namespace cards (for EnvoyFilter cards/meshfed-replies-tokenizer, "
+        "EnvoyFilter cards/meshfed-xfcc-tokenizer, "
         "AuthorizationPolicy cards/meshfed-guard-tokenizer, "
         "PeerAuthentication cards/meshfed-strict)"
     ) in text

@@ -199,7 +199,7 @@ def test_an_idle_tcp_session_is_closed(bank: Fed, tmp_path: Path) -> None:
 def _overflow(bank: Fed) -> int:
     layout = bank.runtime.layout()
     assert layout is not None
-    got = admin.stats(layout.meshes["payments"].ingress_admin_port, r"downstream_cx_overflow$")
+    got = admin.stats(layout.meshes["payments"].ingress_admin, r"downstream_cx_overflow$")
     return sum(int(v) for v in got.values())
 
 

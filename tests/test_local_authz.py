@@ -245,8 +245,8 @@ def _rbac_stats(fed: Fed, prefix: str) -> dict[str, int]:
     """RBAC counters of the pay ingress (the dashboard reads them): allowed, denied."""
     layout = fed.runtime.layout()
     assert layout is not None
-    port = layout.meshes["pay"].ingress_admin_port
-    got = admin.stats(port, rf"^{re.escape(prefix)}\.rbac\.(allowed|denied)$")
+    sock = layout.meshes["pay"].ingress_admin
+    got = admin.stats(sock, rf"^{re.escape(prefix)}\.rbac\.(allowed|denied)$")
     return {k.rpartition(".")[2]: int(v) for k, v in got.items()}
 
 

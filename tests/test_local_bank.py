@@ -6,9 +6,12 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
 
@@ -261,6 +264,104 @@ def test_the_allowed_certificate_works_directly(bank: Fed, tmp_path: Path) -> No
     assert result.status == 200 and result.doc["caller"] == CHECKOUT
 
 
+def _allowed_context(bank: Fed, tmp_path: Path) -> Any:
+    key, cert = bank.leaf("web", CHECKOUT)
+    return client_context(
+        tmp_path, [cert, bank.ws.pki.meshes["web"].ca_cert], key, bank.root_pem("payments")
+    )
+
+
+def _access_line(bank: Fed, before: int, code: int) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    def logged() -> bool:
+        found[:] = [
+            e for e in _ingress_log(bank, "payments", "access")[before:] if e.get("code") == code
+        ]
+        return bool(found)
+
+    assert poll(logged, timeout=3) is not None, _ingress_log(bank, "payments", "access")[before:]
+    return found[-1]
+
+
+def test_the_ingress_own_replies_name_nothing_of_the_mesh(bank: Fed, tmp_path: Path) -> None:
+    """A 503 the ingress makes itself (its workload's sidecar is gone) says only what the
+    status says, not Envoy's ``upstream connect error ... reset reason: ...``; the boundary log
+    keeps the real reason. A 403 and a 400 likewise, and the 503 the exported workload's
+    sidecar answers when the application is down."""
+    ctx = _allowed_context(bank, tmp_path)
+    address = bank.ingress("payments")
+    before = len(_ingress_log(bank, "payments", "access"))
+    denied = tls_request(*address, SNI, ctx, SNI, "DELETE", "/v1/tokenize")
+    assert (denied.status, denied.body) == (403, b"access denied\n")
+    escaped = tls_request(*address, SNI, ctx, SNI, "POST", "/v1/a%2Fb")
+    assert (escaped.status, escaped.body) == (400, b"bad request\n")
+    assert _access_line(bank, before, 403)["decision"] == "denied"
+
+    victim = bank.pids()["payments/sidecar/cards/tokenizer"]
+    os.kill(victim, signal.SIGKILL)
+    try:
+        assert poll(lambda: victim not in bank.pids().values(), timeout=5) is not None
+        before = len(_ingress_log(bank, "payments", "access"))
+        result = tls_request(*address, SNI, ctx, SNI, "POST", "/v1/tokenize")
+        assert result.status == 503
+        assert result.body == b"service unavailable\n", result.body
+        assert result.headers.get("content-type") == "text/plain"
+        entry = _access_line(bank, before, 503)
+        # The log names the real reason, which the caller no longer reads.
+        assert "UF" in entry["flags"] and "connection_failure" in entry["details"], entry
+    finally:
+        assert bank.reup().ok
+    assert tls_request(*address, SNI, ctx, SNI, "POST", "/v1/tokenize").status == 200
+
+    # The application down: its sidecar answers 503 for it, which the ingress passes on.
+    os.kill(bank.pids()["workloads"], signal.SIGKILL)
+    try:
+        assert poll(lambda: "workloads" not in bank.pids(), timeout=5) is not None
+        before = len(_ingress_log(bank, "payments", "access"))
+        result = tls_request(*address, SNI, ctx, SNI, "POST", "/v1/tokenize")
+        assert (result.status, result.body) == (503, b"service unavailable\n")
+        assert _access_line(bank, before, 503)["details"] == "via_upstream"
+
+        # The application's own 503 passes unchanged, even a body that reads like Envoy's.
+        own = b"upstream connect error or disconnect/reset before headers. (the app's own)\n"
+        app = bank.sidecar("payments", "cards/tokenizer").app_port
+        with _answering(app, 503, own):
+            result = tls_request(*address, SNI, ctx, SNI, "POST", "/v1/tokenize")
+        assert (result.status, result.body) == (503, own), result
+        assert result.headers.get("content-type") == "application/x-own"
+    finally:
+        assert bank.reup().ok
+    assert tls_request(*address, SNI, ctx, SNI, "POST", "/v1/tokenize").status == 200
+
+
+@contextmanager
+def _answering(port: int, status: int, body: bytes) -> Iterator[None]:
+    """A stand-in application on ``port`` that answers every request ``status`` with ``body``."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            self.send_response(status)
+            self.send_header("content-type", "application/x-own")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 def test_boundary_log_names_failures_and_decisions(bank: Fed) -> None:
     summary = bank.runtime.summary()
     files = gateway_logs(bank.runtime.root, summary, "payments", boundary=True)
@@ -287,12 +388,17 @@ def test_boundary_log_labels_codec_rejections(bank: Fed, tmp_path: Path) -> None
     ctx = client_context(
         tmp_path, [cert, bank.ws.pki.meshes["web"].ca_cert], key, bank.root_pem("payments")
     )
-    for raw in MALFORMED:
+    policy = bank.ws.plan.mesh("payments").boundary.local_replies
+    for raw, label in MALFORMED.items():
         with socket.create_connection(bank.ingress("payments"), timeout=5) as sock:
             tls = ctx.wrap_socket(sock, server_hostname=SNI)
             tls.sendall(raw)
-            answer = tls.recv(64)
-        assert answer.startswith(b"HTTP/1.1 4") or answer.startswith(b"HTTP/1.1 5"), answer
+            answer = _read_all(tls)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        status = int(label.split()[-1])
+        assert head.startswith(f"HTTP/1.1 {status} ".encode()), answer
+        # Not the codec's own words (``Bad Request``, ``Upgrade Required``): the status's.
+        assert body == policy.body(status).encode(), answer
 
     def logged() -> list[str]:
         result = CliRunner().invoke(
@@ -300,15 +406,27 @@ def test_boundary_log_labels_codec_rejections(bank: Fed, tmp_path: Path) -> None
         )
         return [line for line in result.output.splitlines() if "rejected " in line]
 
-    assert poll(lambda: len(logged()) >= len(MALFORMED), timeout=10) is not None, logged()
-    lines = logged()
-    for label in MALFORMED.values():
-        assert any(label in line and f"caller={CHECKOUT}" in line for line in lines), lines
+    def each_logged(lines: list[str]) -> bool:
+        # Other tests' refused requests are in the log too: look for each of these.
+        return all(
+            any(label in line and f"caller={CHECKOUT}" in line for line in lines)
+            for label in MALFORMED.values()
+        )
+
+    assert poll(lambda: each_logged(logged()), timeout=10) is not None, logged()
     result = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"])
     for code in ("400", "426", "431", "501"):
         assert f"allowed {code}" not in result.output
     rows = [row(e, bank.runtime.summary()) for e in _entries(bank) if e.doc.get("code") == 431]
     assert rows and all(r["outcome"] == "rejected" for r in rows)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    """What the ingress sends until it closes the connection (it does after a codec error)."""
+    chunks: list[bytes] = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _entries(bank: Fed) -> list[LogEntry]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from local_helpers import cli, spec_copy
+from local_helpers import TEST_ADMIN, cli, spec_copy
 from meshfed.local.errors import LocalError
 from meshfed.local.files import write_json
 from meshfed.local.layout import allocate_layout, layout_to_json
@@ -27,7 +27,7 @@ def _runtime_dir(spec: Path) -> Path:
     ws = open_workspace(spec, None)
     paths = RuntimePaths(ws.state_dir.resolve())
     paths.ensure()
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     write_json(paths.layout, layout_to_json(layout))
     processes = ws.envoy(layout, paths.root)
     save_summary(paths, summarize(ws.plan, spec.resolve(), processes))

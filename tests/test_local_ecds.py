@@ -72,10 +72,10 @@ def _edit_principals(fed: Fed, export: str, edit: Any) -> None:
     fed.spec.write_text(json.dumps(doc, indent=1))
 
 
-def _admin_port(fed: Fed) -> int:
+def _admin_socket(fed: Fed) -> str:
     layout = fed.runtime.layout()
     assert layout is not None
-    return layout.meshes["pay"].ingress_admin_port
+    return layout.meshes["pay"].ingress_admin
 
 
 def _tokenize(fed: Fed, workload: str = "shop/checkout") -> Response | NoResponse:
@@ -135,7 +135,7 @@ def test_big_policies_load_through_ecds_and_the_listener_stays_small(fed: Fed) -
     assert http["typed_config"]["@type"] == HTTP_RBAC
     # A TCP export's RBAC runs in its tunnel's connection manager (render/envoy/tunnel.py).
     assert tcp["typed_config"]["@type"] == HTTP_RBAC
-    stats = admin.stats(_admin_port(fed), r"^extension_config_discovery\..*\.version_text$")
+    stats = admin.stats(_admin_socket(fed), r"^extension_config_discovery\..*\.version_text$")
     assert stats == {
         f"extension_config_discovery.http_filter.rbac-{TOKENIZER_SNI}.version_text": "1",
         f"extension_config_discovery.http_filter.rbac-{LEDGER_SNI}.version_text": "1",
@@ -184,12 +184,12 @@ def test_tcp_principals_edit_rewrites_its_filter_and_handshake_files_only(fed: F
 
 
 def test_a_rejected_filter_file_keeps_the_last_good_configuration(fed: Fed) -> None:
-    port = _admin_port(fed)
+    sock = _admin_socket(fed)
     pattern = r"^extension_config_discovery\..*\.update_rejected$"
-    rejected = admin.stats(port, pattern)
+    rejected = admin.stats(sock, pattern)
     good = _ecds(fed, TOKENIZER_SNI).read_bytes()
     _write_renamed(_ecds(fed, TOKENIZER_SNI), _invalid(TOKENIZER_SNI))
-    assert poll(lambda: admin.stats(port, pattern) != rejected, timeout=5) is not None
+    assert poll(lambda: admin.stats(sock, pattern) != rejected, timeout=5) is not None
     assert _status(_tokenize(fed)) == 200
     assert _status(_tokenize(fed, "shop/catalog")) == 403
     # The next ``up`` sees the difference and puts the planned file back.
@@ -208,11 +208,11 @@ def _run_ingress_by_hand(fed: Fed, log: Path) -> subprocess.Popen[bytes]:
     argv += ["--concurrency", "1", "--disable-hot-restart", "--log-level", "warn"]
     with log.open("wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    port = _admin_port(fed)
+    sock = _admin_socket(fed)
 
     def ready() -> bool:
         try:
-            return admin.get(port, "/ready")[0] == 200
+            return admin.get(sock, "/ready")[0] == 200
         except admin.AdminError:
             return False
 
@@ -232,18 +232,18 @@ def test_nothing_is_served_without_the_filter_configuration(
             _write_renamed(_ecds(fed, sni), _invalid(sni))
     proc = _run_ingress_by_hand(fed, tmp_path / "ingress.log")
     try:
-        port = _admin_port(fed)
+        sock = _admin_socket(fed)
         if broken == "missing":
             # A listener naming a missing file is rejected whole: the ingress listens nowhere.
             stats = admin.stats(
-                port, r"^listener_manager\.(lds\.update_rejected|total_listeners_active)$"
+                sock, r"^listener_manager\.(lds\.update_rejected|total_listeners_active)$"
             )
             assert stats["listener_manager.lds.update_rejected"] != "0"
             assert stats["listener_manager.total_listeners_active"] == "0"
         else:
             # The listener runs, its filters without configuration: Envoy fails closed.
             stats = admin.stats(
-                port, r"^extension_config_discovery\..*\.(version_text|update_rejected)$"
+                sock, r"^extension_config_discovery\..*\.(version_text|update_rejected)$"
             )
             assert all(v == "" for k, v in stats.items() if k.endswith("version_text")), stats
             assert all(v != "0" for k, v in stats.items() if k.endswith("update_rejected")), stats

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from local_helpers import assert_nothing_left, cli
+from local_helpers import TEST_ADMIN, assert_nothing_left, cli
 from meshfed.bundles import document
 from meshfed.bundles.model import SpiffeBundle
 from meshfed.bundles.state import PeerBundles
@@ -47,11 +47,11 @@ def _globex(tmp_path: Path) -> tuple[Path, Path]:
 def test_only_imports_served_by_partners_are_named(tmp_path: Path) -> None:
     spec, state = _globex(tmp_path)
     ws = open_workspace(spec, state)
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     [probe] = plan_probes(ws.plan, layout)
     assert [s.mesh for s in partner_sources(ws.plan, probe)] == ["acme"]
     bank = open_workspace(example_path("bank"), tmp_path / "bank")
-    layout, _ = allocate_layout(bank.plan, None, set())
+    layout, _ = allocate_layout(bank.plan, None, set(), TEST_ADMIN)
     assert all(partner_sources(bank.plan, p) == () for p in plan_probes(bank.plan, layout))
 
 

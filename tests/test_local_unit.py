@@ -21,11 +21,12 @@ from typing import Literal
 import pytest
 from click.testing import CliRunner
 
-from local_helpers import cli, poll, spec_copy
+from local_helpers import TEST_ADMIN, cli, poll, spec_copy
 from meshfed.local import procs
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.layout import (
+    admin_sockets,
     all_ports,
     allocate_layout,
     check_ingresses,
@@ -105,30 +106,38 @@ def test_loopback() -> None:
 
 def test_layout_is_stable_and_collision_free(bank_ws: Workspace) -> None:
     plan = bank_ws.plan
-    layout, notes = allocate_layout(plan, None, set())
+    layout, notes = allocate_layout(plan, None, set(), TEST_ADMIN)
     assert not notes
     ports = all_ports(layout)
     ingress = {m.ingress.port for m in plan.meshes}
     count = sum(
-        4 + len(s.tcp_outbound) for m in layout.meshes.values() for s in m.sidecars.values()
+        3 + len(s.tcp_outbound) for m in layout.meshes.values() for s in m.sidecars.values()
     )
-    assert len(ports) == count + 3 * len(plan.meshes)  # all distinct
+    assert len(ports) == count + len(plan.meshes)  # all distinct; admin endpoints have none
     assert not ports & ingress
+    sockets = admin_sockets(layout)
+    envoys = sum(2 + len(m.sidecars) for m in layout.meshes.values())
+    assert len(sockets) == envoys and {Path(s).parent for s in sockets} == {TEST_ADMIN}
+    assert layout.meshes["web"].sidecars["shop/checkout"].admin_socket == str(
+        TEST_ADMIN / "web_sidecar_shop_checkout.sock"
+    )
     web = layout.meshes["web"].sidecars["shop/checkout"]
     assert set(web.tcp_outbound) == {"ledger.shop.svc.cluster.local:9000"}
-    again, notes = allocate_layout(plan, layout_from_json(layout_to_json(layout)), set())
+    again, notes = allocate_layout(
+        plan, layout_from_json(layout_to_json(layout)), set(), TEST_ADMIN
+    )
     assert again == layout and not notes
 
 
 def test_layout_moves_only_a_port_somebody_took(bank_ws: Workspace) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     taken = layout.meshes["web"].egress_port
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", taken))
         s.listen()
-        moved, notes = allocate_layout(bank_ws.plan, layout, set())
-        kept, kept_notes = allocate_layout(bank_ws.plan, layout, {taken})  # held by us
+        moved, notes = allocate_layout(bank_ws.plan, layout, set(), TEST_ADMIN)
+        kept, kept_notes = allocate_layout(bank_ws.plan, layout, {taken}, TEST_ADMIN)  # held by us
     assert moved.meshes["web"].egress_port != taken
     assert len(notes) == 1 and "web/egress/listen" in notes[0]
     assert all_ports(moved) - {moved.meshes["web"].egress_port} == all_ports(layout) - {taken}
@@ -144,19 +153,19 @@ def test_layout_gives_new_components_new_ports_only(tmp_path: Path) -> None:
         return text.replace(line, line + line.replace("catalog", "search"))
 
     first = open_workspace(spec_copy("bank", tmp_path / "a"), tmp_path / "state")
-    layout, _ = allocate_layout(first.plan, None, set())
+    layout, _ = allocate_layout(first.plan, None, set(), TEST_ADMIN)
     spec2 = tmp_path / "b" / "bank.yaml"
     spec2.parent.mkdir()
     text = add(first.spec_path.read_text())
     spec2.write_text(text)
     second = open_workspace(spec2, tmp_path / "state")
-    grown, _ = allocate_layout(second.plan, layout, set())
+    grown, _ = allocate_layout(second.plan, layout, set(), TEST_ADMIN)
     assert all_ports(layout) < all_ports(grown)
     assert (
         grown.meshes["web"].sidecars["shop/catalog"]
         == layout.meshes["web"].sidecars["shop/catalog"]
     )
-    assert len(all_ports(grown) - all_ports(layout)) == 5  # inbound, outbound, app, admin, tcp
+    assert len(all_ports(grown) - all_ports(layout)) == 4  # inbound, outbound, app, tcp
 
 
 def test_ingress_must_be_loopback_and_free(tmp_path: Path, listening: int) -> None:
@@ -261,7 +270,7 @@ def test_envoy_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_envoy_files_are_private_and_unchanged_files_untouched(
     bank_ws: Workspace, tmp_path: Path
 ) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     root = tmp_path / "local"
     processes = {p.name: p for p in render_local(bank_ws.plan, layout, root)}
     ingress = processes["payments/ingress"]
@@ -311,7 +320,7 @@ def test_envoy_files_are_private_and_unchanged_files_untouched(
 def test_summary_finds_the_egress_cluster_of_each_import(
     bank_ws: Workspace, tmp_path: Path
 ) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     processes = render_local(bank_ws.plan, layout, tmp_path)
     summary = summarize(bank_ws.plan, bank_ws.spec_path, processes)
     clusters = {i.local_host: i.egress_cluster for i in summary.imports}
@@ -395,7 +404,7 @@ def _entry(file: Literal["access", "conn"], **doc: object) -> LogEntry:
 
 
 def test_boundary_view_keeps_each_crossing_once(bank_ws: Workspace, tmp_path: Path) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     summary = summarize(
         bank_ws.plan, bank_ws.spec_path, render_local(bank_ws.plan, layout, tmp_path)
     )
@@ -482,7 +491,7 @@ def test_stalled_handshakes_are_in_the_boundary_log_whatever_their_sni(
     # Before: all three were hidden, the first two as "health checks" (no SNI / the probe's
     # SNI), the third as "the connection of an HTTP request" (an exported SNI): 10,000 stalled
     # handshakes left no trace in `meshfed logs --boundary` or on the dashboard.
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     summary = summarize(
         bank_ws.plan, bank_ws.spec_path, render_local(bank_ws.plan, layout, tmp_path)
     )

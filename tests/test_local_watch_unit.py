@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from local_helpers import spec_copy
+from local_helpers import TEST_ADMIN, spec_copy
 from meshfed.local.certs import identity_for
 from meshfed.local.files import write_json
 from meshfed.local.layout import allocate_layout
@@ -173,7 +173,7 @@ def test_a_wake_up_descriptor_ends_the_wait(watcher: FileWatcher) -> None:
 
 
 def _report(ws: Workspace, **fields: object) -> UpReport:
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     summary = summarize(ws.plan, ws.spec_path, render_local(ws.plan, layout, Path("/x")))
     report = UpReport(ws.plan.name, ws.state_dir, layout, summary, first_run=False)
     for name, value in fields.items():
@@ -209,7 +209,7 @@ def test_edit_line_names_changes_envoys_and_probes(bank_ws: Workspace) -> None:
 
 
 def test_probe_path_covers_caller_egress_and_every_source(bank_ws: Workspace) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     probes = {p.key: p for p in plan_probes(bank_ws.plan, layout)}
     tokenizer = probes["tokenizer.shop.svc.cluster.local:80"]
     assert probe_path(bank_ws.plan, tokenizer) == {
@@ -227,7 +227,7 @@ def test_probe_path_covers_caller_egress_and_every_source(bank_ws: Workspace) ->
 
 
 def test_probes_run_again_only_where_the_path_changed(bank_ws: Workspace, tmp_path: Path) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     probes = plan_probes(bank_ws.plan, layout)
     runtime = Runtime(tmp_path)
     runtime.paths.ensure()
@@ -279,7 +279,7 @@ def test_each_done_runs_all_and_raises_the_failure() -> None:
 
 
 def test_file_cache_sees_changes_made_by_others(bank_ws: Workspace, tmp_path: Path) -> None:
-    layout, _ = allocate_layout(bank_ws.plan, None, set())
+    layout, _ = allocate_layout(bank_ws.plan, None, set(), TEST_ADMIN)
     ingress = next(
         p for p in render_local(bank_ws.plan, layout, tmp_path) if p.name == "payments/ingress"
     )

@@ -25,7 +25,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -38,6 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from meshfed.local import admin
 from meshfed.pki.anchor import (
     ANCHOR_CERT,
     ANCHOR_KEY,
@@ -62,6 +62,7 @@ from meshfed.pki.certs import (
 from meshfed.pki.errors import PKIError
 from meshfed.pki.keys import PrivateKey, generate_key, key_to_pem, load_key_pem
 from meshfed.pki.verify import verify_chain
+from meshfed.render.envoy.files import admin as envoy_admin
 from meshfed.rotation.machine import Rotator
 from meshfed.workspace import Workspace, open_workspace
 
@@ -394,11 +395,10 @@ class Envoy:
             (folder / f"{name}-ca.pem").write_bytes(pem)
             self.ports[name] = _free_port()
             listeners.append(self._listener(name, self.ports[name]))
-        self.admin = _free_port()
+        # The admin endpoint on a unix socket in the test's own directory (pytest's are 0700).
+        self.admin = str(folder / "admin.sock")
         config = {
-            "admin": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}
-            },
+            "admin": envoy_admin(self.admin),
             "static_resources": {"listeners": listeners},
         }
         (folder / "envoy.json").write_text(json.dumps(config))
@@ -406,7 +406,7 @@ class Envoy:
         self.proc = subprocess.Popen(
             [
                 *(ENVOY, "-c", str(folder / "envoy.json"), "--concurrency", "1"),
-                *("--base-id", str(self.admin), "--file-flush-interval-msec", "20"),
+                *("--file-flush-interval-msec", "20"),
                 *("-l", "warning", "--disable-hot-restart"),
             ],
             stdout=subprocess.DEVNULL,
@@ -418,14 +418,12 @@ class Envoy:
             if self.proc.poll() is not None:
                 self.stop()
                 raise RuntimeError((folder / "envoy.err").read_text())
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise
-                time.sleep(0.05)
+            if admin.ready(self.admin, timeout=1):
+                break
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"Envoy not ready: {(folder / 'envoy.err').read_text()}")
+            time.sleep(0.05)
 
     def _listener(self, name: str, port: int) -> dict[str, Any]:
         tls = {

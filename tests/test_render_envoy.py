@@ -316,3 +316,63 @@ def test_tcp_exports_admit_only_allowed_identities_to_the_handshake(rendered: Re
                 assert got == expected
             else:
                 assert sans == []  # HTTP: RBAC answers 403 with a reason
+
+
+def local_reply_body(config: dict[str, Any], status: int) -> str | None:
+    """What Envoy's ``local_reply_config`` makes of a local reply's body with ``status``: the
+    first mapper whose status filter matches (None: Envoy's own body stays)."""
+    compare = {"EQ": int.__eq__, "GE": int.__ge__, "LE": int.__le__}
+    for mapper in config.get("mappers", []):
+        comparison = mapper["filter"]["status_code_filter"]["comparison"]
+        # Without a runtime key Envoy uses the default value, and no runtime layer moves it.
+        assert set(comparison["value"]) == {"default_value"}
+        if compare[comparison["op"]](status, comparison["value"]["default_value"]):
+            assert "status_code" not in mapper  # the status is never changed
+            body: str = mapper["body"]["inline_string"]
+            return body
+    return None
+
+
+def _managers(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        f["typed_config"]
+        for chain in listener["filter_chains"]
+        for f in chain["filters"]
+        if f["name"] == "envoy.filters.network.http_connection_manager"
+    ]
+
+
+def test_replies_the_ingress_makes_itself_say_only_the_status(rendered: Rendered) -> None:
+    """The plan's local-reply bodies on every HTTP chain of the ingress, and on the inbound of
+    each exported HTTP workload's sidecar (whose answers the ingress passes on); nowhere else."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        policy = mesh.boundary.local_replies
+        http = [s for s in mesh.ingress.servers if s.protocol == "HTTP"]
+        managers = _managers(_gateway(processes[f"{mesh.name}/ingress"]))
+        assert len(managers) == len(http)
+        for workload in mesh.workloads:
+            inbound = next(
+                r
+                for r in processes[f"{mesh.name}/sidecar/{workload.ref}"].listeners
+                if r["name"] == "inbound"
+            )
+            exported = mesh.guard(workload.ref) is not None and policy.at_exported_workloads
+            for manager in _managers(inbound):
+                assert ("local_reply_config" in manager) == exported, workload.ref
+                if exported:
+                    managers.append(manager)
+        for manager in managers:
+            config = manager["local_reply_config"]
+            for status in (400, 403, 404, 413, 431, 500, 502, 503, 504, 418, 599):
+                assert local_reply_body(config, status) == policy.body(status)
+            assert local_reply_body(config, 503) == "service unavailable\n"
+            assert local_reply_body(config, 418) == "request failed\n"
+            # Envoy's own replies below 400 (redirects, direct responses) say nothing of the mesh.
+            for status in (200, 301, 302, 399):
+                assert local_reply_body(config, status) is None
+            text = json.dumps(config).lower()
+            assert "upstream" not in text and "rbac" not in text and "envoy" not in text
+        for name in (f"{mesh.name}/egress",):
+            for listener in processes[name].listeners:
+                assert "local_reply_config" not in json.dumps(listener)

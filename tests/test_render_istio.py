@@ -58,16 +58,16 @@ def test_only_current_istio_apis(request: pytest.FixtureRequest) -> None:
             for doc in rendered.docs(mesh):
                 if doc["kind"] == "EnvoyFilter":
                     # Only where no Istio API can say it (render/istio/filters.py, the
-                    # boundary log and path rules; render/istio/limits.py, the bounds;
-                    # render/istio/workload.py, XFCC only from the ingress at an exported
-                    # workload); EnvoyFilter has no other version.
+                    # boundary log, path rules and the proxies' own replies; render/istio/
+                    # limits.py, the bounds; render/istio/workload.py, XFCC only from the
+                    # ingress at an exported workload); EnvoyFilter has no other version.
                     assert doc["apiVersion"] == "networking.istio.io/v1alpha3"
                     name = doc["metadata"]["name"]
                     assert name in (
                         "federation-ingress-boundary",
                         "federation-ingress-limits",
                         "federation-egress-limits",
-                    ) or name.startswith("meshfed-xfcc-"), name
+                    ) or name.startswith(("meshfed-xfcc-", "meshfed-replies-")), name
                 elif "istio.io" in doc["apiVersion"]:
                     assert doc["apiVersion"].split("/")[1] == "v1", doc["apiVersion"]
                 assert doc["kind"] not in {

@@ -17,12 +17,13 @@ import yaml
 from click.testing import CliRunner
 
 from meshfed.cli.main import main
+from meshfed.plan import LocalReplyPolicy
 from meshfed.plan.build import CONNECTION_LIFE
 from meshfed.render.boundary_log import HANDSHAKE_FIELDS, REFUSED_HANDSHAKE
 from meshfed.render.istio.filters import CEL_FILTER, FILE_LOG, HCM
 from meshfed.spec.load import load_spec
 from meshfed.workspace import preview_istio
-from test_render_envoy import ENVOY, envoy_validates
+from test_render_envoy import ENVOY, envoy_validates, local_reply_body
 
 from conftest import EXAMPLES, Rendered
 from k8s_schema import validate_manifest
@@ -198,6 +199,7 @@ def test_refused_handshakes_are_logged_by_one_listener_patch(bank_rendered: Rend
     assert hcm["match"]["listener"]["filterChain"]["filter"]["name"] == (
         "envoy.filters.network.http_connection_manager"
     )
+    replies = hcm["patch"]["value"]["typed_config"].pop("local_reply_config")
     assert hcm["patch"] == {
         "operation": "MERGE",
         "value": {
@@ -209,6 +211,55 @@ def test_refused_handshakes_are_logged_by_one_listener_patch(bank_rendered: Rend
             }
         },
     }
+    # The replies the gateway makes itself say what their status says (istiod sets no
+    # local_reply_config of its own: the merge is the whole of it).
+    _assert_neutral(replies, mesh.boundary.local_replies)
+
+
+def _assert_neutral(config: Obj, policy: LocalReplyPolicy) -> None:
+    assert local_reply_body(config, 403) == "access denied\n"  # not "RBAC: access denied"
+    assert local_reply_body(config, 503) == "service unavailable\n"
+    for status in (400, 404, 426, 431, 500, 501, 502, 504, 418, 599):
+        assert local_reply_body(config, status) == policy.body(status)
+    assert local_reply_body(config, 302) is None
+
+
+def test_exported_workloads_sidecars_word_their_own_replies(bank_rendered: Rendered) -> None:
+    """The sidecar of each exported HTTP workload answers for it (the application down: 503
+    ``upstream connect error ... reset reason: remote connection failure``; its guard: 403
+    ``RBAC: access denied``), and the ingress passes that on as the workload's own: each gets
+    an EnvoyFilter on its inbound connection managers, and no other workload does."""
+    for mesh in bank_rendered.workspace.plan.meshes:
+        filters = [
+            f
+            for f in bank_rendered.docs(mesh.name, "EnvoyFilter")
+            if f["metadata"]["name"].startswith("meshfed-replies-")
+        ]
+        assert len(filters) == len(mesh.workload_guards)
+        for guard, envoy_filter in zip(mesh.workload_guards, filters, strict=True):
+            assert validate_manifest(envoy_filter) == []
+            workload = guard.workload
+            assert envoy_filter["metadata"]["namespace"] == workload.namespace
+            spec = envoy_filter["spec"]
+            # The same pods as its guard (AuthorizationPolicy meshfed-guard-*).
+            assert spec["workloadSelector"] == {"labels": {"app": workload.name}}
+            (patch,) = spec["configPatches"]
+            assert patch["applyTo"] == "NETWORK_FILTER"
+            assert patch["match"] == {
+                "context": "SIDECAR_INBOUND",
+                "listener": {
+                    "filterChain": {
+                        "filter": {"name": "envoy.filters.network.http_connection_manager"}
+                    }
+                },
+            }
+            assert patch["patch"]["operation"] == "MERGE"
+            typed = patch["patch"]["value"]["typed_config"]
+            assert list(typed) == ["@type", "local_reply_config"] and typed["@type"] == HCM
+            _assert_neutral(typed["local_reply_config"], mesh.boundary.local_replies)
+    # payments exports cards/tokenizer over HTTP and ledger over TCP: only the tokenizer.
+    names = [f["metadata"]["name"] for f in bank_rendered.docs("payments", "EnvoyFilter")]
+    assert [n for n in names if n.startswith("meshfed-replies-")] == ["meshfed-replies-tokenizer"]
 
 
 def test_a_mesh_that_exports_nothing_has_no_filter(bank_rendered: Rendered) -> None:

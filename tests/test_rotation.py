@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography import x509
 
+from local_helpers import TEST_ADMIN
 from meshfed.examples import example_path
 from meshfed.local.certs import Renewer, identity_for, kept_identity
 from meshfed.local.files import read_json
@@ -355,7 +356,7 @@ def test_renewal_time_counts_from_issue_not_from_the_backdated_start() -> None:
 
 def test_renewer_rewrites_due_certificates_atomically(bank_state: Path, tmp_path: Path) -> None:
     ws = open_workspace(BANK, bank_state)
-    layout, _ = allocate_layout(ws.plan, None, set())
+    layout, _ = allocate_layout(ws.plan, None, set(), TEST_ADMIN)
     root = bank_state / "local"
     now = datetime.now(UTC).replace(microsecond=0)  # certificates keep whole seconds
     ttl = timedelta(seconds=30)

@@ -43,6 +43,7 @@ _CONTROLS = (
     ),
     Control("SC-12", NIST, "Cryptographic Key Establishment and Management"),
     Control("SC-17", NIST, "Public Key Infrastructure Certificates"),
+    Control("SI-11", NIST, "Error Handling"),
     Control(
         "PCI 1.2.1", PCI, "Configuration standards for NSC rulesets are defined and implemented"
     ),

@@ -19,7 +19,7 @@ import click
 from rich.table import Table
 
 from meshfed.cli.common import console, reported, spec_inputs, state_option, the_spec, unclipped
-from meshfed.cli.up import up
+from meshfed.cli.up import admin_sockets_line, up
 from meshfed.local import dashboard
 from meshfed.local.client import (
     NoResponse,
@@ -126,10 +126,12 @@ def _print_status(st: Status) -> None:
             "\n".join(f"{n} {a}" for n, a in p.listens.items())
             if len(p.listens) <= 4
             else f"{len(p.listens)} ports",
-            p.admin or "-",
+            Path(p.admin).name if p.admin else "-",
             cert,
         )
     out.print(unclipped(table))
+    if st.admin_dir:
+        out.print(admin_sockets_line(st.admin_dir), markup=False, soft_wrap=True)
     imports = Table(title="imports")
     for column in ("mesh", "local name", "serving now", "sources (failover order)"):
         imports.add_column(column)

@@ -170,6 +170,10 @@ def _listens(listeners: dict[str, str], app_port: int | None) -> str:
     return "\n".join(["  ".join(line), *tcp])
 
 
+def admin_sockets_line(directory: str) -> str:
+    return f"admin: each Envoy's unix socket (0600) in {directory} (0700), no TCP port"
+
+
 def _print_up(report: UpReport, runtime: Runtime) -> None:
     records = runtime.processes()
     table = Table(
@@ -191,12 +195,13 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
                 p.role if p.workload is None else f"sidecar {p.workload}",
                 str(record.pid) if record else "-",
                 _listens(p.listeners, app),
-                str(p.admin_port),
+                Path(p.admin_socket).name,
             )
         table.add_section()
     host = records.get(WORKLOAD_HOST)
     table.add_row("", "workload host", str(host.pid) if host else "-", "every app port", "-")
     out.print(unclipped(table))
+    out.print(admin_sockets_line(layout.admin_dir), markup=False, soft_wrap=True)
 
     imports = Table(title="imports (local name -> exporters, in failover order)")
     for column in ("mesh", "local name", "wire host (SNI)", "sources", "probe"):

@@ -69,7 +69,8 @@ def load_model(paths: RuntimePaths) -> Model | None:
     return Model(summary, graph, svg, hashlib.sha256(svg.encode()).hexdigest()[:16], edges)
 
 
-ClustersReader = Callable[[ImportInfo, int | None], tuple[str | None, tuple[SourceStatus, ...]]]
+ClustersReader = Callable[[ImportInfo, str | None], tuple[str | None, tuple[SourceStatus, ...]]]
+"""(import, its egress gateway's admin socket or None) -> ``source_health``."""
 
 
 class Collector:
@@ -200,8 +201,8 @@ class Collector:
                 (p for p in summary.processes if p.mesh == imp.mesh and p.role == "egress"), None
             )
             record = records.get(egress.name) if egress else None
-            port = egress.admin_port if egress and record and record.alive else None
-            out[imp] = self.read_health(imp, port)
+            sock = egress.admin_socket if egress and record and record.alive else None
+            out[imp] = self.read_health(imp, sock)
         return out
 
 

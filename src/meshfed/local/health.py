@@ -34,9 +34,10 @@ def _address(host: dict[str, Any]) -> str:
 
 
 def source_health(
-    imp: ImportInfo, egress_admin: int | None
+    imp: ImportInfo, egress_admin: str | None
 ) -> tuple[str | None, tuple[SourceStatus, ...]]:
-    """Health of each source as the egress gateway sees it, and the one serving now."""
+    """Health of each source as the egress gateway sees it (``egress_admin``: its admin socket;
+    None: not running), and the one serving now."""
     found: list[dict[str, Any]] = []
     if egress_admin is not None and imp.egress_cluster:
         try:
@@ -79,30 +80,30 @@ def await_first_choice(
     left alone. One ``/clusters`` read per egress gateway and round serves every import of its
     mesh.
     """
-    egress_admin = {p.mesh: p.admin_port for p in summary.processes if p.role == "egress"}
+    egress_admin = {p.mesh: p.admin_socket for p in summary.processes if p.role == "egress"}
     ingress_names = {p.mesh: p.name for p in summary.processes if p.role == "ingress"}
-    waiting: dict[int, list[tuple[ImportInfo, str]]] = {}
+    waiting: dict[str, list[tuple[ImportInfo, str]]] = {}
     for imp in summary.imports:
         path = {(s.mesh, "ingress", None) for s in imp.sources} | {(imp.mesh, "egress", None)}
         if hops is not None and not path & hops:
             continue
         serving = [s for s in imp.sources if ingress_names.get(s.mesh) in running]
-        port = egress_admin.get(imp.mesh)
-        if port is None or not serving or imp.egress_cluster is None:
+        sock = egress_admin.get(imp.mesh)
+        if sock is None or not serving or imp.egress_cluster is None:
             continue
         first = min(serving, key=lambda s: s.priority).mesh
-        waiting.setdefault(port, []).append((imp, first))
+        waiting.setdefault(sock, []).append((imp, first))
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
-        for port, imports in list(waiting.items()):
+        for sock, imports in list(waiting.items()):
             try:
-                clusters = admin.clusters(port, timeout=1.0)
+                clusters = admin.clusters(sock, timeout=1.0)
             except (admin.AdminError, ValueError):
                 clusters = []
             left = [(i, f) for i, f in imports if health_from_clusters(i, clusters)[0] != f]
             if left:
-                waiting[port] = left
+                waiting[sock] = left
             else:
-                del waiting[port]
+                del waiting[sock]
         if waiting:
             time.sleep(0.02)

@@ -2,21 +2,28 @@
 
 Mesh ingress address and port come from the spec. Every other port is allocated here: a port
 recorded by an earlier ``up`` is kept while it is free or held by one of this runtime's own
-processes; only new components (or a port somebody else took meanwhile) get a new port.
+processes; only new components (or a port somebody else took meanwhile) get a new port. Each
+Envoy's admin endpoint gets a unix socket in the runtime's private admin directory
+(``adminsock.py``), recorded here too.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
+from meshfed.local.adminsock import socket_name
 from meshfed.local.errors import LocalError
 from meshfed.local.ports import LOOPBACK, PortAllocator, describe_holder, is_loopback, port_free
 from meshfed.plan.model import FederationPlan
 from meshfed.render.envoy.layout import LocalLayout, MeshLayout, SidecarLayout
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+"""Version 1 had admin ports: its other ports are kept (``up`` then moves every admin endpoint
+to its socket, a bootstrap change: the Envoys restart)."""
 
 
 def check_ingresses(plan: FederationPlan, own_ports: set[int]) -> None:
@@ -52,11 +59,13 @@ def allocate_layout(
     plan: FederationPlan,
     previous: LocalLayout | None,
     own_ports: set[int],
+    admin_dir: Path,
     allocator: PortAllocator | None = None,
 ) -> tuple[LocalLayout, list[str]]:
     """The layout for ``plan``, reusing ``previous`` ports where possible; and notes on moves.
 
-    ``own_ports``: ports held by this runtime's running processes (kept without a bind test).
+    ``own_ports``: ports held by this runtime's running processes (kept without a bind test);
+    ``admin_dir``: the private directory of the admin sockets (``adminsock.choose_dir``).
     """
     ingress_ports = {m.ingress.port for m in plan.meshes}
     alloc = allocator or PortAllocator()
@@ -91,17 +100,17 @@ def allocate_layout(
                 inbound_port=port(f"{base}/inbound"),
                 outbound_port=port(f"{base}/outbound"),
                 app_port=port(f"{base}/app"),
-                admin_port=port(f"{base}/admin"),
+                admin_socket=socket_name(admin_dir, base),
                 tcp_outbound={k: port(f"{base}/tcp/{k}") for k in tcp_keys},
             )
         meshes[m] = MeshLayout(
             mesh=m,
-            ingress_admin_port=port(f"{m}/ingress/admin"),
+            ingress_admin=socket_name(admin_dir, f"{m}/ingress"),
             egress_port=port(f"{m}/egress/listen"),
-            egress_admin_port=port(f"{m}/egress/admin"),
+            egress_admin=socket_name(admin_dir, f"{m}/egress"),
             sidecars=sidecars,
         )
-    return LocalLayout(meshes=meshes, address=LOOPBACK), notes
+    return LocalLayout(meshes=meshes, address=LOOPBACK, admin_dir=str(admin_dir)), notes
 
 
 def _flatten(layout: LocalLayout | None) -> dict[str, int]:
@@ -110,15 +119,12 @@ def _flatten(layout: LocalLayout | None) -> dict[str, int]:
         return {}
     out: dict[str, int] = {}
     for m, ml in layout.meshes.items():
-        out[f"{m}/ingress/admin"] = ml.ingress_admin_port
         out[f"{m}/egress/listen"] = ml.egress_port
-        out[f"{m}/egress/admin"] = ml.egress_admin_port
         for ref, s in ml.sidecars.items():
             base = f"{m}/sidecar/{ref}"
             out[f"{base}/inbound"] = s.inbound_port
             out[f"{base}/outbound"] = s.outbound_port
             out[f"{base}/app"] = s.app_port
-            out[f"{base}/admin"] = s.admin_port
             for k, p in s.tcp_outbound.items():
                 out[f"{base}/tcp/{k}"] = p
     return out
@@ -128,28 +134,39 @@ def all_ports(layout: LocalLayout) -> set[int]:
     return set(_flatten(layout).values())
 
 
+def admin_sockets(layout: LocalLayout | None) -> set[str]:
+    """Every admin socket of a layout."""
+    if layout is None:
+        return set()
+    out: set[str] = set()
+    for ml in layout.meshes.values():
+        out |= {ml.ingress_admin, ml.egress_admin}
+        out |= {s.admin_socket for s in ml.sidecars.values()}
+    return out - {""}
+
+
 def layout_to_json(layout: LocalLayout) -> dict[str, Any]:
     return {"version": LAYOUT_VERSION, **asdict(layout)}
 
 
 def layout_from_json(doc: Any) -> LocalLayout | None:
     """The layout in ``doc``, or None if it is not a layout this version wrote."""
-    if not isinstance(doc, Mapping) or doc.get("version") != LAYOUT_VERSION:
+    if not isinstance(doc, Mapping) or doc.get("version") not in _READABLE_VERSIONS:
         return None
     try:
         meshes = {
             name: MeshLayout(
                 mesh=m["mesh"],
-                ingress_admin_port=int(m["ingress_admin_port"]),
+                ingress_admin=str(m.get("ingress_admin", "")),
                 egress_port=int(m["egress_port"]),
-                egress_admin_port=int(m["egress_admin_port"]),
+                egress_admin=str(m.get("egress_admin", "")),
                 sidecars={
                     ref: SidecarLayout(
                         workload=s["workload"],
                         inbound_port=int(s["inbound_port"]),
                         outbound_port=int(s["outbound_port"]),
                         app_port=int(s["app_port"]),
-                        admin_port=int(s["admin_port"]),
+                        admin_socket=str(s.get("admin_socket", "")),
                         tcp_outbound={k: int(v) for k, v in s.get("tcp_outbound", {}).items()},
                     )
                     for ref, s in m["sidecars"].items()
@@ -157,6 +174,10 @@ def layout_from_json(doc: Any) -> LocalLayout | None:
             )
             for name, m in doc["meshes"].items()
         }
-        return LocalLayout(meshes=meshes, address=str(doc.get("address", LOOPBACK)))
+        return LocalLayout(
+            meshes=meshes,
+            address=str(doc.get("address", LOOPBACK)),
+            admin_dir=str(doc.get("admin_dir", "")),
+        )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None

@@ -28,13 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from meshfed.holds import hold
-from meshfed.local import dashboard
+from meshfed.local import adminsock, dashboard
 from meshfed.local.certs import identity_for
 from meshfed.local.errors import LocalError
 from meshfed.local.fdlimit import raise_open_files
 from meshfed.local.files import read_json, write_json
 from meshfed.local.health import await_first_choice
 from meshfed.local.layout import (
+    admin_sockets,
     all_ports,
     allocate_layout,
     check_ingresses,
@@ -169,7 +170,9 @@ class Runtime:
         own_ports = ports_held_by(r.pid for r in self.records.values() if r.alive)
         check_ingresses(plan, own_ports)
         previous = layout_from_json(read_json(self.paths.layout))
-        layout, moved = allocate_layout(plan, previous, own_ports)
+        layout, moved = allocate_layout(
+            plan, previous, own_ports, adminsock.choose_dir(self.paths.root)
+        )
         write_json(self.paths.layout, layout_to_json(layout))
         processes = ws.envoy(layout, self.root)
         summary = summarize(plan, ws.spec_path.resolve(), processes)
@@ -226,10 +229,10 @@ class Runtime:
         fresh = to_start + to_restart
         self.progress.phase("waiting for Envoys", len(fresh))
         self.sup.wait_ready(
-            {n: wanted[n][0].process.admin_port for n in fresh}, advance=self.progress.advance
+            {n: wanted[n][0].process.admin_socket for n in fresh}, advance=self.progress.advance
         )
         for name in fresh:
-            self.sup.check_accepted(name, wanted[name][0].process.admin_port)
+            self.sup.check_accepted(name, wanted[name][0].process.admin_socket)
         report.started += to_start
         report.restarted += to_restart
 
@@ -250,6 +253,13 @@ class Runtime:
             report.stopped += self.sup.stop_records(gone)
             for name in gone:
                 shutil.rmtree(process_dir(self.root, name), ignore_errors=True)
+        # Sockets no Envoy listens on any more (stopped, or moved to another directory).
+        old_dir = Path(previous.admin_dir) if previous and previous.admin_dir else None
+        adminsock.remove(
+            admin_sockets(previous) - admin_sockets(layout),
+            old_dir if old_dir != Path(layout.admin_dir) else None,
+            self.root,
+        )
         save_summary(self.paths, summary)
 
         self.progress.phase("waiting for each import's first choice")
@@ -304,16 +314,20 @@ class Runtime:
             stopped += [f"pid {pid} (leftover)" for pid in self.sup.stop_leftovers()]
             self.sup.records = {}
             self.sup.save()
+            layout = self.layout()
+            if layout is not None:
+                admin_dir = Path(layout.admin_dir) if layout.admin_dir else None
+                adminsock.remove(admin_sockets(layout), admin_dir, self.root)
             return stopped
 
     # --- lab
 
-    def _ingress_name(self, mesh: str) -> tuple[str, int]:
+    def _ingress_name(self, mesh: str) -> tuple[str, str]:
         summary = self.summary()
         summary.mesh(mesh)
         for p in summary.processes:
             if p.mesh == mesh and p.role == "ingress":
-                return p.name, p.admin_port
+                return p.name, p.admin_socket
         raise LocalError(f"mesh {mesh} has no ingress gateway process")
 
     def stop_gateway(self, mesh: str) -> ProcessRecord:
@@ -332,7 +346,7 @@ class Runtime:
     def start_gateway(self, mesh: str) -> ProcessRecord:
         with self.paths.locked():
             self.sup.load()
-            name, admin_port = self._ingress_name(mesh)
+            name, admin_socket = self._ingress_name(mesh)
             record = self.records.get(name)
             if record is not None and record.alive:
                 raise LocalError(
@@ -351,8 +365,10 @@ class Runtime:
             self.sup.started_now = []
             self.sup.start_envoy(find_envoy(), name)
             try:
-                self.sup.wait_ready({name: admin_port})
-                self.sup.check_accepted(name, admin_port)
+                # The admin directory as ``up`` left it: checked again before Envoy binds there.
+                adminsock.ensure_private_dir(Path(admin_socket).parent)
+                self.sup.wait_ready({name: admin_socket})
+                self.sup.check_accepted(name, admin_socket)
             except BaseException:
                 self.sup.stop_started()
                 raise

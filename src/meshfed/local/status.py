@@ -28,6 +28,7 @@ class ProcessStatus:
     listens: dict[str, str]
     """Listener name -> address (the workload host: workload -> app address)."""
     admin: str | None
+    """Path of the unix socket of its admin endpoint (0600, in a 0700 directory)."""
     cert_expires: str | None = None
     """When the certificate it serves expires (ISO 8601, UTC); ``up`` renews it."""
 
@@ -48,6 +49,8 @@ class Status:
     federation: str
     state_dir: str
     spec: str
+    admin_dir: str = ""
+    """The private directory (0700) of the Envoys' admin sockets."""
     processes: list[ProcessStatus] = field(default_factory=list)
     imports: list[ImportStatus] = field(default_factory=list)
 
@@ -75,7 +78,12 @@ def collect_status(runtime: Runtime) -> Status:
     summary = runtime.summary()
     records = runtime.processes()
     layout = runtime.layout()
-    status = Status(summary.federation, str(runtime.paths.state_dir), summary.spec)
+    status = Status(
+        summary.federation,
+        str(runtime.paths.state_dir),
+        summary.spec,
+        layout.admin_dir if layout else "",
+    )
     host = records.get(WORKLOAD_HOST)
     app_ports = {
         f"{m.mesh}/{ref}": f"127.0.0.1:{s.app_port}"
@@ -104,17 +112,17 @@ def collect_status(runtime: Runtime) -> Status:
                 role=p.role,
                 pid=record.pid if record else None,
                 alive=alive,
-                ready=alive and admin.ready(p.admin_port),
+                ready=alive and admin.ready(p.admin_socket),
                 listens=p.listeners,
-                admin=f"127.0.0.1:{p.admin_port}",
+                admin=p.admin_socket,
                 cert_expires=_cert_expiry(runtime, p.name),
             )
         )
     alive_names = {p.name for p in status.processes if p.alive}
     for imp in summary.imports:
         egress = _egress_admin(summary, imp.mesh)
-        port = egress.admin_port if egress and egress.name in alive_names else None
-        current, sources = source_health(imp, port)
+        sock = egress.admin_socket if egress and egress.name in alive_names else None
+        current, sources = source_health(imp, sock)
         status.imports.append(
             ImportStatus(imp.mesh, imp.key, imp.protocol, imp.wire_host, current, sources)
         )

@@ -15,7 +15,7 @@ from meshfed.local.paths import RuntimePaths
 from meshfed.plan.model import FederationPlan
 from meshfed.render.envoy.process import ProcessConfig, Resource
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,8 @@ class ProcessInfo:
     name: str
     mesh: str
     role: str
-    admin_port: int
+    admin_socket: str
+    """Path of the unix socket of its admin endpoint."""
     workload: str | None
     listeners: dict[str, str]
     """Listener name -> ``<address>:<port>``."""
@@ -182,7 +183,7 @@ def summarize(plan: FederationPlan, spec: Path, processes: list[ProcessConfig]) 
                 name=p.name,
                 mesh=p.mesh,
                 role=p.role,
-                admin_port=p.admin_port,
+                admin_socket=p.admin_socket,
                 workload=p.workload,
                 listeners=_listen_addresses(p.listeners),
             )
@@ -239,7 +240,7 @@ def _from_json(doc: Mapping[str, Any]) -> RuntimeSummary:
                 name=p["name"],
                 mesh=p["mesh"],
                 role=p["role"],
-                admin_port=int(p["admin_port"]),
+                admin_socket=str(p["admin_socket"]),
                 workload=p.get("workload"),
                 listeners=dict(p["listeners"]),
             )

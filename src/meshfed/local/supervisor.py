@@ -188,15 +188,16 @@ class Supervisor:
 
     def wait_ready(
         self,
-        admin_ports: dict[str, int],
+        admin_sockets: dict[str, str],
         timeout: float = READY_TIMEOUT,
         advance: Callable[[], None] = lambda: None,
     ) -> None:
-        """Wait until every named Envoy answers /ready; a clear error if one exits or hangs."""
-        waiting = dict(admin_ports)
+        """Wait until every named Envoy answers /ready on its admin socket; a clear error if one
+        exits or hangs."""
+        waiting = dict(admin_sockets)
         deadline = time.monotonic() + timeout
         while waiting:
-            for name, port in list(waiting.items()):
+            for name, sock in list(waiting.items()):
                 record = self.records[name]
                 if not record.alive:
                     log = self.paths.logs / f"{process_slug(name)}.log"
@@ -210,7 +211,7 @@ class Supervisor:
                         f"Envoy {name} exited while starting:\n{self.log_tail(name)}",
                         f"see {log}",
                     )
-                if admin.ready(port):
+                if admin.ready(sock):
                     del waiting[name]
                     advance()
             if waiting and time.monotonic() > deadline:
@@ -250,7 +251,7 @@ class Supervisor:
             return "(no log)"
         return "\n".join("  " + line for line in text.splitlines()[-lines:])
 
-    def check_accepted(self, name: str, admin_port: int) -> None:
+    def check_accepted(self, name: str, admin_socket: str) -> None:
         """After start: Envoy runs the configuration on disk (it rejected nothing)."""
         base = process_dir(self.root, name)
         want = {
@@ -270,9 +271,9 @@ class Supervisor:
         deadline = time.monotonic() + 5.0
         got: dict[str, str] = {}
         while time.monotonic() < deadline:
-            got = admin.stats(admin_port, pattern)
+            got = admin.stats(admin_socket, pattern)
             if ecds_pattern is not None:
-                ecds = ecds_stats(admin.stats(admin_port, ecds_pattern), "version_text")
+                ecds = ecds_stats(admin.stats(admin_socket, ecds_pattern), "version_text")
                 got.update({f"ecds {n}": v for n, v in ecds.items()})
             if all(got.get(k) == v for k, v in want.items()):
                 return

@@ -222,12 +222,12 @@ class EnvoyFiles:
 
     def apply_live(self, pending: Pending, timeout: float = APPLY_TIMEOUT) -> None:
         """Update a running Envoy without a restart (the bootstrap must be unchanged)."""
-        port = self.process.admin_port
+        sock = self.process.admin_socket
         self._prepare_dirs()
-        self._apply_secrets(port, pending.secrets, timeout)
+        self._apply_secrets(sock, pending.secrets, timeout)
         # Filter configurations before the listeners that name them (a listener naming a
         # missing file is rejected whole); those the running listeners use, applied and checked.
-        unconfirmed = self._apply_extensions(port, pending.extensions, timeout)
+        unconfirmed = self._apply_extensions(sock, pending.extensions, timeout)
         if pending.clusters is not None or pending.listeners is not None:
             old = read_json(self.cds_path)
             old_clusters: list[Resource] = list(old.get("resources", [])) if old else []
@@ -236,28 +236,28 @@ class EnvoyFiles:
                 # Make before break: the old listeners may still name clusters that go away.
                 names = {c.get("name") for c in wanted}
                 union = wanted + [c for c in old_clusters if c.get("name") not in names]
-                self._apply(port, self.cds_path, union, "cds", timeout)
+                self._apply(sock, self.cds_path, union, "cds", timeout)
                 lds = self.process.listeners
-                self._apply(port, self.lds_path, lds, "lds", timeout, self.listeners_digest)
+                self._apply(sock, self.lds_path, lds, "lds", timeout, self.listeners_digest)
                 # New listeners read their filter configurations while warming: check that
                 # Envoy took them (one it rejected leaves the filter failing closed).
-                self._confirm_extensions(port, unconfirmed, timeout)
+                self._confirm_extensions(sock, unconfirmed, timeout)
             if not has(self.cds_path, self.clusters_digest):
-                self._apply(port, self.cds_path, wanted, "cds", timeout, self.clusters_digest)
+                self._apply(sock, self.cds_path, wanted, "cds", timeout, self.clusters_digest)
         for name in pending.stale_secrets:
             self.sds_path(name).unlink(missing_ok=True)
         # After the listeners: no listener names them any more.
         for name in pending.stale_extensions:
             self.ecds_path(name).unlink(missing_ok=True)
 
-    def _apply_secrets(self, port: int, secrets: Mapping[str, Resource], timeout: float) -> None:
+    def _apply_secrets(self, sock: str, secrets: Mapping[str, Resource], timeout: float) -> None:
         """Write ``secrets``; wait until Envoy applied those it uses (a TCP export's SAN list
         lives in one: a removed identity is refused at the handshake when ``up`` returns)."""
         if not secrets:
             return
         names = "|".join(re.escape(n) for n in sorted(secrets))
         pattern = rf"^sds\.({names})\.(version_text|update_rejected)$"
-        before = admin.stats(port, pattern)
+        before = admin.stats(sock, pattern)
         versions = {}
         for name, content in secrets.items():
             version = self._write_secret(name, content)
@@ -275,7 +275,7 @@ class EnvoyFiles:
 
         if versions:
             try:
-                wait_for_stats(port, pattern, applied, rejected, timeout)
+                wait_for_stats(sock, pattern, applied, rejected, timeout)
             except LocalError as exc:
                 raise LocalError(
                     f"{self.process.name}: {exc.problem} (SDS {', '.join(sorted(versions))})",
@@ -288,7 +288,7 @@ class EnvoyFiles:
         return _ecds_names(doc.get("resources") if isinstance(doc, Mapping) else None)
 
     def _apply_extensions(
-        self, port: int, extensions: Mapping[str, Resource], timeout: float
+        self, sock: str, extensions: Mapping[str, Resource], timeout: float
     ) -> dict[str, tuple[str, str]]:
         """Write ``extensions``; wait until Envoy applied those its running listeners load.
         Returns the others (name -> (version written, rejections before)): the listeners that
@@ -296,7 +296,7 @@ class EnvoyFiles:
         if not extensions:
             return {}
         pattern = ecds_stats_pattern(extensions)
-        before = ecds_stats(admin.stats(port, pattern), "update_rejected")
+        before = ecds_stats(admin.stats(sock, pattern), "update_rejected")
         running = self._running_extensions()
         previous = {
             name: self.ecds_path(name).read_bytes()
@@ -306,7 +306,7 @@ class EnvoyFiles:
         written = {name: self._write_extension(name, c) for name, c in extensions.items()}
         live = {name: v for name, v in written.items() if name in running}
         try:
-            self._wait_extensions(port, pattern, live, before, timeout)
+            self._wait_extensions(sock, pattern, live, before, timeout)
         except LocalError:
             # Envoy keeps the last good configuration: put its file back, so that the next
             # ``up`` sees the difference again and retries.
@@ -319,17 +319,17 @@ class EnvoyFiles:
         }
 
     def _confirm_extensions(
-        self, port: int, unconfirmed: Mapping[str, tuple[str, str]], timeout: float
+        self, sock: str, unconfirmed: Mapping[str, tuple[str, str]], timeout: float
     ) -> None:
         if unconfirmed:
             versions = {name: v for name, (v, _) in unconfirmed.items()}
             before = {name: b for name, (_, b) in unconfirmed.items()}
             pattern = ecds_stats_pattern(unconfirmed)
-            self._wait_extensions(port, pattern, versions, before, timeout)
+            self._wait_extensions(sock, pattern, versions, before, timeout)
 
     def _wait_extensions(
         self,
-        port: int,
+        sock: str,
         pattern: str,
         versions: Mapping[str, str],
         before: Mapping[str, str],
@@ -348,7 +348,7 @@ class EnvoyFiles:
             return any(got.get(n, "0") != before.get(n, "0") for n in versions)
 
         try:
-            wait_for_stats(port, pattern, applied, rejected, timeout)
+            wait_for_stats(sock, pattern, applied, rejected, timeout)
         except LocalError as exc:
             names = ", ".join(f"{n} version {v}" for n, v in sorted(versions.items()))
             raise LocalError(
@@ -358,7 +358,7 @@ class EnvoyFiles:
 
     def _apply(
         self,
-        port: int,
+        sock: str,
         path: Path,
         resources: list[Resource],
         kind: str,
@@ -374,7 +374,7 @@ class EnvoyFiles:
             if kind == "cds"
             else "listener_manager.lds.update_rejected"
         )
-        before = admin.stats(port, pattern)
+        before = admin.stats(sock, pattern)
         previous = path.read_bytes() if path.exists() else None
         version = self._write_xds(path, resources, want)
 
@@ -393,7 +393,7 @@ class EnvoyFiles:
             return s.get(rejected_stat, "0") != before.get(rejected_stat, "0")
 
         try:
-            wait_for_stats(port, pattern, applied, rejected, timeout)
+            wait_for_stats(sock, pattern, applied, rejected, timeout)
         except LocalError as exc:
             # Envoy keeps running its old configuration: put the old file back, so the next
             # ``up`` sees the difference again and retries.

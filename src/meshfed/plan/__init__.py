@@ -4,7 +4,7 @@
 that does); `security_diff` words what a change of plan widens or narrows.
 """
 
-from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy, PathPolicy
+from meshfed.plan.boundary import BoundaryPolicy, ClientCertPolicy, LocalReplyPolicy, PathPolicy
 from meshfed.plan.build import build_plan
 from meshfed.plan.diff import SecurityChange, security_diff
 from meshfed.plan.guard import WorkloadGuard
@@ -40,6 +40,7 @@ __all__ = [
     "Ingress",
     "IngressServer",
     "ListenerLimits",
+    "LocalReplyPolicy",
     "MeshLimits",
     "MeshPlan",
     "PathMatch",

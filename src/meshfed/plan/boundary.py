@@ -33,6 +33,56 @@ reaching a caller through an Istio gateway). Envoy cannot remove by prefix, so x
 listed."""
 
 
+LOCAL_REPLY_BODIES: tuple[tuple[int, str], ...] = (
+    (400, "bad request"),
+    (403, "access denied"),
+    (404, "not found"),
+    (408, "request timeout"),
+    (413, "payload too large"),
+    (414, "uri too long"),
+    (426, "upgrade required"),
+    (429, "too many requests"),
+    (431, "request header fields too large"),
+    (500, "internal error"),
+    (501, "not implemented"),
+    (502, "bad gateway"),
+    (503, "service unavailable"),
+    (504, "gateway timeout"),
+)
+"""The body of each reply the ingress makes itself, by status: what the status says, nothing
+more."""
+
+
+@dataclass(frozen=True)
+class LocalReplyPolicy:
+    """The bodies of the replies the federation ingress makes itself (it refused the request,
+    or could not get an answer from the exported workload).
+
+    Envoy's own bodies tell a caller about the exporting mesh's insides: ``upstream connect
+    error or disconnect/reset before headers. reset reason: remote connection failure``, ``no
+    healthy upstream``, ``RBAC: access denied``, a codec's parse error. The caller gets the
+    status and a neutral body; the status code is never changed, and the boundary log keeps
+    the real reason (``flags``, ``details``). A workload's own replies pass unchanged.
+    """
+
+    bodies: tuple[tuple[int, str], ...] = LOCAL_REPLY_BODIES
+    """Status -> the whole body (a line of plain text)."""
+    other: str = "request failed"
+    """The body of a reply with any other status from ``lowest_status`` up."""
+    lowest_status: int = 400
+    """The lowest status whose body is replaced: Envoy's own replies below 400 (redirects,
+    configured direct responses) carry nothing of the mesh and stay."""
+    at_exported_workloads: bool = True
+    """The same at the inbound of each exported HTTP workload's sidecar (`WorkloadGuard`): it
+    answers for its workload when the application is down (``... reset reason: remote
+    connection failure``) or refuses (``RBAC: access denied``), and the ingress passes that
+    answer on as the workload's own. In-mesh callers of the workload get the same bodies."""
+
+    def body(self, status: int | None = None) -> str:
+        """The whole body of a reply with ``status`` (None: any other error status)."""
+        return dict(self.bodies).get(status or 0, self.other) + "\n"
+
+
 @dataclass(frozen=True)
 class ClientCertPolicy:
     """How the verified caller is passed on in ``x-forwarded-client-cert`` (XFCC), and who may
@@ -100,6 +150,8 @@ class BoundaryPolicy:
     addresses of one mesh do not leak into another. The caller is its verified identity."""
     client_cert: ClientCertPolicy = field(default_factory=ClientCertPolicy)
     paths: PathPolicy = field(default_factory=PathPolicy)
+    local_replies: LocalReplyPolicy = field(default_factory=LocalReplyPolicy)
+    """What the ingress's own replies say (their bodies): only what the status says."""
     outbound: Literal["REGISTRY_ONLY"] = "REGISTRY_ONLY"
     """What a workload's sidecar lets out: only registered destinations (the mesh's own
     services, and its imports, which leave through the egress gateway); a request for any

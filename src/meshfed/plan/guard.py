@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from meshfed.plan.model import AllowRule, PrincipalMatch, Workload
+from meshfed.plan.rules import AllowRule, Workload
+from meshfed.spiffe import PrincipalMatch
 
 __all__ = ["WorkloadGuard"]
 

@@ -157,7 +157,7 @@ class LiveFederation:
         version = str(doc.get("version_info")) if isinstance(doc, dict) else "?"
         name = re.escape(secret)
         pattern = rf"^sds\.{name}\.(version_text|update_rejected)$"
-        before = _stats(files.process.admin_port, pattern)
+        before = _stats(files.process.admin_socket, pattern)
         if f"sds.{secret}.version_text" not in before:
             return  # no listener or cluster of this Envoy uses the secret: nothing to wait for
         rejected = f"sds.{secret}.update_rejected"
@@ -169,7 +169,7 @@ class LiveFederation:
             return s.get(rejected, "0") != before.get(rejected, "0")
 
         try:
-            wait_for_stats(files.process.admin_port, pattern, done, failed, APPLY_TIMEOUT)
+            wait_for_stats(files.process.admin_socket, pattern, done, failed, APPLY_TIMEOUT)
         except LocalError as exc:
             raise LocalError(
                 f"{files.process.name}: SDS secret {secret} version {version}: {exc.problem}",
@@ -185,11 +185,11 @@ class LiveFederation:
         return [run_probe(p, timeout, self.ledger) for p in plan_probes(plan, self.layout)]
 
 
-def _stats(port: int, pattern: str) -> dict[str, str]:
+def _stats(sock: str, pattern: str) -> dict[str, str]:
     from meshfed.local import admin
 
     try:
-        return admin.stats(port, pattern)
+        return admin.stats(sock, pattern)
     except admin.AdminError:
         return {}
 

@@ -1,6 +1,6 @@
 """What Istio's gateways do not do at the boundary unless told, and what they cannot do at all.
 
-Three checks on every ingress gateway that terminates mutual TLS (a federation ingress):
+Four checks on every ingress gateway that terminates mutual TLS (a federation ingress):
 
 - ``tcp-handshake-pins``: a MUTUAL server in front of a TCP route completes the handshake with
   any certificate its CA bundle trusts; the network RBAC filter decides on the caller's first
@@ -13,6 +13,12 @@ Three checks on every ingress gateway that terminates mutual TLS (a federation i
   ``listenerAccessLogFilter``); a refused handshake (unknown CA, expired, name constraints, no
   client certificate, SAN not admitted) carries no flag and leaves no line. Only an EnvoyFilter
   adding a listener ``access_log`` logs it.
+- ``gateway-local-replies``: the replies the gateway makes itself carry Envoy's words about
+  the mesh behind it (``upstream connect error or disconnect/reset before headers. reset
+  reason: remote connection failure``, ``no healthy upstream``, ``RBAC: access denied``). No
+  Istio API sets the connection manager's ``local_reply_config`` (istiod writes none); an
+  EnvoyFilter MERGE on the gateway's HTTP connection manager does. Judged on 403 and 503: the
+  first ``status_code_filter`` mapper matching each must replace the body.
 - ``istio-boundary-gaps``: what no Istio setting expresses, named where it applies.
   Istio authorizes a certificate when *any* of its URI SANs matches (``principals`` become
   ``authenticated.principal_name``; ``subjectAltNames`` become ``match_subject_alt_names``), so a
@@ -196,6 +202,98 @@ def gateway_handshake_logging(ctx: AuditContext) -> Iterator[Hit]:
                 )
     if not found:
         raise NotAssessed("no gateway terminates mutual TLS")
+
+
+_HCM = "envoy.filters.network.http_connection_manager"
+_JUDGED = (403, 503)
+"""RBAC's refusal and the router's failed connection: the local replies every caller can
+provoke, and the ones whose bodies name the mesh's insides."""
+_OPS = {"EQ": int.__eq__, "GE": int.__ge__, "LE": int.__le__}
+
+
+def _replaced(config: Obj, status: int) -> bool:
+    """Whether a ``local_reply_config`` replaces the body of a local reply with ``status``:
+    Envoy applies the first mapper whose filter matches (other filters than a status
+    comparison are passed over: what they match cannot be told here)."""
+    for mapper in (as_dict(m) for m in as_list(config.get("mappers"))):
+        comparison = as_dict(
+            dig(mapper, "filter", "status_code_filter", "comparison")
+            or dig(mapper, "filter", "statusCodeFilter", "comparison")
+        )
+        value = dig(comparison, "value", "default_value")
+        if value is None:
+            value = dig(comparison, "value", "defaultValue")
+        op = _OPS.get(as_str(comparison.get("op")) or "EQ")
+        if op is None or not isinstance(value, int) or not op(status, value):
+            continue
+        return any(k in mapper for k in ("body", "body_format_override", "bodyFormatOverride"))
+    return False
+
+
+def _words_replies(patch: Obj, ports: set[int]) -> bool:
+    """A MERGE on the gateway's HTTP connection manager whose ``local_reply_config`` replaces
+    the body of every judged status."""
+    if as_str(patch.get("applyTo")) != "NETWORK_FILTER":
+        return False
+    if as_str(dig(patch, "patch", "operation")) != "MERGE":
+        return False
+    if as_str(dig(patch, "match", "context")) not in (None, "", "ANY", "GATEWAY"):
+        return False
+    port = dig(patch, "match", "listener", "portNumber")
+    if port is not None and port not in ports:
+        return False
+    if as_str(dig(patch, "match", "listener", "filterChain", "filter", "name")) != _HCM:
+        return False
+    typed = as_dict(
+        dig(patch, "patch", "value", "typed_config") or dig(patch, "patch", "value", "typedConfig")
+    )
+    config = as_dict(typed.get("local_reply_config") or typed.get("localReplyConfig"))
+    return all(_replaced(config, status) for status in _JUDGED)
+
+
+@check(
+    "gateway-local-replies",
+    title="The federation ingress's own replies say nothing of the mesh behind it",
+    severity=Severity.LOW,
+    why="The replies a gateway makes itself carry Envoy's words: a caller of an exported "
+    "service whose workload is down reads 'upstream connect error or disconnect/reset before "
+    "headers. reset reason: remote connection failure', a refused one 'RBAC: access denied', "
+    "which tell it what proxy, policy and failure lie behind the boundary. No Istio API sets "
+    "the bodies of these replies.",
+    fix="Add an EnvoyFilter on the ingress gateway (applyTo NETWORK_FILTER, context GATEWAY, "
+    "filterChain.filter.name envoy.filters.network.http_connection_manager, operation MERGE) "
+    "whose typed_config sets local_reply_config mappers replacing the body by status (no "
+    "status_code: the status stays, the access log keeps the reason); meshfed render writes "
+    "one, and one for each exported HTTP workload's SIDECAR_INBOUND.",
+    controls=("SI-11", "SC-7(16)"),
+)
+def gateway_local_replies(ctx: AuditContext) -> Iterator[Hit]:
+    ctx.require_docs()
+    found = False
+    for docs in ctx.scopes().values():
+        root = root_namespace(docs)
+        filters = istio(docs, "EnvoyFilter")
+        for workload in _ingresses(docs):
+            if all(_is_tcp(server) for _, _, server in _mutual_servers(workload)):
+                continue  # no HTTP: Envoy makes no HTTP replies there
+            found = True
+            ports = _listener_ports(docs, workload)
+            worded = any(
+                _words_replies(as_dict(p), ports)
+                for ef in filters
+                if _reaches(ef, workload, root)
+                for p in as_list(ef.spec.get("configPatches"))
+            )
+            if not worded:
+                yield Hit(
+                    Severity.LOW,
+                    f"the {workload.describe()} answers refused and failed requests in Envoy's "
+                    "words (RBAC: access denied; upstream connect error ... reset reason): no "
+                    "EnvoyFilter gives its HTTP connection manager a local_reply_config",
+                    workload.location(),
+                )
+    if not found:
+        raise NotAssessed("no gateway terminates mutual TLS for HTTP")
 
 
 def _guarded_hosts(docs: list[Doc], workload: GatewayWorkload) -> set[str]:

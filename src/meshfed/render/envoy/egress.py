@@ -108,7 +108,7 @@ def egress_process(mesh: MeshPlan, ports: MeshLayout, runtime_dir: Path) -> Proc
         name=name,
         mesh=mesh.name,
         role="egress",
-        admin_port=ports.egress_admin_port,
+        admin_socket=ports.egress_admin,
         clusters=[egress_cluster(r, mesh.egress.failover, limits) for r in mesh.egress.routes],
         listeners=[gateway],
         spiffe_id=None,

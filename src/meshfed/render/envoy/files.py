@@ -70,16 +70,24 @@ def ecds_ref(runtime_dir: Path, process: str, name: str, type_url: str) -> Resou
     }
 
 
-def _loopback(port: int) -> dict[str, Any]:
-    return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+ADMIN_SOCKET_MODE = 0o600
+
+
+def admin(socket_path: str) -> Resource:
+    """The admin endpoint on a unix socket only its user may connect to (never TCP: any local
+    process could stop or reconfigure the Envoy there). It stays reachable at the connection cap.
+    """
+    return {
+        "address": {"pipe": {"path": socket_path, "mode": ADMIN_SOCKET_MODE}},
+        "ignore_global_conn_limit": True,
+    }
 
 
 def bootstrap(process: ProcessConfig, runtime_dir: Path) -> Resource:
     base = process_dir(runtime_dir, process.name)
     return {
         "node": {"id": process.name, "cluster": process.mesh},
-        # The admin endpoint (status, health, stats) stays reachable at the connection cap.
-        "admin": {"address": _loopback(process.admin_port), "ignore_global_conn_limit": True},
+        "admin": admin(process.admin_socket),
         "dynamic_resources": {
             "lds_config": _watched(base / "lds" / "lds.json"),
             "cds_config": _watched(base / "cds" / "cds.json"),

@@ -33,6 +33,7 @@ from meshfed.render.envoy.tunnel import (
     tunnel_cluster,
     tunnel_listener,
 )
+from meshfed.render.local_reply import local_reply_config
 
 LISTENER_NAME = "federation-ingress"
 
@@ -92,6 +93,8 @@ def _http_chain(
         normalize_path=boundary.paths.normalize,
         merge_slashes=boundary.paths.merge_slashes,
         path_with_escaped_slashes_action=f"{boundary.paths.escaped_slashes}_REQUEST",
+        # What the ingress answers itself says what the status says, nothing of the mesh.
+        local_reply_config=local_reply_config(boundary.local_replies),
         **hcm_fields(mesh.limits.ingress),
     )
     return {
@@ -206,7 +209,7 @@ def ingress_process(
         name=name,
         mesh=mesh.name,
         role="ingress",
-        admin_port=ports.ingress_admin_port,
+        admin_socket=ports.ingress_admin,
         clusters=clusters,
         listeners=[gateway, *internal],
         spiffe_id=ing.spiffe_id,

@@ -1,7 +1,8 @@
 """Where each local process listens. The local runtime allocates these; the plan does not care.
 
 Only the mesh ingress address and port come from the spec (via the plan); every other port here
-is allocated by the runtime and kept stable across ``meshfed up`` runs.
+is allocated by the runtime and kept stable across ``meshfed up`` runs. Each Envoy's admin
+endpoint listens on a unix socket (never TCP), whose path the runtime chooses too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ class SidecarLayout:
     """Plain HTTP listener the workload (or ``meshfed call``) sends HTTP imports to."""
     app_port: int
     """Where the workload's own server listens (plain, loopback)."""
-    admin_port: int
+    admin_socket: str
+    """Path of the unix socket of this sidecar's admin endpoint."""
     tcp_outbound: dict[str, int] = field(default_factory=dict)
     """``<local host>:<port>`` of each TCP import -> the local listener port for it."""
 
@@ -27,9 +29,11 @@ class SidecarLayout:
 @dataclass(frozen=True)
 class MeshLayout:
     mesh: str
-    ingress_admin_port: int
+    ingress_admin: str
+    """Path of the unix socket of the ingress gateway's admin endpoint."""
     egress_port: int
-    egress_admin_port: int
+    egress_admin: str
+    """Path of the unix socket of the egress gateway's admin endpoint."""
     sidecars: dict[str, SidecarLayout]
     """Keyed by ``<namespace>/<name>``."""
 
@@ -39,3 +43,5 @@ class LocalLayout:
     meshes: dict[str, MeshLayout]
     address: str = "127.0.0.1"
     """Loopback address every allocated listener binds (mesh ingresses use the spec's)."""
+    admin_dir: str = ""
+    """The private directory (0700) of the admin sockets."""

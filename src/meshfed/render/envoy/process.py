@@ -16,7 +16,8 @@ class ProcessConfig:
     name: str
     mesh: str
     role: Role
-    admin_port: int
+    admin_socket: str
+    """Path of the unix socket of its admin endpoint (mode 0600; never a TCP port)."""
     clusters: list[Resource]
     """CDS resources (each with its ``@type``); write these first."""
     listeners: list[Resource]

@@ -21,6 +21,7 @@ from meshfed.render.envoy.limits import (
 )
 from meshfed.render.envoy.process import ProcessConfig, Resource
 from meshfed.render.envoy.tls import LOCAL_CA, PEER_CA, cert_details
+from meshfed.render.local_reply import local_reply_config
 
 
 def inbound(
@@ -55,21 +56,25 @@ def inbound(
         # Who may pass a caller on to the workload: only the mesh's ingress, and (an exported
         # workload) only for the callers its exports allow, on the identity the ingress read
         # from the caller's certificate (`meshfed.plan.guard`, `rbac.sidecar_config`).
+        exported = mesh.guard(workload.ref)
         guard = {
             "name": "envoy.filters.http.rbac",
-            "typed_config": rbac.sidecar_config(xfcc.forwarder, mesh.guard(workload.ref)),
+            "typed_config": rbac.sidecar_config(xfcc.forwarder, exported),
         }
-        filters = [
-            hcm(
-                "inbound",
-                route_config,
-                [guard],
-                [],
-                forward_client_cert_details=xfcc.to_workload,
-                set_current_client_cert_details=cert_details(xfcc),
-                **hcm_fields(limits),
-            )
-        ]
+        manager = hcm(
+            "inbound",
+            route_config,
+            [guard],
+            [],
+            forward_client_cert_details=xfcc.to_workload,
+            set_current_client_cert_details=cert_details(xfcc),
+            **hcm_fields(limits),
+        )
+        # Its answers for the workload reach callers across the boundary through the ingress.
+        replies = mesh.boundary.local_replies
+        if exported is not None and replies.at_exported_workloads:
+            manager["typed_config"]["local_reply_config"] = local_reply_config(replies)
+        filters = [manager]
     return listener(
         "inbound",
         "127.0.0.1",
@@ -203,7 +208,7 @@ def sidecar_process(
         name=name,
         mesh=mesh.name,
         role="sidecar",
-        admin_port=sidecar.admin_port,
+        admin_socket=sidecar.admin_socket,
         clusters=clusters,
         listeners=listeners,
         spiffe_id=workload.spiffe_id,

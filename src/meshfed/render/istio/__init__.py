@@ -53,7 +53,8 @@ def render_mesh(plan: FederationPlan, mesh: MeshPlan, creds: MeshCredentials) ->
         "exports.yaml": boundary.routes(plan, mesh) + boundary.authorization(plan, mesh),
         "mtls.yaml": boundary.peer_authentication(plan, mesh),
         "telemetry.yaml": boundary.access_logging(plan, mesh),
-        "envoy-filters.yaml": filters.ingress_filter(plan, mesh),
+        "envoy-filters.yaml": filters.ingress_filter(plan, mesh)
+        + filters.workload_filters(plan, mesh),
         "imports.yaml": imports.consumer(plan, mesh),
         "limits.yaml": limits.objects(plan, mesh),
         "guards.yaml": workload.guard_policies(plan, mesh) + workload.xfcc_filters(plan, mesh),

@@ -11,11 +11,19 @@ Istio's APIs leave two of the boundary policy's rules out of reach at a gateway:
 - **Escaped slashes.** ``meshConfig.pathNormalization`` is mesh-wide and offers no refusal of
   ``%2F``/``%5C`` (``DECODE_AND_MERGE_SLASHES`` decodes them, for every sidecar of the mesh).
   The ingress's own connection manager gets the plan's path policy instead, scoped to it.
+- **The bodies of Envoy's own replies** (``upstream connect error or disconnect/reset before
+  headers. reset reason: ...``, ``no healthy upstream``, ``RBAC: access denied``): no Istio API
+  sets the connection manager's ``local_reply_config`` (istiod never writes it), so the
+  ingress's connection manager gets the plan's bodies (`meshfed.render.local_reply`), and so
+  does the inbound connection manager of each exported HTTP workload's sidecar, whose answers
+  for its workload (the application down, its guard's 403) the ingress passes on as the
+  workload's own. The sidecar patch has no port: every inbound HTTP chain of the workload.
 
-Both patches MERGE (Istio's EnvoyFilter: a merged list is appended, a merged field set): they add
-a log and tighten parsing, and never touch TLS, authorization or XFCC (``meshfed audit``'s
-``envoy-filter-security`` check holds them to that). ``listener.portNumber`` is the port the
-gateway listens on, its Service's ``targetPort`` (meshfed renders both equal).
+Every patch MERGEs (istiod's ``MergeAnyWithAny``: a proto merge; a merged list is appended, a
+merged field set): they add a log, tighten parsing and word the proxy's own replies, and never
+touch TLS, authorization or XFCC (``meshfed audit``'s ``envoy-filter-security`` check holds them
+to that). ``listener.portNumber`` is the port the gateway listens on, its Service's
+``targetPort`` (meshfed renders both equal).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from __future__ import annotations
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.boundary_log import HANDSHAKE_FIELDS, REFUSED_HANDSHAKE
-from meshfed.render.istio.objects import Obj, obj
+from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.local_reply import local_reply_config
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 CEL_FILTER = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
@@ -59,14 +68,16 @@ def handshake_log(mesh: MeshPlan) -> Obj:
     }
 
 
-def path_rules(mesh: MeshPlan) -> Obj:
-    """The plan's path policy as HTTP connection manager fields."""
+def connection_manager(mesh: MeshPlan) -> Obj:
+    """The ingress's HTTP connection manager fields: the plan's path policy, and the bodies of
+    the replies it makes itself."""
     paths = mesh.boundary.paths
     return {
         "@type": HCM,
         "normalize_path": paths.normalize,
         "merge_slashes": paths.merge_slashes,
         "path_with_escaped_slashes_action": f"{paths.escaped_slashes}_REQUEST",
+        "local_reply_config": local_reply_config(mesh.boundary.local_replies),
     }
 
 
@@ -91,7 +102,10 @@ def ingress_filter(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                     "context": "GATEWAY",
                     "listener": {**listener, "filterChain": {"filter": {"name": HCM_NAME}}},
                 },
-                "patch": {"operation": "MERGE", "value": {"typed_config": path_rules(mesh)}},
+                "patch": {
+                    "operation": "MERGE",
+                    "value": {"typed_config": connection_manager(mesh)},
+                },
             }
         )
     return [
@@ -106,4 +120,37 @@ def ingress_filter(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                 "configPatches": patches,
             },
         )
+    ]
+
+
+def workload_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
+    """Per exported HTTP workload, the EnvoyFilter that words its sidecar's own replies (none
+    when the plan keeps Envoy's there)."""
+    replies = mesh.boundary.local_replies
+    if not replies.at_exported_workloads:
+        return []
+    typed_config = {"@type": HCM, "local_reply_config": local_reply_config(replies)}
+    return [
+        obj(
+            "networking.istio.io/v1alpha3",
+            "EnvoyFilter",
+            f"meshfed-replies-{slug(guard.workload.name, 47)}",
+            plan.name,
+            guard.workload.namespace,
+            spec={
+                "workloadSelector": {"labels": {"app": guard.workload.name}},
+                "configPatches": [
+                    {
+                        "applyTo": "NETWORK_FILTER",
+                        "match": {
+                            "context": "SIDECAR_INBOUND",
+                            "listener": {"filterChain": {"filter": {"name": HCM_NAME}}},
+                        },
+                        "patch": {"operation": "MERGE", "value": {"typed_config": typed_config}},
+                    }
+                ],
+            },
+            extra_labels={"meshfed.dev/workload": guard.workload.ref.replace("/", ".")},
+        )
+        for guard in mesh.workload_guards
     ]
