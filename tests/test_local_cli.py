@@ -130,3 +130,21 @@ def test_call_to_a_host_the_mesh_does_not_import_lists_its_imports(
     )
     assert "mesh payments imports nothing" in result.output, result.output
     assert "is an import of mesh web (--mesh)" in result.output
+
+
+def test_call_as_takes_the_workload_name_up_names_its_probes_by(
+    two: tuple[Path, Path, Path],
+) -> None:
+    """``up`` reports a failed probe as ``GET / as billing/charge-svc-v2`` (the workload, as the
+    spec names it); ``call --as`` that name reaches the same sidecar as its service account."""
+    base, _, partners = two
+    url = "http://payments.checkout.svc.cluster.local/"
+    by_sa = _run(base, "call", "--mesh", "globex", "--as", "billing/charge", url, str(partners))
+    by_name = _run(
+        base, "call", "--mesh", "globex", "--as", "billing/charge-svc-v2", url, str(partners)
+    )
+    assert "has no workload" not in by_name.output, by_name.output
+    assert by_name.exit_code == by_sa.exit_code and by_name.output == by_sa.output
+    wrong = _run(base, "call", "--mesh", "globex", "--as", "billing/nobody", url, str(partners))
+    assert wrong.exit_code == 1
+    assert "has no workload" in wrong.output and "billing/charge" in wrong.output

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,8 +18,18 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from local_helpers import Fed, cli, client_context, poll, spec_copy, tls_request
+from local_helpers import (
+    Fed,
+    cli,
+    client_context,
+    poll,
+    spec_copy,
+    tcp_greeting_and_echo,
+    tls_request,
+)
 from meshfed.local import dashboard
+from meshfed.local.probe import plan_probes, run_probe
+from meshfed.local.prober import ProbeLedger
 from meshfed.local.procs import stop
 from meshfed.rotation.machine import Rotator
 
@@ -27,6 +38,7 @@ pytestmark = pytest.mark.envoy
 TOKENIZE = "http://tokenizer.shop.svc.cluster.local/v1/tokenize"
 PROBER = "spiffe://web.bank.example/ns/meshfed-system/sa/meshfed-prober"
 CATALOG = "spiffe://web.bank.example/ns/shop/sa/catalog"
+CHECKOUT = "spiffe://web.bank.example/ns/shop/sa/checkout"
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +126,22 @@ def test_own_traffic_apart_and_totals_across_restarts(bank: Fed, tmp_path: Path)
     assert {d["meshfed_probe"] for d in own} >= {"import probe", "rotation check"}
     assert all(d.get("meshfed_probe") for d in lines if d.get("caller") == PROBER)
     assert any(d.get("caller") == PROBER for d in own)
+    # The rotation's end-to-end calls (as the consumers' own workloads, through their sidecars)
+    # are recorded as its checks, not as `up`'s import probes.
+    records = [
+        json.loads(line)
+        for line in (bank.state / "local" / "probes.jsonl").read_text().splitlines()
+    ]
+    end_to_end = [r for r in records if " as " in r.get("target", "")]
+    assert {r["what"] for r in end_to_end} == {"import probe", "rotation check"}, end_to_end
+    assert any(r["what"] == "rotation check" and "conn" in r for r in end_to_end), end_to_end
+    assert any(
+        d["meshfed_probe"] == "rotation check"
+        and d.get("kind") == "connection"
+        and d.get("sni") == "ledger.payments.bank.global"
+        and d.get("caller", "").endswith("/sa/checkout")
+        for d in own
+    )
     text = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"]).output
     assert "[meshfed's own rotation check]" in text and "[meshfed's own import probe]" in text
 
@@ -127,3 +155,76 @@ def test_own_traffic_apart_and_totals_across_restarts(bank: Fed, tmp_path: Path)
     totals = _state(bank)["totals"]
     assert totals["denied"] == 3 and totals["probes"] >= arrow["probes"]
     assert os.environ.get("MESHFED_TEST_HOLD") is None
+
+
+LEDGER_SNI = "ledger.payments.bank.global"
+
+
+def _ledger_lines(fed: Fed) -> list[dict[str, Any]]:
+    """The TCP import's crossings in ``logs --boundary`` (web's egress, payments' ingress)."""
+    result = CliRunner().invoke(cli(), ["logs", "--state", str(fed.state), "--boundary", "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    return [d for d in lines if d.get("sni") == LEDGER_SNI]
+
+
+def test_tcp_import_probes_are_marked_hop_by_hop(bank: Fed) -> None:
+    """A TCP import probe has no header to carry a mark: its connection is followed from the
+    ledger's record through the sidecar's, the egress's and the ingress's logs. Callers'
+    connections made at the same time, through the same sidecar, as the same workload, with
+    the same certificate, are never marked."""
+    # up's own probe of web's TCP import (ledger): at the egress and at the ingress's tunnel.
+    first = _ledger_lines(bank)
+    assert {(d["gateway"], d.get("meshfed_probe")) for d in first} >= {
+        ("egress", "import probe"),
+        ("ingress", "import probe"),
+    }, first
+    assert not [d for d in first if not d.get("meshfed_probe")], first
+    before = {g: len([d for d in first if d["gateway"] == g]) for g in ("egress", "ingress")}
+
+    # Five more probes, each interleaved with a caller's connection (checkout, allowed, its
+    # sidecar's TCP import listener: the probe's very path).
+    layout = bank.runtime.layout()
+    assert layout is not None
+    probe = next(p for p in plan_probes(bank.ws.plan, layout) if p.protocol == "TCP")
+    ledger = ProbeLedger(bank.runtime.paths)
+    port = bank.sidecar("web", "shop/checkout").tcp_outbound["ledger.shop.svc.cluster.local:9000"]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(5):
+            callers = pool.submit(tcp_greeting_and_echo, port)
+            assert run_probe(probe, 10, ledger).ok
+            assert callers.result()["workload"] == "cards/ledger"
+
+    def settled() -> list[dict[str, Any]] | None:
+        lines = _ledger_lines(bank)
+        ingress = [d for d in lines if d["gateway"] == "ingress"]
+        return lines if len(ingress) == before["ingress"] + 10 else None
+
+    assert poll(lambda: settled() is not None, timeout=15) is not None, _ledger_lines(bank)
+    lines = settled()
+    assert lines is not None
+    for gateway in ("egress", "ingress"):
+        mine = [d for d in lines if d["gateway"] == gateway]
+        callers = [d for d in mine if not d.get("meshfed_probe")]
+        assert len(callers) == 5, (gateway, mine)
+        assert len(mine) - len(callers) == before[gateway] + 5
+    assert all(d["caller"] == CHECKOUT for d in lines if d["gateway"] == "ingress")
+    text = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"]).output
+    tunnel = [
+        line for line in text.splitlines() if "payments/ingress" in line and LEDGER_SNI in line
+    ]
+    # (meshfed's own: also the rotation's handshakes, when the first test ran before this one)
+    marked = sum("[meshfed's own " in line for line in tunnel)
+    assert marked == before["ingress"] + 5, tunnel
+    assert sum("[meshfed's own import probe]" in line for line in tunnel) >= 6, tunnel
+
+    # The dashboard counts the callers' five apart from meshfed's own.
+    def arrow() -> dict[str, Any]:
+        return next(
+            a
+            for a in _state(bank)["arrows"]
+            if a["caller"] == "web" and a["export"] == "payments/ledger"
+        )
+
+    assert poll(lambda: arrow()["allowed"] == 5, timeout=15) is not None, arrow()
+    assert arrow()["probes"] == before["ingress"] + 5, arrow()

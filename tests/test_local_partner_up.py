@@ -68,6 +68,10 @@ def test_up_before_the_partner_says_why_its_import_fails(
         assert "probe failed: globex orders.billing.svc.cluster.local:80" in out
         assert "served only by a partner's ingress, run by another organisation: acme" in out
         assert "Once it is up, run meshfed up again" in out
+        # The wait is the failed probe's retries, not the Envoys' start: up says so.
+        took = re.search(r"host up in ([\d.]+) s, then ([\d.]+) s probing imports \(1 did", out)
+        assert took is not None, out
+        assert float(took.group(2)) >= 1.0
     finally:
         CliRunner().invoke(cli(), ["down", str(spec), "--state", str(state)])
         assert_nothing_left(state)

@@ -76,51 +76,6 @@ def _now(now: datetime | None) -> str:
 # --- published bundles -------------------------------------------------------------------------
 
 
-def _published_path(state_dir: Path, mesh: str) -> Path:
-    return bundles_dir(state_dir) / "published" / f"{mesh}.json"
-
-
-def _published_content(
-    trust_domain: str, roots: Sequence[x509.Certificate], refresh_hint: int
-) -> dict[str, Any]:
-    return {
-        "trust_domain": trust_domain,
-        "fingerprints": [fingerprint(c) for c in roots],
-        "refresh_hint": refresh_hint,
-    }
-
-
-def published_bundle(
-    state_dir: Path,
-    mesh: str,
-    trust_domain: str,
-    roots: Sequence[x509.Certificate],
-    refresh_hint: int,
-) -> SpiffeBundle | None:
-    """The bundle ``mesh`` publishes, if ``publish`` has numbered exactly this content; None
-    otherwise. Writes nothing: for a reader that may not number (a standby replica)."""
-    record = _read_json(_published_path(state_dir, mesh))
-    if not isinstance(record, dict):
-        return None
-    sequence = record.get("sequence")
-    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
-        return None
-    if record.get("content") != _published_content(trust_domain, roots, refresh_hint):
-        return None
-    return SpiffeBundle(trust_domain, tuple(roots), sequence, refresh_hint)
-
-
-def published_since(state_dir: Path, mesh: str) -> datetime | None:
-    """Since when ``mesh``'s published bundle has had its current content (None: never
-    published)."""
-    record = _read_json(_published_path(state_dir, mesh))
-    since = record.get("since") if isinstance(record, dict) else None
-    try:
-        return datetime.strptime(str(since), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except ValueError:
-        return None
-
-
 def publish(
     state_dir: Path,
     mesh: str,
@@ -136,13 +91,91 @@ def publish(
     content = _published_content(trust_domain, roots, refresh_hint)
     with locked(state_dir):
         record = _read_json(path)
-        sequence = record.get("sequence") if isinstance(record, dict) else None
-        if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
-            sequence = 0
+        sequence = _recorded_sequence(record)
         if not isinstance(record, dict) or record.get("content") != content:
             sequence += 1
             _write_json(path, {"sequence": sequence, "content": content, "since": _now(now)})
     return SpiffeBundle(trust_domain, tuple(roots), sequence, refresh_hint)
+
+
+@dataclass(frozen=True)
+class PublishedState:
+    """What a mesh's endpoint served last, against what it would serve now (read-only)."""
+
+    sequence: int | None
+    """The sequence last served or printed (None: nothing yet)."""
+    since: str | None
+    current: bool
+    """Whether the roots and refresh hint now are what ``sequence`` numbers."""
+    next_sequence: int
+    """The sequence the next fetch gets."""
+
+
+def published_state(
+    state_dir: Path,
+    mesh: str,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate],
+    refresh_hint: int,
+) -> PublishedState:
+    """``publish`` without writing: the recorded sequence and whether it still numbers the
+    bundle made of ``roots`` (``trust status``: what a partner should hold by now)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    if not isinstance(record, dict):
+        return PublishedState(None, None, False, 1)
+    sequence = _recorded_sequence(record)
+    current = record.get("content") == _published_content(trust_domain, roots, refresh_hint)
+    since = record.get("since")
+    return PublishedState(
+        sequence, since if isinstance(since, str) else None, current, sequence + (not current)
+    )
+
+
+def published_bundle(
+    state_dir: Path,
+    mesh: str,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate],
+    refresh_hint: int,
+) -> SpiffeBundle | None:
+    """The bundle ``mesh`` publishes, if ``publish`` has numbered exactly this content; None
+    otherwise. Writes nothing: for a reader that may not number (a standby replica)."""
+    state = published_state(state_dir, mesh, trust_domain, roots, refresh_hint)
+    if not state.current or not state.sequence:
+        return None
+    return SpiffeBundle(trust_domain, tuple(roots), state.sequence, refresh_hint)
+
+
+def published_since(state_dir: Path, mesh: str) -> datetime | None:
+    """Since when ``mesh``'s published bundle has had its current content (None: never
+    published)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    since = record.get("since") if isinstance(record, dict) else None
+    try:
+        return datetime.strptime(str(since), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+def _published_path(state_dir: Path, mesh: str) -> Path:
+    return bundles_dir(state_dir) / "published" / f"{mesh}.json"
+
+
+def _published_content(
+    trust_domain: str, roots: Sequence[x509.Certificate], refresh_hint: int
+) -> dict[str, Any]:
+    return {
+        "trust_domain": trust_domain,
+        "fingerprints": [fingerprint(c) for c in roots],
+        "refresh_hint": refresh_hint,
+    }
+
+
+def _recorded_sequence(record: Any) -> int:
+    sequence = record.get("sequence") if isinstance(record, dict) else None
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 0:
+        return 0
+    return sequence
 
 
 # --- bundles accepted from peers ---------------------------------------------------------------

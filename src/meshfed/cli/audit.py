@@ -61,7 +61,12 @@ def _emit(text: str, output: Path | None) -> None:
     help="PKI state directory of SPEC (default ./.meshfed/<federation>/).",
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(list(FORMATS)), default="table", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(list(FORMATS)),
+    default="table",
+    show_default=True,
+    help="table for a terminal; json, sarif (code scanning), markdown or html for files.",
 )
 @click.option(
     "--fail-on",

@@ -17,6 +17,9 @@ from meshfed.spec.errors import SpecError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+OUTPUT_FILE = click.Path(path_type=Path, dir_okay=False)
+"""A file an option writes (not a directory)."""
+
 
 @contextmanager
 def reported(*errors: type[Exception], effect: str = "nothing was changed") -> Iterator[None]:

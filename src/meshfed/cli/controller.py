@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from meshfed.cli.common import reported
+from meshfed.cli.common import OUTPUT_FILE, reported
 from meshfed.cli.controller_run import (
     _CONTEXT,
     _KUBECONFIG,
@@ -58,8 +58,8 @@ def _options(
     )
 
 
-_IMAGE = click.option("--image", default=DEFAULT_IMAGE, show_default=True)
-_REPLICAS = click.option("--replicas", type=int, default=2, show_default=True)
+_IMAGE = click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="Its image.")
+_REPLICAS = click.option("--replicas", type=int, default=2, show_default=True, help="Pods.")
 _IN_CLUSTER = click.option(
     "--in-cluster-context",
     default=None,
@@ -353,8 +353,8 @@ def _state_session(
 
 @controller.command("pki-request")
 @click.argument("federation")
-@click.option("--mesh", required=True)
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("--mesh", required=True, help="The mesh whose intermediate key is made.")
+@click.option("-o", "--output", type=OUTPUT_FILE, required=True, help="Where to write the CSR.")
 @_KUBECONFIG
 @_CONTEXT
 @_NAMESPACE

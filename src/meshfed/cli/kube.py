@@ -283,7 +283,12 @@ def discover_command(
 @click.option("--context", required=True, help="kubeconfig context of the remote cluster.")
 @click.option("--name", "cluster", required=True, help="Istio's name for the remote cluster.")
 @click.option("--rotate", is_flag=True, help="Issue a new token, then revoke the old ones.")
-@click.option("--istio-namespace", default="istio-system", show_default=True)
+@click.option(
+    "--istio-namespace",
+    default="istio-system",
+    show_default=True,
+    help="Istio's namespace: the reader account's on the remote, the Secret's on the primary.",
+)
 @click.option(
     "--server", default=None, help="API server address for istiod (default: kubeconfig's)."
 )
@@ -293,7 +298,12 @@ def discover_command(
     default=None,
     help="Also apply the Secret to this (primary) context, before old tokens are revoked.",
 )
-@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="kubeconfig file (default: $KUBECONFIG, else ~/.kube/config, as kubectl).",
+)
 def remote_secret_command(
     context: str,
     cluster: str,

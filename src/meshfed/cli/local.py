@@ -36,6 +36,7 @@ from meshfed.local.logs import (
     boundary_view,
     follow,
     gateway_logs,
+    hop_logs,
     marked,
     read_entries,
     summary_line,
@@ -71,7 +72,12 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
     "it (all of them, or --federation's).",
 )
 @click.option("--federation", default=None, help="With --kube: one Federation, by name.")
-@click.option("--kubeconfig", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "--kubeconfig",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --kube: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
+)
 @click.option("--context", default=None, help="With --kube: the management cluster's context.")
 def status(
     spec: Path | None,
@@ -151,9 +157,15 @@ def _print_status(st: Status) -> None:
 @click.command()
 @click.option("--mesh", "mesh", required=True, help="Mesh of the calling workload.")
 @click.option(
-    "--as", "as_", required=True, metavar="NS/SA", help="Namespace/serviceAccount of the caller."
+    "--as",
+    "as_",
+    required=True,
+    metavar="NS/SA",
+    help="Namespace/serviceAccount of the caller (or namespace/name of its workload).",
 )
-@click.option("-X", "--request", "method", default=None, help="HTTP method (default GET/POST).")
+@click.option(
+    "-X", "--request", "method", default=None, help="HTTP method (default GET, POST with -d)."
+)
 @click.option("-d", "--data", "data", default=None, help="Request body (TCP: a line to echo).")
 @click.option("-H", "--header", "headers", multiple=True, help="Extra header 'Name: value'.")
 @click.option("-i", "--include", is_flag=True, help="Print the status line and headers too.")
@@ -264,12 +276,17 @@ def logs(
         runtime = _runtime(spec, spec_option, state)
         summary = runtime.summary()
         files = gateway_logs(runtime.root, summary, mesh, boundary)
+        hops = hop_logs(runtime.root, summary)
         entries = read_entries(files, boundary)
         marks = load_marks(runtime.paths)
 
+    def refresh() -> None:
+        marks.read(ledger_path(runtime.paths))  # probes recorded since, then their hops
+        marks.read_hops(hops)
+
     def show(batch: list[LogEntry]) -> None:
-        marks.read(ledger_path(runtime.paths))  # probes recorded since
-        batch = marked(batch, marks)
+        refresh()
+        batch = marked(batch, marks, refresh)
         for entry in boundary_view(batch, summary) if boundary else batch:
             if as_json:
                 doc = {"process": entry.process, "file": entry.file, **entry.doc}
@@ -282,8 +299,8 @@ def logs(
     show(entries)
     if follow_:
         try:
-            for entry in follow(files, boundary):
-                show([entry])
+            for batch in follow(files, boundary):
+                show(batch)
         except KeyboardInterrupt:
             return
 

@@ -112,7 +112,13 @@ def validate(spec: Path, strict: bool) -> None:
 
 
 @main.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), default=None)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the schema to this file instead of standard output.",
+)
 def schema(output: Path | None) -> None:
     """Print the JSON Schema of the spec (for editors' completion and validation)."""
     doc = Federation.model_json_schema(by_alias=True, mode="validation")
@@ -162,7 +168,13 @@ def pki_init(spec: Path, state: Path | None) -> None:
     help="Output directory (default ./out/<federation>). Written whole on success; on a new "
     "render meshfed replaces the files it wrote there and keeps any you added.",
 )
-@click.option("--target", type=click.Choice(["istio"]), default="istio", show_default=True)
+@click.option(
+    "--target",
+    type=click.Choice(["istio"]),
+    default="istio",
+    show_default=True,
+    help="What to render for (Istio's APIs, as installed by istioctl, Helm or Sail).",
+)
 @click.option(
     "--secrets",
     "secrets_as",
@@ -183,6 +195,7 @@ def pki_init(spec: Path, state: Path | None) -> None:
     type=click.Choice(["ClusterSecretStore", "SecretStore"]),
     default="ClusterSecretStore",
     show_default=True,
+    help="With --secrets external-secrets: the kind of the store --secret-store names.",
 )
 @click.option(
     "--secret-prefix",

@@ -206,7 +206,7 @@ def register(main: click.Group) -> None:
         raise RuntimeError("meshfed's pki group is missing")
 
     @pki.command("request")
-    @click.option("--mesh", required=True)
+    @click.option("--mesh", required=True, help="The mesh whose intermediate key is made.")
     @_SPEC_ARG
     @click.option(
         "--state",

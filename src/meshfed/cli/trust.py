@@ -25,7 +25,7 @@ from meshfed.bundles.errors import BundleError
 from meshfed.bundles.follow import Fetcher, Follower
 from meshfed.bundles.model import PublishedMesh
 from meshfed.bundles.server import BundleServer, FileTls, SvidTls, TlsSource
-from meshfed.bundles.state import Change, PeerBundles, publish
+from meshfed.bundles.state import Change, PeerBundles, publish, published_state
 from meshfed.cli.common import reported
 from meshfed.local.errors import LocalError
 from meshfed.pki import PKIMaterial, PKIStore
@@ -68,6 +68,26 @@ def _published_doc(fed: Federation, state: Path, mesh: PublishedMesh) -> bytes:
     material = PKIStore(state).load(trust_request(fed))
     roots = material.anchors(root_name(fed, mesh.name))
     return document.encode(publish(state, mesh.name, mesh.trust_domain, roots, mesh.refresh_hint))
+
+
+def _published_line(fed: Federation, state: Path, mesh: PublishedMesh) -> str:
+    """The sequence the mesh's endpoint served last, and whether its bundle changed since (a
+    partner holds at most that sequence; compare with its ``trust status``)."""
+    try:
+        material = PKIStore(state).load(trust_request(fed))
+    except PKIError:
+        return "no PKI yet (meshfed pki init, or trust serve, creates it)"
+    roots = material.anchors(root_name(fed, mesh.name))
+    st = published_state(state, mesh.name, mesh.trust_domain, roots, mesh.refresh_hint)
+    now = f"{len(roots)} root(s)"
+    if st.sequence is None:
+        return f"nothing served yet; the first fetch gets sequence 1, {now}"
+    if st.current:
+        return f"sequence {st.sequence} (since {st.since}), {now}"
+    return (
+        f"sequence {st.sequence} served last; its roots or refresh hint changed since: the "
+        f"next fetch gets sequence {st.next_sequence}, {now}"
+    )
 
 
 def _publishing(fed: Federation, name: str) -> PublishedMesh:
@@ -280,7 +300,10 @@ def register(main: click.Group) -> None:
             spec, fed, state_dir = _load(spec, state)
             store = PeerBundles(state_dir)
             for m in published(fed):
-                click.echo(f"publishes {m.name} at {m.endpoint.url} ({m.endpoint.profile})")
+                click.echo(
+                    f"publishes {m.name} at {m.endpoint.url} ({m.endpoint.profile}): "
+                    + _published_line(fed, state_dir, m)
+                )
             for p in followed(fed, spec.resolve().parent):
                 kept = store.current(p.name)
                 cond = store.condition(p.name)

@@ -224,9 +224,16 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
     for note in report.notes:
         out.print(f"note: {note}", markup=False)
     envoys = len(report.summary.processes)
+    took = f"{report.elapsed:.1f} s"
+    if not report.ok:
+        # A failed probe retries until its timeout: say where the wait went.
+        failed = sum(not p.ok for p in report.probes)
+        took = (
+            f"{report.elapsed - report.probing:.1f} s, then {report.probing:.1f} s probing "
+            f"imports ({failed} did not answer)"
+        )
     out.print(
-        f"{envoys} Envoys and the workload host up in {report.elapsed:.1f} s "
-        f"(state: {runtime.paths.root})",
+        f"{envoys} Envoys and the workload host up in {took} (state: {runtime.paths.root})",
         markup=False,
         soft_wrap=True,
     )

@@ -25,7 +25,7 @@ from meshfed.graph import Edge, FederationGraph, build_graph
 from meshfed.graph.layout import layout
 from meshfed.graph.svg import LIVE_LINES, svg_from_layout
 from meshfed.local.health import SourceStatus, source_health
-from meshfed.local.logs import LogEntry, gateway_logs
+from meshfed.local.logs import LogEntry, gateway_logs, hop_logs
 from meshfed.local.paths import RuntimePaths
 from meshfed.local.prober import ledger_path
 from meshfed.local.state import ProcessRecord, load_processes
@@ -190,7 +190,10 @@ class Collector:
             if mesh is not None:
                 self.counts.setdefault(mesh, IngressCounts()).count(entry, exports[mesh])
 
-        self.tail.update(gateway_logs(self.paths.root, summary, None, True), summary, count)
+        root = self.paths.root
+        self.tail.update(
+            gateway_logs(root, summary, None, True), summary, count, hop_logs(root, summary)
+        )
 
     def _health(
         self, summary: RuntimeSummary, records: dict[str, ProcessRecord]

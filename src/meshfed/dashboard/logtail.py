@@ -3,7 +3,9 @@
 Each gateway log file is read from its start and then from a remembered offset (only complete
 lines); a file that shrank or was replaced is read afresh. Every line is marked (meshfed's own
 probes, ``local/prober.py``: the probe ledger is read first, so a line is never seen before its
-record) and handed to the counters (``counts.py``); the newest crossings of the boundary view
+record, then the hop logs that tie a TCP probe's connection to it; a connection line those do not
+tie yet while a TCP probe was held waits up to ``SETTLE`` seconds for them) and handed to the
+counters (``counts.py``); the newest crossings of the boundary view
 (as ``meshfed logs --boundary``) are kept for the page. The egress gateways' health checks, four
 lines a second in the connection logs, are recognised without parsing.
 """
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +30,12 @@ from meshfed.local.logs import (
     request_verdict,
     stalled_handshake,
 )
-from meshfed.local.prober import FALSE_CLAIM, Marks
+from meshfed.local.prober import FALSE_CLAIM, PENDING, SETTLE, Marks
 from meshfed.local.summary import RuntimeSummary
 
 CHUNK = 4 * 1024 * 1024
 Sink = Callable[[LogEntry], None]
+Hold = Callable[["_File", LogEntry], None]
 
 _HEALTH_CHECK = (
     b'"sni":null',
@@ -69,7 +73,7 @@ class _File:
     offset: int = 0
     entries: deque[LogEntry] = field(default_factory=deque)
 
-    def update(self, summary: RuntimeSummary, marks: Marks, sink: Sink | None) -> None:
+    def update(self, summary: RuntimeSummary, marks: Marks, sink: Sink | None, hold: Hold) -> None:
         try:
             st = self.path.stat()
         except OSError:
@@ -88,15 +92,20 @@ class _File:
                     break  # a line still being written
                 self.offset += len(complete)
                 f.seek(self.offset)
-                self._take(complete, summary, marks, sink)
+                self._take(complete, summary, marks, sink, hold)
 
-    def _take(self, data: bytes, summary: RuntimeSummary, marks: Marks, sink: Sink | None) -> None:
+    def _take(
+        self, data: bytes, summary: RuntimeSummary, marks: Marks, sink: Sink | None, hold: Hold
+    ) -> None:
         parsed = []
         for line in data.split(b"\n"):
             entry = _parse(self.process, self.kind, line)
             if entry is None:
                 continue
             entry = replace(entry, probe=marks.mark(entry.doc))
+            if entry.probe == PENDING:
+                hold(self, entry)
+                continue
             if sink is not None:
                 sink(entry)
             parsed.append(entry)
@@ -111,24 +120,54 @@ class BoundaryTail:
         self.ledger = ledger
         self.marks = Marks()
         self._files: dict[Path, _File] = {}
+        self._pending: list[tuple[float, _File, LogEntry]] = []
+        self._hop_files: list[Path] = []
 
     def update(
         self,
         files: list[tuple[str, Kind, Path]],
         summary: RuntimeSummary,
         sink: Sink | None = None,
+        hops: Iterable[Path] = (),
     ) -> None:
         """Follow exactly ``files`` (as ``logs.gateway_logs`` lists them) and read what is new;
-        each new line goes to ``sink`` once."""
+        each new line goes to ``sink`` once. ``hops``: the logs a TCP probe's connection is
+        followed through (``logs.hop_logs``)."""
         if self.ledger is not None:
             self.marks.read(self.ledger)
+        self._hop_files = list(hops)
+        self.marks.read_hops(self._hop_files)
         wanted = {path: (process, kind) for process, kind, path in files}
         for path in list(self._files):
             if path not in wanted:
                 del self._files[path]
         for path, (process, kind) in wanted.items():
             tail = self._files.setdefault(path, _File(process, kind, path, self.keep))
-            tail.update(summary, self.marks, sink)
+            tail.update(summary, self.marks, sink, self._hold)
+        self._settle(summary, sink)
+
+    def _hold(self, file: _File, entry: LogEntry) -> None:
+        self._pending.append((time.monotonic(), file, entry))
+
+    def _settle(self, summary: RuntimeSummary, sink: Sink | None) -> None:
+        """Ask again about the lines held for their hops' logs; past ``SETTLE`` seconds, a line
+        still not tied to a probe is a caller's."""
+        if self._pending:  # the hops' lines written since this update began
+            if self.ledger is not None:
+                self.marks.read(self.ledger)
+            self.marks.read_hops(self._hop_files)
+        still = []
+        now = time.monotonic()
+        for seen, file, entry in self._pending:
+            probe = self.marks.mark(entry.doc)
+            if probe == PENDING and now - seen < SETTLE:
+                still.append((seen, file, entry))
+                continue
+            entry = replace(entry, probe=None if probe == PENDING else probe)
+            if sink is not None:
+                sink(entry)
+            file.entries.extend(boundary_view([entry], summary))
+        self._pending = still
 
     def latest(self, n: int | None = None) -> list[LogEntry]:
         """Newest first."""

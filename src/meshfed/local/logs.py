@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from meshfed.local.prober import FALSE_CLAIM, Marks
+from meshfed.local.prober import FALSE_CLAIM, PENDING, SETTLE, Marks
 from meshfed.local.summary import RuntimeSummary
 from meshfed.plan.limits import FailoverPolicy
 from meshfed.render.envoy.files import log_path
@@ -58,6 +58,16 @@ def gateway_logs(
         for p in summary.processes
         if p.role in ("ingress", "egress") and (mesh is None or p.mesh == mesh)
         for kind in kinds
+    ]
+
+
+def hop_logs(root: Path, summary: RuntimeSummary) -> list[Path]:
+    """The logs a TCP import probe's connection is followed through (``local/hops.py``): every
+    sidecar's (its TCP import listeners') and every egress gateway's access log."""
+    return [
+        log_path(root, p.name, "access")
+        for p in summary.processes
+        if p.role in ("sidecar", "egress")
     ]
 
 
@@ -177,9 +187,18 @@ def read_entries(files: list[tuple[str, Kind, Path]], boundary: bool) -> list[Lo
 
 def follow(
     files: list[tuple[str, Kind, Path]], boundary: bool, interval: float = 0.2
-) -> Iterator[LogEntry]:
-    """New entries as they are written (until interrupted)."""
+) -> Iterator[list[LogEntry]]:
+    """New entries as they are written (until interrupted), each read's in one batch (in
+    time order), so that a batch's lines waiting for their hops' logs wait together. From
+    the files' ends when it is called (not when first iterated): nothing written after the
+    caller's own read is missed."""
     offsets = {path: (path.stat().st_size if path.exists() else 0) for _, _, path in files}
+    return _follow(files, boundary, interval, offsets)
+
+
+def _follow(
+    files: list[tuple[str, Kind, Path]], boundary: bool, interval: float, offsets: dict[Path, int]
+) -> Iterator[list[LogEntry]]:
     while True:
         batch: list[LogEntry] = []
         for process, kind, path in files:
@@ -200,7 +219,8 @@ def follow(
                 entry = _parse(process, kind, line)
                 if entry is not None and _keep(entry, boundary):
                     batch.append(entry)
-        yield from sorted(batch, key=lambda e: e.time)
+        if batch:
+            yield sorted(batch, key=lambda e: e.time)
         time.sleep(interval)
 
 
@@ -307,6 +327,22 @@ def summary_line(entry: LogEntry, summary: RuntimeSummary | None = None) -> str:
     return "  ".join(parts)
 
 
-def marked(entries: list[LogEntry], marks: Marks) -> list[LogEntry]:
-    """``entries`` (in the order they were written) with meshfed's own probes marked."""
-    return [replace(e, probe=marks.mark(e.doc)) for e in entries]
+def marked(
+    entries: list[LogEntry],
+    marks: Marks,
+    refresh: Callable[[], None] | None = None,
+    settle: float = SETTLE,
+) -> list[LogEntry]:
+    """``entries`` (in the order they were written) with meshfed's own probes marked. A line
+    the hop logs may still tie to a TCP probe (``PENDING``) is asked about again after
+    ``refresh`` (which reads the ledger and the hop logs again), for up to ``settle`` seconds;
+    then it is a caller's."""
+    out = [replace(e, probe=marks.mark(e.doc)) for e in entries]
+    deadline = time.monotonic() + settle
+    while refresh is not None and any(e.probe == PENDING for e in out):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+        refresh()
+        out = [replace(e, probe=marks.mark(e.doc)) if e.probe == PENDING else e for e in out]
+    return [replace(e, probe=None) if e.probe == PENDING else e for e in out]

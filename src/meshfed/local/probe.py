@@ -11,8 +11,10 @@ TCP: a connection through the sidecar's local port for the import, by an allowed
 is the exporting workload's greeting line. Without an allowed workload the TCP probe is skipped
 (the ingress closes such connections without a word).
 
-Every HTTP attempt carries a token of the probe ledger in ``x-meshfed-probe`` (``prober.py``), so
-the boundary log and the dashboard count it as meshfed's own, apart from the callers'.
+Every HTTP attempt carries a token of the probe ledger in ``x-meshfed-probe``; every TCP attempt
+records its socket's address before it connects and its release before it closes (``prober.py``,
+``hops.py``): the boundary log and the dashboard count both as meshfed's own, apart from the
+callers'.
 
 ``probe_path`` names the processes a probe's call passes through: after a live change, ``up``
 probes again only the imports whose path changed (and those that never passed).
@@ -20,6 +22,7 @@ probes again only the imports whose path changed (and those that never passed).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -154,16 +157,20 @@ def _probe_for(
 
 
 def run_probe(
-    probe: Probe, timeout: float = 10.0, ledger: ProbeLedger | None = None
+    probe: Probe,
+    timeout: float = 10.0,
+    ledger: ProbeLedger | None = None,
+    what: str = IMPORT_PROBE,
 ) -> ProbeResult:
     """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming).
-    With ``ledger``, every HTTP attempt is marked as meshfed's own (``prober.py``)."""
+    With ``ledger``, every attempt is recorded as meshfed's own (``prober.py``) under ``what``:
+    ``up``'s import probes, or a rotation's end-to-end checks (``ROTATION_CHECK``)."""
     if probe.workload is None:
         return ProbeResult(probe, True, "skipped: no workload of the mesh may call it")
     deadline = time.monotonic() + timeout
     last = "no attempt"
     while True:
-        ok, last = _attempt(probe, ledger)
+        ok, last = _attempt(probe, ledger, what)
         if ok:
             return ProbeResult(probe, True, last)
         if time.monotonic() > deadline:
@@ -171,13 +178,13 @@ def run_probe(
         time.sleep(0.05)
 
 
-def _attempt(probe: Probe, ledger: ProbeLedger | None) -> tuple[bool, str]:
+def _attempt(probe: Probe, ledger: ProbeLedger | None, what: str) -> tuple[bool, str]:
+    target = f"{probe.mesh} {probe.key} as {probe.workload}"
     if probe.protocol == "TCP":
-        return _attempt_tcp(probe)
+        return _attempt_tcp(probe, ledger, target, what)
     headers = {"Host": probe.host}
     if ledger is not None:
-        target = f"{probe.mesh} {probe.key} as {probe.workload}"
-        headers[PROBE_HEADER] = ledger.token(IMPORT_PROBE, target)
+        headers[PROBE_HEADER] = ledger.token(what, target)
     conn = http.client.HTTPConnection(LOOPBACK, probe.port, timeout=3)
     try:
         conn.request(probe.method, probe.path, headers=headers)
@@ -200,12 +207,29 @@ def _attempt(probe: Probe, ledger: ProbeLedger | None) -> tuple[bool, str]:
     return False, f"HTTP {resp.status}"
 
 
-def _attempt_tcp(probe: Probe) -> tuple[bool, str]:
-    try:
-        with socket.create_connection((LOOPBACK, probe.port), timeout=3) as s:
-            greeting = s.makefile("rb").readline()
-    except OSError as exc:
-        return False, f"no connection ({type(exc).__name__})"
+def _attempt_tcp(
+    probe: Probe, ledger: ProbeLedger | None, target: str, what: str
+) -> tuple[bool, str]:
+    # Bound first (no SO_REUSEADDR: nobody else can bind the address while it is held), so the
+    # ledger can say which connection is the probe's before it is made.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(3)
+        try:
+            s.bind((LOOPBACK, 0))
+        except OSError as exc:
+            return False, f"no connection ({type(exc).__name__})"
+        source = "{}:{}".format(*s.getsockname())
+        held = (
+            ledger.holding(what, target, source, f"{LOOPBACK}:{probe.port}")
+            if ledger is not None
+            else contextlib.nullcontext()
+        )
+        with held:
+            try:
+                s.connect((LOOPBACK, probe.port))
+                greeting = s.makefile("rb").readline()
+            except OSError as exc:
+                return False, f"no connection ({type(exc).__name__})"
     try:
         doc = json.loads(greeting)
     except ValueError:

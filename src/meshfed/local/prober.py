@@ -10,13 +10,19 @@ even like denials). Each of them is written to the **probe ledger**
 - a handshake with a certificate meshfed issued for the check records the certificate's SHA-256
   (the gateways log the client certificate's as ``peer_cert``, for refused handshakes too); such
   checks present meshfed's own identity (``ns/meshfed-system/sa/meshfed-prober``) wherever the
-  listener does not pin identities at the handshake.
+  listener does not pin identities at the handshake;
+- a TCP import probe (through the sidecar, with the workload's own certificate, no header to
+  carry a mark) records the address its socket is bound to and the sidecar's, and records again
+  before it closes the socket; its connection is then followed hop by hop through the proxies'
+  logs, each proxy's upstream connection being the next one's downstream connection (the same
+  four addresses, while it was open): ``hops.py``.
 
 A log line is meshfed's own only if it matches a ledger record: a token is used once, and a line
-must come within ``WINDOW`` of its record. A caller cannot hide its traffic behind the header: a
-token the ledger does not hold (or holds for an earlier line) is flagged as a false claim.
-TCP import probes go through the sidecar with the workload's own certificate and carry no
-header: nothing marks them (they are allowed connections, one per probed TCP import).
+must come within ``WINDOW`` of its record; a TCP line only if its connection reaches a released
+record hop by hop. A caller cannot hide its traffic behind the header: a token the ledger does
+not hold (or holds for an earlier line) is flagged as a false claim. A TCP connection has no mark
+a caller could send: its addresses are the kernel's and the proxies' (a TCP export's tunnel line
+takes its caller connection's addresses from the ingress, which writes the CONNECT itself).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,14 +42,17 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from meshfed.local.hops import PENDING, SETTLE, HopIndex
 from meshfed.local.paths import RuntimePaths, mkdir_private
 from meshfed.plan.names import PROBE_HEADER
 
 __all__ = [
     "FALSE_CLAIM",
     "IMPORT_PROBE",
+    "PENDING",
     "PROBE_HEADER",
     "ROTATION_CHECK",
+    "SETTLE",
     "Marks",
     "ProbeLedger",
     "fingerprint",
@@ -96,6 +106,18 @@ class ProbeLedger:
         """A certificate issued for one handshake, recorded by its fingerprint."""
         self._append({"what": what, "target": target, "cert": fingerprint(cert)})
 
+    @contextlib.contextmanager
+    def holding(self, what: str, target: str, source: str, to: str) -> Iterator[None]:
+        """A TCP probe's socket, bound to ``source`` (``host:port``) and about to connect to
+        ``to``: recorded before it connects, and its release recorded before it is closed
+        (so a connection from ``source`` to ``to`` in between is the probe's, ``hops.py``)."""
+        conn = secrets.token_hex(16)
+        self._append({"what": what, "target": target, "conn": conn, "source": source, "to": to})
+        try:
+            yield
+        finally:
+            self._append({"conn": conn, "released": True})
+
 
 @dataclass
 class Marks:
@@ -104,6 +126,8 @@ class Marks:
     tokens: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     certs: dict[str, tuple[str, datetime]] = field(default_factory=dict)
     used: set[str] = field(default_factory=set)
+    hops: HopIndex = field(default_factory=HopIndex)
+    """TCP import probes' sockets, and the proxied connections that began while one was held."""
     _offset: int = 0
 
     def read(self, path: Path) -> None:
@@ -124,10 +148,19 @@ class Marks:
                     self.tokens[str(doc["token"])] = (str(doc["what"]), when)
                 if "cert" in doc:
                     self.certs[str(doc["cert"])] = (str(doc["what"]), when)
+                if "conn" in doc:
+                    self.hops.record(doc, when)
+
+    def read_hops(self, files: Iterable[Path]) -> None:
+        """Take in the hop logs' new lines (the sidecars' TCP import listeners' and the egress
+        gateways' access logs, ``logs.hop_logs``); read the ledger first."""
+        self.hops.read(files)
 
     def mark(self, doc: dict[str, Any]) -> str | None:
         """What meshfed probe the log line ``doc`` is (``import probe``, ``rotation check``),
-        ``false claim`` for a probe header the ledger does not vouch for, None for a caller's.
+        ``false claim`` for a probe header the ledger does not vouch for, None for a caller's,
+        ``pending`` for a connection from while a TCP probe was held that the hop logs read so
+        far do not tie to it (read them again, and ask again, for up to ``SETTLE`` seconds).
         Lines must be given in the order they were written (a token marks one line)."""
         when = _time(doc)
         token = doc.get("probe")
@@ -142,7 +175,7 @@ class Marks:
             found = self.certs.get(str(cert))
             if found is not None and _near(when, found[1]):
                 return found[0]
-        return None
+        return self.hops.which(doc)
 
 
 def load_marks(paths: RuntimePaths) -> Marks:

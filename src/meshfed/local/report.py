@@ -44,6 +44,9 @@ class UpReport:
     notes: list[str] = field(default_factory=list)
     probes: list[ProbeResult] = field(default_factory=list)
     elapsed: float = 0.0
+    probing: float = 0.0
+    """Of ``elapsed``, the seconds spent probing imports (a probe that fails retries for
+    ``PROBE_TIMEOUT``)."""
     dashboard: str | None = None
     """The dashboard's URL."""
 

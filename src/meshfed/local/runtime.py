@@ -276,11 +276,13 @@ class Runtime:
         self.progress.phase("probing imports", len(stale))
         hold("up:probes")
         results = {}
+        probing = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
             ledger = ProbeLedger(self.paths)
             for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT, ledger), stale):
                 results[result.probe] = result
                 self.progress.advance()
+        report.probing = time.monotonic() - probing
         for probe in probes:
             report.probes.append(
                 results.get(probe)
@@ -392,18 +394,22 @@ class Runtime:
         return load_processes(self.paths)
 
     def workload_for(self, mesh: str, namespace: str, service_account: str) -> str:
-        """``<ns>/<name>`` of the first workload of ``mesh`` running as that service account."""
+        """``<ns>/<name>`` of the first workload of ``mesh`` running as that service account,
+        else of the workload of that name (``up`` names its probes' callers by workload, as the
+        spec's ``workload: <ns>/<name>`` does)."""
         summary = self.summary()
         summary.mesh(mesh)
-        for w in summary.workloads:
-            if w.mesh == mesh and w.namespace == namespace and w.service_account == service_account:
+        ours = [w for w in summary.workloads if w.mesh == mesh]
+        for w in ours:
+            if w.namespace == namespace and w.service_account == service_account:
                 return w.ref
-        known = sorted(
-            f"{w.namespace}/{w.service_account}" for w in summary.workloads if w.mesh == mesh
-        )
+        for w in ours:
+            if w.ref == f"{namespace}/{service_account}":
+                return w.ref
+        known = sorted(f"{w.namespace}/{w.service_account}" for w in ours)
         raise LocalError(
             f"mesh {mesh} has no workload with namespace {namespace} and serviceAccount "
-            f"{service_account}",
+            f"(or name) {service_account}",
             "use one of: " + ", ".join(known),
         )
 

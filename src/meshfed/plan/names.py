@@ -14,6 +14,12 @@ EGRESS_PORT = 15443
 MANAGED_BY = "meshfed"
 PROBE_HEADER = "x-meshfed-probe"
 """Request header carrying the mark of meshfed's own probes; gateways log it (``probe``)."""
+TUNNEL_PEER_ADDRESS = "x-meshfed-peer-address"
+TUNNEL_LOCAL_ADDRESS = "x-meshfed-local-address"
+"""Set by a local TCP export's chain on its tunnel's CONNECT (`render/envoy/tunnel.py`) to the
+caller connection's two addresses (its peer's, the ingress's own), for the tunnel's log line:
+how the runtime ties a session to the connection that carried it (meshfed's own import probes,
+``local/prober.py``). Written by the ingress itself; the CONNECT never reaches the workload."""
 
 
 def service_fqdn(namespace: str, name: str) -> str:

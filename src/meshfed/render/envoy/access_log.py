@@ -2,14 +2,17 @@
 
 The local runtime (``meshfed logs``, the dashboard) reads these fields back by name. ``probe``
 (the ``x-meshfed-probe`` header) and ``peer_cert`` (the client certificate's SHA-256, also for a
-refused handshake) let it tell meshfed's own probes from callers' traffic.
+refused handshake) let it tell meshfed's own probes from callers' traffic; so do a connection's
+addresses (``peer``, ``local``; ``upstream``, ``upstream_local`` where it was proxied), which tie
+a TCP import probe's connection hop by hop to the probe (``local/prober.py``): each proxy's
+upstream connection is the next one's downstream connection, the same four addresses.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from meshfed.plan.names import PROBE_HEADER
+from meshfed.plan.names import PROBE_HEADER, TUNNEL_LOCAL_ADDRESS, TUNNEL_PEER_ADDRESS
 from meshfed.render.boundary_log import CONNECTION_FIELDS, REQUEST_FIELDS
 from meshfed.render.envoy.process import Resource
 
@@ -21,6 +24,12 @@ _PROBE_FIELDS: dict[str, str] = {
     "probe": f"%REQ({PROBE_HEADER})%",
     "peer_cert": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
 }
+_ADDRESS_FIELDS: dict[str, str] = {
+    "local": "%DOWNSTREAM_LOCAL_ADDRESS%",
+    "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+}
+"""A connection's own address at this proxy and its upstream connection's local address: with
+``peer`` and ``upstream``, the two connections' four addresses (``prober.Marks``)."""
 
 
 def file_log(path: Path, fields: dict[str, str]) -> Resource:
@@ -43,7 +52,28 @@ def connection_log(path: Path, mesh: str, gateway: str) -> Resource:
     fields = {"kind": "connection", "mesh": mesh, "gateway": gateway, **CONNECTION_FIELDS}
     # The local log's name for what Istio's log calls ``termination`` (``meshfed logs`` reads it).
     fields["details"] = fields.pop("termination")
-    return file_log(path, {**fields, "peer_cert": _PROBE_FIELDS["peer_cert"]})
+    return file_log(path, {**fields, "peer_cert": _PROBE_FIELDS["peer_cert"], **_ADDRESS_FIELDS})
+
+
+def hop_log(path: Path, mesh: str, workload: str, sni: str) -> Resource:
+    """One line per connection through a sidecar's TCP import listener: not a crossing (the
+    egress logs that), only where it came from and which connection carried it on, the first
+    hop of a TCP import probe's evidence (``local/prober.py``)."""
+    return file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "connection",
+            "mesh": mesh,
+            "sidecar": workload,
+            "sni": sni,
+            "peer": "%DOWNSTREAM_REMOTE_ADDRESS%",
+            "upstream": "%UPSTREAM_HOST%",
+            "flags": "%RESPONSE_FLAGS%",
+            "duration_ms": "%DURATION%",
+            **_ADDRESS_FIELDS,
+        },
+    )
 
 
 TUNNEL_PEER_CERT = "x-meshfed-peer-cert"
@@ -74,5 +104,8 @@ def tunnel_log(path: Path, mesh: str, sni: str, caller_header: str) -> Resource:
             "bytes_sent": "%BYTES_SENT%",
             "duration_ms": "%DURATION%",
             "peer_cert": f"%REQ({TUNNEL_PEER_CERT.upper()})%",
+            # The outer (caller) connection's addresses, as its chain set them on the CONNECT.
+            "peer": f"%REQ({TUNNEL_PEER_ADDRESS.upper()})%",
+            "local": f"%REQ({TUNNEL_LOCAL_ADDRESS.upper()})%",
         },
     )

@@ -9,7 +9,9 @@ from typing import assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy import rbac, tls
+from meshfed.render.envoy.access_log import hop_log
 from meshfed.render.envoy.builders import hcm, http_options, listener, static_cluster, tcp_proxy
+from meshfed.render.envoy.files import log_path
 from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
 from meshfed.render.envoy.limits import (
     chain_fields,
@@ -188,8 +190,15 @@ def sidecar_process(
         )
         if not http:
             key = f"{route.local_host}:{route.port}"
+            # Its log is the first hop of a TCP import probe's evidence (`access_log.hop_log`).
+            hops = hop_log(
+                log_path(runtime_dir, name, "access"), mesh.name, workload.ref, route.wire_host
+            )
             proxy = tcp_proxy(
-                f"outbound_{key}", f"outbound|{route.wire_host}", **tcp_fields(limits)
+                f"outbound_{key}",
+                f"outbound|{route.wire_host}",
+                access_log=[hops],
+                **tcp_fields(limits),
             )
             listeners.append(
                 listener(

@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meshfed.plan.model import IngressServer, MeshPlan
+from meshfed.plan.names import TUNNEL_LOCAL_ADDRESS, TUNNEL_PEER_ADDRESS
 from meshfed.render.envoy import rbac
 from meshfed.render.envoy.access_log import TUNNEL_PEER_CERT, tunnel_log
 from meshfed.render.envoy.builders import LISTENER, hcm, http_options
@@ -78,6 +79,20 @@ def outer_proxy(mesh: MeshPlan, server: IngressServer) -> Resource:
                         "header": {
                             "key": TUNNEL_PEER_CERT,
                             "value": "%DOWNSTREAM_PEER_FINGERPRINT_256%",
+                        }
+                    },
+                    # The caller connection's addresses, for the tunnel's log line: the evidence
+                    # that ties a session to a connection an egress opened (`local/prober.py`).
+                    {
+                        "header": {
+                            "key": TUNNEL_PEER_ADDRESS,
+                            "value": "%DOWNSTREAM_REMOTE_ADDRESS%",
+                        }
+                    },
+                    {
+                        "header": {
+                            "key": TUNNEL_LOCAL_ADDRESS,
+                            "value": "%DOWNSTREAM_LOCAL_ADDRESS%",
                         }
                     },
                 ],
