@@ -142,6 +142,33 @@ class Fed:
         port = self.sidecar(mesh, workload).outbound_port
         return http_call(port, method, url, data, headers, timeout)
 
+    def served_by(
+        self,
+        exporter: str,
+        mesh: str,
+        workload: str,
+        url: str,
+        method: str = "GET",
+        data: bytes | None = None,
+        headers: list[tuple[str, str]] | None = None,
+        timeout: float = 60.0,
+    ) -> dict[str, Any]:
+        """The answer to an allowed call as ``exporter`` gives it (the test workload names its
+        mesh). On a starved machine the consumer's egress may find an exporter's ingress slow
+        to answer its health check (``FailoverPolicy.probe_timeout``) and rightly fail over
+        to another source for a while; a test of one exporter's path waits for it."""
+        answered: list[dict[str, Any]] = []
+
+        def from_exporter() -> bool:
+            resp = self.call(mesh, workload, url, method, data, headers)
+            assert resp.status == 200, resp
+            answered.append(json.loads(resp.body))
+            return bool(answered[-1]["mesh"] == exporter)
+
+        poll(from_exporter, timeout, interval=0.5)
+        assert answered[-1]["mesh"] == exporter, answered[-1]
+        return answered[-1]
+
     def pids(self) -> dict[str, int]:
         return {n: r.pid for n, r in self.runtime.processes().items() if r.alive}
 

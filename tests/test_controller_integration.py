@@ -128,7 +128,7 @@ class Controllers:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, name: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         log = (self.log_dir / f"{name}.log").open("wb")
         env = {**os.environ, "POD_NAME": name}
         proc = subprocess.Popen(
@@ -137,6 +137,7 @@ class Controllers:
                 "--kubeconfig", str(self.kubeconfig), "--context", "mgmt",
                 "--namespace", NS, "--health-port", "0", "--resync", "60",
                 "--lease-duration", "4", "--work-dir", str(self.log_dir / f"work-{name}"),
+                *extra,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -435,6 +436,61 @@ def test_service_port_change_flows_to_the_route(env: dict[str, Any]) -> None:
 
     wait("the ingress route on the new port", lambda: port() == 8081, 30)
     print(f"\nService port change to route updated: {time.monotonic() - t0:.2f} s")
+
+
+def test_a_rollout_to_a_new_service_account_reaches_the_stored_spec(env: dict[str, Any]) -> None:
+    """payments' workloads are discovered: a workload's service account is read from the Pods
+    its Service selects. The Pods are watched (only those), so a rollout to a new
+    ServiceAccount is reconciled at once, not at the next resync (60 s here). Pods never run
+    on these API servers (no kubelet): their spec is all that matters."""
+    from meshfed.kube.state import read_state
+    from meshfed.spec.load import parse_spec
+
+    payments = env["clients"][env["contexts"][0]]
+    for account in ("tokenizer-v2", "tokenizer-v3"):
+        if payments.get("v1", "ServiceAccount", account, "cards") is None:
+            payments.create(
+                {"apiVersion": "v1", "kind": "ServiceAccount",
+                 "metadata": {"name": account, "namespace": "cards"}}
+            )  # fmt: skip
+
+    def pod(name: str, account: str) -> Obj:
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": "cards", "labels": {"app": "tokenizer"}},
+            "spec": {
+                "serviceAccountName": account,
+                "containers": [{"name": "app", "image": "registry.invalid/tokenizer:1"}],
+            },
+        }
+
+    def stored_account() -> str | None:
+        state = read_state(payments, FED)
+        if state is None:
+            return None
+        fed = parse_spec(state.spec_text, "stored")
+        workload = next(w for w in fed.mesh("payments").workloads if w.name == "tokenizer")
+        return workload.service_account
+
+    for name in ("tokenizer-a", "tokenizer-b"):  # left by an interrupted run
+        payments.delete(pod(name, "default"))
+    wait("Ready", lambda: ready(env), 60)
+    t0 = time.monotonic()
+    payments.create(pod("tokenizer-a", "tokenizer-v2"))
+    wait("the first Pod's service account in the stored spec",
+         lambda: stored_account() == "tokenizer-v2", 20)  # fmt: skip
+    print(f"\nPod with a new service account to the stored spec: {time.monotonic() - t0:.2f} s")
+    # A rollout: the new ReplicaSet's Pod, then the old one's deleted.
+    payments.create(pod("tokenizer-b", "tokenizer-v3"))
+    time.sleep(1)
+    payments.delete(pod("tokenizer-a", "tokenizer-v2"))
+    t0 = time.monotonic()
+    wait("the rollout's service account in the stored spec",
+         lambda: stored_account() == "tokenizer-v3", 20)  # fmt: skip
+    print(f"rollout to the stored spec: {time.monotonic() - t0:.2f} s")
+    payments.delete(pod("tokenizer-b", "tokenizer-v3"))
+    wait("Ready", lambda: ready(env), 60)
 
 
 @pytest.mark.skipif(not KUBE_DIR, reason="MESHFED_TEST_KUBE_DIR is not set: no API server to pause")

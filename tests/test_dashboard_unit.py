@@ -708,6 +708,12 @@ def test_no_client_can_hold_the_dashboard(
             s.settimeout(6)
             assert s.recv(1) == b""  # cut at the deadline
         assert (server.refused, server.cut) == (1, 3)
+        # The client reads EOF at the shutdown; each handler thread then ends and frees its
+        # slot (on a loaded machine, a while later).
+        deadline = time.monotonic() + 10
+        while server.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.active == 0
         assert _get(server.port, "/healthz")[2] == b"ok\n"
     finally:
         for s in held:

@@ -126,6 +126,22 @@ def test_own_traffic_apart_and_totals_across_restarts(bank: Fed, tmp_path: Path)
     assert {d["meshfed_probe"] for d in own} >= {"import probe", "rotation check"}
     assert all(d.get("meshfed_probe") for d in lines if d.get("caller") == PROBER)
     assert any(d.get("caller") == PROBER for d in own)
+    # The rotation's end-to-end calls (as the consumers' own workloads, through their sidecars)
+    # are recorded as its checks, not as `up`'s import probes.
+    records = [
+        json.loads(line)
+        for line in (bank.state / "local" / "probes.jsonl").read_text().splitlines()
+    ]
+    end_to_end = [r for r in records if " as " in r.get("target", "")]
+    assert {r["what"] for r in end_to_end} == {"import probe", "rotation check"}, end_to_end
+    assert any(r["what"] == "rotation check" and "conn" in r for r in end_to_end), end_to_end
+    assert any(
+        d["meshfed_probe"] == "rotation check"
+        and d.get("kind") == "connection"
+        and d.get("sni") == "ledger.payments.bank.global"
+        and d.get("caller", "").endswith("/sa/checkout")
+        for d in own
+    )
     text = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"]).output
     assert "[meshfed's own rotation check]" in text and "[meshfed's own import probe]" in text
 

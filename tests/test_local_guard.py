@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from local_helpers import Fed, TLSResult, client_context, poll, spec_copy, tls_request
+from local_helpers import Fed, TLSResult, client_context, spec_copy, tls_request
 from meshfed.spec.headers import CALLER_HEADER, STRIPPED_HEADERS
 
 pytestmark = pytest.mark.envoy
@@ -99,29 +98,11 @@ def test_override_headers_never_reach_the_workload(bank: Fed, tmp_path: Path) ->
     assert result.doc["method"] == "POST" and result.doc["caller"] == CHECKOUT
 
 
-def _from_primary(bank: Fed, headers: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """checkout's POST to the tokenizer through web's sidecar and egress, as payments answers
-    it. On a starved machine the egress may find payments' ingress slow to answer its health
-    check (`FailoverPolicy.probe_timeout`) and fail over to payments-dr for a while, as it
-    should; these tests are about the primary's path, so they wait for it to be back."""
-    answered: list[dict[str, Any]] = []
-
-    def on_primary() -> bool:
-        resp = bank.call("web", "shop/checkout", TOKENIZE, "POST", b"x", headers or [])
-        assert resp.status == 200, resp
-        answered.append(json.loads(resp.body))
-        return bool(answered[-1]["mesh"] == "payments")
-
-    poll(on_primary, timeout=60, interval=0.5)
-    assert answered[-1]["mesh"] == "payments", answered[-1]
-    return answered[-1]
-
-
 def test_through_the_callers_sidecar_too(bank: Fed) -> None:
     headers = [
         (name, value) for name, value in _overrides().items() if not name.startswith("x-envoy")
     ]
-    doc = _from_primary(bank, headers)
+    doc = bank.served_by("payments", "web", "shop/checkout", TOKENIZE, "POST", b"x", headers)
     assert _crossed(doc["headers"]) == [KEPT]
     assert doc["headers"][CALLER_HEADER] == CHECKOUT
 
@@ -232,4 +213,4 @@ def test_a_denied_caller_is_refused_at_both_layers(bank: Fed, tmp_path: Path) ->
     )
     assert behind_ingress.status == 403
     # And the allowed caller passes both.
-    _from_primary(bank)
+    bank.served_by("payments", "web", "shop/checkout", TOKENIZE, "POST", b"x")

@@ -190,7 +190,7 @@ class _Server(BoundedHTTPServer):
         tls: TlsSource,
         log: Callable[[str], None],
     ) -> None:
-        self.routes = dict(routes)
+        self.routes = routes  # read at each request: a live mapping may change
         self.tls = tls
         self.log = log
         super().__init__(address, _Handler)

@@ -131,6 +131,32 @@ def published_state(
     )
 
 
+def published_bundle(
+    state_dir: Path,
+    mesh: str,
+    trust_domain: str,
+    roots: Sequence[x509.Certificate],
+    refresh_hint: int,
+) -> SpiffeBundle | None:
+    """The bundle ``mesh`` publishes, if ``publish`` has numbered exactly this content; None
+    otherwise. Writes nothing: for a reader that may not number (a standby replica)."""
+    state = published_state(state_dir, mesh, trust_domain, roots, refresh_hint)
+    if not state.current or not state.sequence:
+        return None
+    return SpiffeBundle(trust_domain, tuple(roots), state.sequence, refresh_hint)
+
+
+def published_since(state_dir: Path, mesh: str) -> datetime | None:
+    """Since when ``mesh``'s published bundle has had its current content (None: never
+    published)."""
+    record = _read_json(_published_path(state_dir, mesh))
+    since = record.get("since") if isinstance(record, dict) else None
+    try:
+        return datetime.strptime(str(since), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def _published_path(state_dir: Path, mesh: str) -> Path:
     return bundles_dir(state_dir) / "published" / f"{mesh}.json"
 

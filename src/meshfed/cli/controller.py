@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,12 +13,15 @@ from rich.console import Console
 from rich.table import Table
 
 from meshfed.cli.common import OUTPUT_FILE, reported
-from meshfed.controller.clusters import Connector
+from meshfed.cli.controller_run import (
+    _CONTEXT,
+    _KUBECONFIG,
+    _NAMESPACE,
+    run_command,
+)
 from meshfed.controller.crd import GROUP, VERSION
-from meshfed.controller.leader import LeaderElector
 from meshfed.controller.manifests import (
     DEFAULT_IMAGE,
-    DEFAULT_NAMESPACE,
     NAME,
     TOKEN_SECRET,
     ControllerOptions,
@@ -36,17 +36,6 @@ from meshfed.plan.names import GATEWAY_NAMESPACE
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-_KUBECONFIG = click.option(
-    "--kubeconfig",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="kubeconfig of the management cluster (default: in-cluster, else $KUBECONFIG / "
-    "~/.kube/config as kubectl).",
-)
-_CONTEXT = click.option("--context", default=None, help="Context of the management cluster.")
-_NAMESPACE = click.option(
-    "--namespace", default=DEFAULT_NAMESPACE, show_default=True, help="The controller's namespace."
-)
 
 
 @click.group()
@@ -54,88 +43,7 @@ def controller() -> None:
     """The federation controller: meshfed running in Kubernetes, reconciling continuously."""
 
 
-def _management(kubeconfig: Path | None, context: str | None) -> KubeClient:
-    from lightkube.config.kubeconfig import KubeConfig
-    from lightkube.core.exceptions import ConfigError
-
-    if kubeconfig is None and context is None:
-        try:
-            config = KubeConfig.from_service_account().get()
-        except ConfigError:
-            config = None
-        if config is not None:
-            return KubeClient("management", config)
-    return KubeClient("management", resolve_context(context, kubeconfig))
-
-
-@controller.command("run")
-@_KUBECONFIG
-@_CONTEXT
-@_NAMESPACE
-@click.option(
-    "--work-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="Private directory the PKI state is checked out to (default: a new temporary one).",
-)
-@click.option(
-    "--in-cluster-context",
-    default=None,
-    help="The context name under which specs refer to the management cluster itself.",
-)
-@click.option("--resync", type=float, default=300.0, show_default=True, help="Seconds.")
-@click.option("--health-port", type=int, default=8080, show_default=True, help="0: none.")
-@click.option("--lease-duration", type=float, default=15.0, show_default=True, help="Seconds.")
-def run_command(
-    kubeconfig: Path | None,
-    context: str | None,
-    namespace: str,
-    work_dir: Path | None,
-    in_cluster_context: str | None,
-    resync: float,
-    health_port: int,
-    lease_duration: float,
-) -> None:
-    """Watch Federations and keep every mesh's cluster as they say (one replica acts at a
-    time: leader election with a Lease in NAMESPACE)."""
-    import logging
-    import tempfile
-
-    from meshfed.controller.operator import Controller, identity, run, serve_health
-    from meshfed.pki.files import mkdir_private
-
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("httpx2", "httpcore2", "httpx", "httpcore"):  # a line per request: too much
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    with reported(KubeError):
-        management = _management(kubeconfig, context)
-        management.version()
-        config = management.config
-    if work_dir is None:
-        work_dir = Path(tempfile.mkdtemp(prefix="meshfed-controller-"))
-    mkdir_private(work_dir)
-    connector = Connector(management, namespace, kubeconfig, in_cluster_context)
-    ctl = Controller(management, config, namespace, work_dir, connector, resync)
-    if health_port:
-        serve_health(health_port)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    who = identity()
-    elector = LeaderElector(
-        management,
-        namespace,
-        who,
-        lease_duration=lease_duration,
-        renew_deadline=lease_duration * 2 / 3,
-        retry_period=max(lease_duration / 7, 0.5),
-    )
-    ctl.log(f"meshfed controller {who} starting (namespace {namespace})")
-    sys.exit(run(ctl, stop, elector))
+controller.add_command(run_command)
 
 
 def _dump(objects: list[dict[str, Any]]) -> str:
@@ -143,9 +51,11 @@ def _dump(objects: list[dict[str, Any]]) -> str:
 
 
 def _options(
-    namespace: str, image: str, replicas: int, in_cluster: str | None
+    namespace: str, image: str, replicas: int, in_cluster: str | None, bundle_port: int | None
 ) -> ControllerOptions:
-    return ControllerOptions(namespace, image, replicas, in_cluster_context=in_cluster)
+    return ControllerOptions(
+        namespace, image, replicas, in_cluster_context=in_cluster, bundle_port=bundle_port
+    )
 
 
 _IMAGE = click.option("--image", default=DEFAULT_IMAGE, show_default=True, help="Its image.")
@@ -154,6 +64,13 @@ _IN_CLUSTER = click.option(
     "--in-cluster-context",
     default=None,
     help="The context name under which specs refer to the management cluster itself.",
+)
+_BUNDLE_PORT = click.option(
+    "--bundle-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve the local meshes' SPIFFE bundles on this port, behind the Service "
+    "meshfed-bundles (443). Default: no bundle endpoint.",
 )
 _ISTIO_NS = click.option(
     "--istio-namespace",
@@ -170,6 +87,7 @@ _ISTIO_NS = click.option(
 @_IMAGE
 @_REPLICAS
 @_IN_CLUSTER
+@_BUNDLE_PORT
 @click.option(
     "--target",
     is_flag=True,
@@ -181,6 +99,7 @@ def manifests_command(
     image: str,
     replicas: int,
     in_cluster_context: str | None,
+    bundle_port: int | None,
     target: bool,
     istio_namespaces: tuple[str, ...],
 ) -> None:
@@ -189,7 +108,7 @@ def manifests_command(
     if target:
         click.echo(_dump(target_manifests(tuple(istio_namespaces))), nl=False)
         return
-    opts = _options(namespace, image, replicas, in_cluster_context)
+    opts = _options(namespace, image, replicas, in_cluster_context, bundle_port)
     click.echo(_dump(management_manifests(opts)), nl=False)
 
 
@@ -208,6 +127,7 @@ def _apply_all(client: KubeClient, objects: list[dict[str, Any]]) -> None:
 @_IMAGE
 @_REPLICAS
 @_IN_CLUSTER
+@_BUNDLE_PORT
 @_ISTIO_NS
 @click.option(
     "--target-context",
@@ -225,6 +145,7 @@ def install_command(
     image: str,
     replicas: int,
     in_cluster_context: str | None,
+    bundle_port: int | None,
     istio_namespaces: tuple[str, ...],
     targets: tuple[str, ...],
     no_controller: bool,
@@ -234,7 +155,8 @@ def install_command(
     with reported(KubeError):
         management = KubeClient("management", resolve_context(context, kubeconfig))
         if not no_controller:
-            objects = management_manifests(_options(namespace, image, replicas, in_cluster_context))
+            opts = _options(namespace, image, replicas, in_cluster_context, bundle_port)
+            objects = management_manifests(opts)
             _apply_all(management, objects[:2])  # namespace and CRD first
             management.wait_for(
                 "apiextensions.k8s.io/v1",

@@ -29,6 +29,31 @@ from meshfed.plan.model import ClusterPlan
 from meshfed.render.istio.multicluster import MULTICLUSTER_LABEL
 
 REQUEST_TIMEOUT = 5.0
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_ACCOUNT_DIR_ENV = "MESHFED_SERVICE_ACCOUNT_DIR"
+"""Overrides where the in-cluster ServiceAccount's token, ca.crt and namespace are read (as
+kubernetes clients let a caller pass the directory); the API server is, as in every
+in-cluster client, ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT``."""
+
+
+def in_cluster_config() -> SingleConfig | None:
+    """The controller's own ServiceAccount, when it runs in a cluster (None otherwise). The
+    token is read from its file at each use, so the kubelet's rotations are followed."""
+    import os
+
+    if not (
+        os.environ.get("KUBERNETES_SERVICE_HOST") and os.environ.get("KUBERNETES_SERVICE_PORT")
+    ):
+        return None
+    directory = os.environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR
+    try:
+        config = KubeConfig.from_service_account(directory).get()
+    except ConfigError:
+        return None
+    assert config is not None
+    return config
+
+
 """A cluster that does not answer within this is unreachable for this reconcile."""
 
 
@@ -95,11 +120,12 @@ class Connector:
             if remote is not None:
                 return _single(remote, context), f"remote secret {context}"
             if context == self.in_cluster_context:
-                try:
-                    config = KubeConfig.from_service_account().get()
-                except ConfigError as exc:
-                    raise KubeError(f"in-cluster context {context}: {exc}") from None
-                assert config is not None
+                config = in_cluster_config()
+                if config is None:
+                    raise KubeError(
+                        f"in-cluster context {context}: not running in a cluster (no "
+                        "KUBERNETES_SERVICE_HOST/PORT, or no ServiceAccount token)"
+                    )
                 return config, "the controller's ServiceAccount"
         if self.kubeconfig is not None or self.management is None:
             return resolve_context(context, self.kubeconfig), "kubeconfig"

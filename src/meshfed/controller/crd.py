@@ -258,6 +258,20 @@ def _status_schema() -> Obj:
                 "description": "A trust rotation under way (as `meshfed rotate status`).",
                 "x-kubernetes-preserve-unknown-fields": True,
             },
+            "peerBundles": {
+                "type": "array",
+                "description": "Per followed peer: the sequence of its bundle in force, and "
+                "whether the last fetch was accepted (else why not).",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "peer": {"type": "string"},
+                        "ok": {"type": "boolean"},
+                        "sequence": {"type": "integer", "format": "int64", "nullable": True},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
             "lastReconcile": {"type": "string", "format": "date-time"},
         },
     }

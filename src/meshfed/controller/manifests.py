@@ -25,6 +25,7 @@ DEFAULT_NAMESPACE = GATEWAY_NAMESPACE
 DEFAULT_IMAGE = "meshfed:0.1.0"
 WORK_DIR = "/var/run/meshfed"
 HEALTH_PORT = 8080
+BUNDLES_SERVICE = "meshfed-bundles"
 _LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/part-of": "meshfed"}
 
 
@@ -37,6 +38,10 @@ class ControllerOptions:
     in_cluster_context: str | None = None
     """The kubeconfig context name under which specs refer to the management cluster itself
     (it is then reached with the controller's own ServiceAccount)."""
+    bundle_port: int | None = None
+    """Serve the local meshes' SPIFFE bundles on this container port, behind the Service
+    ``meshfed-bundles`` (port 443; expose it to partners with a LoadBalancer or an Ingress
+    passing TLS through). None: no bundle endpoint, no Service."""
 
 
 def _meta(name: str, namespace: str | None = None) -> Obj:
@@ -79,6 +84,10 @@ def _deployment(opts: ControllerOptions) -> Obj:
     args = ["controller", "run", "--namespace", opts.namespace, "--work-dir", WORK_DIR]
     if opts.in_cluster_context:
         args += ["--in-cluster-context", opts.in_cluster_context]
+    ports: list[Obj] = [{"name": "health", "containerPort": HEALTH_PORT}]
+    if opts.bundle_port:
+        args += ["--bundle-listen", f"0.0.0.0:{opts.bundle_port}"]
+        ports.append({"name": "bundles", "containerPort": opts.bundle_port})
     probe = {"httpGet": {"path": "/healthz", "port": "health"}, "periodSeconds": 10}
     container = {
         "name": "controller",
@@ -92,7 +101,7 @@ def _deployment(opts: ControllerOptions) -> Obj:
             },
             *({"name": k, "value": v} for k, v in MEMORY_ENV.items()),
         ],
-        "ports": [{"name": "health", "containerPort": HEALTH_PORT}],
+        "ports": ports,
         "livenessProbe": {**probe, "initialDelaySeconds": 10},
         "readinessProbe": probe,
         "resources": {
@@ -133,6 +142,31 @@ def _deployment(opts: ControllerOptions) -> Obj:
     }
 
 
+def _bundles_service(opts: ControllerOptions) -> list[Obj]:
+    """Every replica serves the bundles (the same bytes), so the Service selects them all."""
+    if not opts.bundle_port:
+        return []
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(BUNDLES_SERVICE, opts.namespace),
+            "spec": {
+                "selector": {"app.kubernetes.io/name": NAME},
+                "ports": [
+                    {
+                        "name": "https",
+                        "port": 443,
+                        "targetPort": "bundles",
+                        "protocol": "TCP",
+                        "appProtocol": "https",
+                    }
+                ],
+            },
+        }
+    ]
+
+
 def management_manifests(opts: ControllerOptions | None = None) -> list[Obj]:
     """Everything the management cluster needs, in apply order."""
     opts = opts or ControllerOptions()
@@ -143,6 +177,7 @@ def management_manifests(opts: ControllerOptions | None = None) -> list[Obj]:
         *_rbac("ClusterRole", NAME, MANAGEMENT_CLUSTER_RULES, opts.namespace),
         *_rbac("Role", NAME, MANAGEMENT_NAMESPACE_RULES, opts.namespace, opts.namespace),
         _deployment(opts),
+        *_bundles_service(opts),
     ]
 
 

@@ -9,6 +9,7 @@ work to ``worker.py``; the decisions are in ``ordering.py``, ``drift.py`` and ``
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
@@ -27,7 +28,9 @@ from lightkube.config.models import User
 
 from meshfed.controller.clusters import Connector
 from meshfed.controller.crd import GROUP, PLURAL, VERSION
+from meshfed.controller.follow import PeerFollowing, spec_source
 from meshfed.controller.leader import LeaderElector
+from meshfed.controller.publish import BundlePublisher
 from meshfed.controller.reconcile import Reconciler
 from meshfed.controller.retire import retire_federation
 from meshfed.controller.worker import FederationWorker
@@ -43,7 +46,7 @@ def connection_info(config: SingleConfig, namespace: str) -> kopf.ConnectionInfo
     cluster = config.cluster
     user = config.user or User()
     token = user.token
-    if not token and user.token_file:
+    if user.token_file:  # read again at each login: a ServiceAccount token is rotated
         token = Path(user.token_file).read_text().strip()
     return kopf.ConnectionInfo(
         server=cluster.server,
@@ -69,6 +72,11 @@ class Controller:
     connector: Connector
     resync: float = 300.0
     workers: dict[str, FederationWorker] = field(default_factory=dict)
+    followings: dict[str, PeerFollowing] = field(default_factory=dict)
+    web_ca: Path | None = None
+    publisher: BundlePublisher | None = None
+    """Serves local meshes' bundles (every replica); numbers changed ones while leading."""
+    """https_web bundle endpoints of peers: a private CA to trust instead of the system's."""
     log: Callable[[str], None] = logger.info
 
     def patcher(self, name: str) -> Callable[[Obj], None]:
@@ -124,10 +132,14 @@ class Controller:
             worker = ctl.workers.get(name)
             if worker is not None:
                 worker.kick(f"Federation {reason}")
+            following = ctl.followings.get(name)
+            if following is not None:
+                following.wake.set()
 
         @kopf.on.delete(*RESOURCE, registry=registry)
         def deleted(name: str, body: kopf.Body, **_: Any) -> None:
             worker = ctl.workers.pop(name, None)
+            ctl.followings.pop(name, None)
             if worker is not None and worker.watches is not None:
                 worker.watches.close()
             done = retire_federation(ctl.reconciler(), dict(body))
@@ -142,10 +154,42 @@ class Controller:
                 name, ctl.reconciler(), emit, ctl.patcher(name), ctl.log, ctl.resync
             )
             worker.annotate = ctl.annotator(name)
+            following = ctl.following(name, lambda: _plain(body), worker, emit)
             ctl.workers[name] = worker
+            # Its own thread, in kopf's context (Events are posted through it).
+            context = contextvars.copy_context()
+            threading.Thread(
+                target=context.run,
+                args=(following.run, lambda: bool(stopped)),
+                name=f"follow-{name}",
+                daemon=True,
+            ).start()
             worker.run(lambda: _plain(body), lambda: bool(stopped))
 
         return registry
+
+    def following(
+        self,
+        name: str,
+        body: Callable[[], Obj],
+        worker: FederationWorker,
+        emit: Callable[[str, str, str], None],
+    ) -> PeerFollowing:
+        """The peers' bundles followed beside ``worker``; its status writes carry theirs."""
+        following = PeerFollowing(
+            name,
+            self.management,
+            self.namespace,
+            self.work_dir / ".follow",
+            spec_source(body),
+            worker.kick,
+            emit,
+            self.log,
+            web_ca=self.web_ca,
+        )
+        worker.patch_status = following.patcher(worker.patch_status)
+        self.followings[name] = following
+        return following
 
     def reconciler(self) -> Reconciler:
         return Reconciler(self.management, self.namespace, self.work_dir, self.connector, self.log)
@@ -210,6 +254,9 @@ def run(controller: Controller, stop: threading.Event, elector: LeaderElector) -
     operator_thread: list[threading.Thread] = []
 
     def started() -> None:
+        if controller.publisher is not None:
+            controller.publisher.leading.set()
+
         def operate() -> None:
             asyncio.set_event_loop(loop)
             loop.run_until_complete(controller.operate(kopf_stop))
@@ -219,6 +266,8 @@ def run(controller: Controller, stop: threading.Event, elector: LeaderElector) -
         thread.start()
 
     def stopped() -> None:
+        if controller.publisher is not None:
+            controller.publisher.leading.clear()
         lost.set()
         loop.call_soon_threadsafe(kopf_stop.set)
         for thread in operator_thread:

@@ -95,8 +95,9 @@ def target_cluster_rules(istio_namespaces: tuple[str, ...] = ("istio-system",)) 
             "resources": ["namespaces"],
             "verbs": ["get", "list", "create", "patch"],
         },
-        # Discovery: the pods behind a Service give its service account.
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        # Discovery: the pods behind a Service give its service account (watched, by label
+        # selector, so that a rollout to a new ServiceAccount is seen: controller/discovery.py).
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         # Discovery where the MCS API is installed.
         {
             "apiGroups": ["multicluster.x-k8s.io"],

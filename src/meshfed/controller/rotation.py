@@ -12,7 +12,9 @@ Started by the annotation ``meshfed.dev/rotate`` on the Federation (``intermedia
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +57,43 @@ class StepOutcome:
     finished: bool
     waiting: list[str]
     record: dict[str, Any] | None
+    held: str | None = None
+    """Why the next step waits (partners following a bundle must get its new root first)."""
+
+
+def _number(complete: Federation, state_dir: Path) -> None:
+    """Number the published bundles of the state's current roots (``bundles.state``), so the
+    bundle endpoint serves a trust step's overlap and a rotation can wait for it."""
+    from meshfed.controller.publish import number_bundles
+    from meshfed.pki.errors import PKIError
+
+    with contextlib.suppress(PKIError):
+        number_bundles(complete, state_dir)
+
+
+def _bundle_hold(complete: Federation, state_dir: Path, step: str | None) -> str | None:
+    """Before signing switches to the new root: every published bundle has held its current
+    roots (both generations, after the trust step) for ``AHEAD`` refresh hints."""
+    from meshfed.bundles.config import published
+    from meshfed.bundles.state import published_since
+    from meshfed.controller.publish import publish_wait
+
+    if step != "switch":
+        return None
+    _number(complete, state_dir)
+    now = datetime.now(UTC)
+    waits = []
+    for mesh in published(complete):
+        left = publish_wait(published_since(state_dir, mesh.name), mesh.refresh_hint, now)
+        if left > 0:
+            waits.append(f"{mesh.name} ({left:.0f}s more)")
+    if not waits:
+        return None
+    return (
+        "the switch to the new root waits until partners following the bundle of "
+        + ", ".join(waits)
+        + " hold it (published 3 refresh hints ahead)"
+    )
 
 
 def rotation_step(
@@ -79,7 +118,11 @@ def rotation_step(
             result = rotator.abort()
         else:
             started = rotator.start(request.kind, request.mesh)
+            held = _bundle_hold(complete, state_dir, started.running or started.next_step)
+            if held:
+                return StepOutcome(None, held, False, [], _record(started), held)
             result = rotator.run(started, single=True)
+            _number(complete, state_dir)  # a trust step's new root is published at once
         step = result.steps[-1] if result.steps else None
         now = rotator.status()
         return StepOutcome(

@@ -135,6 +135,8 @@ class Watches:
                 if exc.status == 410:
                     version = ""  # too old: list again
                     continue
+                if exc.status in (401, 403):  # the RBAC lacks a verb: say so, not just retry
+                    self.log(f"watch {spec.kind} on {spec.key[1]}: {exc.message}")
                 if client is not None:
                     self._failed(spec.cluster.context, client)
                 client = None

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, repair_for
 from meshfed.controller.reconcile import Reconciler, Result, expiring
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
@@ -77,6 +78,10 @@ class FederationWorker:
     watches: Watches | None = None
     annotate: Callable[[dict[str, str | None]], None] | None = None
     """Sets (or, with None, removes) annotations of the Federation."""
+    pods: PodAccounts = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pods = PodAccounts(self.on_event, self.log)
 
     # -- triggers (any thread) ----------------------------------------------------------------
 
@@ -84,6 +89,14 @@ class FederationWorker:
         self.events.put(("resync", reason))
 
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
+        if obj.get("kind") == "Pod":  # discovery.py: a workload's service accounts
+            why = self.pods.pod(key, event, obj, self.last.federation if self.last else None)
+            if why:
+                self.kick(why)
+            return
+        if obj.get("kind") == "Service":
+            fed = self.last.federation if self.last else None
+            self.pods.service(key, event, obj, fed, self.watches)
         if obj.get("kind") == "Service" and self._service_matters(key, event, obj):
             meta = obj.get("metadata") or {}
             self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
@@ -194,6 +207,7 @@ class FederationWorker:
             self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
         except KubeError as exc:
             self.log(f"{self.name}: status not written: {exc}")
+        self.pods.discovered = discovered_meshes(body)
         self._watch(result)
         self.log(
             f"{self.name}: reconciled ({reason}) in {time.monotonic() - t0:.2f}s: "
@@ -227,6 +241,9 @@ class FederationWorker:
             result.outcome.waiting.append(f"rotation: {exc}")
             return
         result.outcome.rotation = step.record or {"finished": True}
+        if step.held:
+            result.outcome.waiting.append(f"rotation: {step.held}")
+            return
         if step.waiting:
             result.outcome.waiting.append(
                 "rotation waits for signed certificate(s): "
@@ -255,6 +272,7 @@ class FederationWorker:
                 clusters.append((key, cluster))
                 services.add(key)  # discovery, ingress and east-west load balancers
         self.watches.ensure(watch_specs(self.name, clusters, services))
+        self.pods.refresh(fed, self.services, self.watches)
 
     def _repair(self, key: Key, event: str, obj: Obj) -> None:
         last = self.last

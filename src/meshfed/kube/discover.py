@@ -70,7 +70,13 @@ def _service_account(client: Cluster, service: Obj, notes: list[str]) -> str | N
             f"{meta['namespace']}/{meta['name']}: pods run as {', '.join(accounts)}; "
             f"using {accounts[0]}"
         )
-    return accounts[0] if accounts else None
+    return pick_account(accounts)
+
+
+def pick_account(accounts: Iterable[str]) -> str | None:
+    """The service account discovery takes for a Service whose Pods run as ``accounts`` (the
+    first by name when a rollout runs two; None without Pods: the Service's name is taken)."""
+    return min(accounts, default=None)
 
 
 def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) -> None:

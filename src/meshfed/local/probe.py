@@ -157,16 +157,20 @@ def _probe_for(
 
 
 def run_probe(
-    probe: Probe, timeout: float = 10.0, ledger: ProbeLedger | None = None
+    probe: Probe,
+    timeout: float = 10.0,
+    ledger: ProbeLedger | None = None,
+    what: str = IMPORT_PROBE,
 ) -> ProbeResult:
     """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming).
-    With ``ledger``, every HTTP attempt is marked as meshfed's own (``prober.py``)."""
+    With ``ledger``, every attempt is recorded as meshfed's own (``prober.py``) under ``what``:
+    ``up``'s import probes, or a rotation's end-to-end checks (``ROTATION_CHECK``)."""
     if probe.workload is None:
         return ProbeResult(probe, True, "skipped: no workload of the mesh may call it")
     deadline = time.monotonic() + timeout
     last = "no attempt"
     while True:
-        ok, last = _attempt(probe, ledger)
+        ok, last = _attempt(probe, ledger, what)
         if ok:
             return ProbeResult(probe, True, last)
         if time.monotonic() > deadline:
@@ -174,13 +178,13 @@ def run_probe(
         time.sleep(0.05)
 
 
-def _attempt(probe: Probe, ledger: ProbeLedger | None) -> tuple[bool, str]:
+def _attempt(probe: Probe, ledger: ProbeLedger | None, what: str) -> tuple[bool, str]:
     target = f"{probe.mesh} {probe.key} as {probe.workload}"
     if probe.protocol == "TCP":
-        return _attempt_tcp(probe, ledger, target)
+        return _attempt_tcp(probe, ledger, target, what)
     headers = {"Host": probe.host}
     if ledger is not None:
-        headers[PROBE_HEADER] = ledger.token(IMPORT_PROBE, target)
+        headers[PROBE_HEADER] = ledger.token(what, target)
     conn = http.client.HTTPConnection(LOOPBACK, probe.port, timeout=3)
     try:
         conn.request(probe.method, probe.path, headers=headers)
@@ -203,7 +207,9 @@ def _attempt(probe: Probe, ledger: ProbeLedger | None) -> tuple[bool, str]:
     return False, f"HTTP {resp.status}"
 
 
-def _attempt_tcp(probe: Probe, ledger: ProbeLedger | None, target: str) -> tuple[bool, str]:
+def _attempt_tcp(
+    probe: Probe, ledger: ProbeLedger | None, target: str, what: str
+) -> tuple[bool, str]:
     # Bound first (no SO_REUSEADDR: nobody else can bind the address while it is held), so the
     # ledger can say which connection is the probe's before it is made.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -214,7 +220,7 @@ def _attempt_tcp(probe: Probe, ledger: ProbeLedger | None, target: str) -> tuple
             return False, f"no connection ({type(exc).__name__})"
         source = "{}:{}".format(*s.getsockname())
         held = (
-            ledger.holding(IMPORT_PROBE, target, source, f"{LOOPBACK}:{probe.port}")
+            ledger.holding(what, target, source, f"{LOOPBACK}:{probe.port}")
             if ledger is not None
             else contextlib.nullcontext()
         )

@@ -182,7 +182,10 @@ class LiveFederation:
         return handshake_targets(plan, self.layout)
 
     def probes(self, plan: FederationPlan, timeout: float = 10.0) -> list[ProbeResult]:
-        return [run_probe(p, timeout, self.ledger) for p in plan_probes(plan, self.layout)]
+        return [
+            run_probe(p, timeout, self.ledger, ROTATION_CHECK)
+            for p in plan_probes(plan, self.layout)
+        ]
 
 
 def _stats(sock: str, pattern: str) -> dict[str, str]:
