@@ -9,6 +9,11 @@
    each a ``Rollout`` (server-side dry-run on every cluster first, then server-side apply,
    field manager ``meshfed``, pruning by labels) over the clusters of meshes not held.
 5. What was done, and what a person needs to know, becomes an ``Outcome`` (``status.py``).
+
+Between full checks a reconcile is incremental (``applied.py``, ``specmemo.py``): meshes whose
+render inputs did not change are not rendered again, objects whose text is what this
+controller last wrote are neither dry-run nor written, and the specs are parsed once per
+version.
 """
 
 from __future__ import annotations
