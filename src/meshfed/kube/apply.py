@@ -16,14 +16,11 @@ on a retired remote the reader tokens its remote secret carried are revoked. A p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from itertools import groupby
-from typing import TypeVar
 
-from meshfed.kube.client import Cluster, Obj, describe
+from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
-    STAND_IN_NAMESPACE,
     NamespacePlan,
     for_mesh,
     plan_namespaces,
@@ -43,9 +40,10 @@ from meshfed.kube.runs import (
     Progress,
     Quiet,
     dry_run_actions,
-    foreign_federation,
+    in_parallel,
     kube_connector,
     object_namespace,
+    probe,
 )
 from meshfed.kube.state import (
     AppliedCluster,
@@ -85,7 +83,6 @@ __all__ = [
 ]
 
 PENDING_TOKEN = "<issued by meshfed apply>"
-T = TypeVar("T")
 
 
 class Rollout:
@@ -125,8 +122,7 @@ class Rollout:
         on each other), and with more than one, the clusters' dry-runs and stored states at
         once (``progress`` is then called from several threads).
 
-        The stored state goes last: on each primary after every cluster's objects are
-        written (it records what was applied, and at a thousand exports it is large)."""
+        The stored state is written last, after every cluster's objects (it records them)."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -298,58 +294,6 @@ class Rollout:
         run.stand_in = sorted(plan.pending)
         return plan
 
-    def _each(self, fn: Callable[[ClusterRun], None], runs: list[ClusterRun]) -> None:
-        """``fn`` for each cluster; with ``workers``, the clusters at once (each its own API
-        server; what one finds does not depend on another)."""
-        if self.workers <= 1 or len(runs) <= 1:
-            for run in runs:
-                fn(run)
-            return
-        with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-            list(pool.map(fn, runs))
-
-    def _map(self, fn: Callable[[Obj], T], objects: list[Obj]) -> list[T]:
-        """``fn`` over ``objects`` (requests to one cluster), ``workers`` at a time, in order."""
-        if self.workers <= 1 or len(objects) <= 1:
-            return [fn(o) for o in objects]
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            return list(pool.map(fn, objects))
-
-    def _probe(
-        self, client: Cluster, obj: Obj, namespaces: NamespacePlan
-    ) -> Checked | KubeError | str:
-        """One object's dry-run: what it found, the refusal, or the other federation the
-        object belongs to."""
-        try:
-            ns = object_namespace(obj)
-            stand_in = ns is not None and ns in namespaces.pending
-            res = client.resource(obj["apiVersion"], obj["kind"])
-            live = (
-                None
-                if stand_in
-                else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
-            )
-            other = foreign_federation(live, self.fed.name)
-            if other is not None:
-                return other
-            force = live is None or owned_by(live, None)
-            if stand_in:
-                # The namespace is created by this apply: validate in a stand-in namespace,
-                # and ask the authorizer about the real one.
-                if not client.can("patch", res, ns, obj["metadata"]["name"]):
-                    raise KubeError(
-                        f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}"
-                    )
-                result = client.apply(obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE)
-                result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
-                for key in ("uid", "resourceVersion", "creationTimestamp"):
-                    result["metadata"].pop(key, None)
-            else:
-                result = client.apply(obj, dry_run=True, force=force)
-            return Checked(obj, live, result, force)
-        except KubeError as exc:
-            return exc
-
     def _check(self, run: ClusterRun) -> None:
         client = run.client
         assert client is not None
@@ -364,9 +308,9 @@ class Rollout:
                 run.settled.add(ref(obj))
             elif not namespaces.skipped(obj):  # else refused with its namespace
                 pending.append(obj)
-        for obj, found in zip(
-            pending, self._map(lambda o: self._probe(client, o, namespaces), pending), strict=True
-        ):
+        fed = self.fed.name
+        probed = in_parallel(lambda o: probe(client, o, namespaces, fed), pending, self.workers)
+        for obj, found in zip(pending, probed, strict=True):
             what = ref_text(obj)
             if isinstance(found, str):
                 foreign.setdefault(found, []).append(what)
@@ -437,7 +381,7 @@ class Rollout:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
         checking = [run for run in self.runs if run.client is not None]
-        self._each(self._check, checking)
+        in_parallel(self._check, checking, len(checking) if self.workers > 1 else 1)
         for run in checking:
             if not run.refusals:
                 self.progress.done(
@@ -474,7 +418,7 @@ class Rollout:
                 rest.append(obj)
         # In apply order; objects of one rank (e.g. all Istio configuration) together.
         for _, group in groupby(rest, key=lambda o: (id(o) in extra, order_rank(o))):
-            self._map(lambda o: self._put(run, o, checked), list(group))
+            in_parallel(lambda o: self._put(run, o, checked), list(group), self.workers)
         for obj in run.prune:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
@@ -545,7 +489,7 @@ class Rollout:
             for obj in states[id(run)]:
                 self._put(run, obj, run.found)
 
-        self._each(record, self.runs)
+        in_parallel(record, self.runs, len(self.runs) if self.workers > 1 else 1)
         for run in self.runs:
             run.written = True
             self.progress.done(run.label, run.summary())
