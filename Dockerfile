@@ -11,7 +11,9 @@ COPY --from=build /install /usr/local
 # A non-root user with no home directory of its own; the PKI state is checked out to the
 # in-memory volume the Deployment mounts at /var/run/meshfed.
 USER 65532:65532
-ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# The C allocator, so that a large reconcile's freed memory goes back to the system
+# (controller/manifests.py MEMORY_ENV; the Deployment sets the same).
+ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PYTHONMALLOC=malloc MALLOC_ARENA_MAX=2
 EXPOSE 8080
 ENTRYPOINT ["meshfed"]
 CMD ["controller", "run", "--namespace", "meshfed-system", "--work-dir", "/var/run/meshfed"]

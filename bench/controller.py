@@ -11,7 +11,8 @@ Measured, each against a baseline of the same run:
 - a Service port change until the exporter's route follows, a load-balancer address change
   until every importer's ServiceEntry follows, a deleted AuthorizationPolicy until restored:
   each vs one server-side apply round trip of one object to one cluster (the floor);
-- idle CPU and RSS of the controller process over 60 s with nothing changing.
+- idle CPU and RSS of the controller process over 60 s with nothing changing (run with
+  ``MEMORY_ENV``, as its Deployment runs it); the machine's load average over the run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from synth import synthetic_spec  # noqa: E402
 
+from meshfed.controller.manifests import MEMORY_ENV  # noqa: E402
 from meshfed.kube.client import KubeClient  # noqa: E402
+from meshfed.kube.targets import PRUNE_KINDS  # noqa: E402
 
 CLUSTERS = 10
 EXPORTS = 1000
@@ -191,22 +194,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     # Empty the clusters again (the controller's federation is another one; one mesh per
     # federation: the CLI's objects would make it refuse).
     for client in clients.values():
-        for api_version, kind in (
-            ("networking.istio.io/v1", "VirtualService"),
-            ("security.istio.io/v1", "AuthorizationPolicy"),
-            ("networking.istio.io/v1", "ServiceEntry"),
-            ("networking.istio.io/v1", "DestinationRule"),
-            ("networking.istio.io/v1", "Gateway"),
-            ("security.istio.io/v1", "PeerAuthentication"),
-            ("telemetry.istio.io/v1", "Telemetry"),
-            ("v1", "Secret"),
-            ("v1", "Service"),
-            ("v1", "ServiceAccount"),
-            ("v1", "ConfigMap"),
-            ("apps/v1", "Deployment"),
-            ("rbac.authorization.k8s.io/v1", "Role"),
-            ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-        ):
+        for api_version, kind in PRUNE_KINDS:  # every kind meshfed renders (EnvoyFilters too)
             for obj in client.list(api_version, kind, labels="meshfed.dev/federation=cli"):
                 client.delete(obj)
         client.request(
@@ -220,7 +208,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     proc = subprocess.Popen(
         [MESHFED, "controller", "run", "--kubeconfig", kubeconfig, "--context", contexts[0],
          "--health-port", "0", "--resync", "3600", "--work-dir", str(work / "ctl")],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **MEMORY_ENV},  # as deployed
     )  # fmt: skip
     try:
         path = work / "bench.yaml"
@@ -269,6 +257,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
                         return int(dest["port"]["number"])
             return None
 
+        loads = [os.getloadavg()[0]]
         t1 = time.monotonic()
         services(first, ["w0"], port=8081)
         wait(lambda: route_port() == 8081, 600)
@@ -286,6 +275,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
                             return False
             return True
 
+        loads.append(os.getloadavg()[0])
         t1 = time.monotonic()
         set_lb(m01, "127.0.0.42")
         wait(followed, 600)
@@ -310,6 +300,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
         time.sleep(60)
         idle_cpu = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
         rss = _rss_mb(proc.pid)
+        loads.append(os.getloadavg()[0])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -330,6 +321,8 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
         "policy_restore_vs_round_trip": round(restore_s / floor_s, 1),
         "idle_cpu_core_fraction": round(idle_cpu, 4),
         "idle_rss_mb": round(rss, 1),
+        "load_average_1m": [round(x, 1) for x in loads],
+        "cpu_count": os.cpu_count(),
     }
 
 

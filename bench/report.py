@@ -74,6 +74,14 @@ def controller(data: dict[str, Any]) -> list[str]:
         f"| controller idle | {data['idle_cpu_core_fraction'] * 100:.2f}% of a core, "
         f"{data['idle_rss_mb']} MB RSS | | |"
     )
+    if "load_average_1m" in data:
+        loads = ", ".join(str(x) for x in data["load_average_1m"])
+        out += [
+            "",
+            f"The machine's 1-minute load average at the Service change, the address change "
+            f"and the end of the idle minute: {loads} on {data.get('cpu_count')} cores (the "
+            "machine is shared; the API servers run at nice 10).",
+        ]
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshfed.controller.drift import last_writer, repair_for
+from meshfed.controller.drift import last_writer, may_drift, repair_for
 from meshfed.controller.leader import Observed, decide
 from meshfed.controller.manifests import (
     ControllerOptions,
@@ -67,6 +67,31 @@ REF = ("security.istio.io", "AuthorizationPolicy", "meshfed-system", "allow-x")
 
 
 # -- drift ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", ["ADDED", "MODIFIED", "DELETED"])
+@pytest.mark.parametrize(
+    "writers",
+    [
+        [("meshfed", "2026-01-01T00:00:00Z")],
+        [("meshfed", "2026-01-01T00:00:00Z"), ("kubectl", "2026-01-01T00:00:05Z")],
+        [("kubectl", "2026-01-01T00:00:00Z"), ("meshfed", "2026-01-01T00:00:05Z")],
+        [],
+    ],
+)
+def test_events_left_out_early_never_call_for_a_repair(
+    event: str, writers: list[tuple[str, str]]
+) -> None:
+    # The watches drop events may_drift refuses before they are queued: for those,
+    # repair_for must have nothing to do, whatever was rendered.
+    live = _obj("allow-x", writers)
+    other = _obj("allow-x", [("meshfed", "2026-01-01T00:00:00Z")], spec={"action": "DENY"})
+    if not may_drift(event, live):
+        for desired in ({}, {REF: live}, {REF: other}):
+            assert repair_for(event, live, desired, "bank") is None
+    assert may_drift("DELETED", live)
+    # The list of what meshfed itself wrote is left out (thousands of objects at start).
+    assert not may_drift("MODIFIED", _obj("allow-x", [("meshfed", "2026-01-01T00:00:00Z")]))
 
 
 def test_own_write_is_not_drift() -> None:

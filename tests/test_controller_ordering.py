@@ -244,3 +244,21 @@ def test_unreachable_exporter_holds_importer_side_only() -> None:
     held = holds(edge_changes(old, new), new, {"payments": "unreachable"})
     assert held["payments"].whole
     assert held["web"].sides == {"importer"}
+
+
+def test_union_of_specs_differing_only_in_meshes_is_the_new_spec() -> None:
+    # A discovered port or a load-balancer address changes meshes only: the new spec itself
+    # is the union (no second plan), and no edge closes.
+    old_doc = _doc()
+    new_doc = copy.deepcopy(old_doc)
+    new_doc["spec"]["meshes"][0]["ingress"]["address"] = "192.0.2.99"
+    old_fed, new_fed = _fed(old_doc), _fed(new_doc)
+    union, reason = union_spec(old_fed, new_fed)
+    assert union is new_fed and reason is None
+    changes = edge_changes(_plan(old_fed), _plan(new_fed), _plan(union))
+    assert not changes.closing and not changes.serving
+    assert waves(changes) == [FINAL]
+    # Any change to exports still builds the union.
+    wider = copy.deepcopy(old_doc)
+    wider["spec"]["exports"][0]["consumers"][0]["principals"].append("ns/shop/sa/catalog")
+    assert union_spec(old_fed, _fed(wider))[0] is not _fed(wider)

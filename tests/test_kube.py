@@ -27,11 +27,12 @@ from meshfed.kube.remote_secret import (
     istioctl_secret,
     kubeconfig_text,
 )
-from meshfed.kube.state import state_object
+from meshfed.kube.state import spec_yaml, state_object
 from meshfed.kube.targets import (
     ClusterTarget,
     TargetError,
     cluster_targets,
+    order_rank,
     prune_set,
     server_form,
 )
@@ -435,6 +436,21 @@ def test_state_keeps_applied_at_while_nothing_changes() -> None:
     assert stored.mesh("payments").clusters is not None
 
 
+def test_spec_yaml_made_by_sections_is_the_whole_dump() -> None:
+    fed, _ = fed_and_plan()
+    doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
+    whole = yaml.safe_dump(doc, sort_keys=False)
+    assert spec_yaml(fed) == whole
+    assert spec_yaml(fed) == whole  # from the kept sections
+    # One section changed (a discovered address), the others kept: still the whole dump.
+    doc["spec"]["meshes"][0]["ingress"]["address"] = "192.0.2.7"
+    moved = Federation.model_validate(doc)
+    assert spec_yaml(moved) == yaml.safe_dump(
+        moved.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+    )
+    assert parse_spec(spec_yaml(moved)).spec.meshes[0].ingress.address == "192.0.2.7"
+
+
 # -- the rollout, on fake clusters --------------------------------------------------------
 
 _KINDS = {
@@ -622,6 +638,7 @@ def _rollout(
     clusters: dict[str, FakeCluster],
     meshes: list[str] | None = None,
     forget: tuple[str, ...] = (),
+    workers: int = 1,
 ) -> Rollout:
     targets: list[ClusterTarget] = cluster_targets(plan, rendered(plan), meshes)
     roots = {m.name: f"PEM {m.name}" for m in plan.meshes}
@@ -632,7 +649,9 @@ def _rollout(
             raise KubeError(f"cannot reach the API server of context {cluster.context}")
         return found
 
-    return Rollout(fed, plan, roots, targets, connect, retire=meshes is None, forget=forget)
+    return Rollout(
+        fed, plan, roots, targets, connect, retire=meshes is None, forget=forget, workers=workers
+    )
 
 
 def _fakes(log: list[tuple[str, str, str]], istio_web: bool = True) -> dict[str, FakeCluster]:
@@ -676,6 +695,33 @@ def test_every_cluster_is_dry_run_before_anything_is_written() -> None:
     log.clear()
     again = _rollout(fed, plan, clusters).run()
     assert [run.counts()["configured"] + run.counts()["created"] for run in again] == [0, 0, 0]
+
+
+def test_requests_in_parallel_write_the_same_in_the_same_order_of_kinds() -> None:
+    fed, plan = fed_and_plan()
+    one: list[tuple[str, str, str]] = []
+    many: list[tuple[str, str, str]] = []
+    serial, parallel = _fakes(one), _fakes(many)
+    _rollout(fed, plan, serial).run()
+    runs = _rollout(fed, plan, parallel, workers=8).run()
+    for ctx in serial:
+        assert serial[ctx].store.keys() == parallel[ctx].store.keys()
+    # Still every dry-run before any write, and per cluster the kinds in apply order.
+    writes = [i for i, e in enumerate(many) if e[1] in ("apply", "create", "delete")]
+    dry = [i for i, e in enumerate(many) if e[1] in ("dry-run", "dry-delete")]
+    assert max(dry) < min(writes)
+    for cluster in ("east", "west", "web"):
+        made = [e[2] for e in many if e[0] == cluster and e[1] == "apply"]
+        # (remote secrets and the stored state are made at apply time, and go last)
+        kinds = [w.split("/")[0] for w in made if "remote-secret" not in w and "meshfed-" not in w]
+        ranks = [order_rank({"kind": k}) for k in kinds]
+        assert ranks == sorted(ranks)
+    assert sorted(r.counts()["created"] for r in runs) == sorted(
+        r.counts()["created"] for r in _rollout(fed, plan, _fakes([])).run()
+    )
+    # Refusals are the same too.
+    with pytest.raises(ApplyRefused):
+        _rollout(fed, plan, _fakes([], istio_web=False), workers=8).run()
 
 
 def test_a_cluster_without_istio_crds_stops_the_whole_apply() -> None:
@@ -798,7 +844,12 @@ def test_a_full_apply_empties_the_clusters_of_a_removed_mesh() -> None:
     # dry-run everywhere first, retired clusters included; then the retirement comes last
     writes = [i for i, e in enumerate(log) if e[1] in ("apply", "create", "delete")]
     assert max(i for i, e in enumerate(log) if e[1].startswith("dry")) < min(writes)
-    assert log[writes[-1]][0] in ("east", "west")
+    # ... after every cluster's objects; the stored state (which drops the retired clusters
+    # from the record) only once they are empty
+    state = [i for i in writes if log[i][1:] == ("apply", "ConfigMap/meshfed-unit")]
+    retiring = [i for i in writes if log[i][0] in ("east", "west")]
+    assert state and retiring and max(retiring) < min(state)
+    assert all(i in state for i in writes[-len(state) :])
     assert _ours(clusters["ctx-east"]) == []  # the state ConfigMap there included
     assert _ours(clusters["ctx-west"]) == []  # its cacerts
     # the reader token the pruned remote secret carried is revoked

@@ -94,6 +94,10 @@ class Workspace:
         """Every mesh's Istio manifests, credentials issued first."""
         return render_istio(self.plan, self.credentials())
 
+    def istio_with(self, mesh: str, credentials: Mapping[str, MeshCredentials]) -> RenderedMesh:
+        """One mesh's Istio manifests with credentials issued already (``credentials()``)."""
+        return render_mesh(self.plan, self.plan.mesh(mesh), credentials[mesh])
+
     def istio_mesh(self, mesh: str) -> RenderedMesh:
         """One mesh's Istio manifests (only that mesh's credentials are issued)."""
         planned = self.plan.mesh(mesh)

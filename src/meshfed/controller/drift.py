@@ -37,6 +37,13 @@ def last_writer(obj: Obj) -> str | None:
     return sorted(writers)[0]
 
 
+def may_drift(event: str, live: Obj) -> bool:
+    """Whether a watch event can call for a repair at all (``repair_for`` returns None
+    otherwise): a deletion, or a change whose last writer is not meshfed. Decided where the
+    event arrives, so that a list of thousands of objects meshfed wrote is not queued."""
+    return event == "DELETED" or last_writer(live) != FIELD_MANAGER
+
+
 @dataclass(frozen=True)
 class Repair:
     action: Literal["restore", "prune"]

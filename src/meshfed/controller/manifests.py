@@ -72,6 +72,14 @@ def _rbac(
     ]
 
 
+MEMORY_ENV = {"PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "2"}
+"""How the controller's Python allocates: with the C allocator (and few arenas for its many
+watch threads), the memory a reconcile of a thousand exports reads and renders, then frees,
+goes back to the system (``reconcile.release_memory``); Python's own small-object allocator
+keeps whole arenas for a few objects that outlive the reconcile (measured at ten clusters:
+about 280 MB idle with it, see README)."""
+
+
 def _deployment(opts: ControllerOptions) -> Obj:
     args = ["controller", "run", "--namespace", opts.namespace, "--work-dir", WORK_DIR]
     if opts.in_cluster_context:
@@ -90,7 +98,8 @@ def _deployment(opts: ControllerOptions) -> Obj:
             {
                 "name": "POD_NAME",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
-            }
+            },
+            *({"name": k, "value": v} for k, v in MEMORY_ENV.items()),
         ],
         "ports": ports,
         "livenessProbe": {**probe, "initialDelaySeconds": 10},

@@ -275,6 +275,10 @@ def union_spec(old: Federation | None, new: Federation) -> tuple[Federation, str
     the new spec serves)."""
     if old is None:
         return new, None
+    if old.spec.exports == new.spec.exports and old.spec.imports == new.spec.imports:
+        # Only meshes changed (discovered workloads, a load-balancer address): the union is
+        # the new spec; building and checking it again costs seconds at a thousand exports.
+        return new, None
     meshes = {m.name: m for m in new.spec.meshes}
     exports: dict[tuple[str, str], Export] = {(e.mesh, e.name): e for e in new.spec.exports}
     for export in old.spec.exports:

@@ -9,22 +9,23 @@
    each a ``Rollout`` (server-side dry-run on every cluster first, then server-side apply,
    field manager ``meshfed``, pruning by labels) over the clusters of meshes not held.
 5. What was done, and what a person needs to know, becomes an ``Outcome`` (``status.py``).
+
+Between full checks a reconcile is incremental (``applied.py``, ``specmemo.py``): meshes whose
+render inputs did not change are not rendered again, objects whose text is what this
+controller last wrote are neither dry-run nor written, and the specs are parsed once per
+version.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from meshfed.bundles.config import followed_pems
+from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
 from meshfed.controller.clusters import Connector
 from meshfed.controller.ordering import (
     Hold,
@@ -35,6 +36,7 @@ from meshfed.controller.ordering import (
     waves,
 )
 from meshfed.controller.pkistate import SecretState
+from meshfed.controller.specmemo import SpecMemo, release_memory
 from meshfed.controller.status import ClusterReport, MeshReport, Outcome, import_status
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.discover import (
@@ -46,7 +48,7 @@ from meshfed.kube.discover import (
 )
 from meshfed.kube.errors import ApplyRefused, KubeError
 from meshfed.kube.state import StoredState, read_state
-from meshfed.kube.targets import ClusterTarget, TargetError, ref
+from meshfed.kube.targets import ClusterTarget, TargetError, cluster_targets
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace
 from meshfed.pki.errors import PKIError
 from meshfed.plan.build import mesh_clusters
@@ -54,7 +56,7 @@ from meshfed.plan.model import FederationPlan
 from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
-from meshfed.spec.load import parse_spec
+from meshfed.spec.load import parse_document
 from meshfed.spec.model import Federation
 from meshfed.workspace import plan_of
 
@@ -63,6 +65,9 @@ PENDING_ADDRESS = "pending.invalid"
 exporter's address, and importers of such a mesh are held, so it never reaches a cluster."""
 Key = tuple[str, str]
 """(mesh, cluster)."""
+REQUESTS_IN_FLIGHT = 8
+"""Requests to one cluster at a time (dry-runs; writes of objects that do not depend on each
+other): a change of a hundred routes waits for round trips, not for the CPU."""
 
 
 def spec_document(body: Obj) -> Obj:
@@ -78,25 +83,13 @@ def spec_document(body: Obj) -> Obj:
 def parse_federation(body: Obj) -> Federation:
     """The spec of a Federation object, checked like a file (SpecError names each field)."""
     name = str((body.get("metadata") or {}).get("name"))
-    label = f"federation/{name}"
-    text = yaml.safe_dump(spec_document(body), sort_keys=False)
-    try:
-        return parse_spec(text, label, discovery_pending=True)
-    except SpecError as exc:
-        # Line numbers would point into our own YAML dump: name the field only.
-        lines = [re.sub(rf"^{re.escape(label)}:\d+: ", f"{label}: ", line) for line in exc.lines]
-        raise SpecError(label, lines) from None
-
-
-def digest(objects: list[Obj]) -> str:
-    canon = sorted(json.dumps(o, sort_keys=True) for o in objects)
-    return hashlib.sha256("\n".join(canon).encode()).hexdigest()
+    return parse_document(spec_document(body), f"federation/{name}", discovery_pending=True)
 
 
 @dataclass
 class Result:
     outcome: Outcome
-    desired: dict[Key, dict[tuple[str, str, str, str], Obj]] = field(default_factory=dict)
+    desired: dict[Key, Mapping[tuple[str, str, str, str], Obj]] = field(default_factory=dict)
     """Per cluster, every object meshfed keeps there (for drift repair between reconciles)."""
     plan: FederationPlan | None = None
     federation: Federation | None = None
@@ -119,13 +112,12 @@ class Reconciler:
     work_dir: Path
     connector: Connector
     log: Callable[[str], None] = lambda _line: None
-    last_digest: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    applied: dict[tuple[str, str, str], dict[tuple[str, str, str, str], tuple[str, Obj]]] = field(
-        default_factory=dict
-    )
-    """Per (federation, mesh, cluster): each object as this controller last put it there
-    (digest). Between full checks, such an object is settled: the watches report any change
-    to it, and drift repair puts it back."""
+    applied: AppliedCache = field(default_factory=AppliedCache)
+    """Per (federation, mesh, cluster): each object as this controller last put it there.
+    Between full checks, such an object is settled: the watches report any change to it, and
+    drift repair puts it back (``applied.py``)."""
+    specs: SpecMemo = field(default_factory=SpecMemo)
+    """The object's spec, the stored spec and its plan, once per version (``specmemo.py``)."""
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -195,65 +187,65 @@ class Reconciler:
         complete = completed_spec(fed, workloads, [*addresses, *ingress], placeholder)
         return complete, pending, [*addresses, *ingress]
 
-    def _settled(self, name: str, full: bool) -> Callable[[ClusterTarget, Obj], bool] | None:
-        if full:
-            return None
-
-        def settled(target: ClusterTarget, obj: Obj) -> bool:
-            known = self.applied.get((name, target.mesh.name, target.name), {})
-            found = known.get(ref(obj))
-            return found is not None and found[0] == digest([obj])
-
-        return settled
-
-    def _present(self, name: str, full: bool) -> Callable[[ClusterTarget], list[Obj] | None] | None:
-        """Between full checks, what the controller put on a cluster is what is there (an
-        extra object made by someone else is drift, which the watches report)."""
-        if full:
-            return None
-
-        def present(target: ClusterTarget) -> list[Obj] | None:
-            known = self.applied.get((name, target.mesh.name, target.name))
-            return None if known is None else [stub for _, stub in known.values()]
-
-        return present
-
-    def _remember(self, name: str, runs: list[Any]) -> None:
-        for run in runs:
-            key = (name, run.target.mesh.name, run.target.name)
-            known = self.applied.setdefault(key, {})
-            for obj in run.target.desired():
-                meta = obj.get("metadata") or {}
-                stub = {
-                    "apiVersion": obj["apiVersion"],
-                    "kind": obj["kind"],
-                    "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if k in meta},
-                }
-                known[ref(obj)] = (digest([obj]), stub)
-            for obj in run.prune:
-                known.pop(ref(obj), None)
+    def _targets(
+        self, name: str, kws: KubeWorkspace, canon: Canon, reuse: bool
+    ) -> tuple[list[ClusterTarget], dict[str, Any]]:
+        """Every cluster's target; with ``reuse``, the meshes whose render inputs are those
+        of their last applied rendering are not rendered again (their objects are read back).
+        Returns the targets and each mesh's render inputs."""
+        plan = kws.ws.plan
+        credentials = kws.ws.credentials()
+        inputs: dict[str, Any] = {}
+        targets: list[ClusterTarget] = []
+        for mesh in plan.meshes:
+            inputs[mesh.name] = (plan.name, mesh, credentials[mesh.name])
+            keys = [(name, mesh.name, c.name) for c in mesh.clusters]
+            if reuse and self.applied.reusable(name, mesh.name, inputs[mesh.name], keys):
+                kept = []
+                for cluster in [*mesh.remotes, mesh.primary]:
+                    assert cluster is not None
+                    objects = self.applied.objects_of((name, mesh.name, cluster.name), canon)
+                    if objects is None:
+                        break
+                    remotes = mesh.remotes if cluster is mesh.primary else ()
+                    kept.append(ClusterTarget(mesh, cluster, objects, remotes=remotes))
+                else:
+                    targets += kept
+                    continue
+            rendered = {mesh.name: kws.ws.istio_with(mesh.name, credentials)}
+            targets += cluster_targets(plan, rendered, [mesh.name])
+        return targets, inputs
 
     def _rollout(
         self,
+        name: str,
         kws: KubeWorkspace,
+        targets: list[ClusterTarget],
         wave: Wave,
         held: dict[str, Hold],
         retire: bool,
-        settled: Callable[[ClusterTarget, Obj], bool] | None = None,
-        present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        canon: Canon,
+        full: bool,
     ) -> tuple[list[ClusterTarget], Any]:
         def kept(target: ClusterTarget, obj: Obj) -> bool:
             hold = held.get(target.mesh.name)
             return hold is not None and hold.keeps(obj)
 
-        targets = [
-            t for t in kws.targets() if not (t.mesh.name in held and held[t.mesh.name].whole)
-        ]
+        targets = [t for t in targets if not (t.mesh.name in held and held[t.mesh.name].whole)]
         for target in targets:
             target.objects = [o for o in target.objects if wave.applies(o) and not kept(target, o)]
 
         def prunable(target: ClusterTarget, obj: Obj) -> bool:
             return wave.prunes(obj) and not kept(target, obj)
+
+        def key(target: ClusterTarget) -> ClusterKey:
+            return (name, target.mesh.name, target.name)
+
+        def settled(target: ClusterTarget, obj: Obj) -> bool:
+            return self.applied.settled(key(target), obj, canon)
+
+        def present(target: ClusterTarget) -> list[Obj] | None:
+            return self.applied.present(key(target))
 
         rollout = kws.rollout(
             targets,
@@ -261,10 +253,12 @@ class Reconciler:
             store_state=wave.store_state,
             retire=retire,
             prunable=prunable,
-            settled=settled,
-            present=present,
+            settled=None if full else settled,
+            present=None if full else present,
+            canonical=canon,
+            workers=REQUESTS_IN_FLIGHT,
         )
-        return targets, rollout.run()
+        return targets, rollout
 
     # -- the reconcile ----------------------------------------------------------------------
 
@@ -276,7 +270,7 @@ class Reconciler:
         outcome = Outcome(int(body["metadata"].get("generation") or 0))
         result = Result(outcome)
         try:
-            fed = parse_federation(body)
+            fed = self.specs.parse(name, spec_document(body), lambda: parse_federation(body))
         except SpecError as exc:
             outcome.spec_problems = exc.lines
             return result
@@ -303,11 +297,12 @@ class Reconciler:
             outcome.error = str(exc)
         if outcome.refusals or outcome.error:
             self.forget(name)  # what is in place is not known for sure: check all next time
+        release_memory()
         return result
 
     def forget(self, name: str) -> None:
-        for key in [k for k in self.applied if k[0] == name]:
-            del self.applied[key]
+        self.applied.forget(name)
+        self.specs.forget(name)
 
     def _run(
         self,
@@ -320,8 +315,11 @@ class Reconciler:
     ) -> None:
         outcome = result.outcome
         blocked = self._reach(fed, reports)
-        stored = self._stored(fed, blocked)
-        old_fed = _stored_spec(stored)
+        remembered = self.specs.remembered(name) if not full else None
+        stored = None if remembered is not None else self._stored(fed, blocked)
+        old_fed, stored_sha = (
+            (remembered[0], "") if remembered is not None else self.specs.old(name, stored)
+        )
         complete, pending, addresses = self._complete(fed, blocked, old_fed)
         for found in addresses:
             if found.ingress:
@@ -345,7 +343,11 @@ class Reconciler:
         with state.session() as state_dir:
             origin = Path(f"federation/{name}")
             kws = kube_workspace(complete, origin, state_dir, self.connector)
-            old_plan = stored.plan() if stored is not None else None
+            old_plan = (
+                remembered[1]
+                if remembered is not None
+                else self.specs.old_plan(name, stored, stored_sha)
+            )
             union_fed, why = union_spec(old_fed, complete)
             if why:
                 outcome.notes.append(why)
@@ -368,18 +370,42 @@ class Reconciler:
                         )
             runs: list[Any] = []
             earlier: list[Any] = []
-            for wave in waves(changes):
+            changed: set[Key] = set()
+            canon = Canon()
+            planned = waves(changes)
+            inputs: dict[str, Any] = {}
+            spec_text: str | None = None
+            for wave in planned:
                 earlier += runs
                 wave_kws = kws
                 if wave.spec == "union" and union_fed is not complete:
                     wave_kws = kube_workspace(union_fed, origin, state_dir, self.connector)
+                # Meshes are rendered again only when the reconcile is one wave (a change of
+                # what the clusters report, not of the spec's edges) and not a full check.
+                reuse = not full and len(planned) == 1
+                all_targets, inputs = self._targets(name, wave_kws, canon, reuse)
                 retire = wave.store_state and not held
-                settled = self._settled(name, full)
-                present = self._present(name, full)
-                targets, runs = self._rollout(wave_kws, wave, held, retire, settled, present)
-                self._remember(name, runs)
+                targets, rollout = self._rollout(
+                    name, wave_kws, all_targets, wave, held, retire, canon, full
+                )
+                runs = rollout.run()
+                spec_text = rollout.spec_text or spec_text
+                for run in runs:
+                    at = (name, run.target.mesh.name, run.target.name)
+                    if self.applied.remember(at, run.target.desired(), run.prune, canon):
+                        changed.add(at[1:])
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
-            self._account(name, kws, runs, reports, result, earlier)
+            for target in all_targets:  # the final wave's: the new spec, whole
+                mesh = target.mesh.name
+                if mesh in held or mesh not in inputs:
+                    self.applied.unmark(name, mesh)
+                else:
+                    at = (name, mesh, target.name)
+                    self.applied.mark_rendered(at, target.objects, mesh, inputs[mesh])
+            if spec_text is not None:
+                # What the next reconcile reads back from the clusters' stored state.
+                self.specs.stored_now(name, spec_text, complete, kws.ws.plan)
+            self._account(name, kws, runs, reports, result, earlier, changed)
             result.plan = kws.ws.plan
             result.federation = complete
             self._certificates(kws, reports, result, now)
@@ -394,9 +420,10 @@ class Reconciler:
         reports: dict[str, MeshReport],
         result: Result,
         earlier: list[Any] | None = None,
+        changed: set[Key] | None = None,
     ) -> None:
         """Per cluster: what the waves did (the final wave's objects are what is kept), drift
-        told apart from change."""
+        told apart from change (``changed``: the clusters whose desired objects changed)."""
         for run in earlier or []:  # opening and routing waves: changes, never drift
             for action, obj_name in run.actions:
                 if action != "unchanged":
@@ -404,22 +431,18 @@ class Reconciler:
         for run in runs:
             target = run.target
             key = (target.mesh.name, target.name)
-            desired = target.desired()
-            result.desired[key] = {ref(o): o for o in desired}
-            mine = digest([o for o in desired if o.get("kind") != "ConfigMap"])
-            before = self.last_digest.get((name, *key))
-            self.last_digest[(name, *key)] = mine
-            changed = [(a, n) for a, n in run.actions if a != "unchanged"]
+            result.desired[key] = self.applied.view((name, *key))
+            wrote = [(a, n) for a, n in run.actions if a != "unchanged"]
             report = _report(reports, target.mesh.name, target.name)
             if report is not None:
                 report.applied = True
                 report.apply_reason = "Applied"
                 report.apply_message = f"{target.name}: {run.summary()}"
-            for action, obj_name in changed:
+            for action, obj_name in wrote:
                 if obj_name.startswith("ConfigMap meshfed-system/meshfed-"):
                     continue  # the stored state follows every change
                 entry = (run.label, action, obj_name)
-                if before == mine:
+                if changed is not None and key not in changed:
                     result.restored.append(entry)
                     if report is not None:
                         report.restored.append(f"{obj_name} {action}")
@@ -461,15 +484,6 @@ def _report(reports: dict[str, MeshReport], mesh: str, cluster: str) -> ClusterR
     if found is None:
         return None
     return next((c for c in found.clusters if c.name == cluster), None)
-
-
-def _stored_spec(stored: StoredState | None) -> Federation | None:
-    if stored is None:
-        return None
-    try:
-        return parse_spec(stored.spec_text, f"stored on {stored.cluster}")
-    except SpecError:
-        return None
 
 
 def expiring(result: Result, now: datetime, within: timedelta) -> list[str]:

@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
-from meshfed.controller.drift import Ref, Repair, repair_for
+from meshfed.controller.drift import Ref, Repair, may_drift, repair_for
 from meshfed.controller.reconcile import Reconciler, Result, expiring
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
@@ -100,7 +100,7 @@ class FederationWorker:
         if obj.get("kind") == "Service" and self._service_matters(key, event, obj):
             meta = obj.get("metadata") or {}
             self.kick(f"Service {meta.get('namespace')}/{meta.get('name')} on {key[1]}")
-        if _labelled(obj, self.name):
+        if _labelled(obj, self.name) and may_drift(event, obj):
             self.events.put(("drift", (key, "MODIFIED" if event == "LISTED" else event, obj)))
 
     def _service_matters(self, key: Key, event: str, obj: Obj) -> bool:

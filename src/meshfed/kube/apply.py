@@ -16,11 +16,11 @@ on a retired remote the reader tokens its remote secret carried are revoked. A p
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from itertools import groupby
 
 from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
-    STAND_IN_NAMESPACE,
     NamespacePlan,
     for_mesh,
     plan_namespaces,
@@ -40,21 +40,26 @@ from meshfed.kube.runs import (
     Progress,
     Quiet,
     dry_run_actions,
-    foreign_federation,
+    in_parallel,
     kube_connector,
     object_namespace,
+    probe,
 )
 from meshfed.kube.state import (
     AppliedCluster,
     StoredState,
+    canonical_json,
+    is_state,
     plan_clusters,
-    read_state,
+    read_stored,
+    spec_yaml,
     state_name,
     state_object,
 )
 from meshfed.kube.targets import (
     PRUNE_KINDS,
     ClusterTarget,
+    order_rank,
     owned_by,
     prune_set,
     ref,
@@ -99,6 +104,8 @@ class Rollout:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        canonical: Callable[[Obj], str] = canonical_json,
+        workers: int = 1,
     ) -> None:
         """``retire``: also empty the recorded clusters the spec no longer names (a full
         apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
@@ -109,7 +116,13 @@ class Rollout:
         ``settled``: objects known to be on the cluster exactly as rendered (the controller
         applied them and has watched them since): kept (never pruned) but neither dry-run nor
         written again. ``present``: the federation's objects on a cluster as the caller knows
-        them (None: list them), for pruning."""
+        them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
+        it (for the stored state's digest of the objects). ``workers``: requests to one
+        cluster at a time (dry-runs; writes of objects of one kind rank, which do not depend
+        on each other), and with more than one, the clusters' dry-runs and stored states at
+        once (``progress`` is then called from several threads).
+
+        The stored state is written last, after every cluster's objects (it records them)."""
         self.fed = fed
         self.plan = plan
         self.roots = roots
@@ -123,7 +136,15 @@ class Rollout:
         self.prunable = prunable
         self.settled = settled
         self.present = present
+        self.canonical = canonical
+        self.workers = workers
+        self.slim = False
+        """Keep of each dry-run only what writing needs (``run`` without ``dry_run``)."""
+        self.spec_text: str | None = None
+        """The stored state's spec as written (None: no state written)."""
         self.tokens: dict[tuple[str, str], Token | None] = {}
+        self.state_objects: dict[tuple[str, str], Obj | None] = {}
+        """The state ConfigMap of each primary (mesh, cluster) as the dry-run read it."""
         self.states: list[StoredState] = []
         """The state each reachable primary holds, as read by the dry-run."""
         self.carried: list[AppliedCluster] = []
@@ -161,7 +182,8 @@ class Rollout:
             if run.client is None or not run.target.primary:
                 continue
             try:
-                found = read_state(run.client, self.fed.name)
+                found, read = read_stored(run.client, self.fed.name)
+                self.state_objects[(run.target.mesh.name, run.target.name)] = read
             except KubeError as exc:
                 what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
                 run.refuse(what, exc.message)
@@ -220,8 +242,11 @@ class Rollout:
             extra.append(multicluster.remote_secret(self.plan, target.mesh, remote, kubeconfig))
         if self.store_state and target.primary:
             try:
-                previous = client.get(
-                    "v1", "ConfigMap", state_name(self.fed.name), GATEWAY_NAMESPACE
+                at = (target.mesh.name, target.name)
+                previous = (
+                    self.state_objects[at]
+                    if at in self.state_objects
+                    else client.get("v1", "ConfigMap", state_name(self.fed.name), GATEWAY_NAMESPACE)
                 )
             except KubeError as exc:
                 run.refuse(
@@ -230,7 +255,19 @@ class Rollout:
                 previous = None
             applied = [*target.objects, *extra]
             clusters = [*plan_clusters(self.plan), *self.carried]
-            extra.append(state_object(self.fed, self.roots, applied, previous, clusters))
+            if self.spec_text is None:
+                self.spec_text = spec_yaml(self.fed)  # once, not once per primary
+            extra.append(
+                state_object(
+                    self.fed,
+                    self.roots,
+                    applied,
+                    previous,
+                    clusters,
+                    spec_text=self.spec_text,
+                    canonical=self.canonical,
+                )
+            )
         target.extra = extra
 
     def _namespaces(self, run: ClusterRun, desired: list[Obj]) -> NamespacePlan:
@@ -265,54 +302,35 @@ class Rollout:
         desired = run.target.desired()  # with the namespaces to create, first
         self.progress.start(run.label, "dry-run", len(desired))
         foreign: dict[str, list[str]] = {}
+        pending = []
         for obj in desired:
-            what = ref_text(obj)
             if self.settled is not None and self.settled(run.target, obj):
                 run.settled.add(ref(obj))
-                self.progress.step(run.label)
-                continue
-            if namespaces.skipped(obj):
-                self.progress.step(run.label)
-                continue  # refused with its namespace
-            try:
-                ns = object_namespace(obj)
-                stand_in = ns is not None and ns in namespaces.pending
-                res = client.resource(obj["apiVersion"], obj["kind"])
-                live = (
-                    None
-                    if stand_in
-                    else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
-                )
-                other = foreign_federation(live, self.fed.name)
-                if other is not None:
-                    foreign.setdefault(other, []).append(what)
-                    self.progress.step(run.label)
-                    continue
-                force = live is None or owned_by(live, None)
-                if stand_in:
-                    # The namespace is created by this apply: validate in a stand-in namespace,
-                    # and ask the authorizer about the real one.
-                    if not client.can("patch", res, ns, obj["metadata"]["name"]):
-                        raise KubeError(
-                            f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}"
-                        )
-                    result = client.apply(
-                        obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE
+            elif not namespaces.skipped(obj):  # else refused with its namespace
+                pending.append(obj)
+        fed = self.fed.name
+        probed = in_parallel(lambda o: probe(client, o, namespaces, fed), pending, self.workers)
+        for obj, found in zip(pending, probed, strict=True):
+            what = ref_text(obj)
+            if isinstance(found, str):
+                foreign.setdefault(found, []).append(what)
+            elif isinstance(found, Checked):
+                if self.slim:  # what writing needs of it: the live version, and how to write
+                    version = ((found.live or {}).get("metadata") or {}).get("resourceVersion")
+                    live = (
+                        None if found.live is None else {"metadata": {"resourceVersion": version}}
                     )
-                    result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
-                    for key in ("uid", "resourceVersion", "creationTimestamp"):
-                        result["metadata"].pop(key, None)
-                else:
-                    result = client.apply(obj, dry_run=True, force=force)
-                run.checked.append(Checked(obj, live, result, force))
-            except KubeError as exc:
-                reason = exc.message.removeprefix(f"{describe(obj)}: ")
-                if exc.status == 409 and exc.reason != "AlreadyExists":
+                    found = Checked(obj, live, {}, found.force)
+                run.checked.append(found)
+            else:
+                reason = found.message.removeprefix(f"{describe(obj)}: ")
+                if found.status == 409 and found.reason != "AlreadyExists":
                     reason += (
                         " (another field manager owns these fields of an object meshfed did not "
                         "create; meshfed takes over only objects carrying its labels)"
                     )
-                run.refuse(what, reason + (f" ({exc.causes})" if exc.causes else ""))
+                run.refuse(what, reason + (f" ({found.causes})" if found.causes else ""))
+        for _ in desired:
             self.progress.step(run.label)
         for other, names in foreign.items():
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
@@ -362,21 +380,22 @@ class Rollout:
         for run in self.runs:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
-        for run in self.runs:
-            if run.client is not None:
-                self._check(run)
-                if not run.refusals:
-                    self.progress.done(
-                        run.label,
-                        f"dry-run ok ({len(run.checked)} objects, {len(run.prune)} to prune)",
-                    )
-                else:
-                    self.progress.done(run.label, f"refused: {len(run.refusals)}")
+        checking = [run for run in self.runs if run.client is not None]
+        in_parallel(self._check, checking, len(checking) if self.workers > 1 else 1)
+        for run in checking:
+            if not run.refusals:
+                self.progress.done(
+                    run.label,
+                    f"dry-run ok ({len(run.checked)} objects, {len(run.prune)} to prune)",
+                )
+            else:
+                self.progress.done(run.label, f"refused: {len(run.refusals)}")
         return [r for run in self.runs for r in run.refusals]
 
     # -- phase 2: write -------------------------------------------------------------------
 
-    def _write(self, run: ClusterRun) -> None:
+    def _write(self, run: ClusterRun) -> list[Obj]:
+        """Writes the run's objects and pruning; returns the stored state, still to write."""
         client = run.client
         assert client is not None
         target = run.target
@@ -384,35 +403,22 @@ class Rollout:
             self._extras(run, pending_ok=False)  # with the tokens the remotes now hold
         desired = target.desired()
         self.progress.start(run.label, "apply", len(desired) + len(run.prune))
-        forced = {ref(c.obj): c.force for c in run.checked}
+        checked = {ref(c.obj): c for c in run.checked}
+        states = [o for o in target.extra if is_state(o)]
+        later = {id(o) for o in states}
+        extra = {id(o) for o in target.extra}
+        rest = []
         for obj in desired:
+            if id(obj) in later:
+                continue
             if ref(obj) in run.settled:
                 run.actions.append(("unchanged", ref_text(obj)))
                 self.progress.step(run.label)
-                continue
-            ns = object_namespace(obj)
-            name = obj["metadata"]["name"]
-            try:
-                before = client.get(obj["apiVersion"], obj["kind"], name, ns)
-                after = client.apply(
-                    obj, force=forced.get(ref(obj), before is None or owned_by(before, None))
-                )
-            except KubeError as exc:
-                done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
-                raise KubeError(
-                    f"cluster {run.label}: {ref_text(obj)}: {exc.message} (after the dry-run "
-                    f"passed; written on this cluster so far: {done})"
-                ) from None
-            if before is None:
-                action: Action = "created"
-            elif before["metadata"].get("resourceVersion") == after["metadata"].get(
-                "resourceVersion"
-            ):
-                action = "unchanged"
             else:
-                action = "configured"
-            run.actions.append((action, ref_text(obj)))
-            self.progress.step(run.label)
+                rest.append(obj)
+        # In apply order; objects of one rank (e.g. all Istio configuration) together.
+        for _, group in groupby(rest, key=lambda o: (id(o) in extra, order_rank(o))):
+            in_parallel(lambda o: self._put(run, o, checked), list(group), self.workers)
         for obj in run.prune:
             if client.delete(obj):
                 run.actions.append(("deleted", ref_text(obj)))
@@ -429,10 +435,45 @@ class Rollout:
                     )
                 )
             self.tokens[key] = token
-        run.written = True
-        self.progress.done(run.label, run.summary())
+        run.found = checked
+        return states
+
+    def _put(
+        self, run: ClusterRun, obj: Obj, checked: dict[tuple[str, str, str, str], Checked]
+    ) -> None:
+        client = run.client
+        assert client is not None
+        if ref(obj) in run.settled:
+            run.actions.append(("unchanged", ref_text(obj)))
+            self.progress.step(run.label)
+            return
+        ns = object_namespace(obj)
+        name = obj["metadata"]["name"]
+        try:
+            found = checked.get(ref(obj))
+            if found is not None:  # as the dry-run just found it: no second read
+                before, force = found.live, found.force
+            else:
+                before = client.get(obj["apiVersion"], obj["kind"], name, ns)
+                force = before is None or owned_by(before, None)
+            after = client.apply(obj, force=force)
+        except KubeError as exc:
+            done = ", ".join(f"{a} {r}" for a, r in run.actions) or "nothing"
+            raise KubeError(
+                f"cluster {run.label}: {ref_text(obj)}: {exc.message} (after the dry-run "
+                f"passed; written on this cluster so far: {done})"
+            ) from None
+        if before is None:
+            action: Action = "created"
+        elif before["metadata"].get("resourceVersion") == after["metadata"].get("resourceVersion"):
+            action = "unchanged"
+        else:
+            action = "configured"
+        run.actions.append((action, ref_text(obj)))
+        self.progress.step(run.label)
 
     def run(self, dry_run: bool = False) -> list[ClusterRun]:
+        self.slim = not dry_run
         refusals = self.preflight()
         if refusals:
             raise ApplyRefused(refusals, self.notes())
@@ -442,8 +483,16 @@ class Rollout:
                 run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
+        states = {id(run): self._write(run) for run in self.runs}
+
+        def record(run: ClusterRun) -> None:
+            for obj in states[id(run)]:
+                self._put(run, obj, run.found)
+
+        in_parallel(record, self.runs, len(self.runs) if self.workers > 1 else 1)
         for run in self.runs:
-            self._write(run)
+            run.written = True
+            self.progress.done(run.label, run.summary())
         return self.runs
 
     def notes(self) -> list[str]:

@@ -243,20 +243,34 @@ class KubeClient:
         except httpx2.HTTPError as exc:
             raise KubeError(f"{self.server} unreachable: {exc or type(exc).__name__}") from None
 
-    def list_with_version(
+    def list_pages(
         self,
         api_version: str,
         kind: str,
         *,
-        namespace: str | None = None,
         labels: str | None = None,
-    ) -> tuple[list[Obj], str]:
-        """``list``, and the list's resourceVersion to watch from."""
+        limit: int = 500,
+    ) -> Iterator[tuple[list[Obj], str]]:
+        """Objects of a kind in all namespaces, a page at a time (each object with apiVersion
+        and kind), and the list's resourceVersion to watch from: the pages are one snapshot,
+        the version comes with the last page (``""`` before). A thousand objects with their
+        managedFields are tens of MB."""
         res = self.resource(api_version, kind)
         params = {"labelSelector": labels} if labels else {}
-        doc = self.request("GET", res.path(namespace), params=params, what=f"list {kind}")
-        items = [{"apiVersion": res.api_version, "kind": kind, **i} for i in doc.get("items", [])]
-        return items, str((doc.get("metadata") or {}).get("resourceVersion") or "")
+        token = ""
+        while True:
+            page = dict(params, limit=str(limit))
+            if token:
+                page["continue"] = token
+            doc = self.request("GET", res.path(None), params=page, what=f"list {kind}")
+            items = [
+                {"apiVersion": res.api_version, "kind": kind, **i} for i in doc.pop("items", [])
+            ]
+            meta = doc.get("metadata") or {}
+            token = str(meta.get("continue") or "")
+            yield items, "" if token else str(meta.get("resourceVersion") or "")
+            if not token:
+                return
 
     def version(self) -> str:
         return str(self.request("GET", "/version", what="version").get("gitVersion", "?"))

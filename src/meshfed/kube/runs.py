@@ -7,12 +7,18 @@ done), how an apply reports progress, and how clusters are connected to.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from meshfed.kube.client import Cluster, KubeClient, Obj
-from meshfed.kube.errors import Refusal
-from meshfed.kube.namespaces import created_note, stand_in_note
+from meshfed.kube.errors import KubeError, Refusal
+from meshfed.kube.namespaces import (
+    STAND_IN_NAMESPACE,
+    NamespacePlan,
+    created_note,
+    stand_in_note,
+)
 from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by
 from meshfed.plan.model import ClusterPlan
 
@@ -69,6 +75,12 @@ class Checked:
     result: Obj
     force: bool
 
+    def slim(self) -> Checked:
+        """What writing needs of it (the live version, and how to write)."""
+        version = ((self.live or {}).get("metadata") or {}).get("resourceVersion")
+        live = None if self.live is None else {"metadata": {"resourceVersion": version}}
+        return Checked(self.obj, live, {}, self.force)
+
     @property
     def action(self) -> Action:
         if self.live is None:
@@ -92,6 +104,8 @@ class ClusterRun:
     actions: list[tuple[Action, str]] = field(default_factory=list)
     settled: set[tuple[str, str, str, str]] = field(default_factory=set)
     """Objects the caller knows to be in place: neither dry-run nor written."""
+    found: dict[tuple[str, str, str, str], Checked] = field(default_factory=dict)
+    """``checked`` by object, while writing."""
     created: list[str] = field(default_factory=list)
     """Namespaces this apply creates because the cluster lacks them (the Istio namespace)."""
     stand_in: list[str] = field(default_factory=list)
@@ -145,3 +159,50 @@ def foreign_federation(live: Obj | None, federation: str) -> str | None:
 
 def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
     return {run.label: run.actions for run in runs}
+
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def in_parallel(fn: Callable[[U], T], items: list[U], workers: int) -> list[T]:
+    """``fn`` over ``items``, ``workers`` at a time (1: one after the other), results in order;
+    the first exception (in order) is raised."""
+    if workers <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, items))
+
+
+def probe(
+    client: Cluster, obj: Obj, namespaces: NamespacePlan, federation: str
+) -> Checked | KubeError | str:
+    """One object's dry-run: what it found, the refusal, or the other federation the object
+    belongs to."""
+    try:
+        ns = object_namespace(obj)
+        stand_in = ns is not None and ns in namespaces.pending
+        res = client.resource(obj["apiVersion"], obj["kind"])
+        live = (
+            None
+            if stand_in
+            else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
+        )
+        other = foreign_federation(live, federation)
+        if other is not None:
+            return other
+        force = live is None or owned_by(live, None)
+        if stand_in:
+            # The namespace is created by this apply: validate in a stand-in namespace, and
+            # ask the authorizer about the real one.
+            if not client.can("patch", res, ns, obj["metadata"]["name"]):
+                raise KubeError(f"forbidden (RBAC): cannot patch {res.plural} in namespace {ns}")
+            result = client.apply(obj, dry_run=True, force=True, namespace=STAND_IN_NAMESPACE)
+            result = {**result, "metadata": {**result.get("metadata", {}), "namespace": ns}}
+            for key in ("uid", "resourceVersion", "creationTimestamp"):
+                result["metadata"].pop(key, None)
+        else:
+            result = client.apply(obj, dry_run=True, force=force)
+        return Checked(obj, live, result, force)
+    except KubeError as exc:
+        return exc

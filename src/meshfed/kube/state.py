@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import yaml
 
@@ -33,14 +34,61 @@ def state_name(federation: str) -> str:
     return f"meshfed-{federation}"
 
 
+_Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's emitter when PyYAML has it (the same text, several times faster: the spec of a
+thousand exports is about 0.5 MB)."""
+
+
+_SECTIONS: dict[str, str] = {}
+"""Recent YAML text of spec sections, by the digest of their JSON (see ``spec_yaml``)."""
+
+
+def _section(key: str, value: Any) -> str:
+    """``spec.<key>`` as it appears in the YAML of the whole document (block style: the
+    document's text is the concatenation of its sections')."""
+    canon = json.dumps([key, value], sort_keys=True, separators=(",", ":"))
+    sha = hashlib.sha256(canon.encode()).hexdigest()
+    text = _SECTIONS.get(sha)
+    if text is None:
+        dumped = str(yaml.dump({"spec": {key: value}}, Dumper=_Dumper, sort_keys=False))
+        text = dumped.removeprefix("spec:\n")
+        if len(_SECTIONS) > 64:
+            _SECTIONS.clear()
+        _SECTIONS[sha] = text
+    return text
+
+
 def spec_yaml(fed: Federation) -> str:
+    """The spec as YAML. Made section by section, each kept while it does not change: a
+    discovered port or address changes ``meshes`` only, and the exports and imports of a
+    thousand exports take most of the time to emit."""
     doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return yaml.safe_dump(doc, sort_keys=False)
+    spec = doc.get("spec")
+    if not isinstance(spec, dict) or not spec or list(doc)[-1] != "spec":
+        return str(yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
+    head = {k: v for k, v in doc.items() if k != "spec"}
+    text = str(yaml.dump(head, Dumper=_Dumper, sort_keys=False)) if head else ""
+    return text + "spec:\n" + "".join(_section(k, v) for k, v in spec.items())
 
 
-def objects_digest(objects: Iterable[Obj]) -> str:
-    canon = sorted(json.dumps(o, sort_keys=True, separators=(",", ":")) for o in objects)
+def canonical_json(o: Obj) -> str:
+    """One object's canonical text (what the objects' digest is made of)."""
+    return json.dumps(o, sort_keys=True, separators=(",", ":"))
+
+
+def objects_digest(objects: Iterable[Obj], canonical: Callable[[Obj], str] = canonical_json) -> str:
+    canon = sorted(canonical(o) for o in objects)
     return "sha256:" + hashlib.sha256("\n".join(canon).encode()).hexdigest()
+
+
+def is_state(o: Obj) -> bool:
+    """The state ConfigMap of some federation."""
+    meta = o.get("metadata") or {}
+    return (
+        o.get("kind") == "ConfigMap"
+        and meta.get("namespace") == GATEWAY_NAMESPACE
+        and str(meta.get("name") or "").startswith(state_name(""))
+    )
 
 
 @dataclass(frozen=True, order=True)
@@ -78,15 +126,18 @@ def state_object(
     applied: Iterable[Obj],
     previous: Obj | None,
     clusters: Sequence[AppliedCluster] = (),
+    spec_text: str | None = None,
+    canonical: Callable[[Obj], str] = canonical_json,
 ) -> Obj:
     """The state ConfigMap; its ``appliedAt`` changes only when its content does, so an
     unchanged federation re-applies without a single write. ``clusters``: every cluster meshfed
     has written this federation to and not cleaned up since (the spec's, and any it dropped
-    that a partial apply has not pruned yet)."""
+    that a partial apply has not pruned yet). ``spec_text``: ``spec_yaml(fed)`` when the caller
+    has it already; ``canonical``: ``canonical_json``, or a cache of it."""
     data = {
-        "spec.yaml": spec_yaml(fed),
+        "spec.yaml": spec_yaml(fed) if spec_text is None else spec_text,
         "roots.json": json.dumps(dict(sorted(roots.items())), indent=1),
-        "objects.digest": objects_digest(applied),
+        "objects.digest": objects_digest(applied, canonical),
         "clusters.json": _clusters_json(clusters),
     }
     old = (previous or {}).get("data") or {}
@@ -135,23 +186,29 @@ def _read_clusters(text: str | None, where: str) -> tuple[AppliedCluster, ...] |
 
 def read_state(client: Cluster, federation: str) -> StoredState | None:
     """The state on one cluster; None when meshfed never applied the federation there."""
+    return read_stored(client, federation)[0]
+
+
+def read_stored(client: Cluster, federation: str) -> tuple[StoredState | None, Obj | None]:
+    """``read_state``, and the ConfigMap as read."""
     if client.find("v1", "ConfigMap") is None:
-        return None
+        return None, None
     found = client.get("v1", "ConfigMap", state_name(federation), GATEWAY_NAMESPACE)
     if found is None:
-        return None
+        return None, None
     data = found.get("data") or {}
     try:
         roots = json.loads(data.get("roots.json", "{}"))
     except ValueError:
         raise KubeError(f"state ConfigMap on {client.label} has unreadable roots.json") from None
-    return StoredState(
+    stored = StoredState(
         client.name,
         data.get("spec.yaml", ""),
         roots,
         data.get("appliedAt", ""),
         _read_clusters(data.get("clusters.json"), client.label),
     )
+    return stored, found
 
 
 def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, StoredState | None]:

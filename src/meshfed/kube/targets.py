@@ -73,9 +73,15 @@ def ref_text(obj: Obj) -> str:
     return f"{kind}{'.' + group if group else ''} {ns + '/' if ns else ''}{name}"
 
 
+def order_rank(obj: Obj) -> int:
+    """Where a kind comes in ``apply_order`` (objects of one rank do not depend on each
+    other)."""
+    return _ORDER.get(obj["kind"], 10)
+
+
 def apply_order(objects: Iterable[Obj]) -> list[Obj]:
     """Namespaces and identities first, then secrets, services, workloads, Istio config."""
-    return sorted(objects, key=lambda o: (_ORDER.get(o["kind"], 10), ref(o)))
+    return sorted(objects, key=lambda o: (order_rank(o), ref(o)))
 
 
 def server_form(obj: Obj) -> Obj:
@@ -136,6 +142,9 @@ class ClusterTarget:
     bootstrap: list[Obj] = field(default_factory=list)
     """Namespaces the cluster lacks and this apply creates first (the Istio namespace on a bare
     cluster, see ``kube/namespaces.py``); decided by the dry-run."""
+    _ordered: tuple[list[Obj], list[Obj], list[Obj]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -150,7 +159,20 @@ class ClusterTarget:
         return isinstance(self.mesh, RetiredMesh)
 
     def desired(self) -> list[Obj]:
-        return apply_order([*self.bootstrap, *self.objects]) + self.extra
+        """Bootstrap namespaces and objects in apply order, then the extras."""
+        made = self._ordered
+        size = len(self.objects) + len(self.bootstrap)
+        if (
+            made is None
+            or made[0] is not self.objects
+            or made[1] is not self.bootstrap
+            or len(made[2]) != size
+        ):
+            # Kept while neither list changes (a rollout asks many times; at a thousand
+            # exports a cluster holds about a thousand objects).
+            made = (self.objects, self.bootstrap, apply_order([*self.bootstrap, *self.objects]))
+            self._ordered = made
+        return made[2] + self.extra
 
 
 class TargetError(Exception):

@@ -10,6 +10,7 @@ from pathlib import Path
 from meshfed.kube.apply import Connect, Progress, Rollout
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import AddressFound, Discovery, with_discovered
+from meshfed.kube.state import canonical_json
 from meshfed.kube.targets import ClusterTarget, cluster_targets
 from meshfed.render.istio import RenderedMesh
 from meshfed.spec.load import load_spec
@@ -43,6 +44,8 @@ class KubeWorkspace:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        canonical: Callable[[Obj], str] = canonical_json,
+        workers: int = 1,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -58,6 +61,8 @@ class KubeWorkspace:
             prunable=prunable,
             settled=settled,
             present=present,
+            canonical=canonical,
+            workers=workers,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:

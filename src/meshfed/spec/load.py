@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +70,27 @@ def parse_spec(
         raise SpecError(file, exc.lines) from None
     if doc is None or doc.data is None:
         raise SpecError(file, [f"{file}: (document): the file is empty. Fix: write a Federation"])
-    data: Any = doc.data
-    lines = doc.lines
+    return _validated(doc.data, doc.lines, file, discovery_pending, warnings)
+
+
+def parse_document(data: Any, file: str, *, discovery_pending: bool = False) -> Federation:
+    """``parse_spec`` of a document already read (e.g. a Federation object from the API
+    server): the same checks and messages, without line numbers. At a thousand exports this
+    is seconds faster than writing the document as YAML to parse it again."""
+    if data is None:
+        raise SpecError(
+            file, [f"{file}: (document): the document is empty. Fix: write a Federation"]
+        )
+    return _validated(data, {}, file, discovery_pending, None)
+
+
+def _validated(
+    data: Any,
+    lines: Mapping[Path_, int],
+    file: str,
+    discovery_pending: bool,
+    warnings: list[str] | None,
+) -> Federation:
     problems: list[Problem] = []
     if not isinstance(data, dict):
         raise SpecError(

@@ -1,0 +1,192 @@
+"""What the controller keeps of what it applied (``controller/applied.py``): pure, no cluster."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from meshfed.controller.applied import AppliedCache, Canon
+from meshfed.kube.state import canonical_json, objects_digest
+from meshfed.kube.targets import prune_set
+
+KEY = ("bank", "payments", "east")
+
+
+def _obj(name: str, port: int = 8080, kind: str = "VirtualService") -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "meshfed-system",
+            "labels": {"app.kubernetes.io/managed-by": "meshfed", "meshfed.dev/federation": "bank"},
+        },
+        "spec": {"port": port},
+    }
+
+
+def _state(spec: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "meshfed-bank", "namespace": "meshfed-system"},
+        "data": {"spec.yaml": spec},
+    }
+
+
+def test_settled_only_when_the_text_is_what_was_applied() -> None:
+    cache, canon = AppliedCache(), Canon()
+    a, b = _obj("a"), _obj("b")
+    assert not cache.settled(KEY, a, canon)  # nothing known: write it
+    assert cache.remember(KEY, [a, b], [], canon)  # first time: a change, not drift
+    assert cache.settled(KEY, copy.deepcopy(a), Canon())
+    assert not cache.settled(KEY, _obj("a", port=9090), Canon())
+    assert not cache.settled(("bank", "payments", "west"), a, Canon())  # per cluster
+
+
+def test_remember_tells_a_change_of_what_is_desired_from_the_same_again() -> None:
+    cache, canon = AppliedCache(), Canon()
+    cache.remember(KEY, [_obj("a"), _obj("b"), _state("v1")], [], canon)
+    # The same objects again (a drift repair by a full check): no change.
+    assert not cache.remember(KEY, [_obj("a"), _obj("b")], [], Canon())
+    # Only the stored state changed: not a change of what is desired either.
+    assert not cache.remember(KEY, [_obj("a"), _state("v2")], [], Canon())
+    assert cache.remember(KEY, [_obj("a", port=1)], [], Canon())
+    assert cache.remember(KEY, [], [_obj("b")], Canon())  # pruned
+    assert set(cache.view(KEY)) == {
+        ("networking.istio.io", "VirtualService", "meshfed-system", "a"),
+        ("", "ConfigMap", "meshfed-system", "meshfed-bank"),
+    }
+
+
+def test_present_stubs_prune_like_the_listed_objects() -> None:
+    cache, canon = AppliedCache(), Canon()
+    foreign = _obj("theirs")
+    foreign["metadata"]["labels"] = {"team": "web"}
+    applied = [_obj("a"), _obj("b"), foreign]
+    cache.remember(KEY, applied, [], canon)
+    stubs = cache.present(KEY)
+    assert stubs is not None
+    desired = [_obj("a")]
+    # Pruning against the stubs deletes what pruning against the real objects would.
+    names = [o["metadata"]["name"] for o in prune_set(stubs, desired, "bank")]
+    assert names == [o["metadata"]["name"] for o in prune_set(applied, desired, "bank")] == ["b"]
+    assert all(s["apiVersion"] == "networking.istio.io/v1" for s in stubs)
+    assert cache.present(("bank", "web", "web")) is None  # unknown: list the cluster
+
+
+def test_a_mesh_is_reused_only_with_the_same_inputs_and_everything_kept() -> None:
+    cache, canon = AppliedCache(), Canon()
+    objects = [_obj("a"), _obj("b")]
+    cache.remember(KEY, objects, [], canon)
+    cache.mark_rendered(KEY, objects, "payments", ("bank", "plan-1"))
+    assert cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY])
+    assert not cache.reusable("bank", "payments", ("bank", "plan-2"), [KEY])
+    assert not cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY, ("bank", "p", "w")])
+    fresh = Canon()
+    again = cache.objects_of(KEY, fresh)
+    assert again is not None
+    # Stubs: what waves, holds and pruning read; settled by their whole text.
+    assert [(o["kind"], o["metadata"]) for o in again] == [
+        (o["kind"], o["metadata"]) for o in objects
+    ]
+    assert "spec" not in again[0]
+    assert all(cache.settled(KEY, o, fresh) for o in again)
+    # The stored state's digest over read-back objects is the digest over the rendered ones.
+    assert objects_digest(again, fresh) == objects_digest(objects)
+    cache.remember(KEY, [], [_obj("b")], Canon())  # something of it went: render again
+    assert cache.objects_of(KEY, Canon()) is None
+    cache.unmark("bank", "payments")
+    assert not cache.reusable("bank", "payments", ("bank", "plan-1"), [KEY])
+
+
+def test_forget_drops_one_federation() -> None:
+    cache, canon = AppliedCache(), Canon()
+    other = ("shop", "web", "web")
+    cache.remember(KEY, [_obj("a")], [], canon)
+    cache.remember(other, [_obj("a")], [], canon)
+    cache.mark_rendered(KEY, [_obj("a")], "payments", 1)
+    cache.forget("bank")
+    assert cache.present(KEY) is None and cache.present(other) is not None
+    assert not cache.reusable("bank", "payments", 1, [KEY])
+
+
+def test_canon_is_canonical_json_computed_once_per_object() -> None:
+    canon = Canon()
+    a = _obj("a")
+    first = canon(a)
+    assert first == canonical_json(a)
+    a["spec"]["port"] = 1  # the same object: the reconcile does not change objects it has
+    assert canon(a) == first
+    assert canon(copy.deepcopy(a)) != first
+
+
+class _Closable:
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_watch_streams_of_one_cluster_share_a_connection_until_it_fails() -> None:
+    from meshfed.controller.watch import Watches
+
+    made: list[tuple[str | None, _Closable]] = []
+
+    class Connector:
+        def fresh(self, context: str | None) -> Any:
+            client = _Closable()
+            made.append((context, client))
+            return client
+
+    watches = Watches(Connector(), lambda *_: None, lambda _: None)  # type: ignore[arg-type]
+    one = watches._client("c1")
+    assert watches._client("c1") is one and watches._client("c2") is not one
+    watches._failed("c1", one)
+    again = watches._client("c1")
+    assert again is not one and not made[0][1].closed  # streams on it end on their own
+    watches._failed("c1", one)  # a late failure on the old one keeps the new one
+    assert watches._client("c1") is again
+    watches.close()
+    assert [c for c, _ in made] == ["c1", "c2", "c1"]
+    assert [closable.closed for _, closable in made] == [False, True, True]
+
+
+def test_spec_memo_parses_once_per_version_and_remembers_what_it_stored() -> None:
+    from pathlib import Path
+
+    from meshfed.controller.specmemo import SpecMemo
+    from meshfed.kube.state import StoredState, spec_yaml
+    from meshfed.spec.load import load_spec
+    from meshfed.workspace import plan_of
+
+    bank = load_spec(Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml")
+    memo, calls = SpecMemo(), []
+
+    def parse() -> Any:
+        calls.append(1)
+        return bank
+
+    doc = bank.model_dump(mode="json", by_alias=True)
+    assert memo.parse("bank", doc, parse) is memo.parse("bank", copy.deepcopy(doc), parse)
+    doc["spec"]["meshes"][0]["ingress"]["port"] = 1
+    memo.parse("bank", doc, parse)
+    assert len(calls) == 2  # a new version is parsed again
+    assert memo.remembered("bank") is None  # nothing stored by this controller yet
+    plan = plan_of(bank)
+    text = spec_yaml(bank)
+    memo.stored_now("bank", text, bank, plan)
+    remembered = memo.remembered("bank")
+    assert remembered is not None and remembered[1] is plan
+    roots = {m.name: "" for m in bank.spec.meshes}
+    stored = StoredState("c1", text, roots, "2026-01-01T00:00:00Z")
+    old, digest = memo.old("bank", stored)
+    assert old is bank and memo.old_plan("bank", stored, digest) is plan
+    # A state someone else stored: parsed and planned from its text.
+    other = StoredState("c1", text.replace("15443", "15499"), roots, "2026-01-02T00:00:00Z")
+    old, digest = memo.old("bank", other)
+    assert old is not None and old is not bank
+    assert memo.old_plan("bank", other, digest) is not plan
+    memo.forget("bank")
+    assert memo.remembered("bank") is None
