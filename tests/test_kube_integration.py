@@ -311,11 +311,13 @@ def test_bare_clusters_in_istios_install_order(env: dict[str, Any]) -> None:
     assert dry.exit_code == 1, dry.output
     text = " ".join(dry.output.split())  # rich wraps long lines
     assert (
-        f"cluster payments (context {first}): Namespace cards (for PeerAuthentication "
+        f"cluster payments (context {first}): Namespace cards (for EnvoyFilter "
+        "cards/meshfed-replies-tokenizer, EnvoyFilter cards/meshfed-xfcc-tokenizer, "
+        "AuthorizationPolicy cards/meshfed-guard-tokenizer, PeerAuthentication "
         "cards/meshfed-strict): namespace cards does not exist on this cluster; it belongs to "
         "the applications (the workloads cards/ledger, cards/tokenizer), and meshfed does not "
         "create application namespaces" in text
-    )
+    ), text
     assert "not found" not in text
     for mesh, context in (("payments", first), ("web", second)):
         assert f"cluster {mesh} (context {context}): would create Namespace istio-system" in text
