@@ -34,7 +34,7 @@ Four checks on every ingress gateway that terminates mutual TLS (a federation in
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from meshfed.audit.context import AuditContext, NotAssessed
 from meshfed.audit.install import root_namespace
@@ -129,6 +129,21 @@ def _reaches(envoy_filter: Doc, workload: GatewayWorkload, root: str) -> bool:
     return envoy_filter.namespace == root and not labels
 
 
+def _patched(
+    docs: list[Doc], workload: GatewayWorkload, test: Callable[[Obj, set[int]], bool]
+) -> bool:
+    """Whether a patch of an EnvoyFilter that reaches the gateway ``workload`` passes ``test``
+    (the patch, the gateway's listener ports)."""
+    root = root_namespace(docs)
+    ports = _listener_ports(docs, workload)
+    return any(
+        test(as_dict(p), ports)
+        for ef in istio(docs, "EnvoyFilter")
+        if _reaches(ef, workload, root)
+        for p in as_list(ef.spec.get("configPatches"))
+    )
+
+
 def _logs_handshakes(patch: Obj, ports: set[int]) -> bool:
     """A LISTENER patch that adds an access log on one of the gateway's MUTUAL ports."""
     if as_str(patch.get("applyTo")) != "LISTENER":
@@ -182,17 +197,9 @@ def gateway_handshake_logging(ctx: AuditContext) -> Iterator[Hit]:
     ctx.require_docs()
     found = False
     for docs in ctx.scopes().values():
-        root = root_namespace(docs)
-        filters = istio(docs, "EnvoyFilter")
         for workload in _ingresses(docs):
             found = True
-            ports = _listener_ports(docs, workload)
-            logged = any(
-                _logs_handshakes(as_dict(p), ports)
-                for ef in filters
-                if _reaches(ef, workload, root)
-                for p in as_list(ef.spec.get("configPatches"))
-            )
+            logged = _patched(docs, workload, _logs_handshakes)
             if not logged:
                 yield Hit(
                     Severity.MEDIUM,
@@ -271,19 +278,11 @@ def gateway_local_replies(ctx: AuditContext) -> Iterator[Hit]:
     ctx.require_docs()
     found = False
     for docs in ctx.scopes().values():
-        root = root_namespace(docs)
-        filters = istio(docs, "EnvoyFilter")
         for workload in _ingresses(docs):
             if all(_is_tcp(server) for _, _, server in _mutual_servers(workload)):
                 continue  # no HTTP: Envoy makes no HTTP replies there
             found = True
-            ports = _listener_ports(docs, workload)
-            worded = any(
-                _words_replies(as_dict(p), ports)
-                for ef in filters
-                if _reaches(ef, workload, root)
-                for p in as_list(ef.spec.get("configPatches"))
-            )
+            worded = _patched(docs, workload, _words_replies)
             if not worded:
                 yield Hit(
                     Severity.LOW,
