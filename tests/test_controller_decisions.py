@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshfed.controller.drift import last_writer, may_drift, repair_for
+from meshfed.controller.drift import last_writer, may_drift, missing_after_list, repair_for
 from meshfed.controller.leader import Observed, decide
 from meshfed.controller.manifests import (
     ControllerOptions,
@@ -36,7 +36,7 @@ from meshfed.controller.status import (
 )
 from meshfed.controller.worker import service_signature
 from meshfed.kube.errors import KubeError
-from meshfed.kube.targets import PRUNE_KINDS, prune_set
+from meshfed.kube.targets import PRUNE_KINDS, prune_set, ref
 from meshfed.plan.build import build_plan
 from meshfed.spec.load import load_spec
 
@@ -67,6 +67,24 @@ REF = ("security.istio.io", "AuthorizationPolicy", "meshfed-system", "allow-x")
 
 
 # -- drift ----------------------------------------------------------------------------------------
+def test_a_deletion_no_watch_saw_is_found_by_the_next_complete_list() -> None:
+    # Deleted between a reconcile's writes and the watch's first list (or while an expired
+    # watch re-lists): no DELETED event ever comes, but the list lacks it.
+    gone, kept = _obj("allow-x", [("meshfed", "t1")]), _obj("allow-y", [("meshfed", "t1")])
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "a"}}
+    desired = {ref(o): o for o in (gone, kept, service)}
+    listed = [ref(kept)]
+    missing = missing_after_list(desired, "security.istio.io/v1", "AuthorizationPolicy", listed)
+    assert missing == [gone]
+    # Repaired as a deletion by hand would be.
+    repair = repair_for("DELETED", missing[0], desired, "bank")
+    assert repair is not None and repair.action == "restore" and repair.obj is gone
+    # Only the listed kind is judged (the Service is another watch's), and a full list misses
+    # nothing.
+    assert missing_after_list(desired, "v1", "Service", [ref(service)]) == []
+    assert missing_after_list(desired, "security.istio.io/v1", "AuthorizationPolicy", desired) == []
+    # Pruned by meshfed meanwhile: not restored.
+    assert repair_for("DELETED", gone, desired, "bank", pruned_by_us={ref(gone)}) is None
 
 
 @pytest.mark.parametrize("event", ["ADDED", "MODIFIED", "DELETED"])

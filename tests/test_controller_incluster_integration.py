@@ -179,10 +179,9 @@ def test_in_cluster_the_controller_converges_with_only_its_rbac(env: dict[str, A
         "security.istio.io/v1", "AuthorizationPolicy", labels=f"meshfed.dev/federation={FED}"
     )
     assert policies
-    # Drift repair works with the watch rights it has: a deleted policy comes back. (The
-    # watches start after the first reconcile; an object deleted before their first list is
-    # seen only at the next full resync: give them time to list.)
-    time.sleep(5)
+    # Drift repair works with the watch rights it has: a deleted policy comes back, at once
+    # after Ready (the watches start after the first reconcile: a deletion before their first
+    # list has no DELETED event, and the list's lack of it is what restores it).
     victim = policies[0]
     management.delete(victim)
     meta = victim["metadata"]

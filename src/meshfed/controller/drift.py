@@ -75,3 +75,15 @@ def repair_for(
     if wanted is None:
         return Repair("prune", key, live, f"carries meshfed's labels, not rendered (by {writer})")
     return Repair("restore", key, wanted, f"changed by {writer or 'someone else'}")
+
+
+def missing_after_list(
+    desired: Mapping[Ref, Obj], api_version: str, kind: str, listed: Collection[Ref]
+) -> list[Obj]:
+    """The objects of one kind that meshfed applied to a cluster and a complete list of that
+    kind no longer holds: deleted while no watch was running (between a reconcile's writes
+    and the watch's first list, or before a re-list after an expired watch), so no DELETED
+    event will ever say so. Each is restored as a deletion by hand would be."""
+    group = api_version.rpartition("/")[0]
+    listed = set(listed)
+    return [desired[at] for at in desired if at[0] == group and at[1] == kind and at not in listed]

@@ -6,8 +6,8 @@ their remote secrets, so each gets its own watch streams here (one thread per cl
 kind, list-then-watch, re-listing after a 410, backing off while a cluster is down). The
 streams of one cluster share one connection pool (fifteen kinds on ten clusters: a client
 each held about 40 MB more, mostly TLS contexts). Every
-event goes to ``on_event`` (and, on each list, every object as ``LISTED``); deciding what it
-means is ``drift.py``'s and the worker's.
+event goes to ``on_event`` (and, on each list, every object as ``LISTED``, then the list's
+refs as ``LIST_ENDED``); deciding what it means is ``drift.py``'s and the worker's.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from meshfed.controller.clusters import Connector
 from meshfed.controller.specmemo import release_memory
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.errors import KubeError
-from meshfed.kube.targets import PRUNE_KINDS, selector
+from meshfed.kube.targets import PRUNE_KINDS, ref, selector
 from meshfed.plan.model import ClusterPlan
 
 Key = tuple[str, str]
 """(mesh, cluster)."""
+Ref = tuple[str, str, str, str]
 OnEvent = Callable[[Key, str, Obj], None]
+LIST_ENDED = "LIST_ENDED"
+"""The event after a complete list: ``{"apiVersion", "kind", "refs"}`` (every object listed)."""
 SERVICES = ("v1", "Service")
 LISTS_AT_ONCE = 4
 """Initial lists running at once (each a page of at most 500 objects at a time): when the
@@ -152,12 +155,20 @@ class Watches:
         """Every object of the kind as ``LISTED`` (what changed before the watch began counts
         too), a page at a time, a few lists at once; the version to watch from."""
         version = ""
+        refs: list[Ref] = []
         with self._listing:
             for items, listed in client.list_pages(spec.api_version, spec.kind, labels=spec.labels):
                 for item in items:
+                    refs.append(ref(item))
                     self.on_event(spec.key, "LISTED", item)
                 version = listed or version
         release_memory()  # the pages, decoded and dropped
+        # The whole list: what it lacks was deleted while nothing watched (``LIST_ENDED``).
+        self.on_event(
+            spec.key,
+            LIST_ENDED,
+            {"apiVersion": spec.api_version, "kind": spec.kind, "refs": refs},
+        )
         return version
 
     def close(self) -> None:

@@ -24,11 +24,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
-from meshfed.controller.drift import Ref, Repair, may_drift, repair_for
+from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
 from meshfed.controller.reconcile import Reconciler, Result, expiring
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
-from meshfed.controller.watch import Key, Watches, watch_specs
+from meshfed.controller.watch import LIST_ENDED, Key, Watches, watch_specs
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
 from meshfed.kube.errors import KubeError
@@ -89,6 +89,9 @@ class FederationWorker:
         self.events.put(("resync", reason))
 
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
+        if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
+            self.events.put(("listed", (key, obj)))
+            return
         if obj.get("kind") == "Pod":  # discovery.py: a workload's service accounts
             why = self.pods.pod(key, event, obj, self.last.federation if self.last else None)
             if why:
@@ -147,9 +150,13 @@ class FederationWorker:
                 resync = [reason for kind, reason in batch if kind == "resync"]
                 if resync or self.last is None:
                     self._reconcile(body(), resync[0] if resync else "drift")
-                else:
-                    for _, item in batch:
+                # After a reconcile too: an incremental one writes only what changed, so a
+                # deletion by hand that came in the same batch is still to be repaired.
+                for kind, item in batch:
+                    if kind == "drift":
                         self._repair(*item)
+                    elif kind == "listed":
+                        self._restore_unlisted(*item)
         finally:
             if self.watches is not None:
                 self.watches.close()
@@ -289,6 +296,18 @@ class FederationWorker:
         except KubeError as exc:
             self.log(f"{self.name}: repair of {ref_text(repair.obj)} failed: {exc}; reconciling")
             self.kick("repair failed")
+
+    def _restore_unlisted(self, key: Key, listed: Obj) -> None:
+        """A watch's complete list lacks objects meshfed applied there: deleted while no
+        watch ran (``drift.missing_after_list``); each is repaired as a deletion."""
+        last = self.last
+        if last is None or key not in last.desired:
+            return
+        refs: set[Ref] = {(g, k, ns, name) for g, k, ns, name in listed["refs"]}
+        for obj in missing_after_list(
+            last.desired[key], listed["apiVersion"], listed["kind"], refs
+        ):
+            self._repair(key, "DELETED", obj)
 
     def _do(self, key: Key, repair: Repair) -> None:
         fed = self.last.federation if self.last else None
