@@ -31,7 +31,7 @@ from __future__ import annotations
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.boundary_log import HANDSHAKE_FIELDS, REFUSED_HANDSHAKE
-from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.objects import Obj, obj, workload_obj
 from meshfed.render.local_reply import local_reply_config
 
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
@@ -131,12 +131,12 @@ def workload_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
         return []
     typed_config = {"@type": HCM, "local_reply_config": local_reply_config(replies)}
     return [
-        obj(
+        workload_obj(
             "networking.istio.io/v1alpha3",
             "EnvoyFilter",
-            f"meshfed-replies-{slug(guard.workload.name, 47)}",
+            "meshfed-replies-",
             plan.name,
-            guard.workload.namespace,
+            guard.workload,
             spec={
                 "workloadSelector": {"labels": {"app": guard.workload.name}},
                 "configPatches": [
@@ -150,7 +150,6 @@ def workload_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                     }
                 ],
             },
-            extra_labels={"meshfed.dev/workload": guard.workload.ref.replace("/", ".")},
         )
         for guard in mesh.workload_guards
     ]

@@ -7,6 +7,7 @@ import hashlib
 from typing import Any
 
 from meshfed.plan.names import MANAGED_BY
+from meshfed.plan.rules import Workload
 
 Obj = dict[str, Any]
 
@@ -48,6 +49,22 @@ def obj(
         out["spec"] = spec
     out.update(fields)
     return out
+
+
+def workload_obj(
+    api_version: str, kind: str, prefix: str, federation: str, workload: Workload, spec: Obj
+) -> Obj:
+    """An object for one workload's sidecar, in its namespace: named ``prefix`` and the
+    workload's name (within a DNS label), labelled with the workload."""
+    return obj(
+        api_version,
+        kind,
+        f"{prefix}{slug(workload.name, 63 - len(prefix))}",
+        federation,
+        workload.namespace,
+        spec=spec,
+        extra_labels={"meshfed.dev/workload": workload.ref.replace("/", ".")},
+    )
 
 
 def b64(text: str) -> str:

@@ -62,7 +62,7 @@ from itertools import product
 
 from meshfed.plan.guard import WorkloadGuard
 from meshfed.plan.model import AllowRule, FederationPlan, IngressServer, MeshPlan, PathMatch
-from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.objects import Obj, workload_obj
 from meshfed.spiffe import PrincipalMatch, istio_principal
 
 
@@ -145,18 +145,17 @@ def guard_policies(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     """Per exported HTTP workload, the DENY AuthorizationPolicy of its sidecar."""
     ingress = istio_principal(PrincipalMatch(mesh.ingress.spiffe_id))
     return [
-        obj(
+        workload_obj(
             "security.istio.io/v1",
             "AuthorizationPolicy",
-            f"meshfed-guard-{slug(guard.workload.name, 49)}",
+            "meshfed-guard-",
             plan.name,
-            guard.workload.namespace,
+            guard.workload,
             spec={
                 "selector": {"matchLabels": {"app": guard.workload.name}},
                 "action": "DENY",
                 "rules": _deny_rules(guard, ingress),
             },
-            extra_labels={"meshfed.dev/workload": guard.workload.ref.replace("/", ".")},
         )
         for guard in mesh.workload_guards
     ]
@@ -215,12 +214,12 @@ def xfcc_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
             },
         }
         out.append(
-            obj(
+            workload_obj(
                 "networking.istio.io/v1alpha3",
                 "EnvoyFilter",
-                f"meshfed-xfcc-{slug(guard.workload.name, 50)}",
+                "meshfed-xfcc-",
                 plan.name,
-                guard.workload.namespace,
+                guard.workload,
                 spec={
                     "workloadSelector": {"labels": {"app": guard.workload.name}},
                     "configPatches": [
@@ -231,7 +230,6 @@ def xfcc_filters(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                         }
                     ],
                 },
-                extra_labels={"meshfed.dev/workload": guard.workload.ref.replace("/", ".")},
             )
         )
     return out
