@@ -34,7 +34,6 @@ from meshfed.bundles.errors import BundleError
 from meshfed.bundles.fetch import fetch_document
 from meshfed.bundles.model import Endpoint, SpiffeBundle
 from meshfed.bundles.server import SvidTls
-from meshfed.kube.client import KubeClient
 from meshfed.pki.certs import fingerprint, make_root_ca, same_public_key
 from meshfed.pki.keys import generate_key
 from test_bundles_endpoint import ENDPOINT_ID, Served, pki, roots_of
@@ -47,6 +46,7 @@ from test_controller_integration import (
     Controllers,
     _contexts,
     _service_account_kubeconfig,
+    prepared_clients,
     wait,
 )
 
@@ -114,17 +114,7 @@ def _spec(context: str, partner: Partner, bootstrap: Path, port: int) -> Obj:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     context = _contexts()[0]
     base = tmp_path_factory.mktemp("follow")
-    client = KubeClient.for_context(context, KUBECONFIG, name=context)
-    crds = [
-        d
-        for d in yaml.safe_load_all((ROOT.parent / "shared/istio/crd-all.gen.yaml").read_text())
-        if d
-    ]
-    for crd in crds:
-        client.apply(crd, force=True)
-    for ns in ("istio-system", "checkout", "orders"):
-        if not client.namespace_exists(ns):
-            client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    client = prepared_clients([context], ("istio-system", "checkout", "orders"))[context]
     install = [MESHFED, "controller", "install", "--kubeconfig", KUBECONFIG, "--context", context,
                "--target-context", context]  # fmt: skip
     done = subprocess.run(install, capture_output=True, text=True, timeout=180)

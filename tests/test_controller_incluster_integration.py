@@ -31,13 +31,13 @@ import yaml
 from meshfed.kube.client import KubeClient
 from meshfed.kube.config import merged_kubeconfig
 from test_controller_integration import (
-    CRDS,
     FED_API,
     KUBECONFIG,
     MESHFED,
     NS,
     ROOT,
     _contexts,
+    prepared_clients,
     wait,
 )
 
@@ -87,14 +87,7 @@ def _pod_files(context: str, base: Path) -> tuple[Path, str, str]:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     contexts = _contexts()
     base = tmp_path_factory.mktemp("incluster")
-    clients = {c: KubeClient.for_context(c, KUBECONFIG, name=c) for c in contexts}
-    crds = [d for d in yaml.safe_load_all(CRDS.read_text()) if d]
-    for client in clients.values():
-        for crd in crds:
-            client.apply(crd, force=True)
-        for ns in ("istio-system", "cards", "shop"):
-            if not client.namespace_exists(ns):
-                client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    clients = prepared_clients(contexts, ("istio-system", "cards", "shop"))
     management = clients[contexts[0]]
     # The controller's identity: install, exactly as a user runs it (the first cluster is a
     # target too, so its ServiceAccount may reconcile it; the others get remote secrets).

@@ -160,18 +160,24 @@ class Controllers:
             self.stop(proc)
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    contexts = _contexts()
-    base = tmp_path_factory.mktemp("controller")
+def prepared_clients(contexts: list[str], namespaces: tuple[str, ...]) -> dict[str, KubeClient]:
+    """A client of each test cluster, which has Istio's CRDs and ``namespaces``."""
     clients = {c: KubeClient.for_context(c, KUBECONFIG, name=c) for c in contexts}
     crds = [d for d in yaml.safe_load_all(CRDS.read_text()) if d]
     for client in clients.values():
         for crd in crds:
             client.apply(crd, force=True)
-        for ns in ("istio-system", "cards", "shop"):
+        for ns in namespaces:
             if not client.namespace_exists(ns):
                 client.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    return clients
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    contexts = _contexts()
+    base = tmp_path_factory.mktemp("controller")
+    clients = prepared_clients(contexts, ("istio-system", "cards", "shop"))
     payments = clients[contexts[0]]
     for name, port, port_name in (("tokenizer", 8080, "http"), ("ledger", 9000, "tcp")):
         payments.apply(
