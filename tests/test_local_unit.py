@@ -519,6 +519,15 @@ def test_stalled_handshakes_are_in_the_boundary_log_whatever_their_sni(
         f"TLS handshake not completed: {timeout} after 5.0 s",
         f"TLS handshake not completed: {timeout} after 5.0 s",
     ]
+    # Seen under load (CI, two busy cores): one of three ClientHello-then-silence clients got
+    # a TLS failure reason beside the bound's details. It is still a stall, in the boundary log.
+    rejected = _stalled("tokenizer.payments.global", timeout)
+    rejected.doc["tls_failure"] = (
+        "TLS_error:|268435589:SSL_routines:OPENSSL_internal:CONNECTION_REJECTED:TLS_error_end"
+    )
+    assert boundary_view([rejected], summary) == [rejected]
+    assert decision(rejected.doc) == f"TLS handshake not completed: {timeout} after 5.0 s"
+    assert not is_health_check(rejected.doc)
 
 
 # --- locating a runtime, CLI errors --------------------------------------------------------------

@@ -73,6 +73,9 @@ def hop_logs(root: Path, summary: RuntimeSummary) -> list[Path]:
 
 PROBE_SNI = FailoverPolicy().probe_sni
 """The SNI of the egress gateways' TLS probes (``render/envoy/probe.py``)."""
+HANDSHAKE_BOUND = "transport socket timeout was reached"
+"""Envoy's connection termination details when a listener's handshake bound
+(``transport_socket_connect_timeout``) closed the connection."""
 HELD_MS = int(FailoverPolicy().probe_timeout.total_seconds() * 1000) // 2
 """A health check is over in milliseconds (a ServerHello, or a plain connect); a connection
 held half the probe's timeout without a handshake is a client's stall (the shortest handshake
@@ -98,17 +101,21 @@ def is_health_check(doc: dict[str, Any]) -> bool:
 def stalled_handshake(doc: dict[str, Any]) -> str | None:
     """Why a connection closed before its TLS handshake completed without failing it: the
     client sent nothing, half a ClientHello, or a ClientHello and then nothing, until the
-    listener's handshake bound closed it (``plan/limits.py``); None for anything else."""
+    listener's handshake bound closed it (``plan/limits.py``); None for anything else.
+
+    Envoy's own word that the bound closed it (``transport socket timeout was reached``) is
+    taken over its TLS failure reason: under load Envoy sometimes names one
+    (``CONNECTION_REJECTED``) for a client that sent its ClientHello and then nothing."""
+    details = str(doc.get("details") or "")
     if (
         doc.get("kind") != "connection"
         or doc.get("caller")
-        or doc.get("tls_failure")
+        or (doc.get("tls_failure") and HANDSHAKE_BOUND not in details)
         or doc.get("upstream")
         or doc.get("bytes_received")
         or str(doc.get("flags") or "-") not in ("-", "")
     ):
         return None
-    details = str(doc.get("details") or "")
     duration = doc.get("duration_ms")
     held = isinstance(duration, int) and duration >= HELD_MS
     if not held and "timeout" not in details:
@@ -266,6 +273,9 @@ def request_verdict(doc: dict[str, Any]) -> str:
 def decision(doc: dict[str, Any]) -> str:
     """What happened, in a few words: ``allowed 200``, ``denied 403``, ``rejected 400:
     malformed HTTP (http1.codec_error)``, ``TLS handshake failed``."""
+    stalled = stalled_handshake(doc)
+    if stalled is not None:
+        return f"TLS handshake not completed: {stalled}"
     if doc.get("tls_failure"):
         said = f"TLS handshake failed: {doc['tls_failure']}"
         if doc.get("sni") == PROBE_SNI and not doc.get("caller"):
@@ -273,9 +283,6 @@ def decision(doc: dict[str, Any]) -> str:
             # late): the ingress's ServerHello meets a closed connection.
             said += " (the egress probes' name: a probe its egress gave up on, or a client's)"
         return said
-    stalled = stalled_handshake(doc)
-    if stalled is not None:
-        return f"TLS handshake not completed: {stalled}"
     flags = str(doc.get("flags") or "-")
     if doc.get("kind") == "request":
         verdict = request_verdict(doc)
