@@ -250,9 +250,14 @@ def test_stale_records_are_cleaned_up(tmp_path: Path) -> None:
 
 
 def test_zombie_is_not_running() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    # The child lives until its stdin closes: its start time is read while it runs (a child
+    # that exited at once could already be a zombie, which start_time rightly refuses).
+    code = "import sys; sys.stdin.read()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE)
     started = start_time(proc.pid)
-    assert started is not None
+    assert started is not None and is_running(proc.pid, started)
+    assert proc.stdin is not None
+    proc.stdin.close()
     assert poll(lambda: not is_running(proc.pid, started), timeout=5) is not None
     proc.wait()
 
