@@ -290,7 +290,16 @@ class Runtime:
             )
         write_json(
             self.paths.probes,
-            {"version": 1, "passed": sorted(probe_key(r.probe) for r in report.probes if r.ok)},
+            {
+                "version": 1,
+                "passed": sorted(probe_key(r.probe) for r in report.probes if r.ok),
+                # What ``status`` reports (``--check`` fails on it) until the next ``up``.
+                "failed": [
+                    {"mesh": r.probe.mesh, "import": r.probe.key, "detail": r.detail}
+                    for r in report.probes
+                    if not r.ok
+                ],
+            },
         )
         return report
 
