@@ -25,7 +25,7 @@ from meshfed.sinks.external_secrets import (
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
-from meshfed.workspace import fetch_command, init_pki, open_workspace
+from meshfed.workspace import default_state_dir, fetch_command, init_pki, open_workspace
 
 out = console()
 err = console(stderr=True)
@@ -149,8 +149,9 @@ def pki_init(spec: Path, state: Path | None) -> None:
     render, up and apply need first."""
     with reported(PKIError, OutputError):
         fed = load_spec(spec)
+        # Read first: a damaged kept bundle is an error that leaves everything as it was.
+        missing = unfetched(fed, state if state is not None else default_state_dir(fed))
         state_dir, pki = init_pki(fed, state)
-        missing = unfetched(fed, state_dir)
     table = Table(title=f"PKI of {fed.name} ({pki.mode}) in {state_dir / 'pki'}")
     for column in ("mesh", "trust domain", "root", "intermediate (sha256)", "expires"):
         table.add_column(column)
