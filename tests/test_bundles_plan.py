@@ -111,6 +111,40 @@ def test_followed_bundle_flows_into_cross_certificates_and_ca_certificates(
     assert [p.name for p in plan.partners] == ["globex"]
 
 
+def test_pki_init_needs_no_partner_bundle_and_names_the_fetch(tmp_path: Path) -> None:
+    """``pki init`` makes this state directory's CAs (nothing of a partner's is needed for
+    that) and names the exact ``trust fetch`` that ``render``/``up``/``apply`` need first;
+    those fail with the same command and leave the state directory as it was."""
+    spec, state = _acme(tmp_path)
+    fetch = f"meshfed trust fetch {spec} --state {state}"
+    render = CliRunner().invoke(main, ["render", str(spec), "--state", str(state), "--out",
+                                       str(tmp_path / "out")])  # fmt: skip
+    assert render.exit_code == 1 and "Traceback" not in render.output
+    assert f"(fix: run {fetch} once the peer's bundle endpoint https://127.0.0.1:18444/" in (
+        render.output
+    )
+    assert not state.exists() and not (tmp_path / "out").exists()  # nothing written
+    init = CliRunner().invoke(main, ["pki", "init", str(spec), "--state", str(state)])
+    assert init.exit_code == 0, init.output
+    out = " ".join(init.output.split())
+    assert "│ acme │ acme.example │ acme │" in init.output
+    assert (
+        "note: acme follow(s) the bundle of globex (globex.example), not fetched yet: render, "
+        f"up and apply need it; run {fetch} once the peer's bundle endpoint "
+        "https://127.0.0.1:18444/globex is reachable"
+    ) in out
+    assert "PRIVATE KEY" not in init.output
+    key = state / "pki" / "acme" / "ca-key.pem"
+    assert key.stat().st_mode & 0o777 == 0o600
+    held = key.read_bytes()
+    # Once a bundle is kept: no note, the same CAs (idempotent), and render works.
+    _keep(state, roots_of(pki(tmp_path / "globex", "globex", "globex.example")), 1)
+    again = CliRunner().invoke(main, ["pki", "init", str(spec), "--state", str(state)])
+    assert again.exit_code == 0 and "note:" not in again.output, again.output
+    assert key.read_bytes() == held
+    assert _render(spec, state, tmp_path / "out")
+
+
 def _spki() -> tuple[Any, Any]:
     from cryptography.hazmat.primitives import serialization
 

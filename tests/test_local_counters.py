@@ -228,3 +228,76 @@ def test_tcp_import_probes_are_marked_hop_by_hop(bank: Fed) -> None:
 
     assert poll(lambda: arrow()["allowed"] == 5, timeout=15) is not None, arrow()
     assert arrow()["probes"] == before["ingress"] + 5, arrow()
+
+
+TOKENIZER_SNI = "tokenizer.payments.global"
+
+
+def _tokenizer_at_egress(fed: Fed) -> list[dict[str, Any]]:
+    """The HTTP import's connections in ``logs --boundary`` at web's egress (TLS passes
+    through it: one line per connection, no header read)."""
+    result = CliRunner().invoke(
+        cli(), ["logs", "--state", str(fed.state), "--boundary", "--json", "--mesh", "web"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    return [d for d in lines if d.get("gateway") == "egress" and d.get("sni") == TOKENIZER_SNI]
+
+
+def _tokens(fed: Fed, target: str) -> int:
+    records = (fed.state / "local" / "probes.jsonl").read_text().splitlines()
+    return sum(1 for r in map(json.loads, records) if "token" in r and r["target"] == target)
+
+
+def test_http_import_probes_are_marked_at_the_egress(bank: Fed) -> None:
+    """An HTTP import probe's request is marked at the ingress by its header; at the egress,
+    which reads no header, by its connection: the sidecar sends a marked request on a
+    connection of its own and logs it. Callers' calls made at the same time, through the same
+    sidecar, as the same workload, are never marked (their pooled connections are theirs)."""
+    layout = bank.runtime.layout()
+    assert layout is not None
+    probe = next(
+        p
+        for p in plan_probes(bank.ws.plan, layout)
+        if p.protocol == "HTTP" and p.key.startswith("tokenizer.") and p.mesh == "web"
+    )
+    assert probe.workload == "shop/checkout" and probe.allowed
+    target = f"{probe.mesh} {probe.key} as {probe.workload}"
+    # up's own probe of the import, at the egress.
+    first = _tokenizer_at_egress(bank)
+    assert any(d.get("meshfed_probe") == "import probe" for d in first), first
+    marked_before = sum(bool(d.get("meshfed_probe")) for d in first)
+    callers_before = len(first) - marked_before
+    tokens_before = _tokens(bank, target)
+
+    ledger = ProbeLedger(bank.runtime.paths)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(5):
+            callers = pool.submit(_call, bank, "shop/checkout")
+            assert run_probe(probe, 10, ledger).ok
+            assert callers.result() == 200
+    attempts = _tokens(bank, target) - tokens_before  # each attempt: a mark, a connection
+    assert attempts >= 5
+
+    def settled() -> list[dict[str, Any]] | None:
+        # The callers' pooled connections are logged when they close (their life is 2 s).
+        lines = _tokenizer_at_egress(bank)
+        marked = sum(bool(d.get("meshfed_probe")) for d in lines)
+        callers = len(lines) - marked
+        return lines if marked == marked_before + attempts and callers > callers_before else None
+
+    assert poll(lambda: settled() is not None, timeout=15) is not None, (
+        attempts,
+        _tokenizer_at_egress(bank),
+    )
+    lines = settled()
+    assert lines is not None
+    # (and the rotation's end-to-end checks, when the first test ran before this one)
+    own = {d["meshfed_probe"] for d in lines if d.get("meshfed_probe")}
+    assert "import probe" in own and own <= {"import probe", "rotation check"}, own
+    text = CliRunner().invoke(cli(), ["logs", "--state", str(bank.state), "--boundary"]).output
+    at_egress = [
+        line for line in text.splitlines() if "web/egress" in line and TOKENIZER_SNI in line
+    ]
+    assert sum("[meshfed's own import probe]" in line for line in at_egress) >= 6, at_egress
+    assert any("[meshfed's own" not in line for line in at_egress), at_egress

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from local_helpers import Fed, Loop, cli, poll, spec_copy
 from meshfed.local.status import collect_status
@@ -86,6 +87,38 @@ def test_failover_to_the_next_exporter_and_back(bank: Fed) -> None:
     assert not outside, outside
     # Nothing but the two exporters ever answered.
     assert {s.mesh for s in samples if s.status == 200} == {"payments", "payments-dr"}
+
+
+def test_status_check_fails_while_a_gateway_is_down(bank: Fed) -> None:
+    """``status`` exits 0 whatever it finds (a contract); ``status --check`` exits 3 while
+    anything is not healthy and names it, and 0 again once all is well."""
+    runner = CliRunner()
+    state = ["--state", str(bank.state)]
+
+    def check(*more: str) -> Result:
+        return runner.invoke(cli(), ["status", "--check", *state, *more])
+
+    healthy = check()
+    assert healthy.exit_code == 0, healthy.output
+    assert "not healthy" not in healthy.output
+    down = runner.invoke(cli(), ["lab", "stop-gateway", "payments", *state])
+    assert down.exit_code == 0, down.output
+    try:
+        plain = runner.invoke(cli(), ["status", *state])
+        assert plain.exit_code == 0 and "not healthy: " in plain.stdout, plain.output
+        failed = check()
+        assert failed.exit_code == 3, failed.output
+        assert "not healthy: payments/ingress: stopped (meshfed up starts it)" in failed.stderr
+        # The egress sees the exporter down (its probe every 0.25 s): the import says so too.
+        assert poll(lambda: "source payments (" in check().stderr, timeout=5) is not None
+        doc = json.loads(check("--json").stdout)
+        assert "payments/ingress: stopped (meshfed up starts it)" in doc["problems"]
+    finally:
+        up = runner.invoke(cli(), ["lab", "start-gateway", "payments", *state])
+        assert up.exit_code == 0, up.output
+    assert poll(lambda: check().exit_code == 0, timeout=10) is not None
+    kube = runner.invoke(cli(), ["status", "--check", "--kube"])
+    assert kube.exit_code == 2 and "not with --kube" in kube.output
 
 
 def test_stop_and_start_gateway_errors(bank: Fed) -> None:

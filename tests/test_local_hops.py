@@ -1,7 +1,9 @@
 """A TCP import probe's connection followed hop by hop (``local/hops.py``), on log lines shaped as
 the local Envoys write them (``tests/test_local_counters.py`` checks the same on real Envoy): a
 line is meshfed's own only when its connection's addresses reach a released ledger record
-through every hop before it, within each hop's lifetime; never by time or address alone."""
+through every hop before it, within each hop's lifetime; never by time or address alone. An
+HTTP import probe's connection at the egress likewise, from the sidecar's line of its marked
+request."""
 
 from __future__ import annotations
 
@@ -169,6 +171,58 @@ def test_a_line_waits_for_its_hops_logs(tmp_path: Path, paths: RuntimePaths) -> 
     tail.update(files, _summary(), seen.append, [sidecar, egress])
     assert [e.probe for e in seen] == [IMPORT_PROBE]
     assert [e.probe for e in tail.latest()] == [IMPORT_PROBE]
+
+
+def _request(t: datetime, token: str, upstream_local: str, duration: int = 20) -> dict[str, Any]:
+    """A sidecar's line of a marked request (``access_log.probe_request_log``)."""
+    return {
+        "time": _iso(t), "kind": "request", "mesh": "web", "sidecar": "shop/checkout",
+        "probe": token, "code": 200, "flags": "-", "upstream": EGRESS,
+        "upstream_local": upstream_local, "duration_ms": duration,
+    }  # fmt: skip
+
+
+def _egress(t: datetime, peer: str, n: int, duration: int = 15) -> dict[str, Any]:
+    return _conn(t, peer, EGRESS, INGRESS, f"127.0.0.1:{51500 + n}", duration, gateway="egress")
+
+
+def test_an_http_probe_is_marked_at_the_egress_through_its_own_connection(
+    tmp_path: Path, paths: RuntimePaths
+) -> None:
+    """The egress reads no header: its line of an HTTP probe is the connection the sidecar
+    opened for the marked request alone, tied by its addresses within the request's life to
+    a token the ledger holds. Nothing else is: a caller's pooled connection beside it, the
+    same addresses later, a mark the ledger never recorded, a mark used a second time."""
+    ledger = ProbeLedger(paths)
+    token = ledger.token(IMPORT_PROBE, "web tokenizer.shop.svc.cluster.local:80 as shop/checkout")
+    t = datetime.now(UTC)
+    ms = timedelta(milliseconds=1)
+    request = _request(t, token, "127.0.0.1:45800")
+    probe = _egress(t + 2 * ms, "127.0.0.1:45800", 0)
+    accepted = _conn(t + 5 * ms, "127.0.0.1:51500", INGRESS, gateway="ingress")
+    caller = _egress(t + 3 * ms, "127.0.0.1:45801", 1, duration=900)
+    later = probe | {"time": _iso(t + timedelta(seconds=2))}
+    forged = _request(t, "f" * 32, "127.0.0.1:45802")
+    forged_egress = _egress(t + 2 * ms, "127.0.0.1:45802", 2)
+    replayed = _request(t + 10 * ms, token, "127.0.0.1:45803")
+    replayed_egress = _egress(t + 12 * ms, "127.0.0.1:45803", 3)
+    sidecar, egress = tmp_path / "sidecar.access.log", tmp_path / "egress.access.log"
+    _write(egress, [probe, caller, forged_egress, replayed_egress])
+    marks = _marks(paths, [sidecar, egress])
+    # Its sidecar's line not read yet (each Envoy flushes its own file): asked again.
+    assert marks.mark(probe) == PENDING and marks.mark(caller) == PENDING
+    _write(sidecar, [request, forged, replayed])
+    marks.read_hops([sidecar, egress])
+    assert marks.mark(probe) == IMPORT_PROBE
+    # The ingress listener's line of the same connection (the request's own line there is
+    # marked by its token): through the egress's.
+    assert marks.mark(accepted) == IMPORT_PROBE
+    assert _final(marks, caller) is None
+    assert _final(marks, later) is None
+    assert _final(marks, forged_egress) is None
+    assert _final(marks, replayed_egress) is None
+    # The ingress's request line uses the token as before (once).
+    assert marks.mark({"time": _iso(t + 6 * ms), "probe": token}) == IMPORT_PROBE
 
 
 def _summary() -> RuntimeSummary:

@@ -266,12 +266,59 @@ def test_sidecars_retry_imports_as_the_plan_says(rendered: Rendered) -> None:
             for host in hcm["typed_config"]["route_config"]["virtual_hosts"][:-1]:
                 retries = by_host[host["name"]].retries
                 assert retries is not None
-                (route,) = host["routes"]
+                probe, route = host["routes"]
                 assert route["route"]["retry_policy"] == {
                     "retry_on": ",".join(retries.retry_on),
                     "num_retries": retries.attempts,
                     "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
                 }
+                # A marked probe (`ProbeMarking`): the same route, without the sidecar's
+                # retries (the probe retries itself, a fresh mark each time).
+                assert probe["match"]["headers"] == [
+                    {"name": mesh.probes.header, "present_match": True}
+                ]
+                assert "retry_policy" not in probe["route"]
+                assert {**probe["route"], "cluster": route["route"]["cluster"]} == {
+                    k: v for k, v in route["route"].items() if k != "retry_policy"
+                }
+
+
+def test_a_marked_probe_leaves_the_sidecar_on_a_connection_of_its_own(
+    rendered: Rendered,
+) -> None:
+    """The plan's `ProbeMarking`: a marked request's cluster is the import's own (the same
+    egress, TLS, SNI, server identities), one request per connection; the sidecar logs marked
+    requests only, with their upstream connection's addresses (what ties the egress's line of
+    that connection to the probe)."""
+    ws, _, processes = rendered
+    for mesh in ws.plan.meshes:
+        assert mesh.probes.own_connection and mesh.probes.header == "x-meshfed-probe"
+        http = [r for r in mesh.imports if r.protocol == "HTTP"]
+        for workload in mesh.workloads:
+            sidecar = processes[f"{mesh.name}/sidecar/{workload.ref}"]
+            clusters = {c["name"]: c for c in sidecar.clusters}
+            for route in http:
+                own, shared = clusters[f"probe|{route.wire_host}"], clusters[
+                    f"outbound|{route.wire_host}"]  # fmt: skip
+                options = own["typed_extension_protocol_options"]
+                common = next(iter(options.values()))["common_http_protocol_options"]
+                assert common["max_requests_per_connection"] == 1
+                assert own["transport_socket"] == shared["transport_socket"]
+                assert own["load_assignment"]["endpoints"] == shared["load_assignment"]["endpoints"]
+            (outbound,) = [x for x in sidecar.listeners if x["name"] == "outbound"]
+            (hcm,) = outbound["filter_chains"][0]["filters"]
+            logs = hcm["typed_config"]["access_log"]
+            if not http:
+                assert logs == [] and not any(n.startswith("probe|") for n in clusters)
+                continue
+            (log,) = logs
+            assert log["filter"] == {
+                "header_filter": {"header": {"name": "x-meshfed-probe", "present_match": True}}
+            }
+            fields = log["typed_config"]["log_format"]["json_format"]
+            assert fields["probe"] == "%REQ(x-meshfed-probe)%"
+            assert fields["upstream_local"] == "%UPSTREAM_LOCAL_ADDRESS%"
+            assert fields["upstream"] == "%UPSTREAM_HOST%"
 
 
 def test_each_root_is_trusted_only_for_its_trust_domains(rendered: Rendered) -> None:

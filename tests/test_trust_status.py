@@ -10,6 +10,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from local_helpers import cli, spec_copy
+from meshfed.bundles import document
+from meshfed.bundles.model import SpiffeBundle
+from meshfed.local.ports import PortAllocator
+from test_bundles_format import ca
 
 
 def _run(base: Path, *args: str) -> Result:
@@ -54,3 +58,27 @@ def test_status_shows_the_published_sequence_and_a_pending_change(tmp_path: Path
     assert _run(tmp_path, "trust", "bundle", "globex", str(spec)).exit_code == 0
     line = _published(_run(tmp_path, "trust", "status", str(spec)))
     assert ": sequence 2 (since " in line and line.endswith("1 root(s)")
+
+
+def test_a_peers_lines_name_it_once(tmp_path: Path) -> None:
+    """Under ``follows globex ...`` (and on ``trust fetch``'s ``globex: refused ...`` line) the
+    condition is said without a second ``globex:``: the heading names the peer."""
+    port = PortAllocator().allocate()  # nothing listens there: the fetch is refused at once
+    spec = spec_copy("acme", tmp_path, lambda t: t.replace("127.0.0.1:18444", f"127.0.0.1:{port}"))
+    bundle = SpiffeBundle("globex.example", (ca("globex.example"),), 1, 60)
+    (tmp_path / "globex-bundle.json").write_bytes(document.encode(bundle))
+    fetched = _run(tmp_path, "trust", "fetch", str(spec))
+    assert fetched.exit_code == 1
+    [line] = [x for x in fetched.output.splitlines() if x.startswith("globex: refused")]
+    assert line.startswith(
+        f"globex: refused (no bundle accepted yet): bundle endpoint https://127.0.0.1:{port}/"
+        "globex is unreachable (Connection refused)"
+    ), line
+    status = _run(tmp_path, "trust", "status", str(spec))
+    assert status.exit_code == 0, status.output
+    lines = status.output.splitlines()
+    i = next(i for i, x in enumerate(lines) if x.startswith("follows globex (globex.example)"))
+    attempt = lines[i + 1]
+    assert attempt.startswith("  last attempt ")
+    assert ": FAILING: bundle endpoint https://" in attempt
+    assert "globex: " not in attempt, attempt

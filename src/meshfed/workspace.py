@@ -10,6 +10,7 @@ and so is the pairing of the Istio renderer with the credentials step.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from meshfed.spec.model import Federation
 __all__ = [
     "Workspace",
     "default_state_dir",
+    "fetch_command",
+    "init_pki",
     "open_workspace",
     "plan_of",
     "preview_istio",
@@ -110,11 +113,30 @@ class Workspace:
 
 
 def workspace_for(spec_path: Path, fed: Federation, state_dir: Path | None = None) -> Workspace:
-    """Create any missing PKI material of a loaded spec, and resolve its plan."""
+    """Create any missing PKI material of a loaded spec, and resolve its plan.
+
+    Peers' bundles are read first: without one a local mesh follows there is no plan, and the
+    error (naming the exact ``meshfed trust fetch`` to run) leaves the state directory as it
+    was."""
     state = state_dir if state_dir is not None else default_state_dir(fed)
+    followed = followed_pems(fed, state, fetch_command(spec_path, state_dir))
     material = PKIStore(state).ensure(trust_request(fed))
-    plan = plan_of(fed, root_pems(material), followed_pems(fed, state))
+    plan = plan_of(fed, root_pems(material), followed)
     return Workspace(spec_path, fed, state, material, plan)
+
+
+def init_pki(fed: Federation, state_dir: Path | None = None) -> tuple[Path, PKIMaterial]:
+    """Create any missing PKI material of a loaded spec (``meshfed pki init``): the state
+    directory and its CAs. Nothing of a peer's is needed for that (no plan is resolved):
+    ``unfetched`` says which followed bundles ``render``, ``up`` and ``apply`` still need."""
+    state = state_dir if state_dir is not None else default_state_dir(fed)
+    return state, PKIStore(state).ensure(trust_request(fed))
+
+
+def fetch_command(spec_path: Path, state_dir: Path | None) -> str:
+    """The ``meshfed trust fetch`` that accepts the peers' bundles for this spec and state."""
+    command = f"meshfed trust fetch {shlex.quote(str(spec_path))}"
+    return command if state_dir is None else f"{command} --state {shlex.quote(str(state_dir))}"
 
 
 def open_workspace(spec_path: Path, state_dir: Path | None = None) -> Workspace:

@@ -58,24 +58,45 @@ def followed(fed: Federation, spec_dir: Path) -> tuple[FollowedPeer, ...]:
     return tuple(out)
 
 
-def followed_pems(fed: Federation, state_dir: Path) -> dict[str, str]:
+def unfetched(fed: Federation, state_dir: Path) -> tuple[FollowedPeer, ...]:
+    """The peers a local mesh follows whose bundle no fetch has accepted yet (BundleError if a
+    kept one is damaged)."""
+    store = PeerBundles(state_dir)
+    return tuple(p for p in followed(fed, Path(".")) if store.current(p.name) is None)
+
+
+def fetch_hint(peer: FollowedPeer, command: str) -> str:
+    """What to do about ``peer``'s missing bundle: ``command`` (the exact ``meshfed trust fetch``
+    to run) once its endpoint is reachable."""
+    return f"run {command} once the peer's bundle endpoint {peer.endpoint.url} is reachable"
+
+
+FETCH_COMMAND = "meshfed trust fetch SPEC (same --state)"
+
+
+def followed_pems(
+    fed: Federation, state_dir: Path, fetch_command: str = FETCH_COMMAND
+) -> dict[str, str]:
     """Peer -> PEM of the X.509 authorities of its last accepted bundle, for every peer a local
     mesh follows (what ``build_plan`` takes as ``followed``). Reads only the kept PEM files.
 
     BundleError when a followed peer has no accepted bundle yet: the plan cannot say what to
     trust for it, and guessing (trusting nothing, or its held roots) would be a silent change.
+    Its fix names ``fetch_command`` (the caller knows the spec and state directory it ran on).
     """
+    missing = unfetched(fed, state_dir)
+    if missing:
+        peer = missing[0]
+        raise BundleError(
+            peer.name,
+            f"{', '.join(peer.followers)} follow(s) the bundle of {peer.name} "
+            f"({peer.trust_domain}), and none has been accepted yet",
+            fetch_hint(peer, fetch_command),
+        )
     store = PeerBundles(state_dir)
     out: dict[str, str] = {}
     for peer in followed(fed, Path(".")):
         kept = store.current(peer.name)
-        if kept is None:
-            raise BundleError(
-                peer.name,
-                f"{', '.join(peer.followers)} follow(s) the bundle of {peer.name} "
-                f"({peer.trust_domain}), and none has been accepted yet",
-                "run meshfed trust fetch SPEC (same --state) once the peer's bundle endpoint "
-                f"{peer.endpoint.url} is reachable",
-            )
+        assert kept is not None
         out[peer.name] = kept.pem
     return out

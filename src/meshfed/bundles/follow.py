@@ -71,7 +71,7 @@ class Outcome:
     def describe(self) -> str:
         if self.error is not None:
             keeps = "the last good bundle stays in force" if self.kept else "no bundle accepted yet"
-            return f"{self.peer}: refused ({keeps}): {self.error}"
+            return f"{self.peer}: refused ({keeps}): {self.error.about(self.peer)}"
         assert self.change is not None
         return self.change.describe()
 

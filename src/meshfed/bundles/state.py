@@ -31,7 +31,7 @@ from typing import Any
 
 from cryptography import x509
 
-from meshfed.bundles.errors import BundleError
+from meshfed.bundles.errors import BundleError, without_peer
 from meshfed.bundles.model import SpiffeBundle
 from meshfed.pki.certs import certs_to_pem, fingerprint
 from meshfed.pki.files import mkdir_private, write_atomic
@@ -240,6 +240,11 @@ class Condition:
     at: str
     sequence: int | None = None
     """The sequence of the bundle in force after the attempt."""
+
+    @property
+    def detail(self) -> str:
+        """``message`` as said under a heading that names the peer (``trust status``)."""
+        return without_peer(self.peer, self.message)
 
 
 class PeerBundles:

@@ -59,6 +59,9 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
 
 # --- status ------------------------------------------------------------------------------------
 
+NOT_HEALTHY = 3
+"""``status --check``'s exit status when anything is not healthy (1 is an error: nothing read)."""
+
 
 @click.command()
 @spec_inputs
@@ -79,6 +82,14 @@ def _runtime(spec: Path | None, spec_option: Path | None, state: Path | None) ->
     help="With --kube: kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).",
 )
 @click.option("--context", default=None, help="With --kube: the management cluster's context.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help=f"Exit {NOT_HEALTHY} when anything is not healthy: a process stopped or not ready, an "
+    "import no source serves or one of its sources down, an import probe that failed at the "
+    "last up (each listed on stderr). Without it, status exits 0 whenever it could read the "
+    "federation.",
+)
 def status(
     spec: Path | None,
     spec_option: Path | None,
@@ -88,10 +99,16 @@ def status(
     federation: str | None = None,
     kubeconfig: Path | None = None,
     context: str | None = None,
+    check: bool = False,
 ) -> None:
     """Every process and its health, its ports, and each import's current source (--kube:
-    the controller's view of Federations in a management cluster)."""
+    the controller's view of Federations in a management cluster).
+
+    Exit status: 0; 1 when there is no federation to read (or bad input); with --check, 3
+    when the federation is not healthy."""
     if kube:
+        if check:
+            raise click.UsageError("--check judges the local federation; not with --kube")
         from meshfed.cli.controller import print_kube_status
 
         print_kube_status(federation, kubeconfig, context, as_json)
@@ -99,16 +116,23 @@ def status(
     with reported(PKIError, LocalError, effect="nothing was started"):
         runtime = _runtime(spec, spec_option, state)
         st = collect_status(runtime)
+    problems = st.problems
     if as_json:
-        click.echo(json.dumps(asdict(st), indent=2))
-        return
-    _print_status(st)
-    record = runtime.processes().get(dashboard.DASHBOARD)
-    url = dashboard.url(runtime.paths)
-    if url and record is not None and record.alive:
-        out.print(f"dashboard: {url} (pid {record.pid})", markup=False, soft_wrap=True)
+        click.echo(json.dumps({**asdict(st), "problems": problems}, indent=2))
     else:
-        out.print("dashboard: not running (meshfed up starts it)", markup=False)
+        _print_status(st)
+        record = runtime.processes().get(dashboard.DASHBOARD)
+        url = dashboard.url(runtime.paths)
+        if url and record is not None and record.alive:
+            out.print(f"dashboard: {url} (pid {record.pid})", markup=False, soft_wrap=True)
+        else:
+            out.print("dashboard: not running (meshfed up starts it)", markup=False)
+        if problems:
+            out.print(f"not healthy: {len(problems)} problem(s)", markup=False)
+    if check and problems:
+        for line in problems:
+            click.echo(f"not healthy: {line}", err=True)
+        sys.exit(NOT_HEALTHY)
 
 
 def _print_status(st: Status) -> None:

@@ -13,6 +13,7 @@ import click
 from rich.table import Table
 
 from meshfed import __version__, interrupts
+from meshfed.bundles.config import fetch_hint, unfetched
 from meshfed.cli.common import console, reported, state_option, unclipped
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
@@ -24,7 +25,7 @@ from meshfed.sinks.external_secrets import (
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
-from meshfed.workspace import open_workspace
+from meshfed.workspace import default_state_dir, fetch_command, init_pki, open_workspace
 
 out = console()
 err = console(stderr=True)
@@ -141,13 +142,20 @@ def pki() -> None:
 @SPEC
 @state_option
 def pki_init(spec: Path, state: Path | None) -> None:
-    """Create missing CAs (idempotent); check what exists; never print keys."""
+    """Create missing CAs (idempotent); check what exists; never print keys.
+
+    Needs nothing of a partner's: when a mesh follows a peer's bundle that no fetch has
+    accepted yet, the CAs are made all the same and a note names the meshfed trust fetch that
+    render, up and apply need first."""
     with reported(PKIError, OutputError):
-        ws = open_workspace(spec, state)
-    table = Table(title=f"PKI of {ws.federation.name} ({ws.pki.mode}) in {ws.state_dir / 'pki'}")
+        fed = load_spec(spec)
+        # Read first: a damaged kept bundle is an error that leaves everything as it was.
+        missing = unfetched(fed, state if state is not None else default_state_dir(fed))
+        state_dir, pki = init_pki(fed, state)
+    table = Table(title=f"PKI of {fed.name} ({pki.mode}) in {state_dir / 'pki'}")
     for column in ("mesh", "trust domain", "root", "intermediate (sha256)", "expires"):
         table.add_column(column)
-    for name, ca in sorted(ws.pki.meshes.items()):
+    for name, ca in sorted(pki.meshes.items()):
         table.add_row(
             name,
             ca.trust_domain,
@@ -156,6 +164,14 @@ def pki_init(spec: Path, state: Path | None) -> None:
             ca.ca_cert.not_valid_after_utc.strftime("%Y-%m-%d"),
         )
     out.print(unclipped(table))
+    for peer in missing:
+        out.print(
+            f"note: {', '.join(peer.followers)} follow(s) the bundle of {peer.name} "
+            f"({peer.trust_domain}), not fetched yet: render, up and apply need it; "
+            + fetch_hint(peer, fetch_command(spec, state)),
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 @main.command()

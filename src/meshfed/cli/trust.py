@@ -313,7 +313,7 @@ def register(main: click.Group) -> None:
                            f"{seq}{roots}")  # fmt: skip
                 if cond is not None:
                     state_word = "ok" if cond.ok else "FAILING"
-                    click.echo(f"  last attempt {cond.at}: {state_word}: {cond.message}")
+                    click.echo(f"  last attempt {cond.at}: {state_word}: {cond.detail}")
 
 
 def _now() -> datetime:

@@ -127,7 +127,17 @@ def up(spec: Path | None, spec_option: Path | None, state: Path | None, watch: b
                 soft_wrap=True,
             )
             partners = partner_sources(ws.plan, p.probe)
-            if partners:
+            if p.refused:
+                names = ", ".join(s.mesh for s in p.refused)
+                err.print(
+                    f"  served only by a partner's ingress, run by another organisation, and "
+                    f"nothing listens at its address: start {names}'s federation (its meshfed "
+                    f"up), or check the ingress address of mesh {names} in {spec_path}; then run"
+                    " meshfed up again: this import is probed again",
+                    markup=False,
+                    soft_wrap=True,
+                )
+            elif partners:
                 where = ", ".join(f"{s.mesh} ({s.address}:{s.port})" for s in partners)
                 err.print(
                     f"  served only by a partner's ingress, run by another organisation: {where}."
@@ -226,7 +236,8 @@ def _print_up(report: UpReport, runtime: Runtime) -> None:
     envoys = len(report.summary.processes)
     took = f"{report.elapsed:.1f} s"
     if not report.ok:
-        # A failed probe retries until its timeout: say where the wait went.
+        # A failed probe retries until its timeout (or until its partners kept refusing): say
+        # where the wait went.
         failed = sum(not p.ok for p in report.probes)
         took = (
             f"{report.elapsed - report.probing:.1f} s, then {report.probing:.1f} s probing "

@@ -22,6 +22,15 @@ and the sidecar's, the egress's through the sidecar's. No guess: no time proximi
 address alone. A line from while a probe was held that does not (yet) reach a record is
 ``PENDING``: the logs of the hops before it may still be on their way (each Envoy flushes its
 own files), so readers look again a moment later (``SETTLE``) before they count it a caller's.
+
+An HTTP import probe carries a mark (a token in ``x-meshfed-probe``) that the ingress logs; the
+egress passes TLS through and logs only the connection. The consumer's sidecar sends a marked
+request on an upstream connection of its own (``plan/probes.py``) and logs it with that
+connection's addresses (``probe_request_log``): so the egress line of a connection that began
+from those addresses while the request ran is the probe's, if the ledger holds its token (sent
+near that time; one sidecar line per token). Such a chain starts at the request instead of a
+held socket; while a token's request may still be running and its sidecar line is not read,
+the egress lines from then are ``PENDING`` too.
 """
 
 from __future__ import annotations
@@ -50,6 +59,12 @@ HELD_AT_MOST = timedelta(minutes=2)
 lasts seconds; a record never released never marks anything)."""
 MAX_DEPTH = 4
 """Hops from a gateway line back to the probe: ingress, egress, sidecar, the probe's socket."""
+REQUEST_AT_MOST = timedelta(seconds=5)
+"""How long after its token was recorded a probe's request may begin and run (a probe gives up
+on an attempt after 3 s, ``local/probe.py``, which ends the request at the sidecar too)."""
+MARK_BEFORE = timedelta(seconds=1)
+"""A request's start may precede its token's record by this much (the ledger's clock and
+Envoy's are the same host's; the record is written just before the request is sent)."""
 
 Pair = tuple[str, str]
 """(from, to) addresses of one connection."""
@@ -74,6 +89,16 @@ class _Hop:
     end: datetime
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A marked request through a sidecar: its upstream connection was the probe's alone,
+    within ``start`` .. ``end``."""
+
+    token: str
+    start: datetime
+    end: datetime
+
+
 @dataclass
 class HopIndex:
     """The held probe sockets (from the ledger) and the proxied connections (from the hop
@@ -84,8 +109,21 @@ class HopIndex:
     sockets: dict[Pair, list[_Held]] = field(default_factory=dict)
     hops: dict[Pair, list[_Hop]] = field(default_factory=dict)
     """By their upstream connection's (local, remote) addresses."""
+    marks: dict[str, tuple[str, datetime]] = field(default_factory=dict)
+    """Ledger token -> (what, when recorded): an HTTP probe's mark."""
+    requests: dict[Pair, list[_Request]] = field(default_factory=dict)
+    """Marked requests, by their upstream connection's (local, remote) addresses."""
+    _requested: set[str] = field(default_factory=set)
+    """Tokens whose sidecar line was read (one line per token)."""
+    _marks_by_time: list[tuple[datetime, str]] = field(default_factory=list)
     _by_start: list[_Held] = field(default_factory=list)
     _offsets: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def mark(self, token: str, what: str, when: datetime) -> None:
+        """One ledger record of an HTTP probe's token."""
+        if token not in self.marks:
+            self.marks[token] = (what, when)
+            bisect.insort(self._marks_by_time, (when, token))
 
     def record(self, doc: dict[str, Any], when: datetime) -> None:
         """One ledger record: a probe's socket held, or released."""
@@ -126,28 +164,44 @@ class HopIndex:
         came, went = _pair(doc, "peer", "local"), _pair(doc, "upstream_local", "upstream")
         start = _start(doc)
         duration = doc.get("duration_ms")
-        if came is None or went is None or start is None or not isinstance(duration, int):
+        if went is None or start is None or not isinstance(duration, int):
             return
-        if not self._near_probe(start):
-            return  # no probe was held then: not part of any probe's way
         end = start + timedelta(milliseconds=duration)
+        token = doc.get("probe")
+        if came is None and doc.get("kind") == "request" and isinstance(token, str) and token:
+            if token not in self._requested:  # a token marks one request
+                self._requested.add(token)
+                self.requests.setdefault(went, []).append(_Request(token, start, end))
+            return
+        if came is None or not self._near_probe(start):
+            return  # no probe was held then: not part of any probe's way
         self.hops.setdefault(went, []).append(_Hop(came, start, end))
 
     def _near_probe(self, when: datetime) -> bool:
-        """Whether ``when`` is at most ``HELD_AT_MOST`` after a probe's socket was taken: the
-        lines worth keeping (a hop's own start is checked against its upstream's, not here)."""
+        """Whether ``when`` is at most ``HELD_AT_MOST`` after a probe's socket was taken or
+        ``REQUEST_AT_MOST`` after a probe's mark was recorded: the lines worth keeping (a hop's
+        own start is checked against its upstream's, not here)."""
         i = bisect.bisect_right(self._by_start, when, key=lambda h: h.start)
-        return i > 0 and self._by_start[i - 1].start >= when - HELD_AT_MOST
+        if i > 0 and self._by_start[i - 1].start >= when - HELD_AT_MOST:
+            return True
+        j = bisect.bisect_right(self._marks_by_time, (when + MARK_BEFORE, "~"))
+        return j > 0 and self._marks_by_time[j - 1][0] >= when - REQUEST_AT_MOST
 
     def during_probe(self, when: datetime) -> bool:
         """Whether some probe's socket was held at ``when`` (or may still have been: its
-        release not read yet)."""
+        release not read yet), or a marked request whose sidecar line is not read yet may
+        have been running."""
         i = bisect.bisect_right(self._by_start, when, key=lambda h: h.start)
         earliest = when - HELD_AT_MOST
         while i > 0 and self._by_start[i - 1].start >= earliest:
             i -= 1
             end = self._by_start[i].end
             if end is None or when <= end:
+                return True
+        j = bisect.bisect_right(self._marks_by_time, (when + MARK_BEFORE, "~"))
+        while j > 0 and self._marks_by_time[j - 1][0] >= when - REQUEST_AT_MOST:
+            j -= 1
+            if self._marks_by_time[j][1] not in self._requested:
                 return True
         return False
 
@@ -166,6 +220,11 @@ class HopIndex:
         for held in self.sockets.get(came, ()):
             if held.end is not None and held.start <= start <= held.end:
                 return held.what
+        for request in self.requests.get(came, ()):
+            if request.start <= start <= request.end + ROUNDING:
+                marked = self.marks.get(request.token)
+                if marked is not None and _vouched(request.start, marked[1]):
+                    return marked[0]
         if depth >= MAX_DEPTH:
             return None
         for hop in self.hops.get(came, ()):
@@ -174,6 +233,11 @@ class HopIndex:
                 if found is not None:
                     return found
         return None
+
+
+def _vouched(start: datetime, recorded: datetime) -> bool:
+    """A marked request that began at ``start`` is the one its token was recorded for."""
+    return recorded - MARK_BEFORE <= start <= recorded + REQUEST_AT_MOST
 
 
 def _pair(doc: dict[str, Any], a: str, b: str) -> Pair | None:

@@ -4,6 +4,7 @@ layout.json      allocated ports (stable across ``up`` runs)
 processes.json   running processes: pid, start time, base id (removed by ``down``)
 runtime.json     what the last ``up`` applied: meshes, workloads, imports (for status/call)
 probes.json      the import probes that passed (``up`` runs one again only when its path changed)
+                 and those that failed (``status`` reports them)
 workloads.json   configuration of the workload host
 envoy/...        per Envoy: bootstrap, lds/, cds/, sds/, ecds/ (owned by render/envoy/files.py)
 logs/            stdout/stderr of every process, and the gateways' access logs

@@ -18,6 +18,14 @@ callers'.
 
 ``probe_path`` names the processes a probe's call passes through: after a live change, ``up``
 probes again only the imports whose path changed (and those that never passed).
+
+A probe retries for its whole budget while the path may still be coming up (our own Envoys, an
+exporter's ingress this federation runs). One exception: an import served only by partners'
+ingresses (another organisation's, ``partner_sources``) whose every address actively refuses
+connections (ECONNREFUSED: nothing listens there) for ``REFUSED_FOR`` fails at once and says so:
+nothing run here can change that, and the user wants to hear it now, not after the budget. That
+is checked with a bare TCP connect to each partner's address (closed at once), made only after
+the probe has failed for ``REFUSAL_CHECK_AFTER`` and never again once a partner accepted one.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import contextlib
 import http.client
 import json
 import socket
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -36,6 +45,13 @@ from meshfed.render.envoy.layout import LocalLayout
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 """Statuses the consumer's own sidecar answers when it has no path (yet): not a proof."""
+REFUSAL_CHECK_AFTER = 0.25
+"""Seconds a probe to partners runs before their addresses are checked for refusal (a probe
+through a healthy path passes before: a partner that is up is normally never connected to)."""
+REFUSED_FOR = 1.0
+"""Seconds every partner address must keep refusing before the probe stops retrying (a partner
+whose ingress is just starting gets that long to listen)."""
+REFUSAL_CHECK_INTERVAL = 0.25
 
 
 @dataclass(frozen=True)
@@ -62,6 +78,8 @@ class ProbeResult:
     detail: str
     checked: bool = True
     """False: not run again (nothing on its path changed since it passed)."""
+    refused: tuple[Source, ...] = ()
+    """The partners' ingresses that refused every connection, when that ended the probe."""
 
 
 Hop = tuple[str, str, str | None]
@@ -161,21 +179,133 @@ def run_probe(
     timeout: float = 10.0,
     ledger: ProbeLedger | None = None,
     what: str = IMPORT_PROBE,
+    partners: tuple[Source, ...] = (),
 ) -> ProbeResult:
     """Retry until the probe succeeds or ``timeout`` passes (gateways may still be warming).
     With ``ledger``, every attempt is recorded as meshfed's own (``prober.py``) under ``what``:
-    ``up``'s import probes, or a rotation's end-to-end checks (``ROTATION_CHECK``)."""
+    ``up``'s import probes, or a rotation's end-to-end checks (``ROTATION_CHECK``).
+    ``partners``: the import's sources when all are partners' (``partner_sources``): the probe
+    ends early when every one of their addresses keeps refusing connections."""
     if probe.workload is None:
         return ProbeResult(probe, True, "skipped: no workload of the mesh may call it")
     deadline = time.monotonic() + timeout
-    last = "no attempt"
-    while True:
-        ok, last = _attempt(probe, ledger, what)
-        if ok:
-            return ProbeResult(probe, True, last)
-        if time.monotonic() > deadline:
-            return ProbeResult(probe, False, last)
-        time.sleep(0.05)
+    refusals = _Refusals(partners)
+    # Checked beside the attempts: an attempt through the sidecar takes as long as its retries.
+    watcher = threading.Thread(target=refusals.watch, daemon=True, name="probe-refusals")
+    if partners:
+        watcher.start()
+    last = "no answer yet"
+    try:
+        while True:
+            attempt = (
+                _attempt(probe, ledger, what)
+                if not partners
+                else _unless(refusals, probe, ledger, what)
+            )
+            if attempt is None:
+                return ProbeResult(probe, False, refusals.describe(last), refused=partners)
+            ok, last = attempt
+            if ok:
+                return ProbeResult(probe, True, last)
+            # While every partner refuses, wait for the verdict rather than try again.
+            while refusals.refusing() and time.monotonic() < deadline:
+                if refusals.established.wait(0.05):
+                    return ProbeResult(probe, False, refusals.describe(last), refused=partners)
+            if time.monotonic() > deadline:
+                return ProbeResult(probe, False, last)
+            time.sleep(0.05)
+    finally:
+        refusals.done.set()
+        if partners:
+            watcher.join()
+
+
+def _unless(
+    refusals: _Refusals, probe: Probe, ledger: ProbeLedger | None, what: str
+) -> tuple[bool, str] | None:
+    """One attempt, or None as soon as the partners' refusal is established: an attempt through
+    the sidecar lasts as long as its retries (seconds), and the verdict is already known. The
+    attempt left behind ends on its own (its socket's timeout) and is not waited for."""
+    box: list[tuple[bool, str]] = []
+    worker = threading.Thread(
+        target=lambda: box.append(_attempt(probe, ledger, what)), daemon=True, name="probe"
+    )
+    worker.start()
+    while worker.is_alive():
+        if refusals.established.wait(0.05):
+            return None
+    worker.join()
+    return box[0]
+
+
+class _Refusals:
+    """Whether every partner address has kept refusing connections, and since when
+    (``run_probe``)."""
+
+    def __init__(self, partners: tuple[Source, ...]) -> None:
+        self.partners = partners
+        self.listening = not partners
+        """A partner accepted a connection: checked no more (the probe retries to the end)."""
+        self.since: float | None = None
+        self.checked = 0.0
+        self.refusals = 0
+        """Checks in a row at which every address refused."""
+        self.done = threading.Event()
+        """Set when the probe ended: no more checks."""
+        self.established = threading.Event()
+        """Set when every address kept refusing for ``REFUSED_FOR``."""
+
+    def refused_for(self, now: float) -> float:
+        """Seconds every partner address has kept refusing (0: not so, or not checked)."""
+        if self.listening:
+            return 0.0
+        if now - self.checked >= REFUSAL_CHECK_INTERVAL:
+            self.checked = now
+            answers = [refuses(s.address, s.port) for s in self.partners]
+            self.listening = any(a is False for a in answers)
+            if all(answers):
+                self.since = now if self.since is None else self.since
+                self.refusals += 1
+            else:
+                self.since, self.refusals = None, 0
+        return 0.0 if self.since is None else now - self.since
+
+    def refusing(self) -> bool:
+        """Every partner address refused at the last check (the verdict may be coming)."""
+        return self.since is not None and not self.listening
+
+    def watch(self) -> None:
+        """Check every ``REFUSAL_CHECK_INTERVAL`` from ``REFUSAL_CHECK_AFTER`` on, until the
+        probe is done (``done``), a partner listens, or the refusal is ``established``."""
+        if self.done.wait(REFUSAL_CHECK_AFTER):
+            return
+        while not self.listening:
+            if self.refused_for(time.monotonic()) >= REFUSED_FOR:
+                self.established.set()
+                return
+            if self.done.wait(REFUSAL_CHECK_INTERVAL):
+                return
+
+    def describe(self, last: str) -> str:
+        where = ", ".join(f"{s.mesh}'s ingress {s.address}:{s.port}" for s in self.partners)
+        span = self.checked - (self.since or self.checked)
+        return (
+            f"{where} refuses connections (ECONNREFUSED {self.refusals} times in {span:.1f} s: "
+            f"nothing listens there); the probe: {last}"
+        )
+
+
+def refuses(address: str, port: int, timeout: float = 0.5) -> bool | None:
+    """Whether ``address:port`` actively refuses a TCP connection (True), accepts it (False: it
+    is closed at once, nothing sent), or neither within ``timeout`` (None: unreachable, filtered,
+    slow; not a refusal)."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return None
 
 
 def _attempt(probe: Probe, ledger: ProbeLedger | None, what: str) -> tuple[bool, str]:

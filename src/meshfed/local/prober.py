@@ -15,7 +15,10 @@ even like denials). Each of them is written to the **probe ledger**
   carry a mark) records the address its socket is bound to and the sidecar's, and records again
   before it closes the socket; its connection is then followed hop by hop through the proxies'
   logs, each proxy's upstream connection being the next one's downstream connection (the same
-  four addresses, while it was open): ``hops.py``.
+  four addresses, while it was open): ``hops.py``;
+- an HTTP import probe's request leaves the sidecar on a connection of its own, which the
+  sidecar logs with the request's token: the egress (which passes TLS through and reads no
+  header) logs that connection, tied to the token the same way (``hops.py``).
 
 A log line is meshfed's own only if it matches a ledger record: a token is used once, and a line
 must come within ``WINDOW`` of its record; a TCP line only if its connection reaches a released
@@ -146,6 +149,7 @@ class Marks:
                 when = datetime.fromisoformat(doc["time"])
                 if "token" in doc:
                     self.tokens[str(doc["token"])] = (str(doc["what"]), when)
+                    self.hops.mark(str(doc["token"]), str(doc["what"]), when)
                 if "cert" in doc:
                     self.certs[str(doc["cert"])] = (str(doc["what"]), when)
                 if "conn" in doc:

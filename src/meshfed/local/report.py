@@ -46,7 +46,7 @@ class UpReport:
     elapsed: float = 0.0
     probing: float = 0.0
     """Of ``elapsed``, the seconds spent probing imports (a probe that fails retries for
-    ``PROBE_TIMEOUT``)."""
+    ``PROBE_TIMEOUT``, unless every partner serving its import keeps refusing connections)."""
     dashboard: str | None = None
     """The dashboard's URL."""
 

@@ -48,6 +48,7 @@ from meshfed.local.probe import (
     Hop,
     Probe,
     ProbeResult,
+    partner_sources,
     plan_probes,
     probe_key,
     probe_path,
@@ -279,7 +280,10 @@ class Runtime:
         probing = time.monotonic()
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(stale)))) as pool:
             ledger = ProbeLedger(self.paths)
-            for result in pool.map(lambda p: run_probe(p, PROBE_TIMEOUT, ledger), stale):
+            for result in pool.map(
+                lambda p: run_probe(p, PROBE_TIMEOUT, ledger, partners=partner_sources(plan, p)),
+                stale,
+            ):
                 results[result.probe] = result
                 self.progress.advance()
         report.probing = time.monotonic() - probing
@@ -290,7 +294,16 @@ class Runtime:
             )
         write_json(
             self.paths.probes,
-            {"version": 1, "passed": sorted(probe_key(r.probe) for r in report.probes if r.ok)},
+            {
+                "version": 1,
+                "passed": sorted(probe_key(r.probe) for r in report.probes if r.ok),
+                # What ``status`` reports (``--check`` fails on it) until the next ``up``.
+                "failed": [
+                    {"mesh": r.probe.mesh, "import": r.probe.key, "detail": r.detail}
+                    for r in report.probes
+                    if not r.ok
+                ],
+            },
         )
         return report
 

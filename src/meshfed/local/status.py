@@ -1,4 +1,5 @@
-"""``meshfed status``: every process and its health, and each import's current source."""
+"""``meshfed status``: every process and its health, each import's current source, the import
+probes that failed at the last ``up``, and what of all that is not healthy (``--check``)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,16 @@ class ImportStatus:
     sources: tuple[SourceStatus, ...]
 
 
+@dataclass(frozen=True)
+class FailedProbe:
+    """An import probe that failed at the last ``up`` (``probes.json``)."""
+
+    mesh: str
+    key: str
+    """``<local host>:<port>`` of the import."""
+    detail: str
+
+
 @dataclass
 class Status:
     federation: str
@@ -53,10 +64,34 @@ class Status:
     """The private directory (0700) of the Envoys' admin sockets."""
     processes: list[ProcessStatus] = field(default_factory=list)
     imports: list[ImportStatus] = field(default_factory=list)
+    failed_probes: list[FailedProbe] = field(default_factory=list)
+    """Import probes that failed at the last ``up`` (run again by the next one)."""
 
     @property
     def running(self) -> int:
         return sum(p.alive for p in self.processes)
+
+    @property
+    def problems(self) -> list[str]:
+        """Everything that is not healthy, one line each: a process stopped or not ready, an
+        import no source serves or one of its sources down, a probe that failed at the last
+        ``up``. Empty: healthy (what ``status --check`` exits 0 on)."""
+        found = []
+        for p in self.processes:
+            if not p.alive:
+                found.append(f"{p.name}: stopped (meshfed up starts it)")
+            elif not p.ready:
+                found.append(f"{p.name}: running, not ready")
+        for imp in self.imports:
+            where = f"import {imp.local} of {imp.mesh}"
+            if imp.current is None:
+                found.append(f"{where}: no source serves it")
+            for s in imp.sources:
+                if s.healthy is False:
+                    found.append(f"{where}: source {s.mesh} ({s.address}) down")
+        for f in self.failed_probes:
+            found.append(f"import {f.key} of {f.mesh}: probe failed at the last up: {f.detail}")
+        return found
 
 
 def _egress_admin(summary: RuntimeSummary, mesh: str) -> ProcessInfo | None:
@@ -126,4 +161,18 @@ def collect_status(runtime: Runtime) -> Status:
         status.imports.append(
             ImportStatus(imp.mesh, imp.key, imp.protocol, imp.wire_host, current, sources)
         )
+    status.failed_probes = failed_probes(read_json(runtime.paths.probes))
     return status
+
+
+def failed_probes(doc: object) -> list[FailedProbe]:
+    """The failed probes ``probes.json`` records (none from a file written before it kept
+    them, or a damaged one: the next ``up`` writes it again)."""
+    entries = doc.get("failed") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [
+        FailedProbe(str(e.get("mesh")), str(e.get("import")), str(e.get("detail")))
+        for e in entries
+        if isinstance(e, dict)
+    ]

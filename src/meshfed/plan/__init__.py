@@ -25,6 +25,7 @@ from meshfed.plan.model import (
     TrustBundle,
     Workload,
 )
+from meshfed.plan.probes import ProbeMarking
 from meshfed.plan.trust import root_pems, trust_request
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "PathMatch",
     "PathPolicy",
     "PrincipalMatch",
+    "ProbeMarking",
     "SecurityChange",
     "Source",
     "TrustBundle",

@@ -13,6 +13,7 @@ from typing import Literal
 from meshfed.plan.boundary import BoundaryPolicy
 from meshfed.plan.guard import WorkloadGuard
 from meshfed.plan.limits import FailoverPolicy, MeshLimits, RetryPolicy
+from meshfed.plan.probes import ProbeMarking
 from meshfed.plan.rules import AllowRule as AllowRule
 from meshfed.plan.rules import Protocol as Protocol
 from meshfed.plan.rules import Workload as Workload
@@ -197,6 +198,8 @@ class MeshPlan:
     """How long and how much a client may hold the mesh's proxies."""
     workload_guards: tuple[WorkloadGuard, ...] = ()
     """Per exported HTTP workload, what its own sidecar admits from across the boundary."""
+    probes: ProbeMarking = field(default_factory=ProbeMarking)
+    """How meshfed's own import probes from this mesh are marked at every hop (local only)."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"
     clusters: tuple[ClusterPlan, ...] = ()

@@ -76,6 +76,30 @@ def hop_log(path: Path, mesh: str, workload: str, sni: str) -> Resource:
     )
 
 
+def probe_request_log(path: Path, mesh: str, workload: str, header: str) -> Resource:
+    """One line per request carrying the probe mark ``header`` through a sidecar's outbound
+    listener (the plan sends each on an upstream connection of its own, ``ProbeMarking``):
+    its mark and that connection's addresses, the first hop of an HTTP import probe's evidence
+    at the egress, which reads no header (``local/hops.py``). Other requests are not logged."""
+    log = file_log(
+        path,
+        {
+            "time": "%START_TIME%",
+            "kind": "request",
+            "mesh": mesh,
+            "sidecar": workload,
+            "probe": f"%REQ({header})%",
+            "code": "%RESPONSE_CODE%",
+            "flags": "%RESPONSE_FLAGS%",
+            "upstream": "%UPSTREAM_HOST%",
+            "upstream_local": "%UPSTREAM_LOCAL_ADDRESS%",
+            "duration_ms": "%DURATION%",
+        },
+    )
+    log["filter"] = {"header_filter": {"header": {"name": header, "present_match": True}}}
+    return log
+
+
 TUNNEL_PEER_CERT = "x-meshfed-peer-cert"
 """Set by a TCP export's chain on its tunnel's CONNECT (never reaches the workload): the
 caller's certificate fingerprint, for the tunnel's log line."""

@@ -49,10 +49,14 @@ def static_cluster(name: str, endpoints: list[tuple[str, int, int]]) -> Resource
     }
 
 
-def http_options(h2: bool, idle: str, max_duration: str | None = None) -> Resource:
+def http_options(
+    h2: bool, idle: str, max_duration: str | None = None, max_requests: int | None = None
+) -> Resource:
     common: dict[str, Any] = {"idle_timeout": idle}
     if max_duration:
         common["max_connection_duration"] = max_duration
+    if max_requests is not None:
+        common["max_requests_per_connection"] = max_requests
     explicit: Resource = {"http2_protocol_options": {}} if h2 else {"http_protocol_options": {}}
     return {
         HTTP_OPTIONS_KEY: {

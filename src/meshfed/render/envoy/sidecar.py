@@ -5,11 +5,11 @@ outbound listeners to its imports, through the mesh's egress, with the workload'
 from __future__ import annotations
 
 from pathlib import Path
-from typing import assert_never
+from typing import Any, assert_never
 
 from meshfed.plan.model import ImportRoute, MeshPlan, Workload
 from meshfed.render.envoy import rbac, tls
-from meshfed.render.envoy.access_log import hop_log
+from meshfed.render.envoy.access_log import hop_log, probe_request_log
 from meshfed.render.envoy.builders import hcm, http_options, listener, static_cluster, tcp_proxy
 from meshfed.render.envoy.files import log_path
 from meshfed.render.envoy.layout import MeshLayout, SidecarLayout
@@ -113,12 +113,35 @@ def _retry_policy(route: ImportRoute) -> Resource:
     }
 
 
-def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Resource:
+def _probe_route(mesh: MeshPlan, route: ImportRoute) -> list[Resource]:
+    """A marked probe's own route (`meshfed.plan.probes.ProbeMarking`): the import's, to its
+    own cluster of one request per connection, without the sidecar's retries."""
+    if not mesh.probes.own_connection:
+        return []
+    return [
+        {
+            "match": {
+                "prefix": "/",
+                "headers": [{"name": mesh.probes.header, "present_match": True}],
+            },
+            "route": {
+                "cluster": f"probe|{route.wire_host}",
+                "host_rewrite_literal": route.wire_host,
+                "timeout": "15s",
+            },
+        }
+    ]
+
+
+def outbound_http(
+    mesh: MeshPlan, imports: list[ImportRoute], port: int, access_log: list[Resource]
+) -> Resource:
     virtual_hosts = [
         {
             "name": route.local_host,
             "domains": [route.local_host],
             "routes": [
+                *_probe_route(mesh, route),
                 {
                     "match": {"prefix": "/"},
                     "route": {
@@ -127,7 +150,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
                         "timeout": "15s",
                         **_retry_policy(route),
                     },
-                }
+                },
             ],
         }
         for route in imports
@@ -144,7 +167,7 @@ def outbound_http(mesh: MeshPlan, imports: list[ImportRoute], port: int) -> Reso
                         "outbound",
                         {"name": "outbound", "virtual_hosts": virtual_hosts},
                         [],
-                        [],
+                        access_log,
                         # A workload's own XFCC never leaves: the remote ingress sets its own.
                         forward_client_cert_details=mesh.boundary.client_cert.leaving,
                         **hcm_fields(mesh.limits.internal),
@@ -162,9 +185,16 @@ def sidecar_process(
     name = f"{mesh.name}/sidecar/{workload.ref}"
     sidecar = ports.sidecars[workload.ref]
     http_imports = [r for r in mesh.imports if r.protocol == "HTTP"]
+    access = log_path(runtime_dir, name, "access")
+    # Its log is the first hop of an HTTP import probe's evidence (`access_log.probe_request_log`).
+    probe_log = (
+        [probe_request_log(access, mesh.name, workload.ref, mesh.probes.header)]
+        if mesh.probes.own_connection and http_imports
+        else []
+    )
     listeners = [
         inbound(name, mesh, workload, sidecar, runtime_dir),
-        outbound_http(mesh, http_imports, sidecar.outbound_port),
+        outbound_http(mesh, http_imports, sidecar.outbound_port, probe_log),
     ]
     limits = mesh.limits.internal
     app = static_cluster("app", [("127.0.0.1", sidecar.app_port, 0)])
@@ -173,27 +203,35 @@ def sidecar_process(
     clusters = [{**app, **cluster_fields(limits)}]
     for route in mesh.imports:
         http = route.protocol == "HTTP"
+
+        def to_egress(kind: str, route: ImportRoute = route, **pool: Any) -> Resource:
+            """The import's cluster: to the egress, the workload's certificate, its SNI."""
+            return tls.mtls_cluster(
+                f"{kind}|{route.wire_host}",
+                ports.egress_port,
+                runtime_dir,
+                name,
+                PEER_CA,
+                sni=route.wire_host,
+                server_ids=route.upstream_spiffe_ids,
+                http=route.protocol == "HTTP",
+                idle="10s",
+                **pool,
+            )
+
         # Bounded connection life (the plan's): failback and certificate rotation reach new
         # connections.
         life = route.connection_life
-        cluster = tls.mtls_cluster(
-            f"outbound|{route.wire_host}",
-            ports.egress_port,
-            runtime_dir,
-            name,
-            PEER_CA,
-            sni=route.wire_host,
-            server_ids=route.upstream_spiffe_ids,
-            http=http,
-            idle="10s",
-            max_duration=f"{life.total_seconds():g}s" if life is not None else None,
+        cluster = to_egress(
+            "outbound", max_duration=f"{life.total_seconds():g}s" if life is not None else None
         )
+        if http and mesh.probes.own_connection:
+            # A marked probe's: one request per connection (`ProbeMarking`).
+            clusters.append({**to_egress("probe", max_requests=1), **cluster_fields(limits)})
         if not http:
             key = f"{route.local_host}:{route.port}"
             # Its log is the first hop of a TCP import probe's evidence (`access_log.hop_log`).
-            hops = hop_log(
-                log_path(runtime_dir, name, "access"), mesh.name, workload.ref, route.wire_host
-            )
+            hops = hop_log(access, mesh.name, workload.ref, route.wire_host)
             proxy = tcp_proxy(
                 f"outbound_{key}",
                 f"outbound|{route.wire_host}",

@@ -144,15 +144,18 @@ def mtls_cluster(
     http: bool,
     idle: str,
     max_duration: str | None = None,
+    max_requests: int | None = None,
 ) -> Resource:
     """A cluster to a loopback ``port`` over mTLS with the process's own certificate: ``sni``,
     only ``server_ids`` accepted (roots from the ``trust`` secret); HTTP over h2, its pooled
-    connections closed after ``idle`` and (if given) ``max_duration``."""
+    connections closed after ``idle``, (if given) ``max_duration`` and ``max_requests``."""
     cluster = static_cluster(name, [("127.0.0.1", port, 0)])
     alpn = ["h2"] if http else []
     cluster["transport_socket"] = upstream(runtime_dir, process, trust, sni, server_ids, alpn)
     if http:
-        cluster["typed_extension_protocol_options"] = http_options(True, idle, max_duration)
+        cluster["typed_extension_protocol_options"] = http_options(
+            True, idle, max_duration, max_requests
+        )
     return cluster
 
 
