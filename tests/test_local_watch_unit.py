@@ -31,6 +31,7 @@ from meshfed.local.probe import (
 from meshfed.local.runtime import Runtime, UpReport, _each_done, _stages
 from meshfed.local.summary import summarize
 from meshfed.local.watch import (
+    EMPTY_SETTLE_S,
     IN_CLOSE_WRITE,
     IN_IGNORED,
     IN_MOVED_TO,
@@ -120,6 +121,27 @@ def test_a_re_stat_does_not_report_a_save_half_done(tmp_path: Path) -> None:
     time.sleep(SETTLE_S * 2)
     assert w.changed()
     assert w.last == look(spec) and not w.changed()
+
+
+def test_a_re_stat_waits_longer_for_an_empty_file(tmp_path: Path) -> None:
+    """The writer of an in-place save may be off the CPU between truncating and writing for
+    longer than SETTLE_S (a loaded machine): an empty file is not reported until it has been
+    empty for EMPTY_SETTLE_S; a file truly emptied is reported then."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\n")
+    w = FileWatcher(spec)
+    w.close()  # re-stat only, as without inotify
+    with open(spec, "w") as f:  # truncated, not written yet
+        past = time.time_ns() - int(SETTLE_S * 4 * 1e9)
+        os.utime(spec, ns=(past, past))  # as if the writer had stalled for 4 x SETTLE_S
+        assert not w.changed()
+        f.write("version: 2\n")
+    time.sleep(SETTLE_S * 2)
+    assert w.changed() and w.last == look(spec)
+    spec.write_text("")
+    long_ago = time.time_ns() - int(EMPTY_SETTLE_S * 2 * 1e9)
+    os.utime(spec, ns=(long_ago, long_ago))
+    assert w.changed() and w.last.digest == look(spec).digest
 
 
 def test_rename_into_place_is_a_change(watcher: FileWatcher) -> None:

@@ -30,6 +30,9 @@ RECHECK_S = 1.0
 """Re-stat interval with inotify (a safety net; events come first)."""
 SETTLE_S = 0.03
 """A re-stat reports a content only once it is this old (an in-place save truncates first)."""
+EMPTY_SETTLE_S = 1.0
+"""An empty file waits longer: an in-place save truncates, then writes, and on a loaded machine
+the writer can be off the CPU for more than ``SETTLE_S`` in between (seen at a load of 20)."""
 
 IN_MODIFY = 0x00000002
 IN_ATTRIB = 0x00000004
@@ -205,10 +208,13 @@ class FileWatcher:
         unchanged = self.last.identity is not None and ident == self.last.identity
         if unchanged and not written:
             return False
-        if not written and ident is not None and time.time_ns() - ident[2] < SETTLE_S * 1e9:
-            # Seen by a re-stat while it is being written (truncated, half written): the
-            # next look decides. An inotify event comes when the writer closed the file.
-            return False
+        if not written and ident is not None:
+            age = time.time_ns() - ident[2]
+            settle = EMPTY_SETTLE_S if ident[1] == 0 else SETTLE_S
+            if age < settle * 1e9:
+                # Seen by a re-stat while it is being written (truncated, half written): the
+                # next look decides. An inotify event comes when the writer closed the file.
+                return False
         now = look(self.path)
         if now.digest is None:
             return False  # missing (an editor between delete and create): wait for it
