@@ -559,10 +559,14 @@ def test_two_replicas_never_both_act(env: dict[str, Any]) -> None:
     payments = env["clients"][env["contexts"][0]]
     leader = env["leader"]
     standby = ctl.start("replica-b")
-    time.sleep(6)  # longer than the lease: the standby must still be waiting
+    log_path = env["base"] / "replica-b.log"
+    # Started (at a load of 16 its first line took more than 6 s), then longer than the
+    # lease: the standby must still be waiting.
+    wait("replica-b asking for the Lease", lambda: "waiting for the Lease" in log_path.read_text())
+    time.sleep(6)
     lease = payments.get("coordination.k8s.io/v1", "Lease", "meshfed-controller", NS)
     assert lease is not None and lease["spec"]["holderIdentity"] == "replica-a"
-    log_b = (env["base"] / "replica-b.log").read_text()
+    log_b = log_path.read_text()
     assert "waiting for the Lease" in log_b and "reconciled" not in log_b
     ctl.stop(leader, kill=True)  # no release: the standby waits out the lease, then leads
     wait(
