@@ -38,6 +38,7 @@ from meshfed.controller.ordering import (
 from meshfed.controller.pkistate import SecretState
 from meshfed.controller.specmemo import SpecMemo, release_memory
 from meshfed.controller.status import ClusterReport, MeshReport, Outcome, import_status
+from meshfed.controller.timing import Phases
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.discover import (
     AddressFound,
@@ -47,12 +48,13 @@ from meshfed.kube.discover import (
     discover_mesh,
 )
 from meshfed.kube.errors import ApplyRefused, KubeError
+from meshfed.kube.runs import in_parallel
 from meshfed.kube.state import StoredState, read_state
 from meshfed.kube.targets import ClusterTarget, TargetError, cluster_targets
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace
 from meshfed.pki.errors import PKIError
 from meshfed.plan.build import mesh_clusters
-from meshfed.plan.model import FederationPlan
+from meshfed.plan.model import ClusterPlan, FederationPlan
 from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
@@ -101,6 +103,8 @@ class Result:
     lb_addresses: dict[str, str | None] = field(default_factory=dict)
     """Meshes whose ingress address comes from their load balancer: the address used (None:
     none yet). A different one on the Service calls for a reconcile."""
+    phases: Phases = field(default_factory=Phases)
+    """Where the reconcile's time went (``timing.py``)."""
 
 
 @dataclass
@@ -122,18 +126,32 @@ class Reconciler:
     # -- steps ------------------------------------------------------------------------------
 
     def _reach(self, fed: Federation, reports: dict[str, MeshReport]) -> dict[str, str]:
-        blocked: dict[str, str] = {}
-        for mesh in fed.spec.meshes:
+        """Every cluster asked at once (each a round trip); the meshes with one that did
+        not answer, and why."""
+        pairs = [
+            (mesh.name, cluster, report)
+            for mesh in fed.spec.meshes
             for cluster, report in zip(
                 mesh_clusters(mesh), reports[mesh.name].clusters, strict=True
-            ):
-                try:
-                    self.connector(cluster).version()
-                except KubeError as exc:
-                    self.connector.forget(cluster.context)
-                    report.reachable = False
-                    report.unreachable_reason = exc.message
-                    blocked.setdefault(mesh.name, f"cluster {cluster.name} is unreachable")
+            )
+        ]
+
+        def ask(pair: tuple[str, ClusterPlan, ClusterReport]) -> str | None:
+            try:
+                self.connector(pair[1]).version()
+            except KubeError as exc:
+                return exc.message
+            return None
+
+        blocked: dict[str, str] = {}
+        for (mesh, cluster, report), failed in zip(
+            pairs, in_parallel(ask, pairs, REQUESTS_IN_FLIGHT), strict=True
+        ):
+            if failed is not None:
+                self.connector.forget(cluster.context)
+                report.reachable = False
+                report.unreachable_reason = failed
+                blocked.setdefault(mesh, f"cluster {cluster.name} is unreachable")
         return blocked
 
     def _stored(self, fed: Federation, blocked: dict[str, str]) -> StoredState | None:
@@ -170,7 +188,9 @@ class Reconciler:
                     w.model_dump(mode="json", by_alias=True) for w in old.mesh(mesh.name).workloads
                 ]
             else:
-                workloads[mesh.name] = discover_mesh(mesh, self.connector).workloads
+                workloads[mesh.name] = discover_mesh(
+                    mesh, self.connector, REQUESTS_IN_FLIGHT
+                ).workloads
         addresses = discover_addresses(fed, self.connector, reachable)
         ingress, pending = discover_ingress_addresses(fed, self.connector, reachable)
         placeholder = {name: PENDING_ADDRESS for name in pending}
@@ -262,18 +282,27 @@ class Reconciler:
 
     # -- the reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, body: Obj, now: datetime | None = None, full: bool = True) -> Result:
+    def reconcile(
+        self,
+        body: Obj,
+        now: datetime | None = None,
+        full: bool = True,
+        phases: Phases | None = None,
+    ) -> Result:
         """``full``: dry-run and apply every object; otherwise those this controller put in
-        place and has watched since are taken as they are (see ``applied``)."""
+        place and has watched since are taken as they are (see ``applied``). ``phases``: where
+        the time goes is booked there (the caller's, to book its own steps too)."""
         now = now or datetime.now(UTC)
         name = str(body["metadata"]["name"])
         outcome = Outcome(int(body["metadata"].get("generation") or 0))
-        result = Result(outcome)
+        result = Result(outcome, phases=phases or Phases())
         try:
             fed = self.specs.parse(name, spec_document(body), lambda: parse_federation(body))
         except SpecError as exc:
             outcome.spec_problems = exc.lines
             return result
+        finally:
+            result.phases.mark("parse")
         reports = {
             m.name: MeshReport(
                 m.name,
@@ -298,6 +327,7 @@ class Reconciler:
         if outcome.refusals or outcome.error:
             self.forget(name)  # what is in place is not known for sure: check all next time
         release_memory()
+        result.phases.mark("release memory")
         return result
 
     def forget(self, name: str) -> None:
@@ -314,13 +344,17 @@ class Reconciler:
         full: bool = True,
     ) -> None:
         outcome = result.outcome
+        mark = result.phases.mark
         blocked = self._reach(fed, reports)
+        mark("reach")
         remembered = self.specs.remembered(name) if not full else None
         stored = None if remembered is not None else self._stored(fed, blocked)
         old_fed, stored_sha = (
             (remembered[0], "") if remembered is not None else self.specs.old(name, stored)
         )
+        mark("stored state")
         complete, pending, addresses = self._complete(fed, blocked, old_fed)
+        mark("discover")
         for found in addresses:
             if found.ingress:
                 reports[found.mesh].ingress_address = found.address
@@ -339,10 +373,13 @@ class Reconciler:
                 f"federation/{name}",
                 [p.render(f"federation/{name} (discovered)", None) for p in problems],
             )
+        mark("check")
         state = SecretState(self.management, self.namespace, name, self.work_dir)
         with state.session() as state_dir:
+            mark("pki checkout")
             origin = Path(f"federation/{name}")
             kws = kube_workspace(complete, origin, state_dir, self.connector)
+            mark("plan")
             old_plan = (
                 remembered[1]
                 if remembered is not None
@@ -358,6 +395,7 @@ class Reconciler:
             )
             changes = edge_changes(old_plan, kws.ws.plan, None if why else union_plan)
             held = holds(changes, kws.ws.plan, blocked, pending)
+            mark("union and edges")
             for mesh, hold in held.items():
                 if mesh in reports:
                     if hold.whole:
@@ -384,16 +422,19 @@ class Reconciler:
                 # what the clusters report, not of the spec's edges) and not a full check.
                 reuse = not full and len(planned) == 1
                 all_targets, inputs = self._targets(name, wave_kws, canon, reuse)
+                mark(f"{wave.name}: render")
                 retire = wave.store_state and not held
                 targets, rollout = self._rollout(
                     name, wave_kws, all_targets, wave, held, retire, canon, full
                 )
+                rollout.mark = lambda what, w=wave.name: mark(f"{w}: {what}")
                 runs = rollout.run()
                 spec_text = rollout.spec_text or spec_text
                 for run in runs:
                     at = (name, run.target.mesh.name, run.target.name)
                     if self.applied.remember(at, run.target.desired(), run.prune, canon):
                         changed.add(at[1:])
+                mark(f"{wave.name}: remember")
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
             for target in all_targets:  # the final wave's: the new spec, whole
                 mesh = target.mesh.name
@@ -409,8 +450,11 @@ class Reconciler:
             result.plan = kws.ws.plan
             result.federation = complete
             self._certificates(kws, reports, result, now)
+            mark("account")
+        mark("pki commit")
         unavailable = {m: r.frozen for m, r in reports.items() if r.frozen}
         outcome.imports = import_status(kws.ws.plan, unavailable)
+        mark("import status")
 
     def _account(
         self,

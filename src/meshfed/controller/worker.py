@@ -28,6 +28,7 @@ from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list,
 from meshfed.controller.reconcile import Reconciler, Result, expiring
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
+from meshfed.controller.timing import Phases
 from meshfed.controller.watch import LIST_ENDED, Key, Watches, watch_specs
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
@@ -138,6 +139,7 @@ class FederationWorker:
                     if timeout <= 1.0 and self.events.empty():
                         self.kick("periodic resync" if self.last else "retry")
                     continue
+                phases = Phases()
                 batch = [first]
                 deadline = time.monotonic() + DEBOUNCE
                 while (left := deadline - time.monotonic()) > 0:
@@ -148,8 +150,9 @@ class FederationWorker:
                 if stopped():
                     break
                 resync = [reason for kind, reason in batch if kind == "resync"]
+                phases.mark("debounce")
                 if resync or self.last is None:
-                    self._reconcile(body(), resync[0] if resync else "drift")
+                    self._reconcile(body(), resync[0] if resync else "drift", phases)
                 # After a reconcile too: an incremental one writes only what changed, so a
                 # deletion by hand that came in the same batch is still to be repaired.
                 for kind, item in batch:
@@ -175,10 +178,10 @@ class FederationWorker:
 
     # -- acting -----------------------------------------------------------------------------
 
-    def _reconcile(self, body: Obj, reason: str) -> None:
-        t0 = time.monotonic()
+    def _reconcile(self, body: Obj, reason: str, phases: Phases | None = None) -> None:
+        phases = phases or Phases()
         full = reason in FULL_CHECKS or not reason or reason.startswith("retry")
-        result = self.reconciler.reconcile(body, full=full)
+        result = self.reconciler.reconcile(body, full=full, phases=phases)
         self._last_at = time.monotonic()
         self.last = result
         outcome = result.outcome
@@ -208,17 +211,22 @@ class FederationWorker:
             )
         for text in expiring(result, datetime.now(UTC), EXPIRY_WARNING):
             self.emit("Warning", "CertificateExpiring", text)
+        phases.mark("events")
         self._rotate(body, result)
+        phases.mark("rotation")
         previous = (body.get("status") or {}) if isinstance(body, dict) else {}
         try:
             self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
         except KubeError as exc:
             self.log(f"{self.name}: status not written: {exc}")
+        phases.mark("status")
         self.pods.discovered = discovered_meshes(body)
         self._watch(result)
+        phases.mark("watches")
         self.log(
-            f"{self.name}: reconciled ({reason}) in {time.monotonic() - t0:.2f}s: "
-            f"{len(result.applied)} applied, {len(result.restored)} restored"
+            f"{self.name}: reconciled ({reason}) in {phases.total:.2f}s: "
+            f"{len(result.applied)} applied, {len(result.restored)} restored "
+            f"({phases.summary()})"
         )
 
     def _rotate(self, body: Obj, result: Result) -> None:

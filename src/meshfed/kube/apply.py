@@ -44,6 +44,7 @@ from meshfed.kube.runs import (
     kube_connector,
     object_namespace,
     probe,
+    write_phases,
 )
 from meshfed.kube.state import (
     AppliedCluster,
@@ -83,6 +84,10 @@ __all__ = [
 ]
 
 PENDING_TOKEN = "<issued by meshfed apply>"
+
+
+def _no_mark(_phase: str) -> None:
+    pass
 
 
 class Rollout:
@@ -139,6 +144,8 @@ class Rollout:
         self.canonical = canonical
         self.workers = workers
         self.slim = False
+        self.mark: Callable[[str], None] = _no_mark
+        """Told when each phase ends (the controller books where its time goes)."""
         """Keep of each dry-run only what writing needs (``run`` without ``dry_run``)."""
         self.spec_text: str | None = None
         """The stored state's spec as written (None: no state written)."""
@@ -158,8 +165,12 @@ class Rollout:
                 return run
         return None
 
-    def _connect(self, runs: Iterable[ClusterRun]) -> None:
-        for run in runs:
+    def _clusters_at_once(self, count: int) -> int:
+        """How many clusters to work on at once (one at a time unless ``workers`` allows)."""
+        return count if self.workers > 1 else 1
+
+    def _connect(self, runs: list[ClusterRun]) -> None:
+        def connect(run: ClusterRun) -> None:
             try:
                 client = self.connect(run.target.cluster)
                 client.version()
@@ -174,20 +185,31 @@ class Rollout:
                         f"with --forget {context}"
                     )
                 run.refuse("(connection)", reason)
-                continue
+                return
             run.client = client
 
+        in_parallel(connect, runs, self._clusters_at_once(len(runs)))
+
     def _read_states(self) -> None:
-        for run in self.runs:
-            if run.client is None or not run.target.primary:
-                continue
+        def read(run: ClusterRun) -> tuple[StoredState | None, Obj | None] | None:
+            assert run.client is not None
             try:
-                found, read = read_stored(run.client, self.fed.name)
-                self.state_objects[(run.target.mesh.name, run.target.name)] = read
+                return read_stored(run.client, self.fed.name)
             except KubeError as exc:
                 what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
                 run.refuse(what, exc.message)
+                return None
+
+        primaries = [r for r in self.runs if r.client is not None and r.target.primary]
+        for run, got in zip(
+            primaries,
+            in_parallel(read, primaries, self._clusters_at_once(len(primaries))),
+            strict=True,
+        ):
+            if got is None:
                 continue
+            found, read_obj = got
+            self.state_objects[(run.target.mesh.name, run.target.name)] = read_obj
             if found is not None:
                 self.states.append(found)
 
@@ -375,13 +397,17 @@ class Rollout:
     def preflight(self) -> list[Refusal]:
         """Phase 1 on every cluster; writes nothing. Returns every refusal."""
         self._connect(self.runs)
+        self.mark("connect")
         self._read_states()
         self._retire()
+        self.mark("read state")
         for run in self.runs:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
+        self.mark("state object")
         checking = [run for run in self.runs if run.client is not None]
-        in_parallel(self._check, checking, len(checking) if self.workers > 1 else 1)
+        in_parallel(self._check, checking, self._clusters_at_once(len(checking)))
+        self.mark("dry-run")
         for run in checking:
             if not run.refusals:
                 self.progress.done(
@@ -483,13 +509,18 @@ class Rollout:
                 run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
-        states = {id(run): self._write(run) for run in self.runs}
+        states: dict[int, list[Obj]] = {}
+        for phase in write_phases(self.runs):
+            written = in_parallel(self._write, phase, self._clusters_at_once(len(phase)))
+            states.update((id(run), found) for run, found in zip(phase, written, strict=True))
+        self.mark("write")
 
         def record(run: ClusterRun) -> None:
             for obj in states[id(run)]:
                 self._put(run, obj, run.found)
 
-        in_parallel(record, self.runs, len(self.runs) if self.workers > 1 else 1)
+        in_parallel(record, self.runs, self._clusters_at_once(len(self.runs)))
+        self.mark("write state")
         for run in self.runs:
             run.written = True
             self.progress.done(run.label, run.summary())

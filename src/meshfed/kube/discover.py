@@ -19,6 +19,7 @@ from typing import Any
 from meshfed.kube.apply import Connect
 from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
+from meshfed.kube.runs import in_parallel
 from meshfed.plan.build import mesh_clusters
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
@@ -79,7 +80,10 @@ def pick_account(accounts: Iterable[str]) -> str | None:
     return min(accounts, default=None)
 
 
-def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) -> None:
+def discover_cluster(
+    client: Cluster, istio_namespace: str, found: Discovery, workers: int = 1
+) -> None:
+    """``workers``: Pod lists (one per Service) in flight at once."""
     exported: set[tuple[str, str]] | None = None
     if client.find(MCS_API, "ServiceExport") is not None:
         exported = {
@@ -89,6 +93,7 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
         found.source = "ServiceExport"
     known = {(w["namespace"], w["name"]) for w in found.workloads}
     skip = SYSTEM_NAMESPACES | {istio_namespace}
+    chosen: list[Obj] = []
     for service in client.list("v1", "Service"):
         meta = service["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -96,7 +101,17 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
             continue
         if exported is not None and key not in exported:
             continue
-        ports = (service.get("spec") or {}).get("ports") or []
+        chosen.append(service)
+    notes: dict[int, list[str]] = {id(s): [] for s in chosen}
+    accounts = in_parallel(
+        lambda s: _service_account(client, s, notes[id(s)]) if _ports(s) else None,
+        chosen,
+        workers,
+    )
+    for service, account in zip(chosen, accounts, strict=True):
+        meta = service["metadata"]
+        key = (meta["namespace"], meta["name"])
+        ports = _ports(service)
         if not ports:
             found.notes.append(f"{key[0]}/{key[1]}: no ports; skipped")
             continue
@@ -104,12 +119,12 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
             found.notes.append(
                 f"{key[0]}/{key[1]}: {len(ports)} ports; using the first ({ports[0]['port']})"
             )
-        account = _service_account(client, service, found.notes) or meta["name"]
+        found.notes += notes[id(service)]
         found.workloads.append(
             {
                 "name": meta["name"],
                 "namespace": meta["namespace"],
-                "serviceAccount": account,
+                "serviceAccount": account or meta["name"],
                 "port": ports[0]["port"],
                 "protocol": protocol_of(ports[0]),
             }
@@ -117,11 +132,16 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
         known.add(key)
 
 
-def discover_mesh(mesh: Mesh, connect: Connect) -> Discovery:
+def _ports(service: Obj) -> list[Obj]:
+    return list((service.get("spec") or {}).get("ports") or [])
+
+
+def discover_mesh(mesh: Mesh, connect: Connect, workers: int = 1) -> Discovery:
+    """``workers``: requests to one cluster at a time (the controller's; the CLI: one)."""
     found = Discovery(mesh.name)
     for cluster in mesh_clusters(mesh):
         try:
-            discover_cluster(connect(cluster), mesh.istio_namespace, found)
+            discover_cluster(connect(cluster), mesh.istio_namespace, found, workers)
         except KubeError as exc:
             raise KubeError(
                 f"discovery in mesh {mesh.name} cluster {cluster.name}: {exc.message}"

@@ -143,6 +143,17 @@ class ClusterRun:
         return ", ".join(f"{n} {a}" for a, n in counts.items())
 
 
+def write_phases(runs: list[ClusterRun]) -> list[list[ClusterRun]]:
+    """The clusters in the order they are written, as groups that may be written at once:
+    the spec's clusters but primaries serving remotes (a remote issues the reader token its
+    primary's remote secret carries), then those primaries, then the clusters the spec no
+    longer names (retired last: what routed to them is gone first). Empty groups are left out."""
+    plain = [r for r in runs if not r.target.retired and not r.target.remotes]
+    serving = [r for r in runs if not r.target.retired and r.target.remotes]
+    retired = [r for r in runs if r.target.retired]
+    return [group for group in (plain, serving, retired) if group]
+
+
 def object_namespace(obj: Obj) -> str | None:
     ns = (obj.get("metadata") or {}).get("namespace")
     return str(ns) if ns else None
