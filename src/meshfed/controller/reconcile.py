@@ -267,6 +267,9 @@ class Reconciler:
         def present(target: ClusterTarget) -> list[Obj] | None:
             return self.applied.present(key(target))
 
+        def live(target: ClusterTarget, obj: Obj) -> Obj | None:
+            return self.applied.live(key(target), obj)
+
         rollout = kws.rollout(
             targets,
             prune=bool(wave.prune),
@@ -275,6 +278,7 @@ class Reconciler:
             prunable=prunable,
             settled=None if full else settled,
             present=None if full else present,
+            live=None if full else live,
             canonical=canon,
             workers=REQUESTS_IN_FLIGHT,
         )

@@ -56,6 +56,7 @@ from meshfed.kube.state import (
     spec_yaml,
     state_name,
     state_object,
+    stored_of,
 )
 from meshfed.kube.targets import (
     PRUNE_KINDS,
@@ -109,6 +110,7 @@ class Rollout:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        live: Callable[[ClusterTarget, Obj], Obj | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
         workers: int = 1,
     ) -> None:
@@ -121,11 +123,12 @@ class Rollout:
         ``settled``: objects known to be on the cluster exactly as rendered (the controller
         applied them and has watched them since): kept (never pruned) but neither dry-run nor
         written again. ``present``: the federation's objects on a cluster as the caller knows
-        them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
-        it (for the stored state's digest of the objects). ``workers``: requests to one
-        cluster at a time (dry-runs; writes of objects of one kind rank, which do not depend
-        on each other), and with more than one, the clusters' dry-runs and stored states at
-        once (``progress`` is then called from several threads).
+        them (None: list them), for pruning. ``live``: an object as the caller knows it is on
+        the cluster (None: read it), for the dry-run (the stored state too). ``canonical``:
+        ``canonical_json`` or a cache of it (for the stored state's digest of the objects).
+        ``workers``: requests to one cluster at a time (dry-runs; writes of objects of one kind
+        rank, which do not depend on each other), and with more than one, the clusters at once
+        where nothing orders them (``progress`` is then called from several threads).
 
         The stored state is written last, after every cluster's objects (it records them)."""
         self.fed = fed
@@ -141,6 +144,7 @@ class Rollout:
         self.prunable = prunable
         self.settled = settled
         self.present = present
+        self.live = live
         self.canonical = canonical
         self.workers = workers
         self.slim = False
@@ -193,7 +197,13 @@ class Rollout:
     def _read_states(self) -> None:
         def read(run: ClusterRun) -> tuple[StoredState | None, Obj | None] | None:
             assert run.client is not None
+            name = state_name(self.fed.name)
+            meta = {"name": name, "namespace": GATEWAY_NAMESPACE}
+            stub: Obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+            known = None if self.live is None else self.live(run.target, stub)
             try:
+                if known is not None:
+                    return stored_of(known, run.client.name, run.client.label), known
                 return read_stored(run.client, self.fed.name)
             except KubeError as exc:
                 what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
@@ -297,12 +307,23 @@ class Rollout:
         created, application namespaces refuse the apply (``kube/namespaces.py``)."""
         client = run.client
         assert client is not None
-        exists: dict[str, bool] = {}
-        for ns in sorted({n for o in desired if (n := object_namespace(o)) is not None}):
+        # Where every object is settled, the namespace is there (a namespace left out of
+        # ``exists`` counts as existing).
+        asked = sorted(
+            {
+                n
+                for o in desired
+                if (n := object_namespace(o)) is not None and ref(o) not in run.settled
+            }
+        )
+
+        def there(ns: str) -> bool:
             try:
-                exists[ns] = client.namespace_exists(ns)
+                return client.namespace_exists(ns)
             except KubeError:
-                exists[ns] = True  # not readable: the objects' own dry-run tells what is wrong
+                return True  # not readable: the objects' own dry-run tells what is wrong
+
+        exists = dict(zip(asked, in_parallel(there, asked, self.workers), strict=True))
         mesh = run.target.mesh
         if isinstance(mesh, MeshPlan):
             plan = for_mesh(desired, exists, mesh, self.fed.name)
@@ -320,18 +341,23 @@ class Rollout:
         client = run.client
         assert client is not None
         run.target.bootstrap = []
+        if self.settled is not None:
+            settled = self.settled
+            run.settled = {ref(o) for o in run.target.desired() if settled(run.target, o)}
         namespaces = self._namespaces(run, run.target.desired())
         desired = run.target.desired()  # with the namespaces to create, first
         self.progress.start(run.label, "dry-run", len(desired))
         foreign: dict[str, list[str]] = {}
         pending = []
         for obj in desired:
-            if self.settled is not None and self.settled(run.target, obj):
-                run.settled.add(ref(obj))
-            elif not namespaces.skipped(obj):  # else refused with its namespace
-                pending.append(obj)
+            if ref(obj) not in run.settled and not namespaces.skipped(obj):
+                pending.append(obj)  # (an object skipped is refused with its namespace)
         fed = self.fed.name
-        probed = in_parallel(lambda o: probe(client, o, namespaces, fed), pending, self.workers)
+        probed = in_parallel(
+            lambda o: probe(client, o, namespaces, fed, self._known(run, o)),
+            pending,
+            self.workers,
+        )
         for obj, found in zip(pending, probed, strict=True):
             what = ref_text(obj)
             if isinstance(found, str):
@@ -393,6 +419,15 @@ class Rollout:
                 client.delete(obj, dry_run=True)
             except KubeError as exc:
                 run.refuse(f"prune {ref_text(obj)}", exc.message)
+
+    def _known(self, run: ClusterRun, obj: Obj) -> Obj | None:
+        """The object as it is on the cluster when known without reading it: the stored
+        state as this run just read it, or what the caller knows."""
+        if is_state(obj) and run.target.primary:
+            read = self.state_objects.get((run.target.mesh.name, run.target.name))
+            if read is not None and read["metadata"].get("name") == obj["metadata"]["name"]:
+                return read
+        return None if self.live is None else self.live(run.target, obj)
 
     def preflight(self) -> list[Refusal]:
         """Phase 1 on every cluster; writes nothing. Returns every refusal."""

@@ -186,10 +186,15 @@ def in_parallel(fn: Callable[[U], T], items: list[U], workers: int) -> list[T]:
 
 
 def probe(
-    client: Cluster, obj: Obj, namespaces: NamespacePlan, federation: str
+    client: Cluster,
+    obj: Obj,
+    namespaces: NamespacePlan,
+    federation: str,
+    known: Obj | None = None,
 ) -> Checked | KubeError | str:
     """One object's dry-run: what it found, the refusal, or the other federation the object
-    belongs to."""
+    belongs to. ``known``: the object as it is on the cluster, when the caller knows (it was
+    just read, or the controller wrote it and has watched it since): not read again."""
     try:
         ns = object_namespace(obj)
         stand_in = ns is not None and ns in namespaces.pending
@@ -197,6 +202,8 @@ def probe(
         live = (
             None
             if stand_in
+            else known
+            if known is not None
             else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
         )
         other = foreign_federation(live, federation)

@@ -196,19 +196,23 @@ def read_stored(client: Cluster, federation: str) -> tuple[StoredState | None, O
     found = client.get("v1", "ConfigMap", state_name(federation), GATEWAY_NAMESPACE)
     if found is None:
         return None, None
+    return stored_of(found, client.name, client.label), found
+
+
+def stored_of(found: Obj, cluster: str, label: str) -> StoredState:
+    """The state a ConfigMap holds (read from ``cluster``, ``label`` in messages)."""
     data = found.get("data") or {}
     try:
         roots = json.loads(data.get("roots.json", "{}"))
     except ValueError:
-        raise KubeError(f"state ConfigMap on {client.label} has unreadable roots.json") from None
-    stored = StoredState(
-        client.name,
+        raise KubeError(f"state ConfigMap on {label} has unreadable roots.json") from None
+    return StoredState(
+        cluster,
         data.get("spec.yaml", ""),
         roots,
         data.get("appliedAt", ""),
-        _read_clusters(data.get("clusters.json"), client.label),
+        _read_clusters(data.get("clusters.json"), label),
     )
-    return stored, found
 
 
 def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, StoredState | None]:
