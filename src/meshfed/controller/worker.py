@@ -80,6 +80,9 @@ class FederationWorker:
     annotate: Callable[[dict[str, str | None]], None] | None = None
     """Sets (or, with None, removes) annotations of the Federation."""
     pods: PodAccounts = field(init=False)
+    status: Obj | None = None
+    """The status of the last reconcile (what the next one's conditions continue from; the
+    Federation's own may not show it yet)."""
 
     def __post_init__(self) -> None:
         self.pods = PodAccounts(self.on_event, self.log)
@@ -214,9 +217,10 @@ class FederationWorker:
         phases.mark("events")
         self._rotate(body, result)
         phases.mark("rotation")
-        previous = (body.get("status") or {}) if isinstance(body, dict) else {}
+        previous = self.status or ((body.get("status") or {}) if isinstance(body, dict) else {})
+        self.status = federation_status(outcome, previous, datetime.now(UTC))
         try:
-            self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
+            self.patch_status(self.status)
         except KubeError as exc:
             self.log(f"{self.name}: status not written: {exc}")
         phases.mark("status")
