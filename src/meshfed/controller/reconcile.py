@@ -27,6 +27,7 @@ from typing import Any
 from meshfed.bundles.config import followed_pems
 from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
 from meshfed.controller.clusters import Connector
+from meshfed.controller.discomemo import DiscoveryMemo, Found
 from meshfed.controller.ordering import (
     Hold,
     Wave,
@@ -59,7 +60,7 @@ from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_document
-from meshfed.spec.model import Federation
+from meshfed.spec.model import Federation, Mesh
 from meshfed.workspace import plan_of
 
 PENDING_ADDRESS = "pending.invalid"
@@ -122,6 +123,8 @@ class Reconciler:
     drift repair puts it back (``applied.py``)."""
     specs: SpecMemo = field(default_factory=SpecMemo)
     """The object's spec, the stored spec and its plan, once per version (``specmemo.py``)."""
+    discovery: DiscoveryMemo = field(default_factory=DiscoveryMemo)
+    """What each mesh's clusters held, until a watch reports a change (``discomemo.py``)."""
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -168,12 +171,31 @@ class Reconciler:
                 states.append(found)
         return max(states, key=lambda s: s.applied_at) if states else None
 
+    def _discover(self, fed: Federation, mesh: Mesh, full: bool) -> Found:
+        """What one mesh's clusters hold (kept while its watches report no change)."""
+        if not full:
+            kept = self.discovery.get(fed.name, mesh)
+            if kept is not None:
+                return kept
+        mark = self.discovery.mark(fed.name, mesh.name)
+        workloads, keep = None, True
+        if mesh.workloads_omitted:
+            found = discover_mesh(mesh, self.connector, REQUESTS_IN_FLIGHT)
+            workloads, keep = found.workloads, found.source == "Service"
+        addresses = discover_addresses(fed, self.connector, [mesh.name])
+        ingress, pending = discover_ingress_addresses(fed, self.connector, [mesh.name])
+        result = Found(workloads, [*addresses, *ingress], bool(pending), keep)
+        self.discovery.keep(fed.name, mesh, mark, result)
+        return result
+
     def _complete(
-        self, fed: Federation, blocked: dict[str, str], old: Federation | None
+        self, fed: Federation, blocked: dict[str, str], old: Federation | None, full: bool
     ) -> tuple[Federation, list[str], list[AddressFound]]:
         """The spec with what the clusters hold filled in; and the meshes whose ingress load
         balancer has no address yet."""
-        reachable = [m.name for m in fed.spec.meshes if m.name not in blocked]
+        reachable = [m for m in fed.spec.meshes if m.name not in blocked]
+        founds = in_parallel(lambda m: self._discover(fed, m, full), reachable, REQUESTS_IN_FLIGHT)
+        found_in = {m.name: f for m, f in zip(reachable, founds, strict=True)}
         workloads: dict[str, list[Obj]] = {}
         for mesh in fed.spec.meshes:
             if not mesh.workloads_omitted:
@@ -188,11 +210,9 @@ class Reconciler:
                     w.model_dump(mode="json", by_alias=True) for w in old.mesh(mesh.name).workloads
                 ]
             else:
-                workloads[mesh.name] = discover_mesh(
-                    mesh, self.connector, REQUESTS_IN_FLIGHT
-                ).workloads
-        addresses = discover_addresses(fed, self.connector, reachable)
-        ingress, pending = discover_ingress_addresses(fed, self.connector, reachable)
+                workloads[mesh.name] = found_in[mesh.name].workloads or []
+        addresses = [a for f in founds for a in f.addresses]
+        pending = [m.name for m in reachable if found_in[m.name].pending]
         placeholder = {name: PENDING_ADDRESS for name in pending}
         for mesh in fed.spec.meshes:
             if mesh.name in blocked and mesh.address_omitted:
@@ -204,8 +224,8 @@ class Reconciler:
                 placeholder[mesh.name] = previous or PENDING_ADDRESS
                 if previous is None:
                     pending.append(mesh.name)
-        complete = completed_spec(fed, workloads, [*addresses, *ingress], placeholder)
-        return complete, pending, [*addresses, *ingress]
+        complete = completed_spec(fed, workloads, addresses, placeholder)
+        return complete, pending, addresses
 
     def _targets(
         self, name: str, kws: KubeWorkspace, canon: Canon, reuse: bool
@@ -337,6 +357,7 @@ class Reconciler:
     def forget(self, name: str) -> None:
         self.applied.forget(name)
         self.specs.forget(name)
+        self.discovery.forget(name)
 
     def _run(
         self,
@@ -357,7 +378,7 @@ class Reconciler:
             (remembered[0], "") if remembered is not None else self.specs.old(name, stored)
         )
         mark("stored state")
-        complete, pending, addresses = self._complete(fed, blocked, old_fed)
+        complete, pending, addresses = self._complete(fed, blocked, old_fed, full)
         mark("discover")
         for found in addresses:
             if found.ingress:

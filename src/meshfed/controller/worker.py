@@ -93,6 +93,8 @@ class FederationWorker:
         self.events.put(("resync", reason))
 
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
+        if obj.get("kind") in ("Service", "Pod"):  # what discovery reads may have changed
+            self.reconciler.discovery.touch(self.name, key[0])
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
             return
