@@ -438,6 +438,10 @@ class Reconciler:
             planned = waves(changes)
             inputs: dict[str, Any] = {}
             spec_text: str | None = None
+            answered = frozenset(  # every cluster of a mesh not blocked answered ``_reach``
+                c.context or "" for m in fed.spec.meshes if m.name not in blocked
+                for c in mesh_clusters(m)
+            )  # fmt: skip
             for wave in planned:
                 earlier += runs
                 wave_kws = kws
@@ -453,6 +457,7 @@ class Reconciler:
                     name, wave_kws, all_targets, wave, held, retire, canon, full
                 )
                 rollout.mark = lambda what, w=wave.name: mark(f"{w}: {what}")
+                rollout.answered = answered
                 runs = rollout.run()
                 spec_text = rollout.spec_text or spec_text
                 for run in runs:

@@ -149,6 +149,9 @@ class Rollout:
         self.workers = workers
         self.slim = False
         self.mark: Callable[[str], None] = _no_mark
+        self.answered: frozenset[str] = frozenset()
+        """Contexts of clusters the caller has just heard from (not asked for their version
+        again when connecting)."""
         """Told when each phase ends (the controller books where its time goes)."""
         """Keep of each dry-run only what writing needs (``run`` without ``dry_run``)."""
         self.spec_text: str | None = None
@@ -177,7 +180,8 @@ class Rollout:
         def connect(run: ClusterRun) -> None:
             try:
                 client = self.connect(run.target.cluster)
-                client.version()
+                if (run.target.cluster.context or "") not in self.answered:
+                    client.version()
             except KubeError as exc:
                 reason = exc.message
                 context = run.target.cluster.context or "''"
