@@ -31,6 +31,10 @@ class Counting(FakeCluster):
         self.gets.append(f"{kind}/{name}")
         return super().get(api_version, kind, name, namespace)
 
+    def namespace_exists(self, name: str) -> bool:
+        self.gets.append(f"Namespace/{name}")
+        return super().namespace_exists(name)
+
 
 def _counting(log: list[tuple[str, str, str]]) -> dict[str, Counting]:
     return {
@@ -111,7 +115,8 @@ def test_a_dry_run_reads_no_object_the_caller_knows() -> None:
         workers=8,
     ).run()
     assert asked  # the dry-run asked the caller
-    assert [c.gets for c in clusters.values()] == [[], [], []]  # and read nothing itself
+    # and read nothing itself, not even whether the objects' namespaces are there
+    assert [c.gets for c in clusters.values()] == [[], [], []]
     assert all(run.counts()["created"] == 0 for run in runs)
 
 

@@ -311,13 +311,15 @@ class Rollout:
         created, application namespaces refuse the apply (``kube/namespaces.py``)."""
         client = run.client
         assert client is not None
-        # Where every object is settled, the namespace is there (a namespace left out of
-        # ``exists`` counts as existing).
+        # Where every object is settled or known to be there, so is the namespace (one left
+        # out of ``exists`` counts as existing).
         asked = sorted(
             {
                 n
                 for o in desired
-                if (n := object_namespace(o)) is not None and ref(o) not in run.settled
+                if (n := object_namespace(o)) is not None
+                and ref(o) not in run.settled
+                and self._known(run, o) is None
             }
         )
 
