@@ -49,7 +49,7 @@ from meshfed.kube.discover import (
     discover_mesh,
 )
 from meshfed.kube.errors import ApplyRefused, KubeError
-from meshfed.kube.runs import in_parallel
+from meshfed.kube.parallel import in_parallel
 from meshfed.kube.state import StoredState, read_state
 from meshfed.kube.targets import ClusterTarget, TargetError, cluster_targets
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace

@@ -25,6 +25,7 @@ from meshfed.kube.namespaces import (
     for_mesh,
     plan_namespaces,
 )
+from meshfed.kube.parallel import in_parallel
 from meshfed.kube.remote_secret import (
     Token,
     current_token,
@@ -40,7 +41,6 @@ from meshfed.kube.runs import (
     Progress,
     Quiet,
     dry_run_actions,
-    in_parallel,
     kube_connector,
     object_namespace,
     probe,

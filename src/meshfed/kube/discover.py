@@ -19,7 +19,7 @@ from typing import Any
 from meshfed.kube.apply import Connect
 from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
-from meshfed.kube.runs import in_parallel
+from meshfed.kube.parallel import in_parallel
 from meshfed.plan.build import mesh_clusters
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.multicluster import EASTWEST_GATEWAY

@@ -7,9 +7,8 @@ done), how an apply reports progress, and how clusters are connected to.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 from meshfed.kube.client import Cluster, KubeClient, Obj
 from meshfed.kube.errors import KubeError, Refusal
@@ -170,19 +169,6 @@ def foreign_federation(live: Obj | None, federation: str) -> str | None:
 
 def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
     return {run.label: run.actions for run in runs}
-
-
-T = TypeVar("T")
-U = TypeVar("U")
-
-
-def in_parallel(fn: Callable[[U], T], items: list[U], workers: int) -> list[T]:
-    """``fn`` over ``items``, ``workers`` at a time (1: one after the other), results in order;
-    the first exception (in order) is raised."""
-    if workers <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items))
 
 
 def probe(
