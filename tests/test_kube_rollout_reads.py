@@ -8,14 +8,20 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+import yaml
+
 from meshfed.kube.apply import Rollout
 from meshfed.kube.client import Obj
-from meshfed.kube.discover import Discovery, discover_cluster
+from meshfed.kube.discover import AddressFound, Discovery, completed_spec, discover_cluster
+from meshfed.kube.errors import KubeError
 from meshfed.kube.remote_secret import TOKEN_PREFIX
 from meshfed.kube.runs import ClusterRun, write_phases
+from meshfed.kube.state import spec_yaml
 from meshfed.kube.targets import ClusterTarget, RetiredMesh, cluster_targets
 from meshfed.plan.model import ClusterPlan
-from test_kube import FakeCluster, _rollout, fed_and_plan, rendered
+from meshfed.spec.model import Federation
+from test_kube import SPEC, FakeCluster, _rollout, fed_and_plan, rendered
 
 
 class Counting(FakeCluster):
@@ -176,3 +182,37 @@ def test_discovery_with_pod_lists_at_once_finds_what_one_at_a_time_finds() -> No
     assert {w["name"]: w["serviceAccount"] for w in serial.workloads}["noselector"] == "noselector"
     assert any("pods run as one, other" in n for n in serial.notes)
     assert any("bare: no ports" in n for n in serial.notes)
+
+
+def _discovering() -> Federation:
+    doc = yaml.safe_load(SPEC)
+    del doc["spec"]["meshes"][0]["ingress"]["address"]
+    return Federation.model_validate(doc)
+
+
+def test_a_completed_spec_is_the_whole_spec_made_again_and_shares_the_rest() -> None:
+    fed = _discovering()
+    name = fed.spec.meshes[0].name
+    found = [AddressFound(name, fed.spec.meshes[0].name, "192.0.2.9", "federation-ingress")]
+    complete = completed_spec(fed, {}, found)
+    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    doc["spec"]["meshes"][0]["ingress"]["address"] = "192.0.2.9"
+    assert complete == Federation.model_validate(doc)  # what dumping it all made
+    assert complete.spec.exports is fed.spec.exports  # shared, not made again
+    assert complete.spec.meshes[1] is fed.spec.meshes[1]
+    whole = yaml.safe_dump(
+        complete.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+    )
+    assert spec_yaml(fed) and spec_yaml(complete) == whole  # its sections reused
+
+
+def test_discovered_values_that_do_not_fit_the_spec_name_the_mesh() -> None:
+    fed = _discovering()
+    name = fed.spec.meshes[0].name
+    bad = [{"name": "w0", "namespace": "shop", "serviceAccount": "w0", "port": 0}]
+    with pytest.raises(KubeError) as info:
+        completed_spec(fed, {name: bad}, [])
+    assert str(info.value) == (
+        f"discovery in mesh {name}: what its clusters hold does not fit the spec: "
+        "workloads.0.port: Input should be greater than or equal to 1 (found 0)"
+    )

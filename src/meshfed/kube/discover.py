@@ -16,6 +16,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from meshfed.kube.apply import Connect
 from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
@@ -255,8 +257,17 @@ def completed_spec(
     load balancer: objects of those meshes' importers are not written until it has one)."""
     address_of = {(a.mesh, a.cluster): a.address for a in addresses if not a.ingress}
     ingress_of = {a.mesh: a.address for a in addresses if a.ingress} | (placeholder or {})
-    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    for mesh in doc["spec"]["meshes"]:
+    meshes = []
+    for found in fed.spec.meshes:
+        named = {c.name for c in found.clusters or []}
+        if not (
+            found.name in workloads
+            or found.name in ingress_of
+            or any((found.name, c) in address_of for c in named)
+        ):
+            meshes.append(found)  # as it is (the exports and imports too, below)
+            continue
+        mesh = found.model_dump(mode="json", by_alias=True, exclude_unset=True)
         if mesh["name"] in workloads:
             mesh["workloads"] = workloads[mesh["name"]]
         if mesh["name"] in ingress_of:
@@ -264,7 +275,22 @@ def completed_spec(
         for cluster in mesh.get("clusters") or []:
             if (mesh["name"], cluster["name"]) in address_of:
                 cluster["discoveryAddress"] = address_of[(mesh["name"], cluster["name"])]
-    return Federation.model_validate(doc)
+        try:
+            meshes.append(Mesh.model_validate(mesh))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
+                for e in exc.errors()
+            )
+            raise KubeError(
+                f"discovery in mesh {found.name}: what its clusters hold does not fit the spec: "
+                f"{problems}"
+            ) from None
+    # Only the meshes are made again: at a thousand exports, dumping and validating the
+    # whole spec took most of a controller reconcile's CPU.
+    complete = fed.model_copy(update={"spec": fed.spec.model_copy(update={"meshes": meshes})})
+    complete._exports = None  # (an index of the exports, made again when asked)
+    return complete
 
 
 def with_discovered(
