@@ -20,14 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from meshfed.bundles.config import followed_pems
 from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
+from meshfed.controller.certificates import certificates
 from meshfed.controller.clusters import Connector
-from meshfed.controller.discomemo import DiscoveryMemo, Found
+from meshfed.controller.complete import complete_spec
+from meshfed.controller.discomemo import DiscoveryMemo
 from meshfed.controller.ordering import (
     Hold,
     Wave,
@@ -43,10 +45,6 @@ from meshfed.controller.timing import Phases
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.discover import (
     AddressFound,
-    completed_spec,
-    discover_addresses,
-    discover_ingress_addresses,
-    discover_mesh,
 )
 from meshfed.kube.errors import ApplyRefused, KubeError
 from meshfed.kube.parallel import in_parallel
@@ -60,12 +58,9 @@ from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
 from meshfed.spec.load import parse_document
-from meshfed.spec.model import Federation, Mesh
+from meshfed.spec.model import Federation
 from meshfed.workspace import plan_of
 
-PENDING_ADDRESS = "pending.invalid"
-"""Stands in for an ingress address its load balancer has not given yet. Only importers use an
-exporter's address, and importers of such a mesh are held, so it never reaches a cluster."""
 Key = tuple[str, str]
 """(mesh, cluster)."""
 REQUESTS_IN_FLIGHT = 8
@@ -171,61 +166,12 @@ class Reconciler:
                 states.append(found)
         return max(states, key=lambda s: s.applied_at) if states else None
 
-    def _discover(self, fed: Federation, mesh: Mesh, full: bool) -> Found:
-        """What one mesh's clusters hold (kept while its watches report no change)."""
-        if not full:
-            kept = self.discovery.get(fed.name, mesh)
-            if kept is not None:
-                return kept
-        mark = self.discovery.mark(fed.name, mesh.name)
-        workloads, keep = None, True
-        if mesh.workloads_omitted:
-            found = discover_mesh(mesh, self.connector, REQUESTS_IN_FLIGHT)
-            workloads, keep = found.workloads, found.source == "Service"
-        addresses = discover_addresses(fed, self.connector, [mesh.name])
-        ingress, pending = discover_ingress_addresses(fed, self.connector, [mesh.name])
-        result = Found(workloads, [*addresses, *ingress], bool(pending), keep)
-        self.discovery.keep(fed.name, mesh, mark, result)
-        return result
-
     def _complete(
         self, fed: Federation, blocked: dict[str, str], old: Federation | None, full: bool
     ) -> tuple[Federation, list[str], list[AddressFound]]:
-        """The spec with what the clusters hold filled in; and the meshes whose ingress load
-        balancer has no address yet."""
-        reachable = [m for m in fed.spec.meshes if m.name not in blocked]
-        founds = in_parallel(lambda m: self._discover(fed, m, full), reachable, REQUESTS_IN_FLIGHT)
-        found_in = {m.name: f for m, f in zip(reachable, founds, strict=True)}
-        workloads: dict[str, list[Obj]] = {}
-        for mesh in fed.spec.meshes:
-            if not mesh.workloads_omitted:
-                continue
-            if mesh.name in blocked:
-                if old is None or mesh.name not in {m.name for m in old.spec.meshes}:
-                    raise KubeError(
-                        f"mesh {mesh.name} leaves its workloads to discovery and its cluster is "
-                        "unreachable (never applied: nothing to fall back on)"
-                    )
-                workloads[mesh.name] = [
-                    w.model_dump(mode="json", by_alias=True) for w in old.mesh(mesh.name).workloads
-                ]
-            else:
-                workloads[mesh.name] = found_in[mesh.name].workloads or []
-        addresses = [a for f in founds for a in f.addresses]
-        pending = [m.name for m in reachable if found_in[m.name].pending]
-        placeholder = {name: PENDING_ADDRESS for name in pending}
-        for mesh in fed.spec.meshes:
-            if mesh.name in blocked and mesh.address_omitted:
-                previous = (
-                    old.mesh(mesh.name).ingress.address
-                    if old is not None and mesh.name in {m.name for m in old.spec.meshes}
-                    else None
-                )
-                placeholder[mesh.name] = previous or PENDING_ADDRESS
-                if previous is None:
-                    pending.append(mesh.name)
-        complete = completed_spec(fed, workloads, addresses, placeholder)
-        return complete, pending, addresses
+        return complete_spec(
+            fed, blocked, old, full, self.connector, self.discovery, REQUESTS_IN_FLIGHT
+        )
 
     def _targets(
         self, name: str, kws: KubeWorkspace, canon: Canon, reuse: bool
@@ -479,7 +425,7 @@ class Reconciler:
             self._account(name, kws, runs, reports, result, earlier, changed)
             result.plan = kws.ws.plan
             result.federation = complete
-            self._certificates(kws, reports, result, now)
+            result.next_renewal = certificates(kws, reports, now)
             mark("account")
         mark("pki commit")
         unavailable = {m: r.frozen for m, r in reports.items() if r.frozen}
@@ -523,52 +469,9 @@ class Reconciler:
                 else:
                     result.applied.append(entry)
 
-    def _certificates(
-        self, kws: KubeWorkspace, reports: dict[str, MeshReport], result: Result, now: datetime
-    ) -> None:
-        """Each mesh's intermediate and ingress certificate, with when they are renewed."""
-        from meshfed.pki.leaves import kept_leaf
-        from meshfed.plan.names import INGRESS_GATEWAY
-
-        soonest: datetime | None = None
-        for mesh, ca in kws.ws.pki.meshes.items():
-            report = reports.get(mesh)
-            if report is None:
-                continue
-            entries = []
-            leaf = kept_leaf(kws.ws.state_dir, mesh, INGRESS_GATEWAY)
-            for label, cert in (("intermediate", ca.ca_cert), ("ingress", leaf)):
-                if cert is None:
-                    continue
-                start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-                renew = start + (end - start) * 2 / 3
-                entries.append({"name": label, "notAfter": _stamp(end), "renewAt": _stamp(renew)})
-                if label == "ingress":
-                    soonest = renew if soonest is None else min(soonest, renew)
-            report.certificates = entries
-        result.next_renewal = soonest
-
-
-def _stamp(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _report(reports: dict[str, MeshReport], mesh: str, cluster: str) -> ClusterReport | None:
     found = reports.get(mesh)
     if found is None:
         return None
     return next((c for c in found.clusters if c.name == cluster), None)
-
-
-def expiring(result: Result, now: datetime, within: timedelta) -> list[str]:
-    """Intermediates that expire within ``within`` (reported as warnings: an intermediate is
-    replaced by a rotation, which a person starts)."""
-    out = []
-    for report in result.outcome.meshes:
-        for cert in report.certificates:
-            if cert["name"] != "intermediate":
-                continue
-            end = datetime.strptime(cert["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            if end - now < within:
-                out.append(f"mesh {report.name}: intermediate CA expires {cert['notAfter']}")
-    return out

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meshfed.controller.certificates import expiring
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
-from meshfed.controller.reconcile import Reconciler, Result, expiring
+from meshfed.controller.reconcile import Reconciler, Result
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
 from meshfed.controller.timing import Phases
@@ -214,7 +215,7 @@ class FederationWorker:
             self.emit(
                 "Warning", "ReconcileFailed", (outcome.error or "; ".join(outcome.refusals))[:1000]
             )
-        for text in expiring(result, datetime.now(UTC), EXPIRY_WARNING):
+        for text in expiring(result.outcome.meshes, datetime.now(UTC), EXPIRY_WARNING):
             self.emit("Warning", "CertificateExpiring", text)
         phases.mark("events")
         self._rotate(body, result)

@@ -22,8 +22,6 @@ from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
     NamespacePlan,
-    for_mesh,
-    plan_namespaces,
 )
 from meshfed.kube.parallel import in_parallel
 from meshfed.kube.remote_secret import (
@@ -43,6 +41,7 @@ from meshfed.kube.runs import (
     dry_run_actions,
     kube_connector,
     object_namespace,
+    plan_run_namespaces,
     probe,
     write_phases,
 )
@@ -307,41 +306,9 @@ class Rollout:
         target.extra = extra
 
     def _namespaces(self, run: ClusterRun, desired: list[Obj]) -> NamespacePlan:
-        """Which namespaces the objects need that the cluster lacks: the Istio namespace is
-        created, application namespaces refuse the apply (``kube/namespaces.py``)."""
-        client = run.client
-        assert client is not None
-        # Where every object is settled or known to be there, so is the namespace (one left
-        # out of ``exists`` counts as existing).
-        asked = sorted(
-            {
-                n
-                for o in desired
-                if (n := object_namespace(o)) is not None
-                and ref(o) not in run.settled
-                and self._known(run, o) is None
-            }
+        return plan_run_namespaces(
+            run, desired, self.fed.name, lambda o: self._known(run, o) is not None, self.workers
         )
-
-        def there(ns: str) -> bool:
-            try:
-                return client.namespace_exists(ns)
-            except KubeError:
-                return True  # not readable: the objects' own dry-run tells what is wrong
-
-        exists = dict(zip(asked, in_parallel(there, asked, self.workers), strict=True))
-        mesh = run.target.mesh
-        if isinstance(mesh, MeshPlan):
-            plan = for_mesh(desired, exists, mesh, self.fed.name)
-        else:
-            plan = plan_namespaces(desired, exists, mesh.istio_namespace, self.fed.name)
-        for missing in plan.missing:
-            names = ", ".join(missing.objects)
-            run.refuse(f"Namespace {missing.name} (for {names})", missing.reason())
-        run.target.bootstrap = list(plan.create)
-        run.created = [o["metadata"]["name"] for o in plan.create]
-        run.stand_in = sorted(plan.pending)
-        return plan
 
     def _check(self, run: ClusterRun) -> None:
         client = run.client

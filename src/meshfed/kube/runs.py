@@ -16,10 +16,13 @@ from meshfed.kube.namespaces import (
     STAND_IN_NAMESPACE,
     NamespacePlan,
     created_note,
+    for_mesh,
+    plan_namespaces,
     stand_in_note,
 )
-from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by
-from meshfed.plan.model import ClusterPlan
+from meshfed.kube.parallel import in_parallel
+from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by, ref
+from meshfed.plan.model import ClusterPlan, MeshPlan
 
 Action = Literal["created", "configured", "unchanged", "deleted"]
 
@@ -169,6 +172,49 @@ def foreign_federation(live: Obj | None, federation: str) -> str | None:
 
 def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, str]]]:
     return {run.label: run.actions for run in runs}
+
+
+def plan_run_namespaces(
+    run: ClusterRun,
+    desired: list[Obj],
+    federation: str,
+    known: Callable[[Obj], bool],
+    workers: int,
+) -> NamespacePlan:
+    """Which namespaces a cluster's objects need that it lacks: the Istio namespace is
+    created, application namespaces refuse the apply (``kube/namespaces.py``). Recorded on the
+    run. ``known``: objects known to be on the cluster."""
+    client = run.client
+    assert client is not None
+    # Where every object is settled or known to be there, so is the namespace (one left out
+    # of ``exists`` counts as existing).
+    asked = sorted(
+        {
+            n
+            for o in desired
+            if (n := object_namespace(o)) is not None and ref(o) not in run.settled and not known(o)
+        }
+    )
+
+    def there(ns: str) -> bool:
+        try:
+            return client.namespace_exists(ns)
+        except KubeError:
+            return True  # not readable: the objects' own dry-run tells what is wrong
+
+    exists = dict(zip(asked, in_parallel(there, asked, workers), strict=True))
+    mesh = run.target.mesh
+    if isinstance(mesh, MeshPlan):
+        plan = for_mesh(desired, exists, mesh, federation)
+    else:
+        plan = plan_namespaces(desired, exists, mesh.istio_namespace, federation)
+    for missing in plan.missing:
+        names = ", ".join(missing.objects)
+        run.refuse(f"Namespace {missing.name} (for {names})", missing.reason())
+    run.target.bootstrap = list(plan.create)
+    run.created = [o["metadata"]["name"] for o in plan.create]
+    run.stand_in = sorted(plan.pending)
+    return plan
 
 
 def probe(
