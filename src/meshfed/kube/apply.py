@@ -29,7 +29,6 @@ from meshfed.kube.remote_secret import (
     current_token,
     issue_token,
     kubeconfig_text,
-    token_secrets,
 )
 from meshfed.kube.runs import (
     Action,
@@ -41,6 +40,7 @@ from meshfed.kube.runs import (
     dry_run_actions,
     kube_connector,
     object_namespace,
+    plan_prune,
     plan_run_namespaces,
     probe,
     write_phases,
@@ -58,15 +58,12 @@ from meshfed.kube.state import (
     stored_of,
 )
 from meshfed.kube.targets import (
-    PRUNE_KINDS,
     ClusterTarget,
     order_rank,
     owned_by,
-    prune_set,
     ref,
     ref_text,
     retired_targets,
-    selector,
 )
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
@@ -364,34 +361,8 @@ class Rollout:
             self._plan_prune(run, desired)
 
     def _plan_prune(self, run: ClusterRun, desired: list[Obj]) -> None:
-        client = run.client
-        assert client is not None
         known = None if self.present is None else self.present(run.target)
-        live: list[Obj] = []
-        if known is not None:
-            live = known  # what the caller knows to be there: no listing
-        else:
-            for api_version, kind in PRUNE_KINDS:
-                try:
-                    if client.find(api_version, kind) is None:
-                        continue
-                    live += client.list(api_version, kind, labels=selector(self.fed.name))
-                except KubeError as exc:
-                    run.refuse(f"(prune: list {kind})", exc.message)
-        run.prune = prune_set(live, desired, self.fed.name)
-        if self.prunable is not None:
-            run.prune = [o for o in run.prune if self.prunable(run.target, o)]
-        if run.target.retired and run.target.cluster.role == "remote":
-            # The reader tokens the primary's remote secret carried: revoked with it.
-            try:
-                run.prune += token_secrets(client, run.target.mesh.istio_namespace)
-            except KubeError as exc:
-                run.refuse("(prune: list reader tokens)", exc.message)
-        for obj in run.prune:
-            try:
-                client.delete(obj, dry_run=True)
-            except KubeError as exc:
-                run.refuse(f"prune {ref_text(obj)}", exc.message)
+        plan_prune(run, desired, self.fed.name, known, self.prunable)
 
     def _known(self, run: ClusterRun, obj: Obj) -> Obj | None:
         """The object as it is on the cluster when known without reading it: the stored

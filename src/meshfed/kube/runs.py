@@ -21,7 +21,17 @@ from meshfed.kube.namespaces import (
     stand_in_note,
 )
 from meshfed.kube.parallel import in_parallel
-from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by, ref
+from meshfed.kube.remote_secret import token_secrets
+from meshfed.kube.targets import (
+    FEDERATION_LABEL,
+    PRUNE_KINDS,
+    ClusterTarget,
+    owned_by,
+    prune_set,
+    ref,
+    ref_text,
+    selector,
+)
 from meshfed.plan.model import ClusterPlan, MeshPlan
 
 Action = Literal["created", "configured", "unchanged", "deleted"]
@@ -215,6 +225,45 @@ def plan_run_namespaces(
     run.created = [o["metadata"]["name"] for o in plan.create]
     run.stand_in = sorted(plan.pending)
     return plan
+
+
+def plan_prune(
+    run: ClusterRun,
+    desired: list[Obj],
+    federation: str,
+    known: list[Obj] | None,
+    prunable: Callable[[ClusterTarget, Obj], bool] | None,
+) -> None:
+    """What pruning deletes on a cluster (``run.prune``), each deletion dry-run. ``known``:
+    the federation's objects there as the caller knows them (None: list them); ``prunable``:
+    which stale objects may go (None: all)."""
+    client = run.client
+    assert client is not None
+    live: list[Obj] = []
+    if known is not None:
+        live = known  # what the caller knows to be there: no listing
+    else:
+        for api_version, kind in PRUNE_KINDS:
+            try:
+                if client.find(api_version, kind) is None:
+                    continue
+                live += client.list(api_version, kind, labels=selector(federation))
+            except KubeError as exc:
+                run.refuse(f"(prune: list {kind})", exc.message)
+    run.prune = prune_set(live, desired, federation)
+    if prunable is not None:
+        run.prune = [o for o in run.prune if prunable(run.target, o)]
+    if run.target.retired and run.target.cluster.role == "remote":
+        # The reader tokens the primary's remote secret carried: revoked with it.
+        try:
+            run.prune += token_secrets(client, run.target.mesh.istio_namespace)
+        except KubeError as exc:
+            run.refuse("(prune: list reader tokens)", exc.message)
+    for obj in run.prune:
+        try:
+            client.delete(obj, dry_run=True)
+        except KubeError as exc:
+            run.refuse(f"prune {ref_text(obj)}", exc.message)
 
 
 def probe(
