@@ -7,11 +7,13 @@ mesh's change (a Service, a load-balancer address, drift); reading every other m
 costs round trips to clusters that are busy with the change itself.
 
 The worker watches every Service of every mesh cluster and the Pods behind discovered
-workloads; each event ``touch``-es its mesh. What a mesh's discovery found is reused while no
-event came for the mesh since it was read (a counter per mesh, taken before the read: an
-event during the read makes it stale at once), its spec is the same, and the reconcile is not
-a full check. Workloads found through ServiceExports (the Multi-Cluster Services API) are
-never kept: ServiceExports are not watched.
+workloads; each event ``touch``-es its mesh (the end of a watch's list too). What a mesh's
+discovery found is reused while no event came for the mesh since it was read (a counter per
+mesh, taken before the read: an event during the read makes it stale at once), its spec is
+the same, and the reconcile is not a full check; and only once the Service watch of every
+cluster of the mesh has listed (``listed``; before that, nothing would tell a change: the
+watches start after the first reconcile). Workloads found through ServiceExports (the
+Multi-Cluster Services API) are never kept: ServiceExports are not watched.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshfed.kube.discover import AddressFound
+from meshfed.plan.build import mesh_clusters
 from meshfed.spec.model import Mesh
 
 Obj = dict[str, Any]
@@ -46,11 +49,18 @@ class Found:
 class DiscoveryMemo:
     _seen: dict[Key, int] = field(default_factory=dict)
     _kept: dict[Key, tuple[int, Mesh, Found]] = field(default_factory=dict)
+    _listed: dict[Key, set[str]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def touch(self, federation: str, mesh: str) -> None:
         """Something on the mesh's clusters changed (any thread)."""
         with self._lock:
+            self._seen[(federation, mesh)] = self._seen.get((federation, mesh), 0) + 1
+
+    def listed(self, federation: str, mesh: str, cluster: str) -> None:
+        """The Service watch of one of the mesh's clusters has listed (and watches on)."""
+        with self._lock:
+            self._listed.setdefault((federation, mesh), set()).add(cluster)
             self._seen[(federation, mesh)] = self._seen.get((federation, mesh), 0) + 1
 
     def mark(self, federation: str, mesh: str) -> int:
@@ -64,7 +74,8 @@ class DiscoveryMemo:
         with self._lock:
             kept = self._kept.get(key)
             seen = self._seen.get(key, 0)
-        if kept is None or kept[0] != seen or kept[1] != mesh:
+            watched = {c.name for c in mesh_clusters(mesh)} <= self._listed.get(key, set())
+        if kept is None or not watched or kept[0] != seen or kept[1] != mesh:
             return None
         return kept[2]
 

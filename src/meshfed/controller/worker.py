@@ -96,6 +96,8 @@ class FederationWorker:
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
         if obj.get("kind") in ("Service", "Pod"):  # what discovery reads may have changed
             self.reconciler.discovery.touch(self.name, key[0])
+            if event == LIST_ENDED and obj.get("kind") == "Service":
+                self.reconciler.discovery.listed(self.name, key[0], key[1])
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
             return
