@@ -70,6 +70,7 @@ class StatusWriter:
         self._due = 0.0
         """When the pending status is written (clock time)."""
         self.last: Obj | None = None
+        self._last_substance: Any = None
         """The status written last."""
         self._closed = False
         self._writing = False
@@ -83,7 +84,7 @@ class StatusWriter:
             if idle and status == self.last:
                 return  # what is there already
             now = self._clock()
-            if urgent(self.last, status):
+            if self.last is None or substance(status) != self._last_substance:
                 due = now
             elif self._pending is not None:
                 due = self._due  # no later than the one it replaces
@@ -124,7 +125,7 @@ class StatusWriter:
                 continue
             with self._cond:
                 self._writing = False
-                self.last = status
+                self.last, self._last_substance = status, substance(status)
                 self._cond.notify_all()
 
     def flush(self, timeout: float = 30.0) -> bool:
