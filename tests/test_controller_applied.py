@@ -190,3 +190,15 @@ def test_spec_memo_parses_once_per_version_and_remembers_what_it_stored() -> Non
     assert memo.old_plan("bank", other, digest) is not plan
     memo.forget("bank")
     assert memo.remembered("bank") is None
+
+
+def test_live_is_what_was_last_written_and_nothing_else() -> None:
+    cache, canon = AppliedCache(), Canon()
+    assert cache.live(KEY, _obj("a")) is None  # never written: read it from the cluster
+    cache.remember(KEY, [_obj("a"), _state("v1")], [], canon)
+    # Asked with the new desired object (another port): the one written before comes back.
+    assert cache.live(KEY, _obj("a", port=9090)) == _obj("a")
+    assert cache.live(KEY, _state("v2")) == _state("v1")
+    assert cache.live(("bank", "payments", "west"), _obj("a")) is None  # per cluster
+    cache.remember(KEY, [], [_obj("a")], Canon())  # pruned: no longer known to be there
+    assert cache.live(KEY, _obj("a")) is None

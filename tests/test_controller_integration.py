@@ -622,7 +622,8 @@ def test_rotation_started_by_the_cli_runs_its_steps_on_the_clusters(env: dict[st
         return "meshfed.dev/rotate" not in (fed["metadata"].get("annotations") or {})
 
     wait("the rotation finished (the annotation removed)", finished, 180)
-    assert events(env, "RotationDone")
+    # The event is posted by kopf's own queue, after the annotation is removed: waited for.
+    wait("the RotationDone event", lambda: events(env, "RotationDone"), 60)
     steps = [m.split(":")[0] for m in events(env, "RotationStep")]
     assert {"prepare", "switch", "reissue", "retire"} <= set(steps), steps
     wait("Ready after the rotation", lambda: ready(env), 120)

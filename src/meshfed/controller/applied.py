@@ -101,6 +101,15 @@ class AppliedCache:
         found = self.objects.get(key, {}).get(ref(obj))
         return found is not None and found.text == canon(obj)
 
+    def live(self, key: ClusterKey, obj: Obj) -> Obj | None:
+        """``obj`` (by its identity) as this controller last wrote it to the cluster, which
+        the watches have seen unchanged since; None: not known."""
+        found = self.objects.get(key, {}).get(ref(obj))
+        if found is None:
+            return None
+        written: Obj = json.loads(found.text)
+        return written
+
     def present(self, key: ClusterKey) -> list[Obj] | None:
         """Stubs of what is on the cluster (for pruning); None: not known, list it."""
         known = self.objects.get(key)

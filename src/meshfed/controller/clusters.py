@@ -144,8 +144,13 @@ class Connector:
         config, source = self.config_for(context)
         client = KubeClient(context or config.context_name, config, timeout=self.timeout)
         with self._lock:
-            self._clients[key] = client
-            self._sources[key] = source
+            raced = self._clients.get(key)  # another thread connected meanwhile: keep one
+            if raced is None:
+                self._clients[key] = client
+                self._sources[key] = source
+        if raced is not None:
+            client.close()
+            return raced
         return client
 
     def fresh(self, context: str | None) -> KubeClient:

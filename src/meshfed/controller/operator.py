@@ -33,6 +33,7 @@ from meshfed.controller.leader import LeaderElector
 from meshfed.controller.publish import BundlePublisher
 from meshfed.controller.reconcile import Reconciler
 from meshfed.controller.retire import retire_federation
+from meshfed.controller.statuswriter import StatusWriter
 from meshfed.controller.worker import FederationWorker
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.errors import KubeError
@@ -150,8 +151,10 @@ class Controller:
             def emit(kind: str, reason: str, message: str) -> None:
                 kopf.event(body, type=kind, reason=reason, message=message)
 
+            # The status is written from a thread of its own (``statuswriter.py``).
+            writer = StatusWriter(ctl.patcher(name), lambda line: ctl.log(f"{name}: {line}"))
             worker = FederationWorker(
-                name, ctl.reconciler(), emit, ctl.patcher(name), ctl.log, ctl.resync
+                name, ctl.reconciler(), emit, writer.submit, ctl.log, ctl.resync
             )
             worker.annotate = ctl.annotator(name)
             following = ctl.following(name, lambda: _plain(body), worker, emit)
@@ -164,7 +167,10 @@ class Controller:
                 name=f"follow-{name}",
                 daemon=True,
             ).start()
-            worker.run(lambda: _plain(body), lambda: bool(stopped))
+            try:
+                worker.run(lambda: _plain(body), lambda: bool(stopped))
+            finally:
+                writer.close()
 
         return registry
 

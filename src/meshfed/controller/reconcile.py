@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from meshfed.bundles.config import followed_pems
 from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
+from meshfed.controller.certificates import certificates
 from meshfed.controller.clusters import Connector
+from meshfed.controller.complete import complete_spec
+from meshfed.controller.discomemo import DiscoveryMemo
 from meshfed.controller.ordering import (
     Hold,
     Wave,
@@ -38,21 +41,19 @@ from meshfed.controller.ordering import (
 from meshfed.controller.pkistate import SecretState
 from meshfed.controller.specmemo import SpecMemo, release_memory
 from meshfed.controller.status import ClusterReport, MeshReport, Outcome, import_status
+from meshfed.controller.timing import Phases
 from meshfed.kube.client import KubeClient, Obj
 from meshfed.kube.discover import (
     AddressFound,
-    completed_spec,
-    discover_addresses,
-    discover_ingress_addresses,
-    discover_mesh,
 )
 from meshfed.kube.errors import ApplyRefused, KubeError
+from meshfed.kube.parallel import in_parallel
 from meshfed.kube.state import StoredState, read_state
 from meshfed.kube.targets import ClusterTarget, TargetError, cluster_targets
 from meshfed.kube.workspace import KubeWorkspace, kube_workspace
 from meshfed.pki.errors import PKIError
 from meshfed.plan.build import mesh_clusters
-from meshfed.plan.model import FederationPlan
+from meshfed.plan.model import ClusterPlan, FederationPlan
 from meshfed.plan.trust import root_pems
 from meshfed.spec.check import check_federation
 from meshfed.spec.errors import SpecError
@@ -60,9 +61,6 @@ from meshfed.spec.load import parse_document
 from meshfed.spec.model import Federation
 from meshfed.workspace import plan_of
 
-PENDING_ADDRESS = "pending.invalid"
-"""Stands in for an ingress address its load balancer has not given yet. Only importers use an
-exporter's address, and importers of such a mesh are held, so it never reaches a cluster."""
 Key = tuple[str, str]
 """(mesh, cluster)."""
 REQUESTS_IN_FLIGHT = 8
@@ -101,6 +99,8 @@ class Result:
     lb_addresses: dict[str, str | None] = field(default_factory=dict)
     """Meshes whose ingress address comes from their load balancer: the address used (None:
     none yet). A different one on the Service calls for a reconcile."""
+    phases: Phases = field(default_factory=Phases)
+    """Where the reconcile's time went (``timing.py``)."""
 
 
 @dataclass
@@ -118,22 +118,38 @@ class Reconciler:
     drift repair puts it back (``applied.py``)."""
     specs: SpecMemo = field(default_factory=SpecMemo)
     """The object's spec, the stored spec and its plan, once per version (``specmemo.py``)."""
+    discovery: DiscoveryMemo = field(default_factory=DiscoveryMemo)
+    """What each mesh's clusters held, until a watch reports a change (``discomemo.py``)."""
 
     # -- steps ------------------------------------------------------------------------------
 
     def _reach(self, fed: Federation, reports: dict[str, MeshReport]) -> dict[str, str]:
-        blocked: dict[str, str] = {}
-        for mesh in fed.spec.meshes:
+        """Every cluster asked at once (each a round trip); the meshes with one that did
+        not answer, and why."""
+        pairs = [
+            (mesh.name, cluster, report)
+            for mesh in fed.spec.meshes
             for cluster, report in zip(
                 mesh_clusters(mesh), reports[mesh.name].clusters, strict=True
-            ):
-                try:
-                    self.connector(cluster).version()
-                except KubeError as exc:
-                    self.connector.forget(cluster.context)
-                    report.reachable = False
-                    report.unreachable_reason = exc.message
-                    blocked.setdefault(mesh.name, f"cluster {cluster.name} is unreachable")
+            )
+        ]
+
+        def ask(pair: tuple[str, ClusterPlan, ClusterReport]) -> str | None:
+            try:
+                self.connector(pair[1]).version()
+            except KubeError as exc:
+                return exc.message
+            return None
+
+        blocked: dict[str, str] = {}
+        for (mesh, cluster, report), failed in zip(
+            pairs, in_parallel(ask, pairs, REQUESTS_IN_FLIGHT), strict=True
+        ):
+            if failed is not None:
+                self.connector.forget(cluster.context)
+                report.reachable = False
+                report.unreachable_reason = failed
+                blocked.setdefault(mesh, f"cluster {cluster.name} is unreachable")
         return blocked
 
     def _stored(self, fed: Federation, blocked: dict[str, str]) -> StoredState | None:
@@ -151,41 +167,11 @@ class Reconciler:
         return max(states, key=lambda s: s.applied_at) if states else None
 
     def _complete(
-        self, fed: Federation, blocked: dict[str, str], old: Federation | None
+        self, fed: Federation, blocked: dict[str, str], old: Federation | None, full: bool
     ) -> tuple[Federation, list[str], list[AddressFound]]:
-        """The spec with what the clusters hold filled in; and the meshes whose ingress load
-        balancer has no address yet."""
-        reachable = [m.name for m in fed.spec.meshes if m.name not in blocked]
-        workloads: dict[str, list[Obj]] = {}
-        for mesh in fed.spec.meshes:
-            if not mesh.workloads_omitted:
-                continue
-            if mesh.name in blocked:
-                if old is None or mesh.name not in {m.name for m in old.spec.meshes}:
-                    raise KubeError(
-                        f"mesh {mesh.name} leaves its workloads to discovery and its cluster is "
-                        "unreachable (never applied: nothing to fall back on)"
-                    )
-                workloads[mesh.name] = [
-                    w.model_dump(mode="json", by_alias=True) for w in old.mesh(mesh.name).workloads
-                ]
-            else:
-                workloads[mesh.name] = discover_mesh(mesh, self.connector).workloads
-        addresses = discover_addresses(fed, self.connector, reachable)
-        ingress, pending = discover_ingress_addresses(fed, self.connector, reachable)
-        placeholder = {name: PENDING_ADDRESS for name in pending}
-        for mesh in fed.spec.meshes:
-            if mesh.name in blocked and mesh.address_omitted:
-                previous = (
-                    old.mesh(mesh.name).ingress.address
-                    if old is not None and mesh.name in {m.name for m in old.spec.meshes}
-                    else None
-                )
-                placeholder[mesh.name] = previous or PENDING_ADDRESS
-                if previous is None:
-                    pending.append(mesh.name)
-        complete = completed_spec(fed, workloads, [*addresses, *ingress], placeholder)
-        return complete, pending, [*addresses, *ingress]
+        return complete_spec(
+            fed, blocked, old, full, self.connector, self.discovery, REQUESTS_IN_FLIGHT
+        )
 
     def _targets(
         self, name: str, kws: KubeWorkspace, canon: Canon, reuse: bool
@@ -247,6 +233,9 @@ class Reconciler:
         def present(target: ClusterTarget) -> list[Obj] | None:
             return self.applied.present(key(target))
 
+        def live(target: ClusterTarget, obj: Obj) -> Obj | None:
+            return self.applied.live(key(target), obj)
+
         rollout = kws.rollout(
             targets,
             prune=bool(wave.prune),
@@ -255,6 +244,7 @@ class Reconciler:
             prunable=prunable,
             settled=None if full else settled,
             present=None if full else present,
+            live=None if full else live,
             canonical=canon,
             workers=REQUESTS_IN_FLIGHT,
         )
@@ -262,18 +252,27 @@ class Reconciler:
 
     # -- the reconcile ----------------------------------------------------------------------
 
-    def reconcile(self, body: Obj, now: datetime | None = None, full: bool = True) -> Result:
+    def reconcile(
+        self,
+        body: Obj,
+        now: datetime | None = None,
+        full: bool = True,
+        phases: Phases | None = None,
+    ) -> Result:
         """``full``: dry-run and apply every object; otherwise those this controller put in
-        place and has watched since are taken as they are (see ``applied``)."""
+        place and has watched since are taken as they are (see ``applied``). ``phases``: where
+        the time goes is booked there (the caller's, to book its own steps too)."""
         now = now or datetime.now(UTC)
         name = str(body["metadata"]["name"])
         outcome = Outcome(int(body["metadata"].get("generation") or 0))
-        result = Result(outcome)
+        result = Result(outcome, phases=phases or Phases())
         try:
             fed = self.specs.parse(name, spec_document(body), lambda: parse_federation(body))
         except SpecError as exc:
             outcome.spec_problems = exc.lines
             return result
+        finally:
+            result.phases.mark("parse")
         reports = {
             m.name: MeshReport(
                 m.name,
@@ -298,11 +297,13 @@ class Reconciler:
         if outcome.refusals or outcome.error:
             self.forget(name)  # what is in place is not known for sure: check all next time
         release_memory()
+        result.phases.mark("release memory")
         return result
 
     def forget(self, name: str) -> None:
         self.applied.forget(name)
         self.specs.forget(name)
+        self.discovery.forget(name)
 
     def _run(
         self,
@@ -314,13 +315,17 @@ class Reconciler:
         full: bool = True,
     ) -> None:
         outcome = result.outcome
+        mark = result.phases.mark
         blocked = self._reach(fed, reports)
+        mark("reach")
         remembered = self.specs.remembered(name) if not full else None
         stored = None if remembered is not None else self._stored(fed, blocked)
         old_fed, stored_sha = (
             (remembered[0], "") if remembered is not None else self.specs.old(name, stored)
         )
-        complete, pending, addresses = self._complete(fed, blocked, old_fed)
+        mark("stored state")
+        complete, pending, addresses = self._complete(fed, blocked, old_fed, full)
+        mark("discover")
         for found in addresses:
             if found.ingress:
                 reports[found.mesh].ingress_address = found.address
@@ -339,10 +344,13 @@ class Reconciler:
                 f"federation/{name}",
                 [p.render(f"federation/{name} (discovered)", None) for p in problems],
             )
+        mark("check")
         state = SecretState(self.management, self.namespace, name, self.work_dir)
         with state.session() as state_dir:
+            mark("pki checkout")
             origin = Path(f"federation/{name}")
             kws = kube_workspace(complete, origin, state_dir, self.connector)
+            mark("plan")
             old_plan = (
                 remembered[1]
                 if remembered is not None
@@ -358,6 +366,7 @@ class Reconciler:
             )
             changes = edge_changes(old_plan, kws.ws.plan, None if why else union_plan)
             held = holds(changes, kws.ws.plan, blocked, pending)
+            mark("union and edges")
             for mesh, hold in held.items():
                 if mesh in reports:
                     if hold.whole:
@@ -375,6 +384,10 @@ class Reconciler:
             planned = waves(changes)
             inputs: dict[str, Any] = {}
             spec_text: str | None = None
+            answered = frozenset(  # every cluster of a mesh not blocked answered ``_reach``
+                c.context or "" for m in fed.spec.meshes if m.name not in blocked
+                for c in mesh_clusters(m)
+            )  # fmt: skip
             for wave in planned:
                 earlier += runs
                 wave_kws = kws
@@ -384,16 +397,20 @@ class Reconciler:
                 # what the clusters report, not of the spec's edges) and not a full check.
                 reuse = not full and len(planned) == 1
                 all_targets, inputs = self._targets(name, wave_kws, canon, reuse)
+                mark(f"{wave.name}: render")
                 retire = wave.store_state and not held
                 targets, rollout = self._rollout(
                     name, wave_kws, all_targets, wave, held, retire, canon, full
                 )
+                rollout.mark = lambda what, w=wave.name: mark(f"{w}: {what}")
+                rollout.answered = answered
                 runs = rollout.run()
                 spec_text = rollout.spec_text or spec_text
                 for run in runs:
                     at = (name, run.target.mesh.name, run.target.name)
                     if self.applied.remember(at, run.target.desired(), run.prune, canon):
                         changed.add(at[1:])
+                mark(f"{wave.name}: remember")
                 self.log(f"{name}: wave {wave.name}: {len(targets)} cluster(s)")
             for target in all_targets:  # the final wave's: the new spec, whole
                 mesh = target.mesh.name
@@ -408,9 +425,12 @@ class Reconciler:
             self._account(name, kws, runs, reports, result, earlier, changed)
             result.plan = kws.ws.plan
             result.federation = complete
-            self._certificates(kws, reports, result, now)
+            result.next_renewal = certificates(kws, reports, now)
+            mark("account")
+        mark("pki commit")
         unavailable = {m: r.frozen for m, r in reports.items() if r.frozen}
         outcome.imports = import_status(kws.ws.plan, unavailable)
+        mark("import status")
 
     def _account(
         self,
@@ -449,52 +469,9 @@ class Reconciler:
                 else:
                     result.applied.append(entry)
 
-    def _certificates(
-        self, kws: KubeWorkspace, reports: dict[str, MeshReport], result: Result, now: datetime
-    ) -> None:
-        """Each mesh's intermediate and ingress certificate, with when they are renewed."""
-        from meshfed.pki.leaves import kept_leaf
-        from meshfed.plan.names import INGRESS_GATEWAY
-
-        soonest: datetime | None = None
-        for mesh, ca in kws.ws.pki.meshes.items():
-            report = reports.get(mesh)
-            if report is None:
-                continue
-            entries = []
-            leaf = kept_leaf(kws.ws.state_dir, mesh, INGRESS_GATEWAY)
-            for label, cert in (("intermediate", ca.ca_cert), ("ingress", leaf)):
-                if cert is None:
-                    continue
-                start, end = cert.not_valid_before_utc, cert.not_valid_after_utc
-                renew = start + (end - start) * 2 / 3
-                entries.append({"name": label, "notAfter": _stamp(end), "renewAt": _stamp(renew)})
-                if label == "ingress":
-                    soonest = renew if soonest is None else min(soonest, renew)
-            report.certificates = entries
-        result.next_renewal = soonest
-
-
-def _stamp(when: datetime) -> str:
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _report(reports: dict[str, MeshReport], mesh: str, cluster: str) -> ClusterReport | None:
     found = reports.get(mesh)
     if found is None:
         return None
     return next((c for c in found.clusters if c.name == cluster), None)
-
-
-def expiring(result: Result, now: datetime, within: timedelta) -> list[str]:
-    """Intermediates that expire within ``within`` (reported as warnings: an intermediate is
-    replaced by a rotation, which a person starts)."""
-    out = []
-    for report in result.outcome.meshes:
-        for cert in report.certificates:
-            if cert["name"] != "intermediate":
-                continue
-            end = datetime.strptime(cert["notAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-            if end - now < within:
-                out.append(f"mesh {report.name}: intermediate CA expires {cert['notAfter']}")
-    return out

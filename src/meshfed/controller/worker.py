@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meshfed.controller.certificates import expiring
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
-from meshfed.controller.reconcile import Reconciler, Result, expiring
+from meshfed.controller.reconcile import Reconciler, Result
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
 from meshfed.controller.status import federation_status
+from meshfed.controller.timing import Phases
 from meshfed.controller.watch import LIST_ENDED, Key, Watches, watch_specs
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
@@ -79,6 +81,9 @@ class FederationWorker:
     annotate: Callable[[dict[str, str | None]], None] | None = None
     """Sets (or, with None, removes) annotations of the Federation."""
     pods: PodAccounts = field(init=False)
+    status: Obj | None = None
+    """The status of the last reconcile (what the next one's conditions continue from; the
+    Federation's own may not show it yet)."""
 
     def __post_init__(self) -> None:
         self.pods = PodAccounts(self.on_event, self.log)
@@ -89,6 +94,10 @@ class FederationWorker:
         self.events.put(("resync", reason))
 
     def on_event(self, key: Key, event: str, obj: Obj) -> None:
+        if obj.get("kind") in ("Service", "Pod"):  # what discovery reads may have changed
+            self.reconciler.discovery.touch(self.name, key[0])
+            if event == LIST_ENDED and obj.get("kind") == "Service":
+                self.reconciler.discovery.listed(self.name, key[0], key[1])
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
             return
@@ -138,6 +147,7 @@ class FederationWorker:
                     if timeout <= 1.0 and self.events.empty():
                         self.kick("periodic resync" if self.last else "retry")
                     continue
+                phases = Phases()
                 batch = [first]
                 deadline = time.monotonic() + DEBOUNCE
                 while (left := deadline - time.monotonic()) > 0:
@@ -148,8 +158,9 @@ class FederationWorker:
                 if stopped():
                     break
                 resync = [reason for kind, reason in batch if kind == "resync"]
+                phases.mark("debounce")
                 if resync or self.last is None:
-                    self._reconcile(body(), resync[0] if resync else "drift")
+                    self._reconcile(body(), resync[0] if resync else "drift", phases)
                 # After a reconcile too: an incremental one writes only what changed, so a
                 # deletion by hand that came in the same batch is still to be repaired.
                 for kind, item in batch:
@@ -175,10 +186,10 @@ class FederationWorker:
 
     # -- acting -----------------------------------------------------------------------------
 
-    def _reconcile(self, body: Obj, reason: str) -> None:
-        t0 = time.monotonic()
+    def _reconcile(self, body: Obj, reason: str, phases: Phases | None = None) -> None:
+        phases = phases or Phases()
         full = reason in FULL_CHECKS or not reason or reason.startswith("retry")
-        result = self.reconciler.reconcile(body, full=full)
+        result = self.reconciler.reconcile(body, full=full, phases=phases)
         self._last_at = time.monotonic()
         self.last = result
         outcome = result.outcome
@@ -206,19 +217,25 @@ class FederationWorker:
             self.emit(
                 "Warning", "ReconcileFailed", (outcome.error or "; ".join(outcome.refusals))[:1000]
             )
-        for text in expiring(result, datetime.now(UTC), EXPIRY_WARNING):
+        for text in expiring(result.outcome.meshes, datetime.now(UTC), EXPIRY_WARNING):
             self.emit("Warning", "CertificateExpiring", text)
+        phases.mark("events")
         self._rotate(body, result)
-        previous = (body.get("status") or {}) if isinstance(body, dict) else {}
+        phases.mark("rotation")
+        previous = self.status or ((body.get("status") or {}) if isinstance(body, dict) else {})
+        self.status = federation_status(outcome, previous, datetime.now(UTC))
         try:
-            self.patch_status(federation_status(outcome, previous, datetime.now(UTC)))
+            self.patch_status(self.status)
         except KubeError as exc:
             self.log(f"{self.name}: status not written: {exc}")
+        phases.mark("status")
         self.pods.discovered = discovered_meshes(body)
         self._watch(result)
+        phases.mark("watches")
         self.log(
-            f"{self.name}: reconciled ({reason}) in {time.monotonic() - t0:.2f}s: "
-            f"{len(result.applied)} applied, {len(result.restored)} restored"
+            f"{self.name}: reconciled ({reason}) in {phases.total:.2f}s: "
+            f"{len(result.applied)} applied, {len(result.restored)} restored "
+            f"({phases.summary()})"
         )
 
     def _rotate(self, body: Obj, result: Result) -> None:

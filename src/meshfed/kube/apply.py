@@ -22,15 +22,13 @@ from meshfed.kube.client import Obj, describe
 from meshfed.kube.errors import ApplyRefused, KubeError, Refusal
 from meshfed.kube.namespaces import (
     NamespacePlan,
-    for_mesh,
-    plan_namespaces,
 )
+from meshfed.kube.parallel import in_parallel
 from meshfed.kube.remote_secret import (
     Token,
     current_token,
     issue_token,
     kubeconfig_text,
-    token_secrets,
 )
 from meshfed.kube.runs import (
     Action,
@@ -40,10 +38,12 @@ from meshfed.kube.runs import (
     Progress,
     Quiet,
     dry_run_actions,
-    in_parallel,
     kube_connector,
     object_namespace,
+    plan_prune,
+    plan_run_namespaces,
     probe,
+    write_phases,
 )
 from meshfed.kube.state import (
     AppliedCluster,
@@ -55,17 +55,15 @@ from meshfed.kube.state import (
     spec_yaml,
     state_name,
     state_object,
+    stored_of,
 )
 from meshfed.kube.targets import (
-    PRUNE_KINDS,
     ClusterTarget,
     order_rank,
     owned_by,
-    prune_set,
     ref,
     ref_text,
     retired_targets,
-    selector,
 )
 from meshfed.plan.model import FederationPlan, MeshPlan
 from meshfed.plan.names import GATEWAY_NAMESPACE
@@ -83,6 +81,10 @@ __all__ = [
 ]
 
 PENDING_TOKEN = "<issued by meshfed apply>"
+
+
+def _no_mark(_phase: str) -> None:
+    pass
 
 
 class Rollout:
@@ -104,6 +106,7 @@ class Rollout:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        live: Callable[[ClusterTarget, Obj], Obj | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
         workers: int = 1,
     ) -> None:
@@ -116,11 +119,12 @@ class Rollout:
         ``settled``: objects known to be on the cluster exactly as rendered (the controller
         applied them and has watched them since): kept (never pruned) but neither dry-run nor
         written again. ``present``: the federation's objects on a cluster as the caller knows
-        them (None: list them), for pruning. ``canonical``: ``canonical_json`` or a cache of
-        it (for the stored state's digest of the objects). ``workers``: requests to one
-        cluster at a time (dry-runs; writes of objects of one kind rank, which do not depend
-        on each other), and with more than one, the clusters' dry-runs and stored states at
-        once (``progress`` is then called from several threads).
+        them (None: list them), for pruning. ``live``: an object as the caller knows it is on
+        the cluster (None: read it), for the dry-run (the stored state too). ``canonical``:
+        ``canonical_json`` or a cache of it (for the stored state's digest of the objects).
+        ``workers``: requests to one cluster at a time (dry-runs; writes of objects of one kind
+        rank, which do not depend on each other), and with more than one, the clusters at once
+        where nothing orders them (``progress`` is then called from several threads).
 
         The stored state is written last, after every cluster's objects (it records them)."""
         self.fed = fed
@@ -136,9 +140,15 @@ class Rollout:
         self.prunable = prunable
         self.settled = settled
         self.present = present
+        self.live = live
         self.canonical = canonical
         self.workers = workers
         self.slim = False
+        self.mark: Callable[[str], None] = _no_mark
+        self.answered: frozenset[str] = frozenset()
+        """Contexts of clusters the caller has just heard from (not asked for their version
+        again when connecting)."""
+        """Told when each phase ends (the controller books where its time goes)."""
         """Keep of each dry-run only what writing needs (``run`` without ``dry_run``)."""
         self.spec_text: str | None = None
         """The stored state's spec as written (None: no state written)."""
@@ -158,11 +168,16 @@ class Rollout:
                 return run
         return None
 
-    def _connect(self, runs: Iterable[ClusterRun]) -> None:
-        for run in runs:
+    def _clusters_at_once(self, count: int) -> int:
+        """How many clusters to work on at once (one at a time unless ``workers`` allows)."""
+        return count if self.workers > 1 else 1
+
+    def _connect(self, runs: list[ClusterRun]) -> None:
+        def connect(run: ClusterRun) -> None:
             try:
                 client = self.connect(run.target.cluster)
-                client.version()
+                if (run.target.cluster.context or "") not in self.answered:
+                    client.version()
             except KubeError as exc:
                 reason = exc.message
                 context = run.target.cluster.context or "''"
@@ -174,20 +189,37 @@ class Rollout:
                         f"with --forget {context}"
                     )
                 run.refuse("(connection)", reason)
-                continue
+                return
             run.client = client
 
+        in_parallel(connect, runs, self._clusters_at_once(len(runs)))
+
     def _read_states(self) -> None:
-        for run in self.runs:
-            if run.client is None or not run.target.primary:
-                continue
+        def read(run: ClusterRun) -> tuple[StoredState | None, Obj | None] | None:
+            assert run.client is not None
+            name = state_name(self.fed.name)
+            meta = {"name": name, "namespace": GATEWAY_NAMESPACE}
+            stub: Obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta}
+            known = None if self.live is None else self.live(run.target, stub)
             try:
-                found, read = read_stored(run.client, self.fed.name)
-                self.state_objects[(run.target.mesh.name, run.target.name)] = read
+                if known is not None:
+                    return stored_of(known, run.client.name, run.client.label), known
+                return read_stored(run.client, self.fed.name)
             except KubeError as exc:
                 what = f"ConfigMap {GATEWAY_NAMESPACE}/{state_name(self.fed.name)}"
                 run.refuse(what, exc.message)
+                return None
+
+        primaries = [r for r in self.runs if r.client is not None and r.target.primary]
+        for run, got in zip(
+            primaries,
+            in_parallel(read, primaries, self._clusters_at_once(len(primaries))),
+            strict=True,
+        ):
+            if got is None:
                 continue
+            found, read_obj = got
+            self.state_objects[(run.target.mesh.name, run.target.name)] = read_obj
             if found is not None:
                 self.states.append(found)
 
@@ -271,45 +303,31 @@ class Rollout:
         target.extra = extra
 
     def _namespaces(self, run: ClusterRun, desired: list[Obj]) -> NamespacePlan:
-        """Which namespaces the objects need that the cluster lacks: the Istio namespace is
-        created, application namespaces refuse the apply (``kube/namespaces.py``)."""
-        client = run.client
-        assert client is not None
-        exists: dict[str, bool] = {}
-        for ns in sorted({n for o in desired if (n := object_namespace(o)) is not None}):
-            try:
-                exists[ns] = client.namespace_exists(ns)
-            except KubeError:
-                exists[ns] = True  # not readable: the objects' own dry-run tells what is wrong
-        mesh = run.target.mesh
-        if isinstance(mesh, MeshPlan):
-            plan = for_mesh(desired, exists, mesh, self.fed.name)
-        else:
-            plan = plan_namespaces(desired, exists, mesh.istio_namespace, self.fed.name)
-        for missing in plan.missing:
-            names = ", ".join(missing.objects)
-            run.refuse(f"Namespace {missing.name} (for {names})", missing.reason())
-        run.target.bootstrap = list(plan.create)
-        run.created = [o["metadata"]["name"] for o in plan.create]
-        run.stand_in = sorted(plan.pending)
-        return plan
+        return plan_run_namespaces(
+            run, desired, self.fed.name, lambda o: self._known(run, o) is not None, self.workers
+        )
 
     def _check(self, run: ClusterRun) -> None:
         client = run.client
         assert client is not None
         run.target.bootstrap = []
+        if self.settled is not None:
+            settled = self.settled
+            run.settled = {ref(o) for o in run.target.desired() if settled(run.target, o)}
         namespaces = self._namespaces(run, run.target.desired())
         desired = run.target.desired()  # with the namespaces to create, first
         self.progress.start(run.label, "dry-run", len(desired))
         foreign: dict[str, list[str]] = {}
         pending = []
         for obj in desired:
-            if self.settled is not None and self.settled(run.target, obj):
-                run.settled.add(ref(obj))
-            elif not namespaces.skipped(obj):  # else refused with its namespace
-                pending.append(obj)
+            if ref(obj) not in run.settled and not namespaces.skipped(obj):
+                pending.append(obj)  # (an object skipped is refused with its namespace)
         fed = self.fed.name
-        probed = in_parallel(lambda o: probe(client, o, namespaces, fed), pending, self.workers)
+        probed = in_parallel(
+            lambda o: probe(client, o, namespaces, fed, self._known(run, o)),
+            pending,
+            self.workers,
+        )
         for obj, found in zip(pending, probed, strict=True):
             what = ref_text(obj)
             if isinstance(found, str):
@@ -343,45 +361,32 @@ class Rollout:
             self._plan_prune(run, desired)
 
     def _plan_prune(self, run: ClusterRun, desired: list[Obj]) -> None:
-        client = run.client
-        assert client is not None
         known = None if self.present is None else self.present(run.target)
-        live: list[Obj] = []
-        if known is not None:
-            live = known  # what the caller knows to be there: no listing
-        else:
-            for api_version, kind in PRUNE_KINDS:
-                try:
-                    if client.find(api_version, kind) is None:
-                        continue
-                    live += client.list(api_version, kind, labels=selector(self.fed.name))
-                except KubeError as exc:
-                    run.refuse(f"(prune: list {kind})", exc.message)
-        run.prune = prune_set(live, desired, self.fed.name)
-        if self.prunable is not None:
-            run.prune = [o for o in run.prune if self.prunable(run.target, o)]
-        if run.target.retired and run.target.cluster.role == "remote":
-            # The reader tokens the primary's remote secret carried: revoked with it.
-            try:
-                run.prune += token_secrets(client, run.target.mesh.istio_namespace)
-            except KubeError as exc:
-                run.refuse("(prune: list reader tokens)", exc.message)
-        for obj in run.prune:
-            try:
-                client.delete(obj, dry_run=True)
-            except KubeError as exc:
-                run.refuse(f"prune {ref_text(obj)}", exc.message)
+        plan_prune(run, desired, self.fed.name, known, self.prunable)
+
+    def _known(self, run: ClusterRun, obj: Obj) -> Obj | None:
+        """The object as it is on the cluster when known without reading it: the stored
+        state as this run just read it, or what the caller knows."""
+        if is_state(obj) and run.target.primary:
+            read = self.state_objects.get((run.target.mesh.name, run.target.name))
+            if read is not None and read["metadata"].get("name") == obj["metadata"]["name"]:
+                return read
+        return None if self.live is None else self.live(run.target, obj)
 
     def preflight(self) -> list[Refusal]:
         """Phase 1 on every cluster; writes nothing. Returns every refusal."""
         self._connect(self.runs)
+        self.mark("connect")
         self._read_states()
         self._retire()
+        self.mark("read state")
         for run in self.runs:
             if run.client is not None:
                 self._extras(run, pending_ok=True)
+        self.mark("state object")
         checking = [run for run in self.runs if run.client is not None]
-        in_parallel(self._check, checking, len(checking) if self.workers > 1 else 1)
+        in_parallel(self._check, checking, self._clusters_at_once(len(checking)))
+        self.mark("dry-run")
         for run in checking:
             if not run.refusals:
                 self.progress.done(
@@ -483,13 +488,18 @@ class Rollout:
                 run.actions += [("unchanged", f"{k} {n}/{m}") for _, k, n, m in run.settled]
                 run.actions += [("deleted", ref_text(o)) for o in run.prune]
             return self.runs
-        states = {id(run): self._write(run) for run in self.runs}
+        states: dict[int, list[Obj]] = {}
+        for phase in write_phases(self.runs):
+            written = in_parallel(self._write, phase, self._clusters_at_once(len(phase)))
+            states.update((id(run), found) for run, found in zip(phase, written, strict=True))
+        self.mark("write")
 
         def record(run: ClusterRun) -> None:
             for obj in states[id(run)]:
                 self._put(run, obj, run.found)
 
-        in_parallel(record, self.runs, len(self.runs) if self.workers > 1 else 1)
+        in_parallel(record, self.runs, self._clusters_at_once(len(self.runs)))
+        self.mark("write state")
         for run in self.runs:
             run.written = True
             self.progress.done(run.label, run.summary())

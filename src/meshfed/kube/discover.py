@@ -16,9 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from meshfed.kube.apply import Connect
 from meshfed.kube.client import Cluster
 from meshfed.kube.errors import KubeError
+from meshfed.kube.parallel import in_parallel
 from meshfed.plan.build import mesh_clusters
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
 from meshfed.render.istio.multicluster import EASTWEST_GATEWAY
@@ -79,7 +82,10 @@ def pick_account(accounts: Iterable[str]) -> str | None:
     return min(accounts, default=None)
 
 
-def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) -> None:
+def discover_cluster(
+    client: Cluster, istio_namespace: str, found: Discovery, workers: int = 1
+) -> None:
+    """``workers``: Pod lists (one per Service) in flight at once."""
     exported: set[tuple[str, str]] | None = None
     if client.find(MCS_API, "ServiceExport") is not None:
         exported = {
@@ -89,6 +95,7 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
         found.source = "ServiceExport"
     known = {(w["namespace"], w["name"]) for w in found.workloads}
     skip = SYSTEM_NAMESPACES | {istio_namespace}
+    chosen: list[Obj] = []
     for service in client.list("v1", "Service"):
         meta = service["metadata"]
         key = (meta["namespace"], meta["name"])
@@ -96,7 +103,17 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
             continue
         if exported is not None and key not in exported:
             continue
-        ports = (service.get("spec") or {}).get("ports") or []
+        chosen.append(service)
+    notes: dict[int, list[str]] = {id(s): [] for s in chosen}
+    accounts = in_parallel(
+        lambda s: _service_account(client, s, notes[id(s)]) if _ports(s) else None,
+        chosen,
+        workers,
+    )
+    for service, account in zip(chosen, accounts, strict=True):
+        meta = service["metadata"]
+        key = (meta["namespace"], meta["name"])
+        ports = _ports(service)
         if not ports:
             found.notes.append(f"{key[0]}/{key[1]}: no ports; skipped")
             continue
@@ -104,12 +121,12 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
             found.notes.append(
                 f"{key[0]}/{key[1]}: {len(ports)} ports; using the first ({ports[0]['port']})"
             )
-        account = _service_account(client, service, found.notes) or meta["name"]
+        found.notes += notes[id(service)]
         found.workloads.append(
             {
                 "name": meta["name"],
                 "namespace": meta["namespace"],
-                "serviceAccount": account,
+                "serviceAccount": account or meta["name"],
                 "port": ports[0]["port"],
                 "protocol": protocol_of(ports[0]),
             }
@@ -117,11 +134,16 @@ def discover_cluster(client: Cluster, istio_namespace: str, found: Discovery) ->
         known.add(key)
 
 
-def discover_mesh(mesh: Mesh, connect: Connect) -> Discovery:
+def _ports(service: Obj) -> list[Obj]:
+    return list((service.get("spec") or {}).get("ports") or [])
+
+
+def discover_mesh(mesh: Mesh, connect: Connect, workers: int = 1) -> Discovery:
+    """``workers``: requests to one cluster at a time (the controller's; the CLI: one)."""
     found = Discovery(mesh.name)
     for cluster in mesh_clusters(mesh):
         try:
-            discover_cluster(connect(cluster), mesh.istio_namespace, found)
+            discover_cluster(connect(cluster), mesh.istio_namespace, found, workers)
         except KubeError as exc:
             raise KubeError(
                 f"discovery in mesh {mesh.name} cluster {cluster.name}: {exc.message}"
@@ -235,8 +257,17 @@ def completed_spec(
     load balancer: objects of those meshes' importers are not written until it has one)."""
     address_of = {(a.mesh, a.cluster): a.address for a in addresses if not a.ingress}
     ingress_of = {a.mesh: a.address for a in addresses if a.ingress} | (placeholder or {})
-    doc = fed.model_dump(mode="json", by_alias=True, exclude_unset=True)
-    for mesh in doc["spec"]["meshes"]:
+    meshes = []
+    for found in fed.spec.meshes:
+        named = {c.name for c in found.clusters or []}
+        if not (
+            found.name in workloads
+            or found.name in ingress_of
+            or any((found.name, c) in address_of for c in named)
+        ):
+            meshes.append(found)  # as it is (the exports and imports too, below)
+            continue
+        mesh = found.model_dump(mode="json", by_alias=True, exclude_unset=True)
         if mesh["name"] in workloads:
             mesh["workloads"] = workloads[mesh["name"]]
         if mesh["name"] in ingress_of:
@@ -244,7 +275,22 @@ def completed_spec(
         for cluster in mesh.get("clusters") or []:
             if (mesh["name"], cluster["name"]) in address_of:
                 cluster["discoveryAddress"] = address_of[(mesh["name"], cluster["name"])]
-    return Federation.model_validate(doc)
+        try:
+            meshes.append(Mesh.model_validate(mesh))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
+                for e in exc.errors()
+            )
+            raise KubeError(
+                f"discovery in mesh {found.name}: what its clusters hold does not fit the spec: "
+                f"{problems}"
+            ) from None
+    # Only the meshes are made again: at a thousand exports, dumping and validating the
+    # whole spec took most of a controller reconcile's CPU.
+    complete = fed.model_copy(update={"spec": fed.spec.model_copy(update={"meshes": meshes})})
+    complete._exports = None  # (an index of the exports, made again when asked)
+    return complete
 
 
 def with_discovered(

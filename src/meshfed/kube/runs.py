@@ -7,9 +7,8 @@ done), how an apply reports progress, and how clusters are connected to.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol
 
 from meshfed.kube.client import Cluster, KubeClient, Obj
 from meshfed.kube.errors import KubeError, Refusal
@@ -17,10 +16,23 @@ from meshfed.kube.namespaces import (
     STAND_IN_NAMESPACE,
     NamespacePlan,
     created_note,
+    for_mesh,
+    plan_namespaces,
     stand_in_note,
 )
-from meshfed.kube.targets import FEDERATION_LABEL, ClusterTarget, owned_by
-from meshfed.plan.model import ClusterPlan
+from meshfed.kube.parallel import in_parallel
+from meshfed.kube.remote_secret import token_secrets
+from meshfed.kube.targets import (
+    FEDERATION_LABEL,
+    PRUNE_KINDS,
+    ClusterTarget,
+    owned_by,
+    prune_set,
+    ref,
+    ref_text,
+    selector,
+)
+from meshfed.plan.model import ClusterPlan, MeshPlan
 
 Action = Literal["created", "configured", "unchanged", "deleted"]
 
@@ -143,6 +155,17 @@ class ClusterRun:
         return ", ".join(f"{n} {a}" for a, n in counts.items())
 
 
+def write_phases(runs: list[ClusterRun]) -> list[list[ClusterRun]]:
+    """The clusters in the order they are written, as groups that may be written at once:
+    the spec's clusters but primaries serving remotes (a remote issues the reader token its
+    primary's remote secret carries), then those primaries, then the clusters the spec no
+    longer names (retired last: what routed to them is gone first). Empty groups are left out."""
+    plain = [r for r in runs if not r.target.retired and not r.target.remotes]
+    serving = [r for r in runs if not r.target.retired and r.target.remotes]
+    retired = [r for r in runs if r.target.retired]
+    return [group for group in (plain, serving, retired) if group]
+
+
 def object_namespace(obj: Obj) -> str | None:
     ns = (obj.get("metadata") or {}).get("namespace")
     return str(ns) if ns else None
@@ -161,24 +184,98 @@ def dry_run_actions(runs: Iterable[ClusterRun]) -> dict[str, list[tuple[Action, 
     return {run.label: run.actions for run in runs}
 
 
-T = TypeVar("T")
-U = TypeVar("U")
+def plan_run_namespaces(
+    run: ClusterRun,
+    desired: list[Obj],
+    federation: str,
+    known: Callable[[Obj], bool],
+    workers: int,
+) -> NamespacePlan:
+    """Which namespaces a cluster's objects need that it lacks: the Istio namespace is
+    created, application namespaces refuse the apply (``kube/namespaces.py``). Recorded on the
+    run. ``known``: objects known to be on the cluster."""
+    client = run.client
+    assert client is not None
+    # Where every object is settled or known to be there, so is the namespace (one left out
+    # of ``exists`` counts as existing).
+    asked = sorted(
+        {
+            n
+            for o in desired
+            if (n := object_namespace(o)) is not None and ref(o) not in run.settled and not known(o)
+        }
+    )
+
+    def there(ns: str) -> bool:
+        try:
+            return client.namespace_exists(ns)
+        except KubeError:
+            return True  # not readable: the objects' own dry-run tells what is wrong
+
+    exists = dict(zip(asked, in_parallel(there, asked, workers), strict=True))
+    mesh = run.target.mesh
+    if isinstance(mesh, MeshPlan):
+        plan = for_mesh(desired, exists, mesh, federation)
+    else:
+        plan = plan_namespaces(desired, exists, mesh.istio_namespace, federation)
+    for missing in plan.missing:
+        names = ", ".join(missing.objects)
+        run.refuse(f"Namespace {missing.name} (for {names})", missing.reason())
+    run.target.bootstrap = list(plan.create)
+    run.created = [o["metadata"]["name"] for o in plan.create]
+    run.stand_in = sorted(plan.pending)
+    return plan
 
 
-def in_parallel(fn: Callable[[U], T], items: list[U], workers: int) -> list[T]:
-    """``fn`` over ``items``, ``workers`` at a time (1: one after the other), results in order;
-    the first exception (in order) is raised."""
-    if workers <= 1 or len(items) <= 1:
-        return [fn(i) for i in items]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, items))
+def plan_prune(
+    run: ClusterRun,
+    desired: list[Obj],
+    federation: str,
+    known: list[Obj] | None,
+    prunable: Callable[[ClusterTarget, Obj], bool] | None,
+) -> None:
+    """What pruning deletes on a cluster (``run.prune``), each deletion dry-run. ``known``:
+    the federation's objects there as the caller knows them (None: list them); ``prunable``:
+    which stale objects may go (None: all)."""
+    client = run.client
+    assert client is not None
+    live: list[Obj] = []
+    if known is not None:
+        live = known  # what the caller knows to be there: no listing
+    else:
+        for api_version, kind in PRUNE_KINDS:
+            try:
+                if client.find(api_version, kind) is None:
+                    continue
+                live += client.list(api_version, kind, labels=selector(federation))
+            except KubeError as exc:
+                run.refuse(f"(prune: list {kind})", exc.message)
+    run.prune = prune_set(live, desired, federation)
+    if prunable is not None:
+        run.prune = [o for o in run.prune if prunable(run.target, o)]
+    if run.target.retired and run.target.cluster.role == "remote":
+        # The reader tokens the primary's remote secret carried: revoked with it.
+        try:
+            run.prune += token_secrets(client, run.target.mesh.istio_namespace)
+        except KubeError as exc:
+            run.refuse("(prune: list reader tokens)", exc.message)
+    for obj in run.prune:
+        try:
+            client.delete(obj, dry_run=True)
+        except KubeError as exc:
+            run.refuse(f"prune {ref_text(obj)}", exc.message)
 
 
 def probe(
-    client: Cluster, obj: Obj, namespaces: NamespacePlan, federation: str
+    client: Cluster,
+    obj: Obj,
+    namespaces: NamespacePlan,
+    federation: str,
+    known: Obj | None = None,
 ) -> Checked | KubeError | str:
     """One object's dry-run: what it found, the refusal, or the other federation the object
-    belongs to."""
+    belongs to. ``known``: the object as it is on the cluster, when the caller knows (it was
+    just read, or the controller wrote it and has watched it since): not read again."""
     try:
         ns = object_namespace(obj)
         stand_in = ns is not None and ns in namespaces.pending
@@ -186,6 +283,8 @@ def probe(
         live = (
             None
             if stand_in
+            else known
+            if known is not None
             else client.get(obj["apiVersion"], obj["kind"], obj["metadata"]["name"], ns)
         )
         other = foreign_federation(live, federation)

@@ -58,17 +58,36 @@ def _section(key: str, value: Any) -> str:
     return text
 
 
+_BY_VALUE: dict[int, tuple[object, str]] = {}
+"""Recent YAML text of spec sections by the section's value itself (its identity, the value
+kept alive here): a spec completed from the clusters shares its exports and imports with the
+Federation object's, and dumping those is the cost (``spec_yaml``)."""
+
+
+def _section_of(body: Any, name: str) -> str:
+    value = getattr(body, name)
+    found = _BY_VALUE.get(id(value))
+    if found is not None and found[0] is value:
+        return found[1]
+    dumped = body.model_dump(mode="json", by_alias=True, exclude_none=True, include={name})
+    text = "".join(_section(k, v) for k, v in dumped.items())
+    if len(_BY_VALUE) > 16:
+        _BY_VALUE.clear()
+    _BY_VALUE[id(value)] = (value, text)
+    return text
+
+
 def spec_yaml(fed: Federation) -> str:
     """The spec as YAML. Made section by section, each kept while it does not change: a
     discovered port or address changes ``meshes`` only, and the exports and imports of a
-    thousand exports take most of the time to emit."""
-    doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
-    spec = doc.get("spec")
-    if not isinstance(spec, dict) or not spec or list(doc)[-1] != "spec":
+    thousand exports take most of the time to dump and emit (the spec models are frozen)."""
+    head = fed.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"spec"})
+    if list(type(fed).model_fields)[-1] != "spec":
+        doc = fed.model_dump(mode="json", by_alias=True, exclude_none=True)
         return str(yaml.dump(doc, Dumper=_Dumper, sort_keys=False))
-    head = {k: v for k, v in doc.items() if k != "spec"}
     text = str(yaml.dump(head, Dumper=_Dumper, sort_keys=False)) if head else ""
-    return text + "spec:\n" + "".join(_section(k, v) for k, v in spec.items())
+    body = fed.spec
+    return text + "spec:\n" + "".join(_section_of(body, n) for n in type(body).model_fields)
 
 
 def canonical_json(o: Obj) -> str:
@@ -196,19 +215,23 @@ def read_stored(client: Cluster, federation: str) -> tuple[StoredState | None, O
     found = client.get("v1", "ConfigMap", state_name(federation), GATEWAY_NAMESPACE)
     if found is None:
         return None, None
+    return stored_of(found, client.name, client.label), found
+
+
+def stored_of(found: Obj, cluster: str, label: str) -> StoredState:
+    """The state a ConfigMap holds (read from ``cluster``, ``label`` in messages)."""
     data = found.get("data") or {}
     try:
         roots = json.loads(data.get("roots.json", "{}"))
     except ValueError:
-        raise KubeError(f"state ConfigMap on {client.label} has unreadable roots.json") from None
-    stored = StoredState(
-        client.name,
+        raise KubeError(f"state ConfigMap on {label} has unreadable roots.json") from None
+    return StoredState(
+        cluster,
         data.get("spec.yaml", ""),
         roots,
         data.get("appliedAt", ""),
-        _read_clusters(data.get("clusters.json"), client.label),
+        _read_clusters(data.get("clusters.json"), label),
     )
-    return stored, found
 
 
 def last_plan(states: Iterable[StoredState]) -> tuple[FederationPlan | None, StoredState | None]:

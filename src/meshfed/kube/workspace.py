@@ -44,6 +44,7 @@ class KubeWorkspace:
         prunable: Callable[[ClusterTarget, Obj], bool] | None = None,
         settled: Callable[[ClusterTarget, Obj], bool] | None = None,
         present: Callable[[ClusterTarget], list[Obj] | None] | None = None,
+        live: Callable[[ClusterTarget, Obj], Obj | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
         workers: int = 1,
     ) -> Rollout:
@@ -61,6 +62,7 @@ class KubeWorkspace:
             prunable=prunable,
             settled=settled,
             present=present,
+            live=live,
             canonical=canonical,
             workers=workers,
         )

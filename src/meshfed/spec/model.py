@@ -329,11 +329,16 @@ class Federation(_Model):
 
     def export(self, ref: str) -> Export:
         """The export named ``<mesh>/<export>`` (the first, if a broken spec has two)."""
-        if self._exports is None:
-            self._exports = {}
+        # Read through the private-attribute dict: pydantic's ``__getattr__`` for private
+        # attributes costs more than the lookup (a plan of a thousand exports asks 6,000 times).
+        private = self.__pydantic_private__ or {}
+        found: dict[str, Export] | None = private.get("_exports")
+        if found is None:
+            found = {}
             for export in self.spec.exports:
-                self._exports.setdefault(f"{export.mesh}/{export.name}", export)
-        return self._exports[ref]
+                found.setdefault(f"{export.mesh}/{export.name}", export)
+            self._exports = found
+        return found[ref]
 
     def export_host(self, export: Export) -> str:
         """The public (SNI) name of an export: its ``host``, or a default unique per mesh."""
