@@ -37,6 +37,7 @@ from meshfed.kube.runs import (
     Connect,
     Progress,
     Quiet,
+    connect_run,
     dry_run_actions,
     kube_connector,
     object_namespace,
@@ -174,23 +175,7 @@ class Rollout:
 
     def _connect(self, runs: list[ClusterRun]) -> None:
         def connect(run: ClusterRun) -> None:
-            try:
-                client = self.connect(run.target.cluster)
-                if (run.target.cluster.context or "") not in self.answered:
-                    client.version()
-            except KubeError as exc:
-                reason = exc.message
-                context = run.target.cluster.context or "''"
-                if run.target.retired:
-                    reason += (
-                        f"; meshfed applied mesh {run.target.mesh.name} here before, and the spec "
-                        "no longer names this cluster, so apply removes what the federation put "
-                        "there: make the cluster reachable, or, if it is gone for good, apply "
-                        f"with --forget {context}"
-                    )
-                run.refuse("(connection)", reason)
-                return
-            run.client = client
+            connect_run(run, self.connect, self.answered)
 
         in_parallel(connect, runs, self._clusters_at_once(len(runs)))
 

@@ -6,7 +6,7 @@ done), how an apply reports progress, and how clusters are connected to.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -153,6 +153,28 @@ class ClusterRun:
     def summary(self) -> str:
         counts = self.counts()
         return ", ".join(f"{n} {a}" for a, n in counts.items())
+
+
+def connect_run(run: ClusterRun, connect: Connect, answered: Collection[str] = ()) -> None:
+    """Connect a run to its cluster (``run.client``), asking for its version unless its
+    context is one of ``answered`` (heard from just now); or refuse the run, saying why."""
+    try:
+        client = connect(run.target.cluster)
+        if (run.target.cluster.context or "") not in answered:
+            client.version()
+    except KubeError as exc:
+        reason = exc.message
+        context = run.target.cluster.context or "''"
+        if run.target.retired:
+            reason += (
+                f"; meshfed applied mesh {run.target.mesh.name} here before, and the spec "
+                "no longer names this cluster, so apply removes what the federation put "
+                "there: make the cluster reachable, or, if it is gone for good, apply "
+                f"with --forget {context}"
+            )
+        run.refuse("(connection)", reason)
+        return
+    run.client = client
 
 
 def write_phases(runs: list[ClusterRun]) -> list[list[ClusterRun]]:
