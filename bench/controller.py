@@ -12,11 +12,7 @@ Measured, each against a baseline of the same run:
   until every importer's ServiceEntry follows, a deleted AuthorizationPolicy until restored:
   each vs one server-side apply round trip of one object to one cluster (the floor);
 - idle CPU and RSS of the controller process over 60 s with nothing changing (run with
-  ``MEMORY_ENV``, as its Deployment runs it), its threads, and where the RSS is (anonymous
-  memory vs mapped files: code and libraries); the machine's load average over the run.
-
-``MESHFED_BENCH_QUICK=1`` measures only the initial reconcile and idle (no CLI baseline, no
-latencies): for iterating on the controller's footprint; its record says ``"quick": true``.
+  ``MEMORY_ENV``, as its Deployment runs it); the machine's load average over the run.
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ MESHFED = str(Path(sys.executable).parent / "meshfed")
 START = os.environ.get("MESHFED_KUBE_START", "/work/tools/kube/start.sh")
 STOP = os.environ.get("MESHFED_KUBE_STOP", "/work/tools/kube/stop.sh")
 CRDS = Path(os.environ.get("MESHFED_ISTIO_CRDS", ROOT.parent / "shared/istio/crd-all.gen.yaml"))
-QUICK = os.environ.get("MESHFED_BENCH_QUICK", "") not in ("", "0")
 
 
 def wait(check: Callable[[], Any], timeout: float = 600.0, step: float = 0.05) -> float:
@@ -128,25 +123,11 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _status_mb(pid: int, field: str) -> float:
+def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
+        if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def _rss_mb(pid: int) -> float:
-    return _status_mb(pid, "VmRSS")
-
-
-def _footprint(pid: int) -> dict[str, Any]:
-    """The idle process's RSS by kind (anonymous: heap, stacks; file: code and libraries)
-    and its threads."""
-    return {
-        "idle_rss_anon_mb": round(_status_mb(pid, "RssAnon"), 1),
-        "idle_rss_file_mb": round(_status_mb(pid, "RssFile"), 1),
-        "idle_threads": len(list(Path(f"/proc/{pid}/task").iterdir())),
-    }
 
 
 def _objects(client: KubeClient, federation: str) -> int:
@@ -159,120 +140,6 @@ def _objects(client: KubeClient, federation: str) -> int:
     ):
         total += len(client.list(api_version, kind, labels=f"meshfed.dev/federation={federation}"))
     return total
-
-
-def cli_baseline(
-    kubeconfig: str, clients: dict[str, KubeClient], doc: dict[str, Any], m00: list[str], work: Path
-) -> tuple[float, int]:
-    """The CLI's apply of the same spec (addresses and workloads filled in): its seconds and
-    the objects it made; then the clusters emptied again (the controller's federation is
-    another one; one mesh per federation: the CLI's objects would make it refuse)."""
-    cli_doc = json.loads(json.dumps(doc))
-    cli_doc["metadata"]["name"] = "cli"
-    cli_doc["spec"]["meshes"][1]["ingress"]["address"] = "127.0.0.31"
-    cli_doc["spec"]["meshes"][0]["workloads"] = [
-        {"name": n, "namespace": "svc", "serviceAccount": n, "port": 8080} for n in m00
-    ] + [{"name": "client", "namespace": "app", "serviceAccount": "client", "port": 8080}]
-    cli_spec = work / "cli.yaml"
-    cli_spec.write_text(yaml.safe_dump(cli_doc, sort_keys=False))
-    t0 = time.monotonic()
-    applied = subprocess.run(
-        [MESHFED, "apply", str(cli_spec), "--kubeconfig", kubeconfig, "--state", str(work / "cli")],
-        capture_output=True, text=True, timeout=3600,
-    )  # fmt: skip
-    cli_seconds = time.monotonic() - t0
-    print(f"meshfed apply (baseline): {cli_seconds:.1f} s", file=sys.stderr)
-    if applied.returncode != 0:
-        raise RuntimeError(applied.stderr[-2000:])
-    objects = sum(_objects(c, "cli") for c in clients.values())
-    for client in clients.values():
-        for api_version, kind in PRUNE_KINDS:  # every kind meshfed renders (EnvoyFilters too)
-            for obj in client.list(api_version, kind, labels="meshfed.dev/federation=cli"):
-                client.delete(obj)
-        client.request(
-            "PATCH",
-            f"/api/v1/namespaces/{NS}",
-            body={"metadata": {"labels": {"meshfed.dev/federation": None}}},
-            content_type="application/merge-patch+json",
-        )
-    return cli_seconds, objects
-
-
-def latencies(clients: dict[str, KubeClient], contexts: list[str]) -> dict[str, float]:
-    """A Service port change, a load-balancer address change and a deleted policy, each
-    until the controller has followed, and the floor they are compared with."""
-    first, m01 = clients[contexts[0]], clients[contexts[1]]
-    # Floor: one server-side apply round trip of one object.
-    probe = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": "bench-probe", "namespace": "svc"},
-        "data": {"t": str(time.time())},
-    }
-    floor = []
-    for _ in range(5):
-        t1 = time.monotonic()
-        first.apply({**probe, "data": {"t": str(time.time())}}, force=True)
-        floor.append(time.monotonic() - t1)
-    floor_s = sorted(floor)[2]
-    time.sleep(5)
-
-    # A Service port change: the exporter's route follows.
-    def route_port() -> int | None:
-        found = first.list(
-            "networking.istio.io/v1", "VirtualService", namespace=NS,
-            labels=f"meshfed.dev/federation={FED}",
-        )  # fmt: skip
-        for vs in found:
-            for http in (vs.get("spec") or {}).get("http") or []:
-                dest = http["route"][0]["destination"]
-                if dest["host"].startswith("w0.svc."):
-                    return int(dest["port"]["number"])
-        return None
-
-    t1 = time.monotonic()
-    services(first, ["w0"], port=8081)
-    wait(lambda: route_port() == 8081, 600)
-    service_s = time.monotonic() - t1
-    time.sleep(3)
-
-    # A load-balancer address change: every importer's ServiceEntry follows.
-    importers = [clients[c] for c in contexts]
-
-    def followed() -> bool:
-        for client in importers:
-            for se in client.list("networking.istio.io/v1", "ServiceEntry", namespace=NS):
-                for ep in (se.get("spec") or {}).get("endpoints") or []:
-                    if ep.get("address") == "127.0.0.41":
-                        return False
-        return True
-
-    t1 = time.monotonic()
-    set_lb(m01, "127.0.0.42")
-    wait(followed, 600)
-    address_s = time.monotonic() - t1
-    time.sleep(3)
-
-    # A deleted AuthorizationPolicy.
-    policies = first.list(
-        "security.istio.io/v1", "AuthorizationPolicy", namespace=NS,
-        labels=f"meshfed.dev/federation={FED}",
-    )  # fmt: skip
-    victim = next(p for p in policies if p["metadata"]["name"].startswith("allow-"))
-    name = victim["metadata"]["name"]
-    t1 = time.monotonic()
-    first.delete(victim)
-    wait(lambda: first.get("security.istio.io/v1", "AuthorizationPolicy", name, NS), 600)
-    restore_s = time.monotonic() - t1
-    return {
-        "apply_round_trip_s": round(floor_s, 4),
-        "service_change_s": round(service_s, 2),
-        "address_change_s": round(address_s, 2),
-        "policy_restore_s": round(restore_s, 2),
-        "service_change_vs_round_trip": round(service_s / floor_s, 1),
-        "address_change_vs_round_trip": round(address_s / floor_s, 1),
-        "policy_restore_vs_round_trip": round(restore_s / floor_s, 1),
-    }
 
 
 def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
@@ -305,17 +172,37 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     )
     first.apply(crd, force=True)
     wait(lambda: _served(first, "meshfed.dev/v1alpha1", "Federation"), 60)
-    record: dict[str, Any] = {
-        "clusters": CLUSTERS,
-        "exports_spec": EXPORTS,
-        "exports": len(doc["spec"]["exports"]),
-    }
-    loads = []
-    if QUICK:
-        record["quick"] = True
-    else:
-        cli_seconds, objects = cli_baseline(kubeconfig, clients, doc, m00, work)
-        record.update(objects_on_clusters=objects, cli_apply_s=round(cli_seconds, 2))
+    # Baseline: the CLI's apply of the same spec (addresses and workloads filled in).
+    cli_doc = json.loads(json.dumps(doc))
+    cli_doc["metadata"]["name"] = "cli"
+    cli_doc["spec"]["meshes"][1]["ingress"]["address"] = "127.0.0.31"
+    cli_doc["spec"]["meshes"][0]["workloads"] = [
+        {"name": n, "namespace": "svc", "serviceAccount": n, "port": 8080} for n in m00
+    ] + [{"name": "client", "namespace": "app", "serviceAccount": "client", "port": 8080}]
+    cli_spec = work / "cli.yaml"
+    cli_spec.write_text(yaml.safe_dump(cli_doc, sort_keys=False))
+    t0 = time.monotonic()
+    applied = subprocess.run(
+        [MESHFED, "apply", str(cli_spec), "--kubeconfig", kubeconfig, "--state", str(work / "cli")],
+        capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    cli_seconds = time.monotonic() - t0
+    print(f"meshfed apply (baseline): {cli_seconds:.1f} s", file=sys.stderr)
+    if applied.returncode != 0:
+        raise RuntimeError(applied.stderr[-2000:])
+    objects = sum(_objects(c, "cli") for c in clients.values())
+    # Empty the clusters again (the controller's federation is another one; one mesh per
+    # federation: the CLI's objects would make it refuse).
+    for client in clients.values():
+        for api_version, kind in PRUNE_KINDS:  # every kind meshfed renders (EnvoyFilters too)
+            for obj in client.list(api_version, kind, labels="meshfed.dev/federation=cli"):
+                client.delete(obj)
+        client.request(
+            "PATCH",
+            f"/api/v1/namespaces/{NS}",
+            body={"metadata": {"labels": {"meshfed.dev/federation": None}}},
+            content_type="application/merge-patch+json",
+        )
     # The controller.
     log = (work / "controller.log").open("wb")
     proc = subprocess.Popen(
@@ -342,26 +229,101 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
         wait(lambda: _ready(first), 3600, 0.2)
         initial = time.monotonic() - t0
         print(f"controller initial reconcile: {initial:.1f} s", file=sys.stderr)
-        record["initial_reconcile_s"] = round(initial, 2)
-        if not QUICK:
-            record["initial_vs_cli"] = round(initial / record["cli_apply_s"], 2)
-            loads.append(os.getloadavg()[0])
-            record.update(latencies(clients, contexts))
+        # Floor: one server-side apply round trip of one object.
+        probe = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "bench-probe", "namespace": "svc"},
+            "data": {"t": str(time.time())},
+        }
+        floor = []
+        for _ in range(5):
+            t1 = time.monotonic()
+            first.apply({**probe, "data": {"t": str(time.time())}}, force=True)
+            floor.append(time.monotonic() - t1)
+        floor_s = sorted(floor)[2]
+        time.sleep(5)
+
+        # A Service port change: the exporter's route follows.
+        def route_port() -> int | None:
+            found = first.list(
+                "networking.istio.io/v1", "VirtualService", namespace=NS,
+                labels=f"meshfed.dev/federation={FED}",
+            )  # fmt: skip
+            for vs in found:
+                for http in (vs.get("spec") or {}).get("http") or []:
+                    dest = http["route"][0]["destination"]
+                    if dest["host"].startswith("w0.svc."):
+                        return int(dest["port"]["number"])
+            return None
+
+        loads = [os.getloadavg()[0]]
+        t1 = time.monotonic()
+        services(first, ["w0"], port=8081)
+        wait(lambda: route_port() == 8081, 600)
+        service_s = time.monotonic() - t1
+        time.sleep(3)
+
+        # A load-balancer address change: every importer's ServiceEntry follows.
+        importers = [clients[c] for c in contexts]
+
+        def followed() -> bool:
+            for client in importers:
+                for se in client.list("networking.istio.io/v1", "ServiceEntry", namespace=NS):
+                    for ep in (se.get("spec") or {}).get("endpoints") or []:
+                        if ep.get("address") == "127.0.0.41":
+                            return False
+            return True
+
+        loads.append(os.getloadavg()[0])
+        t1 = time.monotonic()
+        set_lb(m01, "127.0.0.42")
+        wait(followed, 600)
+        address_s = time.monotonic() - t1
+        time.sleep(3)
+
+        # A deleted AuthorizationPolicy.
+        policies = first.list(
+            "security.istio.io/v1", "AuthorizationPolicy", namespace=NS,
+            labels=f"meshfed.dev/federation={FED}",
+        )  # fmt: skip
+        victim = next(p for p in policies if p["metadata"]["name"].startswith("allow-"))
+        name = victim["metadata"]["name"]
+        t1 = time.monotonic()
+        first.delete(victim)
+        wait(lambda: first.get("security.istio.io/v1", "AuthorizationPolicy", name, NS), 600)
+        restore_s = time.monotonic() - t1
+
         # Idle.
         time.sleep(10)
         cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
         time.sleep(60)
         idle_cpu = (_cpu_seconds(proc.pid) - cpu0) / (time.monotonic() - t0)
-        record["idle_cpu_core_fraction"] = round(idle_cpu, 4)
-        record["idle_rss_mb"] = round(_rss_mb(proc.pid), 1)
-        record.update(_footprint(proc.pid))
+        rss = _rss_mb(proc.pid)
         loads.append(os.getloadavg()[0])
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    record["load_average_1m"] = [round(x, 1) for x in loads]
-    record["cpu_count"] = os.cpu_count()
-    return record
+    return {
+        "clusters": CLUSTERS,
+        "exports_spec": EXPORTS,
+        "exports": len(doc["spec"]["exports"]),
+        "objects_on_clusters": objects,
+        "cli_apply_s": round(cli_seconds, 2),
+        "initial_reconcile_s": round(initial, 2),
+        "initial_vs_cli": round(initial / cli_seconds, 2),
+        "apply_round_trip_s": round(floor_s, 4),
+        "service_change_s": round(service_s, 2),
+        "address_change_s": round(address_s, 2),
+        "policy_restore_s": round(restore_s, 2),
+        "service_change_vs_round_trip": round(service_s / floor_s, 1),
+        "address_change_vs_round_trip": round(address_s / floor_s, 1),
+        "policy_restore_vs_round_trip": round(restore_s / floor_s, 1),
+        "idle_cpu_core_fraction": round(idle_cpu, 4),
+        "idle_rss_mb": round(rss, 1),
+        "load_average_1m": [round(x, 1) for x in loads],
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def main() -> dict[str, Any]:
