@@ -24,6 +24,7 @@ from meshfed.controller.follow import (
     next_delay,
     peer_condition,
     same_condition,
+    spec_source,
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -141,3 +142,27 @@ def test_a_refusal_warns_once_keeps_the_sequence_and_kicks_nothing(tmp_path: Pat
     assert cond["status"] == "False" and "not a JSON document" in cond["message"]
     assert status["peerBundles"][0]["sequence"] == 2  # the last good bundle stays in force
     assert f.failures["globex"] == 3
+
+
+def test_spec_source_shares_the_reconcilers_parsed_spec() -> None:
+    """With the reconciler's memo, following reads the spec its reconciles parsed (one copy of
+    a large spec, not two); a new version is parsed again, a broken one is None."""
+    import copy
+
+    from meshfed.controller.reconcile import parse_federation, spec_document
+    from meshfed.controller.specmemo import SpecMemo
+    from meshfed.spec.load import load_spec
+
+    bank = load_spec(Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml")
+    body: dict[str, Any] = bank.model_dump(mode="json", by_alias=True, exclude_none=True)
+    memo = SpecMemo()
+    reconciled = memo.parse("bank", spec_document(body), lambda: parse_federation(body))
+    spec = spec_source(lambda: copy.deepcopy(body), memo)
+    assert spec() is reconciled
+    body["spec"]["meshes"][0]["ingress"]["port"] = 15499
+    changed = spec()
+    assert changed is not None and changed is not reconciled
+    assert changed.spec.meshes[0].ingress.port == 15499
+    assert spec() is changed
+    body["spec"]["exports"][0]["mesh"] = "nope"
+    assert spec() is None

@@ -187,7 +187,7 @@ class Controller:
             self.management,
             self.namespace,
             self.work_dir / ".follow",
-            spec_source(body),
+            spec_source(body, worker.reconciler.specs),
             worker.kick,
             emit,
             self.log,
