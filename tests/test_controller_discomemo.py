@@ -3,6 +3,8 @@ pure, no cluster."""
 
 from __future__ import annotations
 
+import queue
+
 from meshfed.controller.discomemo import DiscoveryMemo, Found
 from meshfed.kube.discover import AddressFound
 from meshfed.spec.model import Mesh
@@ -81,3 +83,46 @@ def test_a_mesh_of_two_clusters_is_kept_once_both_are_watched() -> None:
     memo.listed("bench", "m00", "west")
     memo.keep("bench", two, memo.mark("bench", "m00"), FOUND)
     assert memo.get("bench", two) is FOUND
+
+
+def test_a_service_watch_that_listed_asks_for_a_reconcile() -> None:
+    # A Service changed while its watch did not run (before the first list, or in a gap a 410
+    # ended) shows only as a listed Service, which is no change by itself: the end of the
+    # list asks for a reconcile, which reads the mesh's discovery again (touched by the list).
+    from types import SimpleNamespace
+
+    from meshfed.controller.watch import LIST_ENDED
+    from meshfed.controller.worker import FederationWorker
+
+    memo = DiscoveryMemo()
+    reconciler = SimpleNamespace(discovery=memo)  # the worker reads only its memo here
+    worker = FederationWorker("bench", reconciler, lambda *_: None, lambda _s: None)  # type: ignore[arg-type]
+    memo.listed("bench", "m00", "c1")
+    memo.keep("bench", MESH, memo.mark("bench", "m00"), FOUND)
+    worker.last = SimpleNamespace(federation=None, lb_addresses={})  # type: ignore[assignment]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "w0", "namespace": "svc"},
+        "spec": {"ports": [{"name": "http", "port": 8081}], "selector": {"app": "w0"}},
+    }
+    key = ("m00", "c1")
+    worker.on_event(key, "LISTED", service)
+    ended = {"apiVersion": "v1", "kind": "Service", "refs": []}
+    worker.on_event(key, LIST_ENDED, ended)
+    queued = []
+    while not worker.events.empty():
+        queued.append(worker.events.get())
+    assert ("resync", "Service watch on c1 listed") in queued
+    assert memo.get("bench", MESH) is None  # read again
+    # Before the first reconcile nothing is asked: that reconcile reads everything anyway.
+    worker.last = None
+    worker.on_event(key, LIST_ENDED, ended)
+    assert [e for e in _drain(worker.events) if e[0] == "resync"] == []
+
+
+def _drain(q: queue.Queue[tuple[str, object]]) -> list[tuple[str, object]]:
+    out = []
+    while not q.empty():
+        out.append(q.get())
+    return out

@@ -100,6 +100,11 @@ class FederationWorker:
                 self.reconciler.discovery.listed(self.name, key[0], key[1])
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
+            if obj.get("kind") == "Service" and self.last is not None:
+                # A Service changed while this watch did not run (before its first list, or
+                # in a gap a 410 ended) shows only in the list, and a listed Service is no
+                # change (``_service_matters``): discovery reads the mesh again, now.
+                self.kick(f"Service watch on {key[1]} listed")
             return
         if obj.get("kind") == "Pod":  # discovery.py: a workload's service accounts
             why = self.pods.pod(key, event, obj, self.last.federation if self.last else None)
