@@ -29,7 +29,6 @@ import pytest
 import yaml
 
 from meshfed.kube.client import KubeClient
-from meshfed.kube.config import merged_kubeconfig
 from test_controller_integration import (
     FED_API,
     KUBECONFIG,
@@ -38,6 +37,7 @@ from test_controller_integration import (
     ROOT,
     _contexts,
     prepared_clients,
+    service_account_token,
     wait,
 )
 
@@ -62,14 +62,8 @@ def _spec(contexts: list[str]) -> Obj:
 
 def _pod_files(context: str, base: Path) -> tuple[Path, str, str]:
     """What the kubelet mounts in a Pod of the controller, and the Service's host and port."""
-    token = subprocess.run(
-        ["kubectl", "--kubeconfig", KUBECONFIG, "--context", context, "-n", NS,
-         "create", "token", "meshfed-controller", "--duration", "1h"],
-        capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
-    doc = merged_kubeconfig(KUBECONFIG)
-    ctx = next(c for c in doc["contexts"] if c["name"] == context)
-    cluster = next(c for c in doc["clusters"] if c["name"] == ctx["context"]["cluster"])["cluster"]
+    token, entry = service_account_token(context, "1h")
+    cluster = entry["cluster"]
     if "certificate-authority-data" in cluster:
         ca = base64.b64decode(cluster["certificate-authority-data"])
     else:

@@ -91,17 +91,24 @@ def _spec(contexts: list[str]) -> Obj:
     return dict(doc)
 
 
-def _service_account_kubeconfig(context: str, base: Path) -> Path:
-    """A kubeconfig for the management cluster as the controller's ServiceAccount (a token
-    from the TokenRequest API), so the tests run with the RBAC `install` gives it."""
+def service_account_token(context: str, duration: str) -> tuple[str, Obj]:
+    """A token of the controller's ServiceAccount (TokenRequest API) and the kubeconfig's
+    cluster entry (name, server, CA) of ``context``."""
     token = subprocess.run(
         ["kubectl", "--kubeconfig", KUBECONFIG, "--context", context, "-n", NS,
-         "create", "token", "meshfed-controller", "--duration", "2h"],
+         "create", "token", "meshfed-controller", "--duration", duration],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     doc = merged_kubeconfig(KUBECONFIG)
     ctx = next(c for c in doc["contexts"] if c["name"] == context)
     cluster = next(c for c in doc["clusters"] if c["name"] == ctx["context"]["cluster"])
+    return token, cluster
+
+
+def _service_account_kubeconfig(context: str, base: Path) -> Path:
+    """A kubeconfig for the management cluster as the controller's ServiceAccount, so the
+    tests run with the RBAC `install` gives it."""
+    token, cluster = service_account_token(context, "2h")
     path = base / "controller-sa.kubeconfig"
     path.write_text(
         yaml.safe_dump(
