@@ -127,25 +127,30 @@ def spec_source(
 ) -> Callable[[], Federation | None]:
     """The Federation's parsed spec, parsed again only when it changes. With ``memo`` (the
     Federation's reconciler's), the spec its reconciles parsed: one copy, not two (a spec of
-    a thousand exports is about 3 MB parsed)."""
+    a thousand exports is about 3 MB parsed).
+
+    The follower asks every second. The object's ``metadata.generation`` (the API server
+    raises it on every change of the spec, and only then: the status is a subresource) says
+    whether anything changed; only then is the memo asked, whose digest of the spec's JSON
+    costs 25 ms of CPU at a thousand exports (each second, 2.5 % of a core while idle)."""
     cache: dict[str, Any] = {}
 
     def spec() -> Federation | None:
         obj = body()
-        if memo is not None:
-            name = str((obj.get("metadata") or {}).get("name"))
-            try:
-                return memo.parse(name, spec_document(obj), lambda: parse_federation(obj))
-            except SpecError:
-                return None
         generation = (obj.get("metadata") or {}).get("generation")
-        if cache.get("generation") != generation or "fed" not in cache:
-            try:
-                cache["fed"] = parse_federation(obj)
-            except SpecError:
-                cache["fed"] = None
-            cache["generation"] = generation
-        fed: Federation | None = cache["fed"]
+        if generation is not None and cache.get("generation") == generation and "fed" in cache:
+            known: Federation | None = cache["fed"]
+            return known
+        fed: Federation | None = None
+        try:
+            if memo is not None:
+                name = str((obj.get("metadata") or {}).get("name"))
+                fed = memo.parse(name, spec_document(obj), lambda: parse_federation(obj))
+            else:
+                fed = parse_federation(obj)
+        except SpecError:
+            fed = None
+        cache["generation"], cache["fed"] = generation, fed
         return fed
 
     return spec
