@@ -202,3 +202,44 @@ def test_live_is_what_was_last_written_and_nothing_else() -> None:
     assert cache.live(("bank", "payments", "west"), _obj("a")) is None  # per cluster
     cache.remember(KEY, [], [_obj("a")], Canon())  # pruned: no longer known to be there
     assert cache.live(KEY, _obj("a")) is None
+
+
+def test_a_list_that_began_before_a_write_does_not_count_that_object_as_deleted() -> None:
+    # The watches list while a reconcile writes (they start after the first one, and a
+    # re-list can come at any time). A list that began before an object was written lacks it
+    # without anyone having deleted it: judging it by that list restored every such object
+    # (a read and a write each; 12 s of the worker at ten clusters while a Service change
+    # waited in its queue). Written before the list began: lacking is deletion.
+    import time
+    from types import SimpleNamespace
+
+    from meshfed.controller.worker import FederationWorker
+    from meshfed.kube.targets import ref
+
+    cache, canon = AppliedCache(), Canon()
+    old, new = _obj("old"), _obj("new")
+    cache.remember(KEY, [old], [], canon)
+    between = time.monotonic()
+    cache.remember(KEY, [old, new], [], canon)
+    view = cache.view(KEY)
+    assert view.written_since(between) == {ref(new)}
+    assert view.written_since(0.0) == {ref(old), ref(new)}
+
+    worker = FederationWorker("bank", None, lambda *_: None, lambda _s: None)  # type: ignore[arg-type]
+    worker.last = SimpleNamespace(desired={KEY[1:]: view})  # type: ignore[assignment]
+    repaired: list[tuple[str, str]] = []
+    worker._repair = lambda key, event, obj: repaired.append((event, obj["metadata"]["name"]))  # type: ignore[method-assign]
+
+    def ended(started: float) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "refs": [],  # neither is in the list
+            "started": started,
+        }
+
+    worker._restore_unlisted(KEY[1:], ended(between))
+    assert repaired == [("DELETED", "old")]  # "new" was written after the list began
+    repaired.clear()
+    worker._restore_unlisted(KEY[1:], ended(time.monotonic()))
+    assert sorted(repaired) == [("DELETED", "new"), ("DELETED", "old")]

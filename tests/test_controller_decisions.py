@@ -85,6 +85,11 @@ def test_a_deletion_no_watch_saw_is_found_by_the_next_complete_list() -> None:
     assert missing_after_list(desired, "security.istio.io/v1", "AuthorizationPolicy", desired) == []
     # Pruned by meshfed meanwhile: not restored.
     assert repair_for("DELETED", gone, desired, "bank", pruned_by_us={ref(gone)}) is None
+    # Written after the list began (a reconcile wrote while the watch listed): not judged.
+    late = missing_after_list(
+        desired, "security.istio.io/v1", "AuthorizationPolicy", listed, written_after={ref(gone)}
+    )
+    assert late == []
 
 
 @pytest.mark.parametrize("event", ["ADDED", "MODIFIED", "DELETED"])

@@ -19,6 +19,7 @@ any failure) starts from nothing.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,9 @@ class Entry:
     text: str
     labels: dict[str, str] | None
     """Its labels (what pruning and the waves read of an object)."""
+    written: float = 0.0
+    """When it was recorded (``time.monotonic``), after it was written: a list that began
+    later holds it unless it was deleted since."""
 
     def stub(self, at: Ref) -> Obj:
         """The object's identity and labels: all that is read of an object that is settled
@@ -87,6 +91,11 @@ class AppliedView(Mapping[Ref, Obj]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    def written_since(self, moment: float) -> set[Ref]:
+        """The objects recorded at or after ``moment``: a list that began at ``moment`` may
+        predate their writing, so its lacking them says nothing."""
+        return {at for at, entry in self._entries.items() if entry.written >= moment}
+
 
 @dataclass
 class AppliedCache:
@@ -125,12 +134,13 @@ class AppliedCache:
         known = self.objects.get(key)
         changed = known is None
         known = self.objects.setdefault(key, {})
+        now = time.monotonic()
         for obj in written:
             at, text = ref(obj), canon(obj)
             before = known.get(at)
             if before is None or before.text != text:
                 labels = (obj.get("metadata") or {}).get("labels")
-                known[at] = Entry(obj["apiVersion"], text, dict(labels) if labels else None)
+                known[at] = Entry(obj["apiVersion"], text, dict(labels) if labels else None, now)
                 changed = changed or not is_state(obj)
         for obj in pruned:
             if known.pop(ref(obj), None) is not None and not is_state(obj):

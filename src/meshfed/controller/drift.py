@@ -78,12 +78,24 @@ def repair_for(
 
 
 def missing_after_list(
-    desired: Mapping[Ref, Obj], api_version: str, kind: str, listed: Collection[Ref]
+    desired: Mapping[Ref, Obj],
+    api_version: str,
+    kind: str,
+    listed: Collection[Ref],
+    written_after: Collection[Ref] = (),
 ) -> list[Obj]:
     """The objects of one kind that meshfed applied to a cluster and a complete list of that
     kind no longer holds: deleted while no watch was running (between a reconcile's writes
     and the watch's first list, or before a re-list after an expired watch), so no DELETED
-    event will ever say so. Each is restored as a deletion by hand would be."""
+    event will ever say so. Each is restored as a deletion by hand would be.
+
+    ``written_after``: objects written after the list began (a reconcile ran while the watch
+    listed): the list may predate them, so they are not judged by it (a deletion of one
+    after its writing comes as a DELETED event: the watch runs from the list's version)."""
     group = api_version.rpartition("/")[0]
-    listed = set(listed)
-    return [desired[at] for at in desired if at[0] == group and at[1] == kind and at not in listed]
+    listed, unsure = set(listed), set(written_after)
+    return [
+        desired[at]
+        for at in desired
+        if at[0] == group and at[1] == kind and at not in listed and at not in unsure
+    ]

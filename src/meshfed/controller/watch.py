@@ -13,6 +13,7 @@ refs as ``LIST_ENDED``); deciding what it means is ``drift.py``'s and the worker
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,7 +29,8 @@ Key = tuple[str, str]
 Ref = tuple[str, str, str, str]
 OnEvent = Callable[[Key, str, Obj], None]
 LIST_ENDED = "LIST_ENDED"
-"""The event after a complete list: ``{"apiVersion", "kind", "refs"}`` (every object listed)."""
+"""The event after a complete list: ``{"apiVersion", "kind", "refs", "started"}`` (every object
+listed; when its first page was asked for, ``time.monotonic``: the list is of that moment)."""
 SERVICES = ("v1", "Service")
 LISTS_AT_ONCE = 4
 """Initial lists running at once (each a page of at most 500 objects at a time): when the
@@ -157,6 +159,7 @@ class Watches:
         version = ""
         refs: list[Ref] = []
         with self._listing:
+            started = time.monotonic()
             for items, listed in client.list_pages(spec.api_version, spec.kind, labels=spec.labels):
                 for item in items:
                     refs.append(ref(item))
@@ -167,7 +170,7 @@ class Watches:
         self.on_event(
             spec.key,
             LIST_ENDED,
-            {"apiVersion": spec.api_version, "kind": spec.kind, "refs": refs},
+            {"apiVersion": spec.api_version, "kind": spec.kind, "refs": refs, "started": started},
         )
         return version
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meshfed.controller.applied import AppliedView
 from meshfed.controller.certificates import expiring
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
@@ -326,9 +327,15 @@ class FederationWorker:
         if last is None or key not in last.desired:
             return
         refs: set[Ref] = {(g, k, ns, name) for g, k, ns, name in listed["refs"]}
-        for obj in missing_after_list(
-            last.desired[key], listed["apiVersion"], listed["kind"], refs
-        ):
+        desired = last.desired[key]
+        started = listed.get("started")
+        # A reconcile that wrote while the watch listed: the list may predate its objects.
+        after = (
+            desired.written_since(started)
+            if isinstance(desired, AppliedView) and isinstance(started, float)
+            else set()
+        )
+        for obj in missing_after_list(desired, listed["apiVersion"], listed["kind"], refs, after):
             self._repair(key, "DELETED", obj)
 
     def _do(self, key: Key, repair: Repair) -> None:
