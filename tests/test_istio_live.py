@@ -8,7 +8,8 @@ with an HTTP export, a TCP export with a server-first backend, and failover to a
 on the running proxies: every object accepted and every proxy ACKs its config; the cross-mesh
 call carries the caller's own identity (XFCC, ``x-meshfed-caller``); the workload guard
 (forged caller header and XFCC from a mesh workload refused, two-URI-SAN leaves refused at the
-workload, denied callers at the ingress); override headers stripped unless kept; the limits
+workload, denied callers at the ingress); a workload owner's own DestinationRule is the one the
+ingress uses, with meshfed's bounds; override headers stripped unless kept; the limits
 (stalled handshakes and half-sent requests closed within the rendered bounds, caps in the
 runtime); the boundary log's lines; failover and failback when the primary ingress stops and
 comes back (measured three times, written to ``MESHFED_TEST_ISTIO_REPORT`` if set).
@@ -57,6 +58,7 @@ import pytest
 import yaml
 
 from istio_live_apps import Reply, http_call, issue_leaf, no_cert_context, tcp_session
+from istio_live_env import Proxy
 from istio_live_fed import LiveFederation, Workload, loopback_block
 from istio_live_kube import Kube
 from istio_live_procs import Binaries, Processes, binaries, free_ports
@@ -80,6 +82,24 @@ DENIED = b"access denied\n"
 """What a refused caller reads (the plan's local-reply body for 403), from the ingress or the
 exported workload's sidecar; Envoy's own is ``RBAC: access denied``."""
 LEDGER = "ledger.shop.svc.cluster.local"
+TOKENIZER_SVC = "tokenizer.cards.svc.cluster.local"
+LEDGER_SVC = "ledger.cards.svc.cluster.local"
+"""The exported workloads' own Services (the mesh's names for them)."""
+USER_HTTP_POLICY: Obj = {
+    "loadBalancer": {"simple": "RANDOM"},
+    "outlierDetection": {"consecutive5xxErrors": 7, "interval": "7s", "baseEjectionTime": "70s"},
+    "connectionPool": {
+        "tcp": {"maxConnections": 70},
+        "http": {"http1MaxPendingRequests": 77, "http2MaxRequests": 777},
+    },
+}
+USER_TCP_POLICY: Obj = {
+    "outlierDetection": {"consecutive5xxErrors": 8, "interval": "8s", "baseEjectionTime": "80s"},
+    "connectionPool": {
+        "tcp": {"maxConnections": 71, "idleTimeout": "42s", "maxConnectionDuration": "3600s"}
+    },
+}
+"""What a workload's owner might say about their Service in their own namespace."""
 REPORT: dict[str, Any] = {}
 
 
@@ -238,6 +258,20 @@ def _xfcc(reply: Reply) -> str:
     return str(reply.json()["headers"].get("x-forwarded-client-cert", ""))
 
 
+def _user_rule(name: str, policy: Obj) -> Obj:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": f"{name}-owner", "namespace": "cards"},
+        "spec": {"host": f"{name}.cards.svc.cluster.local", "trafficPolicy": policy},
+    }
+
+
+def _ingress_clusters(proxy: Proxy) -> dict[str, Obj]:
+    dump = proxy.config_dump("?resource=dynamic_active_clusters")
+    return {c["cluster"]["name"]: c["cluster"] for c in dump["configs"]}
+
+
 def _listener(config: Obj, name_part: str) -> Obj:
     for entry in config["configs"]:
         listener = entry.get("active_state", {}).get("listener", {})
@@ -273,7 +307,7 @@ class TestFederated:
                     assert config["server_header_transformation"] == "PASS_THROUGH"
                     assert config["forward_client_cert_details"] == "SANITIZE_SET"
                 if f["name"] == "envoy.filters.network.tcp_proxy":
-                    assert config["idle_timeout"] == "300s"  # the ingress DestinationRule
+                    assert config["idle_timeout"] == "300s"  # limits.yaml's EnvoyFilter
         runtime = json.loads(ingress.admin("/runtime"))["entries"]
         assert runtime["overload.global_downstream_max_connections"]["final_value"] == "8192"
         for wildcard in ("0.0.0.0", "::"):
@@ -287,6 +321,65 @@ class TestFederated:
         REPORT["federated_proxies"] = sorted(
             f"{m.name}/{p}" for m in federated.meshes.values() for p in m.proxies
         )
+
+    def test_a_users_destination_rule_reaches_the_ingress(self, federated: LiveFederation) -> None:
+        """The exported workloads' owner has DestinationRules of their own (in the service's
+        namespace): the federation ingress uses them, together with meshfed's bounds. istiod
+        takes one namespace's DestinationRules for a host, the proxy's own first
+        (push_context.go ``destinationRule``): a meshfed DestinationRule for the host in the
+        gateways' namespace would hide the user's."""
+        cluster = federated.meshes["pay"].cluster
+        ingress = federated.proxy("pay", "federation-ingress")
+        _address, port = federated.ingress("pay")
+        user = [_user_rule("tokenizer", USER_HTTP_POLICY), _user_rule("ledger", USER_TCP_POLICY)]
+        before = _ingress_clusters(ingress)
+        cluster.apply(user)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                clusters = _ingress_clusters(ingress)
+                seen = (
+                    clusters[f"outbound|8080||{TOKENIZER_SVC}"],
+                    clusters[f"outbound|9000||{LEDGER_SVC}"],
+                )
+                if all("outlier_detection" in c for c in seen) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            tokenizer, ledger = seen
+            # the user's outlier detection, load balancer and connection pool are the ingress's
+            assert tokenizer.get("outlier_detection", {}).get("consecutive_5xx") == 7, tokenizer
+            assert tokenizer.get("lb_policy") == "RANDOM"
+            (threshold,) = tokenizer["circuit_breakers"]["thresholds"]
+            assert threshold["max_connections"] == 70
+            assert threshold["max_pending_requests"] == 77
+            assert threshold["max_requests"] == 777
+            assert ledger.get("outlier_detection", {}).get("consecutive_5xx") == 8, ledger
+            (threshold,) = ledger["circuit_breakers"]["thresholds"]
+            assert threshold["max_connections"] == 71
+            # the ingress still reaches the workloads over the mesh's mTLS (auto mTLS)
+            for c in seen:
+                assert (
+                    c["transport_socket_matches"] == before[c["name"]]["transport_socket_matches"]
+                )
+            # meshfed's bound on an idle TCP session holds at the ingress; the user's session
+            # length reaches its tcp_proxy
+            listener = _listener(ingress.config_dump("?resource=dynamic_listeners"), f"_{port}")
+            (tcp,) = [
+                f["typed_config"]
+                for chain in listener["filter_chains"]
+                for f in chain["filters"]
+                if f["name"] == "envoy.filters.network.tcp_proxy"
+            ]
+            assert tcp["idle_timeout"] == "300s"
+            assert tcp["max_downstream_connection_duration"] == "3600s"
+            reply = federated.call("web", "checkout", 80, TOKENIZER, "GET", "/v1/a")
+            assert reply.status == 200, reply.body
+            assert _tcp_through_sidecar(federated, "checkout") == (b"LEDGER READY\n", b"ping\n")
+        finally:
+            for rule in user:
+                cluster.kubectl(
+                    "-n", "cards", "delete", "destinationrule", rule["metadata"]["name"]
+                )
 
     def test_the_cross_mesh_call_carries_the_callers_identity(
         self, federated: LiveFederation

@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
+from local_helpers import numbered_layout
+from meshfed.kube.targets import PRUNE_KINDS, prune_set
 from meshfed.plan.limits import FailoverPolicy
+from meshfed.plan.model import Workload
+from meshfed.plan.names import GATEWAY_NAMESPACE
+from meshfed.render.envoy import render_local
+from meshfed.render.istio.imports import EGRESS_HOST
 from meshfed.sinks.files import write_rendered
 from meshfed.spec.headers import CALLER_HEADER, STRIPPED_HEADERS
 from meshfed.workspace import open_workspace
@@ -70,17 +76,14 @@ def _merge(base: Any, patch: Any) -> Any:
     return patch
 
 
-def _gateway_listener(port: int, hcm: bool) -> dict[str, Any]:
-    """A listener shaped like an Istio gateway's: tls_inspector, one TLS chain."""
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+
+def _chain(sni: str, hcm: bool) -> dict[str, Any]:
     filters: list[dict[str, Any]] = [
         {
             "name": "envoy.filters.network.tcp_proxy",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3."
-                "TcpProxy",
-                "stat_prefix": "x",
-                "cluster": "x",
-            },
+            "typed_config": {"@type": TCP_PROXY, "stat_prefix": "x", "cluster": "x"},
         }
     ]
     if hcm:
@@ -103,6 +106,13 @@ def _gateway_listener(port: int, hcm: bool) -> dict[str, Any]:
                 },
             }
         ]
+    return {"filter_chain_match": {"server_names": [sni]}, "filters": filters}
+
+
+def _gateway_listener(port: int, hcm: bool) -> dict[str, Any]:
+    """A listener shaped like an Istio gateway's: tls_inspector, one TLS chain per server (an
+    ingress: an HTTP export's and a TCP export's; an egress: a passed-through SNI's)."""
+    chains = [_chain("a.test", hcm=True), _chain("b.test", hcm=False)] if hcm else []
     return {
         "name": f"0.0.0.0_{port}",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
@@ -115,7 +125,7 @@ def _gateway_listener(port: int, hcm: bool) -> dict[str, Any]:
                 },
             }
         ],
-        "filter_chains": [{"filter_chain_match": {"server_names": ["a.test"]}, "filters": filters}],
+        "filter_chains": chains or [_chain("a.test", hcm=False)],
     }
 
 
@@ -168,29 +178,162 @@ def test_envoy_filters_reach_only_the_gateways_and_envoy_accepts_them(
             handshake = f"{limits.handshake_timeout.total_seconds():g}s"
             assert listener["listener_filters_timeout"] == handshake
             assert listener["per_connection_buffer_limit_bytes"] == limits.buffer_limit_bytes
+            tcp_idle = f"{limits.tcp_idle_timeout.total_seconds():g}s"
+            tcp_exports = any(s.protocol == "TCP" for s in mesh.ingress.servers)
             if hcm:
-                (chain,) = listener["filter_chains"]
-                assert chain["transport_socket_connect_timeout"] == handshake
-                config = chain["filters"][0]["typed_config"]
+                http_chain, tcp_chain = listener["filter_chains"]
+                assert http_chain["transport_socket_connect_timeout"] == handshake
+                config = http_chain["filters"][0]["typed_config"]
                 assert config["request_headers_timeout"] == "5s"
                 assert config["common_http_protocol_options"]["max_headers_count"] == 64
+                assert "idle_timeout" not in config  # ISTIO_META_IDLE_TIMEOUT's (istiod)
+                tcp = tcp_chain["filters"][0]["typed_config"]
+                assert tcp.get("idle_timeout") == (tcp_idle if tcp_exports else None)
+            else:  # the egress passes TLS through: every chain is a tcp_proxy
+                (chain,) = listener["filter_chains"]
+                assert chain["filters"][0]["typed_config"]["idle_timeout"] == tcp_idle
             boot = {"static_resources": {"listeners": [listener]}}
             envoy_validates(tmp_path / f"{mesh.name}-{name}.json", boot)
 
 
-def test_the_ingress_pool_towards_each_exported_workload(bank_rendered: Rendered) -> None:
-    rules = {
-        d["spec"]["host"]: d
-        for d in bank_rendered.docs("payments", "DestinationRule")
-        if d["metadata"]["name"].startswith("ingress-limits-")
+def _selected_rule(
+    rules: list[dict[str, Any]], proxy_ns: str, host: str, service_ns: str, root_ns: str
+) -> dict[str, Any] | None:
+    """The DestinationRule istiod 1.25 gives a proxy in ``proxy_ns`` for ``host`` (a Service
+    of ``service_ns``): the rules of ONE namespace, the proxy's own first (exported or not),
+    then the service's, then the root namespace's, each only if exported to the proxy's
+    namespace (pilot/pkg/model/push_context.go ``destinationRule``,
+    ``getExportedDestinationRuleFromNamespace``). Exact hosts and ``*``-prefixed wildcards, as
+    meshfed and the tests here write them; the oldest rule of a namespace wins (rules of one
+    namespace are merged, but only their subsets)."""
+
+    def matches(rule: dict[str, Any]) -> bool:
+        pattern = rule["spec"]["host"]
+        return pattern == host or (pattern.startswith("*") and host.endswith(pattern[1:]))
+
+    def exported(rule: dict[str, Any]) -> bool:
+        to = rule["spec"].get("exportTo", ["*"])
+        namespace = rule["metadata"]["namespace"]
+        return "*" in to or proxy_ns in to or ("." in to and namespace == proxy_ns)
+
+    for namespace, local in ((proxy_ns, True), (service_ns, False), (root_ns, False)):
+        found = [
+            r
+            for r in rules
+            if r["metadata"]["namespace"] == namespace and matches(r) and (local or exported(r))
+        ]
+        if found:
+            exact = [r for r in found if r["spec"]["host"] == host]
+            return (exact or found)[0]
+    return None
+
+
+def _owner_rule(workload: Workload) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": f"{workload.name}-owner", "namespace": workload.namespace},
+        "spec": {
+            "host": workload.fqdn,
+            "trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}},
+        },
     }
-    assert set(rules) == {"tokenizer.cards.svc.cluster.local", "ledger.cards.svc.cluster.local"}
-    for rule in rules.values():
-        assert rule["metadata"]["namespace"] == "meshfed-system"
-        assert rule["spec"]["exportTo"] == ["."]  # the gateways' namespace only
-        assert "tls" not in rule["spec"]["trafficPolicy"]  # Istio's auto mTLS stays
-    ledger = rules["ledger.cards.svc.cluster.local"]["spec"]["trafficPolicy"]["connectionPool"]
-    assert ledger == {"tcp": {"maxConnections": 8000, "idleTimeout": "300s"}}
+
+
+@pytest.mark.parametrize("example", ["bank", "partners"])
+def test_an_exported_workloads_own_destination_rule_is_the_ingress_s(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    """The owner of an exported workload wrote a DestinationRule for its Service in its own
+    namespace: among everything meshfed renders, it is the one istiod gives the federation
+    ingress for that host (meshfed's former DestinationRule for the host in the gateways'
+    namespace, ``ingress-limits-<host>``, hid it: seen on istiod 1.25.5)."""
+    rendered: Rendered = request.getfixturevalue(f"{example}_rendered")
+    checked = 0
+    for mesh in rendered.workspace.plan.meshes:
+        ours = rendered.docs(mesh.name, "DestinationRule")
+        for server in mesh.ingress.servers:
+            workload = server.workload
+            owner = _owner_rule(workload)
+            rules = [*ours, owner]
+            got = _selected_rule(rules, GATEWAY_NAMESPACE, workload.fqdn, workload.namespace,
+                                 "istio-system")  # fmt: skip
+            assert got is owner, (mesh.name, workload.fqdn, got and got["metadata"])
+            checked += 1
+    assert checked
+
+
+def test_meshfed_destination_rules_are_for_its_own_names_only(bank_rendered: Rendered) -> None:
+    """The only hosts meshfed writes DestinationRules for are names it owns: the egress
+    gateway's Service (its subsets per imported host) and each imported wire host (a
+    ServiceEntry of the gateways' namespace). A mesh's own Services keep their owners'."""
+    for mesh in bank_rendered.workspace.plan.meshes:
+        hosts = {d["spec"]["host"] for d in bank_rendered.docs(mesh.name, "DestinationRule")}
+        wire = {r.wire_host for r in mesh.egress.routes}
+        own = {EGRESS_HOST} if mesh.egress.routes else set()
+        assert hosts == own | wire, mesh.name
+        assert not hosts & {w.fqdn for w in mesh.workloads}
+
+
+def test_an_upgrade_prunes_the_former_ingress_rules(bank_rendered: Rendered) -> None:
+    """The ``ingress-limits-<host>`` DestinationRules an older meshfed applied carry its labels
+    and are no longer rendered: ``meshfed apply`` (and the controller) delete them."""
+    assert ("networking.istio.io/v1", "DestinationRule") in PRUNE_KINDS
+    desired = [d for d in bank_rendered.docs("payments") if d["kind"] != "Kustomization"]
+    former = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {
+            "name": "ingress-limits-ledger-cards-svc-cluster-local",
+            "namespace": GATEWAY_NAMESPACE,
+            "labels": desired[0]["metadata"]["labels"],
+        },
+        "spec": {"host": "ledger.cards.svc.cluster.local", "exportTo": ["."]},
+    }
+    assert prune_set([*desired, former], desired, "bank") == [former]
+
+
+def test_the_tcp_idle_bound_is_the_local_federations(
+    bank_rendered: Rendered, tmp_path: Path
+) -> None:
+    """The plan's idle bound on a TCP session, at the ingress's tcp_proxy of a TCP export and
+    at the egress's: the value the local federation's tcp_proxies carry."""
+    ws = bank_rendered.workspace
+    local = {p.name: p for p in render_local(ws.plan, numbered_layout(ws.plan), tmp_path / "run")}
+    for mesh in ws.plan.meshes:
+        filters = {
+            f["metadata"]["name"]: f["spec"]["configPatches"]
+            for f in bank_rendered.docs(mesh.name, "EnvoyFilter")
+            if f["metadata"]["name"].endswith("-limits")
+        }
+        for gateway, process in (
+            ("federation-ingress", "ingress"),
+            ("federation-egress", "egress"),
+        ):
+            local_idle = {
+                f["typed_config"].get("idle_timeout")
+                for listener in local[f"{mesh.name}/{process}"].listeners
+                if "address" in listener  # the socket listener (not an ingress's tunnels)
+                for chain in listener["filter_chains"]
+                for f in chain["filters"]
+                if f["name"] == "envoy.filters.network.tcp_proxy"
+                and f["typed_config"]["cluster"] != "probe"
+            }
+            istio_idle = {
+                p["patch"]["value"]["typed_config"]["idle_timeout"]
+                for p in filters.get(f"{gateway}-limits", [])
+                if p["applyTo"] == "NETWORK_FILTER"
+                and p["match"]["listener"]["filterChain"]["filter"]["name"]
+                == "envoy.filters.network.tcp_proxy"
+            }
+            tcp = gateway == "federation-egress" or any(
+                s.protocol == "TCP" for s in mesh.ingress.servers
+            )
+            present = mesh.egress.routes if process == "egress" else mesh.ingress.servers
+            if not present:
+                assert not istio_idle
+                continue
+            assert istio_idle == (local_idle if tcp else set()), (mesh.name, gateway)
 
 
 def test_the_egress_fails_over_on_refused_and_timed_out_connects(bank_rendered: Rendered) -> None:

@@ -32,7 +32,7 @@ from meshfed.render.envoy import rbac
 from meshfed.render.envoy.access_log import TUNNEL_PEER_CERT, tunnel_log
 from meshfed.render.envoy.builders import LISTENER, hcm, http_options
 from meshfed.render.envoy.files import ecds_ref, log_path
-from meshfed.render.envoy.limits import cluster_fields, duration, tunnel_hcm_fields
+from meshfed.render.envoy.limits import cluster_fields, duration, tcp_fields, tunnel_hcm_fields
 from meshfed.render.envoy.process import Resource
 
 ECDS_MIN_PRINCIPALS = 32
@@ -60,7 +60,7 @@ def outer_proxy(mesh: MeshPlan, server: IngressServer) -> Resource:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
             "stat_prefix": f"ingress_{server.sni}",
             "cluster": tunnel_name(server),
-            "idle_timeout": duration(limits.tcp_idle_timeout),
+            **tcp_fields(limits),
             # Nothing is connected for a caller whose handshake fails or stalls.
             "upstream_connect_mode": "ON_DOWNSTREAM_TLS_HANDSHAKE",
             # What a caller sends before its tunnel is authorized waits here, bounded.
