@@ -104,9 +104,7 @@ labels = st.from_regex(r"[a-z][a-z0-9-]{0,8}", fullmatch=True)
 
 
 @given(st.lists(labels, min_size=1, max_size=5), st.integers(min_value=0, max_value=5))
-def test_a_wildcard_over_any_suffix_of_labels_covers_the_host(
-    parts: list[str], keep: int
-) -> None:
+def test_a_wildcard_over_any_suffix_of_labels_covers_the_host(parts: list[str], keep: int) -> None:
     service = ".".join(parts)
     suffix = ".".join(parts[len(parts) - min(keep, len(parts)) :])
     wildcard = f"*.{suffix}" if suffix else "*"
