@@ -21,6 +21,7 @@ from meshfed.audit.checks import (
     name_constraints,
     outbound,
     principals,
+    subset_shadow,
     trust_domains,
     trust_settings,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "name_constraints",
     "outbound",
     "principals",
+    "subset_shadow",
     "trust_domains",
     "trust_settings",
 ]
