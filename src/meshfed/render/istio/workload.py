@@ -57,7 +57,6 @@ federation's sidecar does.
 
 from __future__ import annotations
 
-from copy import deepcopy
 from itertools import product
 
 from meshfed.plan.guard import WorkloadGuard
@@ -105,6 +104,13 @@ def _refusals(rules: list[AllowRule]) -> list[tuple[tuple[str, ...], tuple[str, 
     return sorted(out)
 
 
+def _copied(conditions: list[Obj]) -> list[Obj]:
+    """A copy of ``when`` conditions (their values are lists of strings): no YAML aliases in
+    the output, and a list copy instead of ``deepcopy``'s walk of every string (a thousand
+    callers' values, again for every caller: a third of a second of each render)."""
+    return [{k: list(v) if isinstance(v, list) else v for k, v in c.items()} for c in conditions]
+
+
 def _deny_rules(guard: WorkloadGuard, ingress: str) -> list[Obj]:
     header = f"request.headers[{guard.header}]"
 
@@ -135,7 +141,7 @@ def _deny_rules(guard: WorkloadGuard, ingress: str) -> list[Obj]:
                 {
                     "from": from_ingress(),
                     "to": [{"operation": operation}],
-                    "when": deepcopy(when),
+                    "when": _copied(when),
                 }
             )
     return rules
