@@ -216,3 +216,41 @@ def test_discovered_values_that_do_not_fit_the_spec_name_the_mesh() -> None:
         f"discovery in mesh {name}: what its clusters hold does not fit the spec: "
         "workloads.0.port: Input should be greater than or equal to 1 (found 0)"
     )
+
+
+@pytest.mark.parametrize("state_known", [False, True])
+def test_a_known_stored_state_is_written_without_a_dry_run(state_known: bool) -> None:
+    # Between full checks the controller wrote the previous state itself: the new one is the
+    # same object with new data (refused only for its size, checked without asking), so it is
+    # not dry-run (ten 0.5 MB dry-runs were most of a Service change's at ten clusters). Every
+    # other object still is, and the state is still written, last.
+    fed, plan = fed_and_plan()
+    log: list[tuple[str, str, str]] = []
+    clusters = _counting(log)
+    _rollout(fed, plan, clusters).run()
+    log.clear()
+    targets = cluster_targets(plan, rendered(plan))
+    roots = {m.name: f"PEM {m.name} rotated" for m in plan.meshes}  # the state changes
+    Rollout(
+        fed, plan, roots, targets, lambda c: clusters[c.context or ""], state_known=state_known
+    ).run()
+    state = sorted(e[1] for e in log if e[2].startswith("ConfigMap/meshfed-"))
+    others = [e for e in log if e[1] == "dry-run" and not e[2].startswith("ConfigMap/meshfed-")]
+    assert state == (["apply"] * 2 if state_known else ["apply", "apply", "dry-run", "dry-run"])
+    assert len(others) > 10  # every other object is still dry-run (nothing is settled here)
+    assert log[-1][2].startswith("ConfigMap/meshfed-")  # written last
+
+
+def test_a_stored_state_is_checked_without_asking_only_when_known_mine_and_small() -> None:
+    from meshfed.kube.runs import STATE_CHECKED_BELOW, known_state
+
+    labels = {"app.kubernetes.io/managed-by": "meshfed", "meshfed.dev/federation": "bank"}
+    live = {"metadata": {"name": "meshfed-bank", "labels": labels, "resourceVersion": "7"}}
+    state = {"apiVersion": "v1", "kind": "ConfigMap", "data": {"spec.yaml": "x" * 1000}}
+    checked = known_state(state, live)
+    assert checked is not None and checked.force and checked.obj is state
+    assert checked.live == {"metadata": {"resourceVersion": "7"}}  # the write's precondition
+    assert known_state(state, None) is None  # not known: dry-run it
+    assert known_state(state, {"metadata": {"name": "meshfed-bank"}}) is None  # not meshfed's
+    big = {**state, "data": {"spec.yaml": "x" * STATE_CHECKED_BELOW}}
+    assert known_state(big, live) is None  # near the 1 MiB limit: the API server says

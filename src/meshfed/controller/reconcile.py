@@ -247,6 +247,7 @@ class Reconciler:
             live=None if full else live,
             canonical=canon,
             workers=REQUESTS_IN_FLIGHT,
+            state_known=not full,
         )
         return targets, rollout
 

@@ -39,11 +39,13 @@ from meshfed.kube.runs import (
     Quiet,
     connect_run,
     dry_run_actions,
+    known_state,
     kube_connector,
     object_namespace,
     plan_prune,
     plan_run_namespaces,
     probe,
+    refuse_foreign,
     write_phases,
 )
 from meshfed.kube.state import (
@@ -110,6 +112,7 @@ class Rollout:
         live: Callable[[ClusterTarget, Obj], Obj | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
         workers: int = 1,
+        state_known: bool = False,
     ) -> None:
         """``retire``: also empty the recorded clusters the spec no longer names (a full
         apply). ``forget``: kubeconfig contexts of recorded clusters to drop from the record
@@ -126,6 +129,8 @@ class Rollout:
         ``workers``: requests to one cluster at a time (dry-runs; writes of objects of one kind
         rank, which do not depend on each other), and with more than one, the clusters at once
         where nothing orders them (``progress`` is then called from several threads).
+        ``state_known``: the stored state, when its live version is known, is not dry-run
+        (``runs.known_state``).
 
         The stored state is written last, after every cluster's objects (it records them)."""
         self.fed = fed
@@ -144,6 +149,7 @@ class Rollout:
         self.live = live
         self.canonical = canonical
         self.workers = workers
+        self.state_known = state_known
         self.slim = False
         self.mark: Callable[[str], None] = _no_mark
         self.answered: frozenset[str] = frozenset()
@@ -305,8 +311,13 @@ class Rollout:
         foreign: dict[str, list[str]] = {}
         pending = []
         for obj in desired:
-            if ref(obj) not in run.settled and not namespaces.skipped(obj):
-                pending.append(obj)  # (an object skipped is refused with its namespace)
+            if ref(obj) in run.settled or namespaces.skipped(obj):
+                continue  # (an object skipped is refused with its namespace)
+            trusted = is_state(obj) and self.state_known and known_state(obj, self._known(run, obj))
+            if trusted:
+                run.checked.append(trusted)
+            else:
+                pending.append(obj)
         fed = self.fed.name
         probed = in_parallel(
             lambda o: probe(client, o, namespaces, fed, self._known(run, o)),
@@ -335,13 +346,7 @@ class Rollout:
                 run.refuse(what, reason + (f" ({found.causes})" if found.causes else ""))
         for _ in desired:
             self.progress.step(run.label)
-        for other, names in foreign.items():
-            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-            run.refuse(
-                f"{len(names)} object(s) of meshfed federation {other!r} ({shown})",
-                f"a mesh can be in one federation only: describe all of its peers in one spec "
-                f"(or remove the cluster from {other!r} first)",
-            )
+        refuse_foreign(run, foreign)
         if self.prune:
             self._plan_prune(run, desired)
 

@@ -47,6 +47,7 @@ class KubeWorkspace:
         live: Callable[[ClusterTarget, Obj], Obj | None] | None = None,
         canonical: Callable[[Obj], str] = canonical_json,
         workers: int = 1,
+        state_known: bool = False,
     ) -> Rollout:
         return Rollout(
             self.ws.federation,
@@ -65,6 +66,7 @@ class KubeWorkspace:
             live=live,
             canonical=canonical,
             workers=workers,
+            state_known=state_known,
         )
 
     def pki_targets(self, meshes: Iterable[str] | None = None) -> list[ClusterTarget]:
