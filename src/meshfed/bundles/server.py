@@ -234,7 +234,7 @@ class BundleServer:
 
     @property
     def server(self) -> BoundedHTTPServer:
-        """The HTTP server (its ``active``, ``refused`` and ``cut`` counts)."""
+        """The HTTP server (its ``active``, ``finishing``, ``refused`` and ``cut`` counts)."""
         return self._server
 
     @property
