@@ -22,7 +22,7 @@ from meshfed.examples import example_path
 def test_narrow_tables_fold_instead_of_cutting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, width: int
 ) -> None:
-    monkeypatch.setattr(main_module.out, "width", width)
+    monkeypatch.setattr(main_module.out.console, "width", width)
     spec, state = str(example_path("bank")), str(tmp_path / "state")
     for args in (["pki", "init", spec], ["render", spec, "--out", str(tmp_path / "out")]):
         result = CliRunner().invoke(main, [*args, "--state", state])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from meshfed.controller.applied import AppliedCache, Canon
+from meshfed.controller.applied import PACK_OVER, AppliedCache, Canon
 from meshfed.kube.state import canonical_json, objects_digest
 from meshfed.kube.targets import prune_set
 
@@ -243,3 +243,28 @@ def test_a_list_that_began_before_a_write_does_not_count_that_object_as_deleted(
     repaired.clear()
     worker._restore_unlisted(KEY[1:], ended(time.monotonic()))
     assert sorted(repaired) == [("DELETED", "new"), ("DELETED", "old")]
+
+
+def test_a_long_text_is_kept_compressed_and_compares_as_the_text() -> None:
+    """The stored state holds the whole spec (0.4 MB at a thousand exports, once per
+    cluster): kept compressed with its digest, it still reads back and settles exactly."""
+    spec = "".join(f"- name: export-{i}\n  port: {8000 + i}\n" for i in range(2000))
+    state, short = _state(spec), _obj("a")
+    assert len(canonical_json(state)) > PACK_OVER >= len(canonical_json(short))
+    cache, canon = AppliedCache(), Canon()
+    cache.remember(KEY, [state, short], [], canon)
+    entries = cache.objects[KEY]
+    packed = entries[("", "ConfigMap", "meshfed-system", "meshfed-bank")]
+    assert isinstance(packed.packed, bytes) and len(packed.packed) * 4 < len(canonical_json(state))
+    assert entries[("networking.istio.io", "VirtualService", "meshfed-system", "a")].packed == (
+        canonical_json(short)
+    )
+    assert cache.settled(KEY, copy.deepcopy(state), Canon())
+    changed = _state(spec.replace("port: 8999", "port: 9999"))
+    assert not cache.settled(KEY, changed, Canon())
+    assert not cache.settled(KEY, _state("short"), Canon())
+    assert cache.live(KEY, changed) == state
+    assert cache.view(KEY)[("", "ConfigMap", "meshfed-system", "meshfed-bank")] == state
+    assert not cache.remember(KEY, [copy.deepcopy(state), short], [], Canon())
+    assert cache.remember(KEY, [changed, short], [], Canon()) is False  # the state: not desired
+    assert cache.live(KEY, state) == changed

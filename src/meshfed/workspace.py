@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from meshfed.bundles.config import followed_pems
 from meshfed.credentials import NO_CREDENTIALS, MeshCredentials, issue_credentials, mesh_credentials
@@ -21,10 +22,12 @@ from meshfed.pki import PKIMaterial, PKIStore
 from meshfed.plan.build import build_plan
 from meshfed.plan.model import FederationPlan
 from meshfed.plan.trust import root_pems, trust_request
-from meshfed.render.envoy import LocalLayout, ProcessConfig, render_local
 from meshfed.render.istio import RenderedMesh, render_mesh
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
+
+if TYPE_CHECKING:
+    from meshfed.render.envoy import LocalLayout, ProcessConfig
 
 __all__ = [
     "Workspace",
@@ -109,6 +112,8 @@ class Workspace:
 
     def envoy(self, layout: LocalLayout, runtime_dir: Path) -> list[ProcessConfig]:
         """Every Envoy of the local federation on ``layout`` (files under ``runtime_dir``)."""
+        from meshfed.render.envoy import render_local  # not loaded by the controller
+
         return render_local(self.plan, layout, runtime_dir)
 
 

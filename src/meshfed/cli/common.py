@@ -7,13 +7,15 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from meshfed.spec.errors import SpecError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,9 +47,37 @@ PIPE_WIDTH = 160
 def console(stderr: bool = False) -> Console:
     """A command's stdout or stderr: as wide as the terminal; in a pipe or file (CI logs, ``|
     less``) ``PIPE_WIDTH`` columns unless ``COLUMNS`` says otherwise."""
+    from rich.console import Console
+
     stream = sys.stderr if stderr else sys.stdout
     tty = stream.isatty() or "COLUMNS" in os.environ
     return Console(stderr=stderr, highlight=False, width=None if tty else PIPE_WIDTH)
+
+
+def plain_console(stderr: bool = False) -> Console:
+    """rich's Console as it is (its own idea of the width), without highlighting."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+class Output:
+    """A module's rich Console, made when it first prints: rich (and the module's tables) load
+    only for the commands that print through it, never in ``meshfed controller run``, the
+    long-lived process whose every imported module stays in memory."""
+
+    def __init__(self, make: Callable[[], Console]) -> None:
+        self._make = make
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = self._make()
+        return self._console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.console.print(*objects, **kwargs)
 
 
 def unclipped(table: Table) -> Table:

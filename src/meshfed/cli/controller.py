@@ -9,10 +9,8 @@ from typing import Any
 
 import click
 import yaml
-from rich.console import Console
-from rich.table import Table
 
-from meshfed.cli.common import OUTPUT_FILE, reported
+from meshfed.cli.common import OUTPUT_FILE, Output, plain_console, reported
 from meshfed.cli.controller_run import (
     _CONTEXT,
     _KUBECONFIG,
@@ -34,8 +32,8 @@ from meshfed.kube.errors import KubeError
 from meshfed.kube.remote_secret import istioctl_secret, kubeconfig_text
 from meshfed.plan.names import GATEWAY_NAMESPACE
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = Output(plain_console)
+err = Output(lambda: plain_console(stderr=True))
 
 
 @click.group()
@@ -224,6 +222,8 @@ def print_kube_status(
     federation: str | None, kubeconfig: Path | None, context: str | None, as_json: bool
 ) -> None:
     """The Federation objects' status, as the controller wrote it."""
+    from rich.table import Table
+
     with reported(KubeError):
         client = KubeClient("management", resolve_context(context, kubeconfig))
         if federation:

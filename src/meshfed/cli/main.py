@@ -10,25 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from meshfed import __version__, interrupts
 from meshfed.bundles.config import fetch_hint, unfetched
-from meshfed.cli.common import console, reported, state_option, unclipped
+from meshfed.cli.common import Output, console, reported, state_option, unclipped
 from meshfed.pki.certs import fingerprint
 from meshfed.pki.errors import PKIError
-from meshfed.sinks.external_secrets import (
-    ExternalSecretsOptions,
-    to_external_secrets,
-    write_values,
-)
 from meshfed.sinks.files import OutputError, write_rendered
 from meshfed.spec.load import load_spec
 from meshfed.spec.model import Federation
 from meshfed.workspace import default_state_dir, fetch_command, init_pki, open_workspace
 
-out = console()
-err = console(stderr=True)
+out = Output(console)
+err = Output(lambda: console(stderr=True))
 
 
 SPEC = click.argument("spec", type=click.Path(path_type=Path, dir_okay=False))
@@ -152,6 +146,8 @@ def pki_init(spec: Path, state: Path | None) -> None:
         # Read first: a damaged kept bundle is an error that leaves everything as it was.
         missing = unfetched(fed, state if state is not None else default_state_dir(fed))
         state_dir, pki = init_pki(fed, state)
+    from rich.table import Table
+
     table = Table(title=f"PKI of {fed.name} ({pki.mode}) in {state_dir / 'pki'}")
     for column in ("mesh", "trust domain", "root", "intermediate (sha256)", "expires"):
         table.add_column(column)
@@ -230,6 +226,12 @@ def render(
     state: Path | None,
 ) -> None:
     """Render each mesh's Istio and Kubernetes manifests into OUT/<mesh>/."""
+    from meshfed.sinks.external_secrets import (
+        ExternalSecretsOptions,
+        to_external_secrets,
+        write_values,
+    )
+
     options: ExternalSecretsOptions | None = None
     if secrets_as == "external-secrets":
         if not secret_store:
@@ -264,6 +266,8 @@ def render(
                 ws.state_dir, {k: v for _, d in converted for k, v in d.items()}
             )
         kept = write_rendered(target_dir, rendered)
+    from rich.table import Table
+
     table = Table(title=f"{target} manifests of {ws.federation.name} in {target_dir}")
     for column in ("mesh", "exports (SNI)", "imports (local name)", "objects"):
         table.add_column(column)

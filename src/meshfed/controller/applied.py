@@ -12,14 +12,21 @@ rendering is there. A reconcile then
 - prunes against what is here instead of listing the cluster.
 
 Text, not objects: the objects of a thousand exports on ten clusters are about 25 MB as
-Python dicts and 8 MB as text. A full check (the first reconcile, the periodic resync, after
-any failure) starts from nothing.
+Python dicts and 8 MB as text. A long text (``PACK_OVER``: the stored-state ConfigMaps, each
+holding the whole spec, 0.4 MB of them at that size) is kept compressed with its SHA-256 to
+compare against: 0.02 MB instead (measured: the ten states' 4.6 MB become 0.2 MB; a state
+written costs 2.5 ms more CPU, one compared 0.24 ms). The short ones stay text: compressing
+the 8,088 routing and policy objects would save 4.4 MB but cost a reconcile 66 ms of CPU to
+read back the settled ones. A full check (the first reconcile, the periodic resync, after any
+failure) starts from nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+import zlib
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,15 +40,46 @@ ClusterKey = tuple[str, str, str]
 """(federation, mesh, cluster)."""
 
 
+PACK_OVER = 16 * 1024
+"""Characters of text above which an entry keeps it compressed (``Entry.packed``)."""
+
+
+def _sha(text: str) -> bytes:
+    return hashlib.sha256(text.encode()).digest()
+
+
 @dataclass(frozen=True)
 class Entry:
     api_version: str
-    text: str
+    packed: str | bytes
+    """The object's canonical text; when longer than ``PACK_OVER``, that text compressed."""
     labels: dict[str, str] | None
     """Its labels (what pruning and the waves read of an object)."""
+    digest: bytes = b""
+    """SHA-256 of a packed text (what ``same`` compares)."""
     written: float = 0.0
     """When it was recorded (``time.monotonic``), after it was written: a list that began
     later holds it unless it was deleted since."""
+
+    @classmethod
+    def of(
+        cls, api_version: str, text: str, labels: dict[str, str] | None, written: float = 0.0
+    ) -> Entry:
+        if len(text) <= PACK_OVER:
+            return cls(api_version, text, labels, written=written)
+        return cls(api_version, zlib.compress(text.encode(), 6), labels, _sha(text), written)
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.packed, str):
+            return self.packed
+        return zlib.decompress(self.packed).decode()
+
+    def same(self, text: str) -> bool:
+        """The object's text is ``text``."""
+        if isinstance(self.packed, str):
+            return self.packed == text
+        return len(text) > PACK_OVER and _sha(text) == self.digest
 
     def stub(self, at: Ref) -> Obj:
         """The object's identity and labels: all that is read of an object that is settled
@@ -108,7 +146,7 @@ class AppliedCache:
 
     def settled(self, key: ClusterKey, obj: Obj, canon: Canon) -> bool:
         found = self.objects.get(key, {}).get(ref(obj))
-        return found is not None and found.text == canon(obj)
+        return found is not None and found.same(canon(obj))
 
     def live(self, key: ClusterKey, obj: Obj) -> Obj | None:
         """``obj`` (by its identity) as this controller last wrote it to the cluster, which
@@ -138,9 +176,9 @@ class AppliedCache:
         for obj in written:
             at, text = ref(obj), canon(obj)
             before = known.get(at)
-            if before is None or before.text != text:
+            if before is None or not before.same(text):
                 labels = (obj.get("metadata") or {}).get("labels")
-                known[at] = Entry(obj["apiVersion"], text, dict(labels) if labels else None, now)
+                known[at] = Entry.of(obj["apiVersion"], text, dict(labels) if labels else None, now)
                 changed = changed or not is_state(obj)
         for obj in pruned:
             if known.pop(ref(obj), None) is not None and not is_state(obj):
@@ -187,4 +225,4 @@ class AppliedCache:
             del self.inputs[pair]
 
 
-__all__ = ["AppliedCache", "AppliedView", "Canon", "ClusterKey", "Entry"]
+__all__ = ["PACK_OVER", "AppliedCache", "AppliedView", "Canon", "ClusterKey", "Entry"]
