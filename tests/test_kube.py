@@ -949,3 +949,64 @@ def test_a_primary_without_discovery_address_gets_its_load_balancers() -> None:
         o["spec"]["values"].get("global", {}).get("remotePilotAddress") == "127.0.0.9"
         for o in remote
     )
+
+
+def test_connections_to_an_api_server_are_kept_between_reconciles(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The controller's reconciles come seconds apart; with httpx's 5 s each began by opening
+    # its connections again (a TLS handshake each, under load). Kept 60 s (the API server's
+    # own idle bound is 90 s): a request 30 s after the last one reuses the connection.
+    import http.server
+    import threading
+
+    import httpcore2._sync.http11 as http11
+
+    from meshfed.kube.client import KubeClient
+
+    peers: set[int] = set()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            peers.add(self.client_address[1])
+            body = b'{"kind": "Status"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    config = tmp_path / "config"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "current-context": "a",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "a", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
+    client = KubeClient.for_context("a", config)
+    try:
+        client.request("GET", "/api")
+        later = http11.time.monotonic() + 30
+        monkeypatch.setattr(http11.time, "monotonic", lambda: later)
+        client.request("GET", "/api")
+        assert len(peers) == 1  # the same connection
+        monkeypatch.setattr(http11.time, "monotonic", lambda: later + 61)
+        client.request("GET", "/api")
+        assert len(peers) == 2  # expired: a new one
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import httpcore2
 import httpx2
-from lightkube.config.client_adapter import Client as http_client
 from lightkube.config.client_adapter import ConnectionParams
 from lightkube.config.kubeconfig import SingleConfig
 
@@ -135,6 +134,15 @@ class Cluster(Protocol):
     ) -> Obj: ...
 
 
+KEEP_ALIVE = httpx2.Limits(
+    max_connections=None, max_keepalive_connections=None, keepalive_expiry=60
+)
+"""Connections to an API server are kept 60 s between requests (httpx's default is 5 s; the
+API server closes them after 90 s idle, ``secure_serving.go``): the controller's reconciles
+come seconds apart, and each opened its eight connections per cluster again, a TLS handshake
+each, at the start of its dry-run."""
+
+
 class KubeClient:
     """A cluster reached through a kubeconfig context. ``name`` labels it in messages."""
 
@@ -145,7 +153,7 @@ class KubeClient:
         self.server = config.cluster.server
         params = ConnectionParams(timeout=httpx2.Timeout(timeout), trust_env=False)
         try:
-            self._http = http_client(config, params)
+            self._http = httpx2.Client(**params.httpx_params(config), limits=KEEP_ALIVE)
         except Exception as exc:  # lightkube raises several kinds for bad credentials
             raise KubeError(f"cannot use context {self.context!r}: {exc}") from None
         self._groups: dict[str, dict[str, Resource] | None] = {}
