@@ -201,3 +201,39 @@ def test_spec_source_asks_again_only_when_the_generation_changes() -> None:
     body["spec"]["exports"][0]["mesh"] = "nope"
     body["metadata"]["generation"] = 3
     assert spec() is None and spec() is None and len(asked) == 4
+
+
+def test_two_threads_asking_at_once_share_one_parse() -> None:
+    # The worker's first reconcile and the peer follower start together; each parsed the
+    # spec, and the follower (which asks again only on a new generation) kept its own copy.
+    import threading
+
+    from meshfed.controller.specmemo import SpecMemo
+    from meshfed.spec.load import load_spec
+
+    bank = load_spec(Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml")
+    document = bank.model_dump(mode="json", by_alias=True, exclude_none=True)["spec"]
+    memo = SpecMemo()
+    inside, release, second = threading.Event(), threading.Event(), threading.Event()
+    got: dict[str, Any] = {}
+
+    def slow() -> Any:
+        inside.set()
+        release.wait(10)
+        return bank
+
+    def other() -> Any:
+        second.set()
+        return bank.model_copy()
+
+    first = threading.Thread(target=lambda: got.update(a=memo.parse("bank", document, slow)))
+    first.start()
+    assert inside.wait(10)
+    then = threading.Thread(target=lambda: got.update(b=memo.parse("bank", document, other)))
+    then.start()
+    parsed_again = second.wait(0.5)  # given the chance, would it parse a second copy?
+    release.set()
+    first.join(10)
+    then.join(10)
+    assert not parsed_again and not second.is_set()
+    assert got["a"] is got["b"] is bank

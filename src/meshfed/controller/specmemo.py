@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -48,15 +49,20 @@ class SpecMemo:
     """Per federation: the digest of the spec text this controller stored last, and the plan
     it applied then."""
 
+    _parsing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
     def parse(self, name: str, document: Obj, parse: Callable[[], Federation]) -> Federation:
-        """``parse()`` of the Federation object's spec ``document``, once per version."""
+        """``parse()`` of the Federation object's spec ``document``, once per version, also
+        when two threads ask at once (the worker's first reconcile and the peer follower
+        start together: each parsed it, and the follower kept its own 3 MB copy)."""
         digest = sha(json.dumps(document, sort_keys=True, separators=(",", ":")))
-        found = self.parsed.get(name)
-        if found is not None and found[0] == digest:
-            return found[1]
-        fed = parse()
-        self.parsed[name] = (digest, fed)
-        return fed
+        with self._parsing:
+            found = self.parsed.get(name)
+            if found is not None and found[0] == digest:
+                return found[1]
+            fed = parse()
+            self.parsed[name] = (digest, fed)
+            return fed
 
     def old(self, name: str, stored: StoredState | None) -> tuple[Federation | None, str]:
         """The stored spec, parsed once per text; and the text's digest."""
