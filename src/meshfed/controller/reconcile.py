@@ -18,14 +18,14 @@ version.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from meshfed.bundles.config import followed_pems
-from meshfed.controller.applied import AppliedCache, Canon, ClusterKey
+from meshfed.controller.applied import AppliedCache, AppliedView, Canon, ClusterKey
 from meshfed.controller.certificates import certificates
 from meshfed.controller.clusters import Connector
 from meshfed.controller.complete import complete_spec
@@ -87,7 +87,7 @@ def parse_federation(body: Obj) -> Federation:
 @dataclass
 class Result:
     outcome: Outcome
-    desired: dict[Key, Mapping[tuple[str, str, str, str], Obj]] = field(default_factory=dict)
+    desired: dict[Key, AppliedView] = field(default_factory=dict)
     """Per cluster, every object meshfed keeps there (for drift repair between reconciles)."""
     plan: FederationPlan | None = None
     federation: Federation | None = None

@@ -18,12 +18,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from meshfed.controller.applied import AppliedView
 from meshfed.controller.certificates import expiring
 from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
@@ -308,7 +307,7 @@ class FederationWorker:
         last = self.last
         if last is None:
             return
-        desired = last.desired.get(key, {})
+        desired: Mapping[Ref, Obj] = last.desired.get(key, {})
         repair = repair_for(event, obj, desired, self.name, self.pruned)
         if repair is None:
             return
@@ -330,11 +329,7 @@ class FederationWorker:
         desired = last.desired[key]
         started = listed.get("started")
         # A reconcile that wrote while the watch listed: the list may predate its objects.
-        after = (
-            desired.written_since(started)
-            if isinstance(desired, AppliedView) and isinstance(started, float)
-            else set()
-        )
+        after = desired.written_since(started) if isinstance(started, float) else set()
         for obj in missing_after_list(desired, listed["apiVersion"], listed["kind"], refs, after):
             self._repair(key, "DELETED", obj)
 

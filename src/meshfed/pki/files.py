@@ -51,21 +51,25 @@ def mkdir_private(path: Path) -> None:
         os.mkdir(path, DIR_MODE)
 
 
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary file created with `mode` in the same directory, then os.replace."""
+def write_atomic(path: Path, data: bytes, mode: int, *, durable: bool = True) -> None:
+    """Write via a temporary file created with `mode` in the same directory, then os.replace.
+    ``durable``: synced to disk, the file and its directory (False: a scratch copy of state
+    kept elsewhere, e.g. the controller's checkout of its Secret)."""
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def fsync_dir(path: Path) -> None:
