@@ -9,6 +9,13 @@ gateway's — exactly, or a wildcard such as ``*.local`` or ``*.svc.cluster.loca
 the subsets' rule for every sidecar of that namespace, whatever its ``exportTo``. The subset
 clusters vanish and the import fails: measured on istiod 1.25.5, an HTTP import answered 503
 (200 before), a TCP import sent no byte; deleting the rule restored both.
+
+meshfed renders the fix: in each namespace of an import's callers, a copy of the subsets' rule
+for exactly that host (``exportTo: ["."]``, labelled ``meshfed.dev/copy-of``), which istiod
+prefers there to any wildcard. Where it is present and used nothing is reported; a user's rule
+for the same exact host can still defeat it (`meshfed.audit.dr_lookup.consolidate`: not merged
+with another ``exportTo``, so the one created last wins; taken into a same-host selector rule),
+and the finding says which and how to fix it.
 """
 
 from __future__ import annotations
@@ -400,8 +407,9 @@ def _hits(
     "sidecar's own first: a rule there covering the egress gateway's host (exactly, or by a "
     "wildcard such as *.local) replaces the rule that defines the imports' subsets (their SNI, "
     "mTLS and the exporters' identities), so every import of that namespace fails.",
-    fix="Narrow the rule's host so it does not cover the egress gateway's Service, or give the "
-    "namespace an exact-host rule for it that carries the imports' subsets.",
+    fix="Narrow the rule's host so it does not cover the egress gateway's Service, or apply "
+    "meshfed's copy of the subsets' rule in that namespace (an exact-host rule istiod prefers); "
+    "a same-host rule beside the copy needs exportTo ['.'] and no workloadSelector.",
     controls=("SC-7", "SC-8", "CM-6"),
 )
 def import_subsets_shadowed(ctx: AuditContext) -> Iterator[Hit]:
