@@ -144,7 +144,6 @@ def _subsets_rules(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     (istiod prefers it there over any wildcard rule of that namespace), ``exportTo: ["."]`` (for
     that namespace's sidecars only: istiod consults another namespace's rules only in the
     service's namespace and the root namespace), the same subsets."""
-    subsets = _egress_subsets(mesh)
     name = f"{EGRESS_GATEWAY}-imports"
     rules = [
         obj(
@@ -153,7 +152,7 @@ def _subsets_rules(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
             name,
             plan.name,
             GATEWAY_NAMESPACE,
-            spec={"host": EGRESS_HOST, "exportTo": ["*"], "subsets": subsets},
+            spec={"host": EGRESS_HOST, "exportTo": ["*"], "subsets": _egress_subsets(mesh)},
         )
     ]
     for namespace in mesh.caller_namespaces:
@@ -164,7 +163,8 @@ def _subsets_rules(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
                 name,
                 plan.name,
                 namespace,
-                spec={"host": EGRESS_HOST, "exportTo": ["."], "subsets": subsets},
+                # built again, not shared: each object is its own to whoever changes one
+                spec={"host": EGRESS_HOST, "exportTo": ["."], "subsets": _egress_subsets(mesh)},
                 extra_labels={COPY_LABEL: f"{GATEWAY_NAMESPACE}.{name}"},
             )
         )
