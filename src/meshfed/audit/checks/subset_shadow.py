@@ -28,7 +28,6 @@ from meshfed.audit.dr_lookup import (
     Entry,
     consolidate,
     export_set,
-    has_selector,
     in_proxy_pool,
     most_specific,
     resolve_host,
@@ -198,6 +197,8 @@ class _Broken:
     """Why meshfed's copy in the namespace does not help, when there is one."""
     fix: str = ""
     """The fix, when not the default for the rule's host."""
+    unselected: bool = False
+    """The sidecars the rule's selector does not pick get no rule at all for the host."""
     order: str = "last"
     """Whether istiod uses the rule: ``last`` (it does), ``later`` (not today: a same-host rule
     standing on its own was created after it; it would if created again), ``unknown`` (no
@@ -291,7 +292,7 @@ def _judge_group(group: list[Doc], routes: list[SubsetRoute], ns: str) -> list[_
     if not plain:  # only selector rules: the others get no rule at all
         for e in entries:
             note, fix = _swallowed(e.base, copy) if copy in e.rules else ("", "")
-            out.append(_Broken(e.base, ns, False, routes, [], note, fix))
+            out.append(_Broken(e.base, ns, False, routes, [], note, fix, unselected=True))
     lacking = [(e, *_compare(routes, e.subsets)) for e in plain]
     lacking = [(e, m, d) for e, m, d in lacking if m or d]
     known = all(_created(e) for e in plain)
@@ -304,7 +305,7 @@ def _judge_group(group: list[Doc], routes: list[SubsetRoute], ns: str) -> list[_
         host = as_str(rule.spec.get("host")) or ""
         if copy is not None and copy not in e.rules and not host.startswith("*"):
             note, fix = _beside_copy(rule, copy)
-        out.append(_Broken(rule, ns, False, missing, differs, note, fix, order))
+        out.append(_Broken(rule, ns, False, missing, differs, note, fix, order=order))
     for e in entries:
         if e.selected and plain:
             missing, differs = _compare(routes, e.subsets)
@@ -341,19 +342,27 @@ def _names(routes: list[SubsetRoute]) -> str:
 
 def _message(b: _Broken, owner: Doc, host: str) -> str:
     ns = b.namespace
+    rule_host = as_str(b.rule.spec.get("host")) or ""
+    if b.unselected:
+        message = (
+            f"{b.rule.namespace}/{b.rule.name} (host {rule_host}) has a workloadSelector, and "
+            f"namespace {ns} has no rule without one left for {host}: the sidecars there it "
+            "does not select get no DestinationRule for it at all, instead of "
+            f"{owner.namespace}/{owner.name} (a sidecar's own namespace is consulted first), so "
+            f"their calls through {_names(b.missing)} fail (HTTP 503, a TCP connection closed "
+            "without a byte)"
+        )
+        return message + (f"; {b.note}" if b.note else "")
     who = (
         f"the workloads of namespace {ns} it selects"
         if b.selected_only
         else f"every sidecar of namespace {ns}"
     )
-    if not b.selected_only and has_selector(b.rule):
-        who += " (those it does not select get no DestinationRule for it at all)"
     parts = []
     if b.missing:
         parts.append(f"it lacks {_names(b.missing)}")
     if b.differs:
         parts.append(f"it defines {_names(b.differs)} other than {owner.name} does")
-    rule_host = as_str(b.rule.spec.get("host")) or ""
     is_used = {
         "last": "is the DestinationRule istiod uses",
         "later": "is not the DestinationRule istiod uses today (a same-host rule of the "
