@@ -256,9 +256,7 @@ def test_each_caller_namespace_gets_its_copy_of_the_egress_subsets(
     egress = "federation-egress.meshfed-system.svc.cluster.local"
     for mesh in plan.meshes:
         rules = [
-            d
-            for d in rendered.docs(mesh.name, "DestinationRule")
-            if d["spec"]["host"] == egress
+            d for d in rendered.docs(mesh.name, "DestinationRule") if d["spec"]["host"] == egress
         ]
         if not mesh.imports:
             assert rules == [] and mesh.caller_namespaces == ()
