@@ -467,3 +467,48 @@ def test_a_stale_copy_is_reported(rendered: Rendered, tmp_path: Path) -> None:
     (finding,) = result.findings
     assert (finding.location.namespace, finding.location.name) == (ns, "federation-egress-imports")
     assert "lacks subset" in finding.message
+
+
+export_tos = st.sampled_from([None, ["."], ["*"], [".", "web"], ["shop"], ["web"]])
+selectors = st.sampled_from([None, {"app": "a"}, {"app": "b"}])
+
+
+@given(
+    st.lists(
+        st.tuples(export_tos, selectors, st.integers(min_value=0, max_value=3)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_consolidation_keeps_every_rule_and_istiods_order(
+    specs: list[tuple[list[str] | None, dict[str, str] | None, int]],
+) -> None:
+    rules = [
+        doc(EGRESS, name=f"r{i}", export_to=ex, selector=sel, created=f"2026-01-0{t + 1}",
+            subsets=[{"name": f"s{i}"}, {"name": "shared", "labels": {"from": f"r{i}"}}])
+        for i, (ex, sel, t) in enumerate(specs)
+    ]  # fmt: skip
+    entries = consolidate(rules)
+    created = {r.name: r.obj["metadata"]["creationTimestamp"] for r in rules}
+    order = sorted(
+        rules, key=lambda d: (not d.spec.get("workloadSelector"), created[d.name], d.name)
+    )
+    # every rule is somewhere; each entry starts with a rule no earlier entry took in
+    assert {r.name for e in entries for r in e.rules} == {r.name for r in rules}
+    bases = [e.base.name for e in entries]
+    assert bases == [r.name for r in order if r.name in bases]
+    for e in entries:
+        # its subsets: every rule's, by name, the first rule's ("shared") kept
+        assert set(e.subsets) == {f"s{r.name[1:]}" for r in e.rules} | {"shared"}
+        assert e.subsets["shared"]["labels"] == {"from": e.base.name}
+        # rules of one entry: in istiod's order, each merged for an equal exportTo or a wider one
+        assert [r.name for r in e.rules] == [r.name for r in order if r in e.rules]
+    # two plain rules with equal exportTo end in one entry (the later one may also stand on its
+    # own: istiod's appendSeparately is what the last entry compared left it)
+    plain = [r for r in order if not r.spec.get("workloadSelector")]
+    for i, a in enumerate(plain):
+        for b in plain[i + 1 :]:
+            if a.spec.get("exportTo") == b.spec.get("exportTo"):
+                assert any(a in e.rules and b in e.rules for e in entries)
+    found = catch_all(entries)
+    assert (found is None) == all(e.selected for e in entries)
