@@ -25,7 +25,7 @@ from meshfed.controller.pkistate import (
     secret_body,
     snapshot,
 )
-from meshfed.controller.rbac import MANAGEMENT_NAMESPACE_RULES, target_cluster_rules
+from meshfed.controller.rbac import MANAGEMENT_NAMESPACE_RULES, plural_of, target_cluster_rules
 from meshfed.controller.status import (
     ClusterReport,
     MeshReport,
@@ -40,6 +40,7 @@ from meshfed.kube.targets import PRUNE_KINDS, prune_set, ref
 from meshfed.plan.build import build_plan
 from meshfed.spec.load import load_spec
 
+from conftest import Rendered
 from k8s_schema import validate_manifest
 
 BANK = Path(__file__).resolve().parents[1] / "src/meshfed/examples/bank.yaml"
@@ -383,6 +384,38 @@ def test_rbac_has_no_wildcards_and_covers_every_rendered_kind() -> None:
     # The reader ClusterRole's escalate/bind is limited to its own name.
     escalate = [r for r in rules if "escalate" in r["verbs"]]
     assert escalate and all(r.get("resourceNames") for r in escalate)
+
+
+def test_objects_in_application_namespaces_are_applied_pruned_and_watched_cluster_wide(
+    bank_rendered: Rendered, partners_rendered: Rendered
+) -> None:
+    """Objects meshfed puts in application namespaces (guards, STRICT mTLS, the import callers'
+    copies of the egress subsets' rule) need nothing namespace-scoped: every kind is a prune
+    kind, the controller's ClusterRole on a mesh cluster grants it (bound cluster-wide) and the
+    drift watches are cluster-wide by label, with no namespace."""
+    from meshfed.controller.manifests import target_manifests
+    from meshfed.controller.watch import watch_specs
+    from meshfed.plan.model import ClusterPlan
+
+    rules = target_cluster_rules()
+    granted = {(g, r) for g, r, v in _all_rules(rules) if v == "create"}
+    kinds = set()
+    for rendered in (bank_rendered, partners_rendered):
+        for mesh in rendered.workspace.plan.meshes:
+            for doc in rendered.docs(mesh.name):
+                ns = (doc.get("metadata") or {}).get("namespace")
+                if ns and ns not in ("meshfed-system", "istio-system"):
+                    kinds.add((doc["apiVersion"], doc["kind"]))
+    assert ("networking.istio.io/v1", "DestinationRule") in kinds  # the callers' copies
+    for api_version, kind in kinds:
+        assert (api_version, kind) in PRUNE_KINDS, kind
+        assert (api_version.rpartition("/")[0], plural_of(kind)) in granted, kind
+    binding = next(m for m in target_manifests() if m["kind"] == "ClusterRoleBinding")
+    assert binding["roleRef"]["kind"] == "ClusterRole"
+    specs = watch_specs("bank", [(("bank", "web"), ClusterPlan("web", "ctx", "primary"))], set())
+    watched = {(w.api_version, w.kind) for w in specs}
+    assert kinds <= watched
+    assert not hasattr(specs[0], "namespace")  # a watch spec names no namespace
 
 
 # -- rotation requests ----------------------------------------------------------------------

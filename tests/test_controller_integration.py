@@ -381,6 +381,21 @@ def test_deleted_policy_is_restored_with_an_event(env: dict[str, Any]) -> None:
     print(f"\ndeleted AuthorizationPolicy restored in {elapsed:.2f} s")
 
 
+def test_the_callers_copy_of_the_egress_subsets_is_kept(env: dict[str, Any]) -> None:
+    """web's import callers (shop) hold meshfed's copy of the egress subsets' rule: applied by
+    the controller outside meshfed's namespaces, watched there, restored when deleted."""
+    web = env["clients"][env["contexts"][2]]
+    api, kind, name = "networking.istio.io/v1", "DestinationRule", "federation-egress-imports"
+    original = web.get(api, kind, name, NS)
+    copy = wait("the callers' copy", lambda: web.get(api, kind, name, "shop"), 30)
+    assert original is not None
+    assert copy["spec"] == {**original["spec"], "exportTo": ["."]}
+    assert copy["metadata"]["labels"]["meshfed.dev/copy-of"] == f"{NS}.{name}"
+    web.delete(copy)
+    restored = wait("the copy back", lambda: web.get(api, kind, name, "shop"), 30)
+    assert restored["spec"] == copy["spec"]
+
+
 def test_hand_edit_is_undone_and_extra_object_pruned(env: dict[str, Any]) -> None:
     payments = env["clients"][env["contexts"][0]]
     name = "allow-tokenizer-payments-global"

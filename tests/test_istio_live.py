@@ -50,13 +50,14 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import istio_live_subsets as sub
 from istio_live_apps import Reply, http_call, issue_leaf, no_cert_context, tcp_session
 from istio_live_env import Proxy
 from istio_live_fed import LiveFederation, Workload, loopback_block
@@ -380,6 +381,124 @@ class TestFederated:
                 cluster.kubectl(
                     "-n", "cards", "delete", "destinationrule", rule["metadata"]["name"]
                 )
+
+    def test_a_callers_namespace_rule_does_not_hide_the_imports(
+        self, federated: LiveFederation
+    ) -> None:
+        """A user's ``*.local`` rule in the callers' namespace (shop) covers the egress
+        gateway's Service; istiod takes a sidecar's rules from its own namespace first
+        (push_context.go ``destinationRule``), so without meshfed's copy there the subsets
+        vanish and the imports fail. With the copy (exact host: ``MostSpecificHostMatch``) the
+        imports keep working. Then the same-host cases of ``mergeDestinationRule``, each
+        checked against the audit's emulation of it over the live objects."""
+        cluster = federated.meshes["web"].cluster
+        checkout = federated.proxy("web", "checkout")
+        catalog = federated.proxy("web", "catalog")
+        subset = "tokenizer-pay-fed-global"
+        local = f"outbound|80||{TOKENIZER}"  # the import's own name: reached by *.local too
+        copy = sub.applied_form(cluster.get("destinationrule", sub.COPY, "shop"))
+        assert copy["spec"]["exportTo"] == ["."]
+        assert subset in sub.subset_clusters(checkout)
+        # (a marker istiod would not set by itself: its default balancer is LEAST_REQUEST)
+        random = {"loadBalancer": {"simple": "RANDOM"}}
+        wildcard = sub.rule("user-wildcard", "shop", "*.local", trafficPolicy=random)
+
+        def works() -> None:
+            reply = federated.call("web", "checkout", 80, TOKENIZER, "GET", "/v1/a")
+            assert reply.status == 200, reply.body
+            assert _tcp_through_sidecar(federated, "checkout") == (b"LEDGER READY\n", b"ping\n")
+
+        def has_subsets(proxy: Proxy) -> Callable[[], bool]:
+            return lambda: subset in sub.subset_clusters(proxy)
+
+        def lacks_subsets(proxy: Proxy) -> Callable[[], bool]:
+            return lambda: subset not in sub.subset_clusters(proxy)
+
+        def outliers(errors: int) -> Obj:
+            return {"outlierDetection": {"consecutive5xxErrors": errors, "interval": "9s"}}
+
+        def ejects_after(errors: int) -> Callable[[], bool]:
+            def seen() -> bool:
+                found = sub.subset_clusters(checkout).get(subset, {})
+                return bool(found.get("outlier_detection", {}).get("consecutive_5xx") == errors)
+
+            return seen
+
+        def delete(*names: str) -> None:
+            for name in names:
+                cluster.kubectl("-n", "shop", "delete", "destinationrule", name,
+                                "--ignore-not-found")  # fmt: skip
+
+        try:
+            cluster.apply([wildcard])
+            sub.wait_until(  # the user's rule reached the sidecar
+                "*.local on the import's cluster",
+                lambda: sub.clusters(checkout)[local].get("lb_policy") == "RANDOM",
+            )
+            assert subset in sub.subset_clusters(checkout)
+            works()
+            REPORT["shadow_with_copy"] = "200 and TCP greeting"
+            # without meshfed's copy: the rule of *.local hides the subsets
+            delete(sub.COPY)
+            sub.wait_until("subsets gone without the copy", lacks_subsets(checkout))
+            reply = federated.call("web", "checkout", 80, TOKENIZER, "GET", "/v1/a")
+            tcp = _tcp_through_sidecar(federated, "checkout")
+            REPORT["shadow_without_copy"] = {"http": reply.status, "tcp": repr(tcp)}
+            assert reply.status == 503 and tcp[1] == b"", (reply.status, tcp)
+            cluster.apply([copy])
+            sub.wait_until("subsets back with the copy", has_subsets(checkout))
+            works()
+            # a user's rule for exactly the egress host, created after the copy, exportTo
+            # other than the copy's: not merged, the one created last (the user's) is used
+            time.sleep(1.1)  # creation times are in seconds: a later second
+            exact = sub.rule("user-exact", "shop", sub.EGRESS, exportTo=["*"])
+            cluster.apply([exact])
+            sub.wait_until("an exact, later rule hides the copy", lacks_subsets(checkout))
+            entries, used = sub.emulated(cluster, "shop")
+            assert len(entries) == 2 and used is not None
+            assert [r.name for r in used.rules] == ["user-exact"]
+            delete("user-exact")
+            sub.wait_until("subsets back", has_subsets(checkout))
+            # the same with exportTo ["."]: merged into the copy, its top-level policy applies
+            merged = sub.rule("user-exact", "shop", sub.EGRESS, exportTo=["."],
+                              trafficPolicy=outliers(9))  # fmt: skip
+            cluster.apply([merged])
+            sub.wait_until("a merged rule's policy on the subset", ejects_after(9))
+            works()
+            entries, used = sub.emulated(cluster, "shop")
+            assert len(entries) == 1 and used is not None
+            assert sorted(r.name for r in used.rules) == [sub.COPY, "user-exact"]
+            delete("user-exact")
+            sub.wait_until("the merged policy gone", lambda: not ejects_after(9)())
+            # exportTo strictly containing the copy's, created later: merged into the copy
+            # and (both without selectors) not kept on its own, whatever the comment in
+            # mergeDestinationRule says: the subsets stay, the user's policy reaches them
+            time.sleep(1.1)
+            wider = sub.rule("user-exact", "shop", sub.EGRESS, exportTo=[".", "cards"],
+                             trafficPolicy=outliers(11))  # fmt: skip
+            cluster.apply([wider])
+            sub.wait_until("a wider, later rule merged into the copy", ejects_after(11))
+            works()
+            entries, used = sub.emulated(cluster, "shop")
+            assert len(entries) == 1 and used is not None
+            assert [r.name for r in used.rules] == [sub.COPY, "user-exact"]
+            delete("user-exact")
+            # a selector rule for exactly the egress host takes the copy in (equal exportTo
+            # once a selector makes its own ["."]): the sidecars it does not select get none
+            selected = sub.rule("user-selected", "shop", sub.EGRESS,
+                                workloadSelector={"matchLabels": {"app": "catalog"}})  # fmt: skip
+            cluster.apply([selected])
+            sub.wait_until("unselected sidecar without subsets", lacks_subsets(checkout))
+            assert subset in sub.subset_clusters(catalog)  # the selected one: merged
+            entries, used = sub.emulated(cluster, "shop")
+            assert used is None and len(entries) == 1
+            assert [r.name for r in entries[0].rules] == ["user-selected", sub.COPY]
+            REPORT["selector_rule_swallows_copy"] = True
+        finally:
+            delete("user-wildcard", "user-exact", "user-selected")
+            cluster.apply([copy])
+        sub.wait_until("subsets back at the end", has_subsets(checkout))
+        works()
 
     def test_the_cross_mesh_call_carries_the_callers_identity(
         self, federated: LiveFederation

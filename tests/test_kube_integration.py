@@ -50,7 +50,7 @@ KUBECONFIG = os.environ.get("MESHFED_TEST_KUBECONFIG", "")
 FED = "itest"
 APP_LABEL = "meshfed.dev/itest-application"
 """Marks the namespaces this suite makes as the applications' (deleted before and after)."""
-SUITE_NAMESPACES = ("istio-system", "meshfed-system", "cards", "no-such-istio")
+SUITE_NAMESPACES = ("istio-system", "meshfed-system", "cards", "shop", "no-such-istio")
 
 pytestmark = pytest.mark.skipif(
     not KUBECONFIG,
@@ -318,6 +318,11 @@ def test_bare_clusters_in_istios_install_order(env: dict[str, Any]) -> None:
         "the applications (the workloads cards/ledger, cards/tokenizer), and meshfed does not "
         "create application namespaces" in text
     ), text
+    assert (
+        f"cluster web (context {second}): Namespace shop (for DestinationRule "
+        "shop/federation-egress-imports): namespace shop does not exist on this cluster; it "
+        "belongs to the applications (the workload shop/checkout)" in text
+    ), text
     assert "not found" not in text
     for mesh, context in (("payments", first), ("web", second)):
         assert f"cluster {mesh} (context {context}): would create Namespace istio-system" in text
@@ -346,6 +351,7 @@ def test_bare_clusters_in_istios_install_order(env: dict[str, Any]) -> None:
     # (istioctl install would run here.) The application team deploys its namespace; meshfed
     # then puts the federation in place and makes its own namespace.
     application_namespace(payments, "cards")
+    application_namespace(web, "shop")  # the import's callers: meshfed's copy of the subsets
     dry = meshfed(env, "apply", path, "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "would create Namespace istio-system" not in dry.output
@@ -371,6 +377,8 @@ def test_apply_then_reapply_changes_nothing(env: dict[str, Any]) -> None:
     assert ("Secret", "istio-system", "cacerts") in on_payments
     assert ("ConfigMap", "meshfed-system", f"meshfed-{FED}") in on_payments
     assert ("ServiceEntry", "meshfed-system", "import-tokenizer-shop-svc-cluster-local") in on_web
+    # the callers' copy of the egress subsets, labelled: pruned and watched as meshfed's
+    assert ("DestinationRule", "shop", "federation-egress-imports") in on_web
     gateway = payments.get(
         "networking.istio.io/v1", "Gateway", "federation-ingress", "meshfed-system"
     )

@@ -100,9 +100,25 @@ def _bare(log: list[tuple[str, str, str]]) -> dict[str, FakeCluster]:
             for c in ("ctx-east", "ctx-west", "ctx-web")}  # fmt: skip
 
 
+def test_a_missing_callers_namespace_is_said_plainly() -> None:
+    """The import callers' namespace gets meshfed's copy of the egress subsets' rule; like
+    every application namespace, meshfed does not create it: the apply refuses, naming the
+    copy and the callers, and writes nothing."""
+    log: list[tuple[str, str, str]] = []
+    with pytest.raises(ApplyRefused) as info:
+        _rollout(_bare(log), ["web"]).run(dry_run=True)
+    text = str(info.value)
+    assert "Namespace shop (for DestinationRule shop/federation-egress-imports)" in text
+    assert "it belongs to the applications (the workload shop/checkout)" in text
+    assert "meshfed does not create application namespaces" in text
+    assert "not found" not in text
+    assert not [e for e in log if e[1] in ("apply", "create", "delete")]
+
+
 def test_consumer_mesh_bootstraps_a_bare_cluster() -> None:
     log: list[tuple[str, str, str]] = []
     clusters = _bare(log)
+    clusters["ctx-web"] = FakeCluster("web", log, namespaces=(*BARE, "shop"))  # the callers'
     dry = _rollout(clusters, ["web"])
     (run,) = dry.run(dry_run=True)
     assert not [e for e in log if e[1] in ("apply", "create")]

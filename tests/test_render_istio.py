@@ -243,6 +243,48 @@ def test_consumer_sidecar_uses_its_own_identity_to_the_remote_ingress(
     ]
 
 
+@pytest.mark.parametrize("example", ["bank_rendered", "partners_rendered"])
+def test_each_caller_namespace_gets_its_copy_of_the_egress_subsets(
+    example: str, request: pytest.FixtureRequest
+) -> None:
+    """The plan's caller namespaces, each with a rule for exactly the egress gateway's Service
+    carrying the import subsets (istiod prefers it there over any wildcard rule of that
+    namespace), private to it, labelled as meshfed's so apply, prune and the drift watches
+    handle it; nowhere else."""
+    rendered: Rendered = request.getfixturevalue(example)
+    plan = rendered.workspace.plan
+    egress = "federation-egress.meshfed-system.svc.cluster.local"
+    for mesh in plan.meshes:
+        rules = [
+            d for d in rendered.docs(mesh.name, "DestinationRule") if d["spec"]["host"] == egress
+        ]
+        if not mesh.imports:
+            assert rules == [] and mesh.caller_namespaces == ()
+            continue
+        (original,) = [r for r in rules if r["metadata"]["namespace"] == "meshfed-system"]
+        copies = [r for r in rules if r is not original]
+        assert mesh.caller_namespaces
+        assert [c["metadata"]["namespace"] for c in copies] == list(mesh.caller_namespaces)
+        for copy in copies:
+            assert copy["metadata"]["name"] == original["metadata"]["name"]
+            assert copy["metadata"]["labels"] == {
+                **original["metadata"]["labels"],
+                "meshfed.dev/copy-of": "meshfed-system.federation-egress-imports",
+            }
+            assert copy["spec"] == {**original["spec"], "exportTo": ["."]}
+            assert "workloadSelector" not in copy["spec"]
+        assert original["spec"]["exportTo"] == ["*"]
+        routed = {
+            dest["destination"]["subset"]
+            for vs in rendered.docs(mesh.name, "VirtualService")
+            if vs["spec"].get("gateways") == ["mesh"]
+            for proto in ("http", "tcp")
+            for route in vs["spec"].get(proto, [])
+            for dest in route["route"]
+        }
+        assert routed == {s["name"] for s in original["spec"]["subsets"]}
+
+
 def _pem_certs(data: str) -> list[x509.Certificate]:
     return x509.load_pem_x509_certificates(data.encode())
 

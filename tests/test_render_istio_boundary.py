@@ -388,15 +388,16 @@ def test_a_tcp_export_admitting_by_prefix_cannot_be_pinned(tmp_path: Path) -> No
 def test_http_import_subsets_bound_connection_life_tcp_ones_do_not(bank_rendered: Rendered) -> None:
     plan = bank_rendered.workspace.plan
     web = plan.mesh("web")
-    (rule,) = [
+    rules = [
         d
         for d in bank_rendered.docs("web", "DestinationRule")
         if d["metadata"]["name"] == "federation-egress-imports"
-    ]
-    subsets = {
-        s["trafficPolicy"]["tls"]["sni"]: s["trafficPolicy"] for s in rule["spec"]["subsets"]
-    }
-    for route in web.imports:
+    ]  # meshfed-system's, and the callers' copies
+    assert len(rules) == 1 + len(web.caller_namespaces)
+    for rule, route in [(r, i) for r in rules for i in web.imports]:
+        subsets = {
+            s["trafficPolicy"]["tls"]["sni"]: s["trafficPolicy"] for s in rule["spec"]["subsets"]
+        }
         policy = subsets[route.wire_host]
         if route.protocol == "HTTP":
             assert route.connection_life == CONNECTION_LIFE

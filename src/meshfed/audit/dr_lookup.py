@@ -15,12 +15,14 @@ namespace looks only at its private rules (``exportTo`` ``.`` or its own name al
 
 Rules of one namespace for the same host merge (``mergeDestinationRule``, with istiod's default
 ``ENABLE_ENHANCED_DESTINATIONRULE_MERGE``) only when their ``exportTo`` sets are equal (or the
-later one's is a superset): subsets are added by name (the first rule's subset of a name is
-kept), top-level settings come from the first rule (selector rules first, then by creation
-time, name, namespace); otherwise the rule is an entry of its own, and a sidecar that no
-selector rule of the namespace selects uses the last entry without a selector
-(``SidecarScope.DestinationRule``). Rules with selectors are not modelled beyond that: each
-applies to the workloads it selects.
+later one's strictly contains the earlier one's, which is not empty): subsets are added by name
+(the first rule's subset of a name is kept), top-level settings come from the first rule
+(selector rules first, then by creation time, name, namespace); otherwise the rule is an entry
+of its own, and a sidecar that no selector entry selects uses the last entry without a selector
+(``SidecarScope.DestinationRule``): of two such rules, the one created last. A rule without a
+selector whose ``exportTo`` equals a selector rule's (a selector makes it ``["."]``) is merged
+into that rule and has no entry of its own: the sidecars the selector does not pick get
+neither. A selected sidecar uses the first selector entry that selects it.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list
 __all__ = [
     "CLUSTER_DOMAIN",
     "Entry",
+    "catch_all",
+    "consolidate",
     "covers",
     "effective_entry",
+    "has_selector",
     "in_proxy_pool",
     "most_specific",
     "resolve_host",
@@ -82,7 +87,7 @@ def most_specific(rule_hosts: set[str], service_host: str) -> str | None:
 
 def export_set(dr: Doc) -> frozenset[str]:
     """The rule's ``exportTo`` as istiod keeps it: a rule with a selector is private."""
-    if as_dict(dr.spec.get("workloadSelector")):
+    if has_selector(dr):
         return frozenset({"."})
     return frozenset(str_list(dr.spec.get("exportTo")))
 
@@ -102,14 +107,29 @@ def selector(dr: Doc) -> dict[str, str]:
     return {str(k): str(v) for k, v in as_dict(labels).items()}
 
 
+def has_selector(dr: Doc) -> bool:
+    """The rule has a ``workloadSelector`` (istiod: ``GetWorkloadSelector() != nil``)."""
+    return isinstance(dr.spec.get("workloadSelector"), dict)
+
+
 @dataclass
 class Entry:
-    """One consolidated rule of a namespace for one host: the rules merged into it, and the
-    subsets it ends up with (by name, first wins)."""
+    """One consolidated rule of a namespace for one host (istiod's ``ConsolidatedDestRule``):
+    its first rule (whose selector and top-level settings it keeps), the rules merged into it,
+    and the subsets it ends up with (by name, first wins)."""
 
     exports: frozenset[str]
     rules: list[Doc] = field(default_factory=list)
     subsets: dict[str, Obj] = field(default_factory=dict)
+
+    @property
+    def base(self) -> Doc:
+        return self.rules[0]
+
+    @property
+    def selected(self) -> bool:
+        """Only the sidecars its first rule's ``workloadSelector`` selects use it."""
+        return has_selector(self.base)
 
     def add(self, dr: Doc) -> None:
         self.rules.append(dr)
@@ -120,26 +140,55 @@ class Entry:
 
 
 def _order(dr: Doc) -> tuple[bool, str, str, str]:
+    """istiod's order (``sortConfigBySelectorAndCreationTime``): rules with a selector first,
+    then by creation time, name, namespace. A rule without ``creationTimestamp`` (a file not
+    yet applied) sorts first among its peers: on a cluster, the time it is created decides."""
     created = as_str(dig(dr.obj, "metadata", "creationTimestamp")) or ""
-    return (not selector(dr), created, dr.name, dr.namespace)
+    return (not has_selector(dr), created, dr.name, dr.namespace)
 
 
-def effective_entry(rules: list[Doc]) -> Entry | None:
-    """What a sidecar that no selector rule selects gets from rules of one namespace and one
-    host: the last consolidated entry without a selector; None when every rule has one (such a
-    sidecar then gets no rule at all for the host)."""
+def consolidate(rules: list[Doc]) -> list[Entry]:
+    """istiod's ``mergeDestinationRule`` over the rules of one namespace for one host, in its
+    order: a rule merges into each entry whose ``exportTo`` equals its own or is strictly
+    contained in it (unless both have selectors that differ); it is kept on its own unless
+    the last entry compared took it in with an equal ``exportTo``, or with both rules
+    without a selector (or with equal selectors). So a rule without a selector whose
+    ``exportTo`` equals that of a selector rule before it (a selector makes a rule's
+    ``exportTo`` ``["."]``) is merged into it and leaves no entry of its own."""
     entries: list[Entry] = []
-    for dr in sorted((r for r in rules if not selector(r)), key=_order):
+    for dr in sorted(rules, key=_order):
         ex = export_set(dr)
-        separate = True  # as istiod's appendSeparately: the last entry compared decides
+        separate = True
         for entry in entries:
-            if ex == entry.exports or (entry.exports and ex > entry.exports):
-                entry.add(dr)
+            if ex == entry.exports:
                 separate = False
+            elif entry.exports and ex > entry.exports:
+                separate = True
             else:
                 separate = True
+                continue
+            mine, theirs = has_selector(dr), entry.selected
+            if mine and theirs and selector(dr) != selector(entry.base):
+                separate = True
+                continue
+            if mine == theirs:
+                separate = False
+            entry.add(dr)
         if separate:
             entry = Entry(ex)
             entry.add(dr)
             entries.append(entry)
-    return entries[-1] if entries else None
+    return entries
+
+
+def catch_all(entries: list[Entry]) -> Entry | None:
+    """What a sidecar that no selector entry selects uses (``SidecarScope.DestinationRule``):
+    the last entry whose first rule has no selector; None: no rule at all for the host."""
+    found = [e for e in entries if not e.selected]
+    return found[-1] if found else None
+
+
+def effective_entry(rules: list[Doc]) -> Entry | None:
+    """What a sidecar that no selector rule selects gets from rules of one namespace and one
+    host."""
+    return catch_all(consolidate(rules))

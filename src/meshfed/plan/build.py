@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from meshfed.pki.certs import split_pem
 from meshfed.plan.boundary import boundary_policy
+from meshfed.plan.callers import caller_namespaces
 from meshfed.plan.guard import WorkloadGuard
 from meshfed.plan.limits import FailoverPolicy, RetryPolicy
 from meshfed.plan.model import (
@@ -34,7 +35,7 @@ from meshfed.plan.names import EGRESS_GATEWAY, INGRESS_GATEWAY, gateway_spiffe_i
 from meshfed.spec.model import Export, Federation, Mesh
 from meshfed.spec.paths import parse_path
 from meshfed.spec.principals import parse_principal
-from meshfed.spiffe import workload_id
+from meshfed.spiffe import PrincipalMatch, workload_id
 
 FAILOVER = FailoverPolicy()
 """When an exporter counts as down: the same for every import (`meshfed.plan.limits`)."""
@@ -273,6 +274,19 @@ class _Resolver:
         routes.sort(key=lambda r: (r.local_host, r.port))
         return tuple(routes)
 
+    def import_principals(self, mesh: Mesh) -> set[PrincipalMatch]:
+        """Every principal of ``mesh`` that an export behind one of its imports admits."""
+        found: set[PrincipalMatch] = set()
+        domain = mesh.trust_domain
+        for imp in self.fed.spec.imports:
+            if imp.mesh != mesh.name:
+                continue
+            for ref in imp.from_:
+                for consumer in self.fed.export(ref).consumers:
+                    if consumer.mesh == mesh.name:
+                        found.update(parse_principal(p, domain) for p in consumer.principals)
+        return found
+
     def mesh(self, mesh: Mesh) -> MeshPlan:
         imports = self.imports(mesh)
         egress_routes: dict[str, EgressRoute] = {}
@@ -301,6 +315,9 @@ class _Resolver:
             ),
             imports=imports,
             workloads=tuple(self.workloads[mesh.name].values()),
+            caller_namespaces=caller_namespaces(
+                self.workloads[mesh.name].values(), self.import_principals(mesh)
+            ),
             workload_trust=workload_trust,
             local_trust=self.bundles(mesh, {mesh.name: {mesh.trust_domain}}),
             import_trust=self.bundles(

@@ -199,6 +199,16 @@ class MeshPlan:
     workload_guards: tuple[WorkloadGuard, ...] = ()
     """Per exported HTTP workload, what its own sidecar admits from across the boundary."""
     probes: ProbeMarking = field(default_factory=ProbeMarking)
+    caller_namespaces: tuple[str, ...] = ()
+    """The namespaces holding the mesh's import callers (workloads the plan knows that an
+    export behind one of its imports admits, `meshfed.plan.callers`), sorted, never
+    ``meshfed-system``: each gets its own copy of the rule defining the imports' egress subsets.
+    Istio only: istiod gives a sidecar the DestinationRules of ONE namespace per host, its own
+    first (pilot/pkg/model/push_context.go ``destinationRule``), so a rule there covering the
+    egress gateway's Service (``*.local``, ``*``…) would replace meshfed's subsets; an exact-host
+    copy there wins over any wildcard (``MostSpecificHostMatch``). The local federation's
+    sidecars are meshfed's own Envoys, routed by the plan's imports directly: no rule lookup,
+    nothing to copy."""
     """How meshfed's own import probes from this mesh are marked at every hop (local only)."""
     kube_context: str | None = None
     istio_namespace: str = "istio-system"

@@ -9,6 +9,13 @@ gateway's — exactly, or a wildcard such as ``*.local`` or ``*.svc.cluster.loca
 the subsets' rule for every sidecar of that namespace, whatever its ``exportTo``. The subset
 clusters vanish and the import fails: measured on istiod 1.25.5, an HTTP import answered 503
 (200 before), a TCP import sent no byte; deleting the rule restored both.
+
+meshfed renders the fix: in each namespace of an import's callers, a copy of the subsets' rule
+for exactly that host (``exportTo: ["."]``, labelled ``meshfed.dev/copy-of``), which istiod
+prefers there to any wildcard. Where it is present and used nothing is reported; a user's rule
+for the same exact host can still defeat it (`meshfed.audit.dr_lookup.consolidate`: not merged
+with another ``exportTo``, so the one created last wins; taken into a same-host selector rule),
+and the finding says which and how to fix it.
 """
 
 from __future__ import annotations
@@ -18,11 +25,12 @@ from dataclasses import dataclass
 
 from meshfed.audit.context import AuditContext, NotAssessed
 from meshfed.audit.dr_lookup import (
-    effective_entry,
+    Entry,
+    consolidate,
+    export_set,
     in_proxy_pool,
     most_specific,
     resolve_host,
-    selector,
 )
 from meshfed.audit.install import mesh_configs, root_namespace
 from meshfed.audit.istio import action, istio, principal_patterns
@@ -30,6 +38,7 @@ from meshfed.audit.model import Severity
 from meshfed.audit.registry import Hit, check
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list
+from meshfed.render.istio.imports import COPY_LABEL
 from meshfed.spiffe import domain_prefix, parse_istio_principal
 
 
@@ -67,10 +76,21 @@ def _defines(dr: Doc, host: str, name: str) -> Obj | None:
     return None
 
 
+def _private(dr: Doc) -> bool:
+    return export_set(dr) in ({"."}, {dr.namespace})
+
+
+def is_copy(dr: Doc) -> bool:
+    """meshfed's caller-side copy of the egress subsets' rule (`meshfed.render.istio.imports`)."""
+    return bool(dig(dr.obj, "metadata", "labels", COPY_LABEL))
+
+
 def subset_routes(docs: list[Doc]) -> list[SubsetRoute]:
     """Every route of a mesh-bound VirtualService to a subset some DestinationRule defines
-    (a subset nobody defines fails everywhere: not this check's concern)."""
-    rules = istio(docs, "DestinationRule")
+    (a subset nobody defines fails everywhere: not this check's concern). The defining rule is
+    one exported beyond its namespace where there is one (meshfed's: ``meshfed-system``), not
+    a namespace's private copy."""
+    rules = sorted(istio(docs, "DestinationRule"), key=_private)
     out: dict[tuple[str, str, str, str], SubsetRoute] = {}
     for vs in istio(docs, "VirtualService"):
         if not _mesh_bound(vs):
@@ -173,6 +193,16 @@ class _Broken:
     selected_only: bool
     missing: list[SubsetRoute]
     differs: list[SubsetRoute]
+    note: str = ""
+    """Why meshfed's copy in the namespace does not help, when there is one."""
+    fix: str = ""
+    """The fix, when not the default for the rule's host."""
+    unselected: bool = False
+    """The sidecars the rule's selector does not pick get no rule at all for the host."""
+    order: str = "last"
+    """Whether istiod uses the rule: ``last`` (it does), ``later`` (not today: a same-host rule
+    standing on its own was created after it; it would if created again), ``unknown`` (no
+    creation times: whichever is created last)."""
 
 
 def _fix(rule: Doc, host: str, owner: Doc) -> str:
@@ -180,7 +210,8 @@ def _fix(rule: Doc, host: str, owner: Doc) -> str:
     add = (
         f"add to namespace {rule.namespace} a DestinationRule for exactly {host} carrying the "
         f"subsets of {owner.namespace}/{owner.name} (same names and trafficPolicy; istiod then "
-        "prefers its exact host), and keep it in step with every change of the imports"
+        "prefers its exact host): meshfed renders one, labelled "
+        f"{COPY_LABEL}, for every namespace of the import callers it knows; apply it"
     )
     if rule_host.startswith("*"):
         return (
@@ -196,6 +227,44 @@ def _fix(rule: Doc, host: str, owner: Doc) -> str:
     )
 
 
+def _ref(dr: Doc) -> str:
+    return f"{dr.namespace}/{dr.name}"
+
+
+def _beside_copy(rule: Doc, copy: Doc) -> tuple[str, str]:
+    """Why an exact-host rule without a selector beats meshfed's copy, and the fix."""
+    exports = sorted(export_set(rule)) or ["(none: istiod's default)"]
+    note = (
+        f"meshfed's copy {_ref(copy)} is in this namespace too, but istiod does not merge "
+        f"the two (exportTo {exports} vs the copy's ['.']; rules of one namespace for one host "
+        "merge only with equal exportTo) and uses the one created last"
+    )
+    fix = (
+        f"Set this rule's exportTo to ['.'], as meshfed's copy {_ref(copy)} has: istiod then "
+        "merges their subsets (this rule's top-level trafficPolicy applies to them where they "
+        "set nothing). Or delete it (the copy then applies). Until then, whichever of the two "
+        "is created last wins."
+    )
+    return note, fix
+
+
+def _swallowed(rule: Doc, copy: Doc) -> tuple[str, str]:
+    """Why meshfed's copy is lost in a same-host rule with a selector, and the fix."""
+    note = (
+        f"meshfed's copy {_ref(copy)} was merged into it (istiod merges a rule without "
+        "workloadSelector into an earlier same-host rule with one when their exportTo are "
+        "equal, and a selector makes a rule's exportTo ['.']), so the copy gives no rule to "
+        "the sidecars the selector does not pick"
+    )
+    fix = (
+        "Remove this rule's workloadSelector (an exact-host rule with exportTo ['.'] merges "
+        f"with meshfed's copy {_ref(copy)}), or delete it: on istiod 1.25 a same-host selector "
+        "rule of the namespace takes in the copy and leaves every other sidecar there without "
+        "a rule for the egress gateway."
+    )
+    return note, fix
+
+
 def _compare(
     routes: list[SubsetRoute], subsets: dict[str, Obj]
 ) -> tuple[list[SubsetRoute], list[SubsetRoute]]:
@@ -203,6 +272,46 @@ def _compare(
     missing = [r for r in routes if r.subset not in subsets]
     differs = [r for r in routes if r.subset in subsets and subsets[r.subset] != r.definition]
     return missing, differs
+
+
+def _user_rule(entry: Entry) -> Doc:
+    """The rule to report for an entry: the last one merged into it that is not meshfed's."""
+    return next((r for r in reversed(entry.rules) if not is_copy(r)), entry.rules[-1])
+
+
+def _created(entry: Entry) -> str | None:
+    return as_str(dig(entry.base.obj, "metadata", "creationTimestamp"))
+
+
+def _judge_group(group: list[Doc], routes: list[SubsetRoute], ns: str) -> list[_Broken]:
+    """The rules of namespace ``ns`` istiod takes for the subsets' host, judged."""
+    entries = consolidate(group)
+    copy = next((dr for dr in group if is_copy(dr)), None)
+    plain = [e for e in entries if not e.selected]
+    out: list[_Broken] = []
+    if not plain:  # only selector rules: the others get no rule at all
+        for e in entries:
+            note, fix = _swallowed(e.base, copy) if copy in e.rules else ("", "")
+            out.append(_Broken(e.base, ns, False, routes, [], note, fix, unselected=True))
+    lacking = [(e, *_compare(routes, e.subsets)) for e in plain]
+    lacking = [(e, m, d) for e, m, d in lacking if m or d]
+    known = all(_created(e) for e in plain)
+    for e, missing, differs in lacking:
+        # istiod uses the last entry; of entries standing on their own, the one created last
+        # (unknown for files not applied: then any of them may be).
+        order = "last" if e is plain[-1] else "later" if known else "unknown"
+        rule = _user_rule(e)
+        note, fix = ("", "")
+        host = as_str(rule.spec.get("host")) or ""
+        if copy is not None and copy not in e.rules and not host.startswith("*"):
+            note, fix = _beside_copy(rule, copy)
+        out.append(_Broken(rule, ns, False, missing, differs, note, fix, order=order))
+    for e in entries:
+        if e.selected and plain:
+            missing, differs = _compare(routes, e.subsets)
+            if missing or differs:
+                out.append(_Broken(e.base, ns, True, missing, differs))
+    return out
 
 
 def _judge(docs: list[Doc], routes: list[SubsetRoute], namespace: str, root: str) -> list[_Broken]:
@@ -223,28 +332,52 @@ def _judge(docs: list[Doc], routes: list[SubsetRoute], namespace: str, root: str
         if win is None:
             continue  # istiod goes on to the service's namespace: the subsets' own rule
         group = [dr for dr, h in zip(pool, resolved, strict=True) if h == win]
-        entry = effective_entry(group)
-        if entry is None:
-            for dr in group:  # only selector rules: the others get no rule at all
-                out.append(_Broken(dr, namespace, False, host_routes, []))
-        else:
-            missing, differs = _compare(host_routes, entry.subsets)
-            if missing or differs:
-                out.append(_Broken(entry.rules[-1], namespace, False, missing, differs))
-        for dr in group:
-            if not selector(dr):
-                continue
-            mine = {
-                str(as_dict(s).get("name")): as_dict(s) for s in as_list(dr.spec.get("subsets"))
-            }
-            missing, differs = _compare(host_routes, mine)
-            if (missing or differs) and entry is not None:
-                out.append(_Broken(dr, namespace, True, missing, differs))
+        out += _judge_group(group, host_routes, namespace)
     return out
 
 
 def _names(routes: list[SubsetRoute]) -> str:
     return "; ".join(f"subset {r.subset} (route of {r.callers_call})" for r in routes)
+
+
+def _message(b: _Broken, owner: Doc, host: str) -> str:
+    ns = b.namespace
+    rule_host = as_str(b.rule.spec.get("host")) or ""
+    if b.unselected:
+        message = (
+            f"{b.rule.namespace}/{b.rule.name} (host {rule_host}) has a workloadSelector, and "
+            f"namespace {ns} has no rule without one left for {host}: the sidecars there it "
+            "does not select get no DestinationRule for it at all, instead of "
+            f"{owner.namespace}/{owner.name} (a sidecar's own namespace is consulted first), so "
+            f"their calls through {_names(b.missing)} fail (HTTP 503, a TCP connection closed "
+            "without a byte)"
+        )
+        return message + (f"; {b.note}" if b.note else "")
+    who = (
+        f"the workloads of namespace {ns} it selects"
+        if b.selected_only
+        else f"every sidecar of namespace {ns}"
+    )
+    parts = []
+    if b.missing:
+        parts.append(f"it lacks {_names(b.missing)}")
+    if b.differs:
+        parts.append(f"it defines {_names(b.differs)} other than {owner.name} does")
+    is_used = {
+        "last": "is the DestinationRule istiod uses",
+        "later": "is not the DestinationRule istiod uses today (a same-host rule of the "
+        "namespace was created after it), but becomes it when created again (a re-apply "
+        "that recreates it, a restore)",
+        "unknown": "is the DestinationRule istiod uses if it is created after the other "
+        "same-host rules of the namespace (no creation times here)",
+    }[b.order]
+    message = (
+        f"{b.rule.namespace}/{b.rule.name} (host {rule_host}) {is_used} for {host} for {who}, "
+        f"instead of {owner.namespace}/{owner.name} (a sidecar's own namespace is consulted "
+        f"first): {'; '.join(parts)}, so these calls fail (HTTP 503, a TCP connection closed "
+        "without a byte)"
+    )
+    return message + (f"; {b.note}" if b.note else "")
 
 
 def _hits(
@@ -263,32 +396,15 @@ def _hits(
             host = broken[0].host
             known = [callers.get(r.sni or "") for r in broken]
             latent = all(k is not None and ns not in k for k in known)
-            who = (
-                f"the workloads of namespace {ns} it selects"
-                if b.selected_only
-                else f"every sidecar of namespace {ns}"
-            )
-            if not b.selected_only and selector(b.rule):
-                who += " (those it does not select get no DestinationRule for it at all)"
-            parts = []
-            if b.missing:
-                parts.append(f"it lacks {_names(b.missing)}")
-            if b.differs:
-                parts.append(f"it defines {_names(b.differs)} other than {owner.name} does")
-            rule_host = as_str(b.rule.spec.get("host")) or ""
-            message = (
-                f"{b.rule.namespace}/{b.rule.name} (host {rule_host}) is the DestinationRule "
-                f"istiod uses for {host} for {who}, instead of {owner.namespace}/{owner.name} "
-                f"(a sidecar's own namespace is consulted first): {'; '.join(parts)}, so these "
-                "calls fail (HTTP 503, a TCP connection closed without a byte)"
-            )
+            message = _message(b, owner, host)
             if latent:
                 message += f"; no workload of {ns} is authorised to call them today"
+            severity = Severity.MEDIUM if b.order == "later" else Severity.HIGH
             yield Hit(
-                Severity.LOW if latent else Severity.HIGH,
+                Severity.LOW if latent else severity,
                 message,
                 b.rule.at("spec", "host"),
-                fix=_fix(b.rule, host, owner),
+                fix=b.fix or _fix(b.rule, host, owner),
             )
 
 
@@ -300,8 +416,9 @@ def _hits(
     "sidecar's own first: a rule there covering the egress gateway's host (exactly, or by a "
     "wildcard such as *.local) replaces the rule that defines the imports' subsets (their SNI, "
     "mTLS and the exporters' identities), so every import of that namespace fails.",
-    fix="Narrow the rule's host so it does not cover the egress gateway's Service, or give the "
-    "namespace an exact-host rule for it that carries the imports' subsets.",
+    fix="Narrow the rule's host so it does not cover the egress gateway's Service, or apply "
+    "meshfed's copy of the subsets' rule in that namespace (an exact-host rule istiod prefers); "
+    "a same-host rule beside the copy needs exportTo ['.'] and no workloadSelector.",
     controls=("SC-7", "SC-8", "CM-6"),
 )
 def import_subsets_shadowed(ctx: AuditContext) -> Iterator[Hit]:

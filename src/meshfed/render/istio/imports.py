@@ -14,6 +14,9 @@ from meshfed.render.istio.objects import Obj, obj, slug
 EGRESS_HOST = service_fqdn(GATEWAY_NAMESPACE, EGRESS_GATEWAY)
 FAILOVER_LABEL = "meshfed.dev/failover-{}"
 """Labels whose override values in ``failoverPriority`` encode the spec's failover order."""
+COPY_LABEL = "meshfed.dev/copy-of"
+"""On a caller namespace's copy of the egress subsets' rule: ``<namespace>.<name>`` of the
+original."""
 
 
 def _subset(wire_host: str) -> str:
@@ -100,7 +103,7 @@ def _duration(value: timedelta) -> str:
     return f"{value.total_seconds():g}s"
 
 
-def _egress_subsets(plan: FederationPlan, mesh: MeshPlan) -> Obj:
+def _egress_subsets(mesh: MeshPlan) -> list[Obj]:
     """Per wire host: the sidecar originates mTLS with its own workload certificate, the SNI
     of the export, and accepts only the exporting meshes' ingress gateway identities.
 
@@ -132,14 +135,40 @@ def _egress_subsets(plan: FederationPlan, mesh: MeshPlan) -> Obj:
                 "trafficPolicy": policy,
             }
         )
-    return obj(
-        "networking.istio.io/v1",
-        "DestinationRule",
-        f"{EGRESS_GATEWAY}-imports",
-        plan.name,
-        GATEWAY_NAMESPACE,
-        spec={"host": EGRESS_HOST, "exportTo": ["*"], "subsets": subsets},
-    )
+    return subsets
+
+
+def _subsets_rules(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
+    """The rule defining the subsets, in ``meshfed-system`` for every namespace, and its copy
+    in each namespace of the plan's ``caller_namespaces``: exactly the egress gateway's host
+    (istiod prefers it there over any wildcard rule of that namespace), ``exportTo: ["."]`` (for
+    that namespace's sidecars only: istiod consults another namespace's rules only in the
+    service's namespace and the root namespace), the same subsets."""
+    name = f"{EGRESS_GATEWAY}-imports"
+    rules = [
+        obj(
+            "networking.istio.io/v1",
+            "DestinationRule",
+            name,
+            plan.name,
+            GATEWAY_NAMESPACE,
+            spec={"host": EGRESS_HOST, "exportTo": ["*"], "subsets": _egress_subsets(mesh)},
+        )
+    ]
+    for namespace in mesh.caller_namespaces:
+        rules.append(
+            obj(
+                "networking.istio.io/v1",
+                "DestinationRule",
+                name,
+                plan.name,
+                namespace,
+                # built again, not shared: each object is its own to whoever changes one
+                spec={"host": EGRESS_HOST, "exportTo": ["."], "subsets": _egress_subsets(mesh)},
+                extra_labels={COPY_LABEL: f"{GATEWAY_NAMESPACE}.{name}"},
+            )
+        )
+    return rules
 
 
 def _is_ip(address: str) -> bool:
@@ -232,7 +261,7 @@ def consumer(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     objects: list[Obj] = []
     for route in mesh.imports:
         objects += [_local_entry(plan, route), _local_route(plan, route)]
-    objects.append(_egress_subsets(plan, mesh))
+    objects += _subsets_rules(plan, mesh)
     for egress_route in mesh.egress.routes:
         objects += _remote(plan, egress_route, mesh.egress.failover)
     return objects
