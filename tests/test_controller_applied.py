@@ -268,3 +268,49 @@ def test_a_long_text_is_kept_compressed_and_compares_as_the_text() -> None:
     assert not cache.remember(KEY, [copy.deepcopy(state), short], [], Canon())
     assert cache.remember(KEY, [changed, short], [], Canon()) is False  # the state: not desired
     assert cache.live(KEY, state) == changed
+
+
+def test_entries_with_the_same_labels_share_one_dict_and_unused_sets_go() -> None:
+    """Thousands of applied objects carry the same few label sets: one dict per set (a dict
+    per entry was 1.9 MB at ten clusters), never the caller's own (it may change it)."""
+    cache, canon = AppliedCache(), Canon()
+    a, b = _obj("a"), _obj("b")
+    cache.remember(KEY, [a, b], [], canon)
+    entries = cache.objects[KEY]
+    first, second = (entries[ref] for ref in sorted(entries))
+    assert first.labels is second.labels
+    assert first.labels == a["metadata"]["labels"] and first.labels is not a["metadata"]["labels"]
+    a["metadata"]["labels"]["meshfed.dev/federation"] = "changed"  # the caller's, not ours
+    assert first.labels["meshfed.dev/federation"] == "bank"
+    assert cache.view(KEY) and not hasattr(first, "__dict__")  # slotted: no dict per entry
+    # Sets of objects long gone do not pile up (workloads come and go).
+    for i in range(200):
+        obj = _obj(f"w{i}")
+        obj["metadata"]["labels"]["meshfed.dev/workload"] = f"svc.w{i}"
+        cache.remember(KEY, [obj], [], Canon())
+        cache.remember(KEY, [], [obj], Canon())
+    assert len(cache._label_sets) <= 64 + len(cache.objects[KEY])
+    assert frozenset(_obj("a")["metadata"]["labels"].items()) in cache._label_sets
+
+
+def test_an_idle_worker_trims_the_heap_once_after_work_settles(monkeypatch: Any) -> None:
+    """After a reconcile come its status write and the watches' events of what it wrote; the
+    worker gives the C heap's free pages back once when nothing has come for ``QUIET_TRIM``,
+    and not again until there was work."""
+    import time
+
+    from meshfed.controller import worker as worker_module
+    from meshfed.controller.worker import QUIET_TRIM, FederationWorker
+
+    trims: list[float] = []
+    monkeypatch.setattr(worker_module, "release_memory", lambda: trims.append(time.monotonic()))
+    worker = FederationWorker("bank", None, lambda *_: None, lambda _s: None)  # type: ignore[arg-type]
+    worker._quiet()
+    assert trims == []  # no work yet: nothing to give back
+    worker._busy_at = time.monotonic()
+    worker._quiet()
+    assert trims == []  # work just now: its events may still come
+    worker._busy_at = time.monotonic() - QUIET_TRIM
+    worker._quiet()
+    worker._quiet()
+    assert len(trims) == 1

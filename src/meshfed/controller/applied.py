@@ -48,13 +48,14 @@ def _sha(text: str) -> bytes:
     return hashlib.sha256(text.encode()).digest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     api_version: str
     packed: str | bytes
     """The object's canonical text; when longer than ``PACK_OVER``, that text compressed."""
     labels: dict[str, str] | None
-    """Its labels (what pruning and the waves read of an object)."""
+    """Its labels (what pruning and the waves read of an object); entries with the same
+    labels share one dict (``AppliedCache.remember``): read, never changed."""
     digest: bytes = b""
     """SHA-256 of a packed text (what ``same`` compares)."""
     written: float = 0.0
@@ -143,6 +144,9 @@ class AppliedCache:
     namespaces made at apply time aside), in order, as last applied whole."""
     inputs: dict[tuple[str, str], Hashable] = field(default_factory=dict)
     """(federation, mesh): the render inputs ``rendered`` was made from."""
+    _label_sets: dict[frozenset[tuple[str, str]], dict[str, str]] = field(
+        default_factory=dict, repr=False
+    )
 
     def settled(self, key: ClusterKey, obj: Obj, canon: Canon) -> bool:
         found = self.objects.get(key, {}).get(ref(obj))
@@ -177,13 +181,31 @@ class AppliedCache:
             at, text = ref(obj), canon(obj)
             before = known.get(at)
             if before is None or not before.same(text):
-                labels = (obj.get("metadata") or {}).get("labels")
-                known[at] = Entry.of(obj["apiVersion"], text, dict(labels) if labels else None, now)
+                labels = self._labels((obj.get("metadata") or {}).get("labels"))
+                known[at] = Entry.of(obj["apiVersion"], text, labels, now)
                 changed = changed or not is_state(obj)
         for obj in pruned:
             if known.pop(ref(obj), None) is not None and not is_state(obj):
                 changed = True
+        if len(self._label_sets) > 64 + sum(len(k) for k in self.objects.values()):
+            self._label_sets = {  # only the sets still in use (workloads come and go)
+                frozenset(e.labels.items()): e.labels
+                for k in self.objects.values()
+                for e in k.values()
+                if e.labels is not None
+            }
         return changed
+
+    def _labels(self, labels: dict[str, str] | None) -> dict[str, str] | None:
+        """One shared copy of each set of labels (thousands of objects carry the same few
+        sets: a dict each was 1.9 MB at ten clusters)."""
+        if not labels:
+            return None
+        key = frozenset(labels.items())
+        found = self._label_sets.get(key)
+        if found is None:
+            found = self._label_sets[key] = dict(labels)
+        return found
 
     def mark_rendered(
         self, key: ClusterKey, objects: Iterable[Obj], mesh: str, inputs: Hashable
@@ -223,6 +245,7 @@ class AppliedCache:
                 del table[key]
         for pair in [p for p in self.inputs if p[0] == federation]:
             del self.inputs[pair]
+        self._label_sets.clear()
 
 
 __all__ = ["PACK_OVER", "AppliedCache", "AppliedView", "Canon", "ClusterKey", "Entry"]

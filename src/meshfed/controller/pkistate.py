@@ -170,9 +170,12 @@ class SecretState:
         return True
 
     def discard(self) -> None:
-        """Remove the checked-out directory (the keys leave the disk)."""
+        """Remove the checked-out directory (the keys leave the disk) and the copy of its
+        files kept to compare at commit (the keys leave the process's memory too: at ten
+        meshes that copy was 1.8 MB an idle controller held for nothing)."""
         if self.dir.exists():
             shutil.rmtree(self.dir)
+        self._checked_out = {}
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Path]:

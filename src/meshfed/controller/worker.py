@@ -28,6 +28,7 @@ from meshfed.controller.discovery import PodAccounts, discovered_meshes
 from meshfed.controller.drift import Ref, Repair, may_drift, missing_after_list, repair_for
 from meshfed.controller.reconcile import Reconciler, Result
 from meshfed.controller.rotation import ANNOTATION, parse_request, rotation_step
+from meshfed.controller.specmemo import release_memory
 from meshfed.controller.status import federation_status
 from meshfed.controller.timing import Phases
 from meshfed.controller.watch import LIST_ENDED, Key, Watches, watch_specs
@@ -44,6 +45,8 @@ FULL_CHECKS = frozenset({"started", "periodic resync", "repair failed"})
 """Reconciles that dry-run every object (the others take what this controller applied and
 has watched since as settled)."""
 RESYNC = 300.0
+QUIET_TRIM = 5.0
+"""Seconds without an event after which an idle worker trims the C heap (``_quiet``)."""
 EXPIRY_WARNING = timedelta(days=30)
 Emit = Callable[[str, str, str], None]
 """(type Normal|Warning, reason, message): an Event on the Federation."""
@@ -81,6 +84,8 @@ class FederationWorker:
     annotate: Callable[[dict[str, str | None]], None] | None = None
     """Sets (or, with None, removes) annotations of the Federation."""
     pods: PodAccounts = field(init=False)
+    _busy_at: float = field(default=0.0, init=False, repr=False)
+    """When the worker last took an event (0: trimmed since)."""
     status: Obj | None = None
     """The status of the last reconcile (what the next one's conditions continue from; the
     Federation's own may not show it yet)."""
@@ -151,7 +156,9 @@ class FederationWorker:
                 except queue.Empty:
                     if timeout <= 1.0 and self.events.empty():
                         self.kick("periodic resync" if self.last else "retry")
+                    self._quiet()
                     continue
+                self._busy_at = time.monotonic()
                 phases = Phases()
                 batch = [first]
                 deadline = time.monotonic() + DEBOUNCE
@@ -176,6 +183,15 @@ class FederationWorker:
         finally:
             if self.watches is not None:
                 self.watches.close()
+
+    def _quiet(self) -> None:
+        """Once work has settled (``QUIET_TRIM`` without an event), give the C heap's free
+        pages back once more: after a reconcile's own release come its status write, the
+        Federation's new version kopf decodes and the watches' events of what it wrote,
+        which leave pages free too (measured at ten clusters: 11 MB of an idle controller)."""
+        if self._busy_at and time.monotonic() - self._busy_at >= QUIET_TRIM:
+            self._busy_at = 0.0
+            release_memory()
 
     def _until_due(self) -> float:
         due = self.resync

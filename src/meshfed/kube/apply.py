@@ -319,22 +319,19 @@ class Rollout:
             else:
                 pending.append(obj)
         fed = self.fed.name
-        probed = in_parallel(
-            lambda o: probe(client, o, namespaces, fed, self._known(run, o)),
-            pending,
-            self.workers,
-        )
+
+        def check(obj: Obj) -> Checked | KubeError | str:
+            found = probe(client, obj, namespaces, fed, self._known(run, obj))
+            # Slimmed as each answer comes (not after the cluster's last): a cluster's
+            # hundreds of dry-run answers are never all held at once.
+            return found.slim() if self.slim and isinstance(found, Checked) else found
+
+        probed = in_parallel(check, pending, self.workers)
         for obj, found in zip(pending, probed, strict=True):
             what = ref_text(obj)
             if isinstance(found, str):
                 foreign.setdefault(found, []).append(what)
             elif isinstance(found, Checked):
-                if self.slim:  # what writing needs of it: the live version, and how to write
-                    version = ((found.live or {}).get("metadata") or {}).get("resourceVersion")
-                    live = (
-                        None if found.live is None else {"metadata": {"resourceVersion": version}}
-                    )
-                    found = Checked(obj, live, {}, found.force)
                 run.checked.append(found)
             else:
                 reason = found.message.removeprefix(f"{describe(obj)}: ")
