@@ -11,8 +11,10 @@ Measured, each against a baseline of the same run:
 - a Service port change until the exporter's route follows, a load-balancer address change
   until every importer's ServiceEntry follows, a deleted AuthorizationPolicy until restored:
   each vs one server-side apply round trip of one object to one cluster (the floor);
-- idle CPU and RSS of the controller process over 60 s with nothing changing (run with
-  ``MEMORY_ENV``, as its Deployment runs it); the machine's load average over the run.
+- idle CPU and RSS of the controller process over 60 s with nothing changing (run as its
+  image and Deployment run it: ``MEMORY_ENV``, and jemalloc preloaded when this machine has
+  it, ``libjemalloc.so.2``; the record says which allocator ran); the machine's load average
+  over the run.
 
 The controller's log line of each reconcile (where its time went, ``controller/timing.py``)
 is copied to stderr. For working on the controller: ``MESHFED_BENCH_QUICK=1`` skips the CLI's
@@ -41,7 +43,7 @@ sys.path.insert(0, str(HERE))
 from mirror import Mirror, Objects  # noqa: E402
 from synth import synthetic_spec  # noqa: E402
 
-from meshfed.controller.manifests import MEMORY_ENV  # noqa: E402
+from meshfed.controller.manifests import JEMALLOC, MEMORY_ENV  # noqa: E402
 from meshfed.kube.client import KubeClient  # noqa: E402
 from meshfed.kube.errors import KubeError  # noqa: E402
 from meshfed.kube.targets import PRUNE_KINDS  # noqa: E402
@@ -212,7 +214,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
     proc = subprocess.Popen(
         [MESHFED, "controller", "run", "--kubeconfig", kubeconfig, "--context", contexts[0],
          "--health-port", "0", "--resync", "3600", "--work-dir", str(work / "ctl")],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **MEMORY_ENV},  # as deployed
+        stdout=log, stderr=subprocess.STDOUT, env=deployed_env(),
     )  # fmt: skip
     try:
         path = work / "bench.yaml"
@@ -350,10 +352,25 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
         "policy_restore_vs_round_trip": round(restore_s / floor_s, 1),
         "idle_cpu_core_fraction": idle_cpu,
         "idle_rss_mb": rss,
+        "allocator": deployed_env().get("LD_PRELOAD") or "glibc malloc",
         "load_average_1m": [round(x, 1) for x in loads],
         "cpu_count": os.cpu_count(),
         "quick": QUICK,
     }
+
+
+JEMALLOC_PATHS = (JEMALLOC, "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                  "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2")  # fmt: skip
+
+
+def deployed_env() -> dict[str, str]:
+    """The controller's environment as its image and Deployment set it (``MEMORY_ENV``;
+    jemalloc preloaded where this machine has it, as the image does)."""
+    env = {**os.environ, **MEMORY_ENV}
+    found = next((p for p in JEMALLOC_PATHS if Path(p).is_file()), None)
+    if found is not None:
+        env["LD_PRELOAD"] = found
+    return env
 
 
 def median(samples: list[float]) -> float:

@@ -3,6 +3,7 @@ state's encoding, the install manifests and their RBAC."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from hypothesis import strategies as st
 from meshfed.controller.drift import last_writer, may_drift, missing_after_list, repair_for
 from meshfed.controller.leader import Observed, decide
 from meshfed.controller.manifests import (
+    JEMALLOC,
+    JEMALLOC_CONF,
+    MEMORY_ENV,
     ControllerOptions,
     management_manifests,
     target_manifests,
@@ -393,6 +397,56 @@ def test_manifests_are_valid_kubernetes_objects() -> None:
         assert all(subject.get("namespace") for subject in binding["subjects"]), binding
     volume = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert volume["emptyDir"] == {"medium": "Memory"}
+
+
+def test_the_image_and_the_deployment_run_the_same_allocator_settings() -> None:
+    """The Deployment sets MEMORY_ENV; the image sets the same and preloads jemalloc from
+    ``JEMALLOC`` (where its Dockerfile puts it), which the idle memory measured is of."""
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    env = dockerfile[dockerfile.index("\nENV ") :].split("\nEXPOSE")[0].replace("\\\n", " ")
+    for key, value in {**MEMORY_ENV, "LD_PRELOAD": JEMALLOC}.items():
+        assert f"{key}={value}" in env.split(), key
+    assert "libjemalloc2" in dockerfile and f" {JEMALLOC}\n" in dockerfile
+    deployment = next(
+        o for o in management_manifests(ControllerOptions()) if o["kind"] == "Deployment"
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert MEMORY_ENV.items() <= {e["name"]: e.get("value") for e in container["env"]}.items()
+
+
+JEMALLOC_HERE = next(
+    (
+        p
+        for p in (
+            "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+            "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+            JEMALLOC,
+        )
+        if Path(p).is_file()
+    ),
+    None,
+)
+
+
+@pytest.mark.skipif(
+    JEMALLOC_HERE is None, reason="no libjemalloc.so.2 on this machine (Debian: libjemalloc2)"
+)
+def test_jemalloc_takes_the_controllers_configuration_and_is_reported() -> None:
+    """Run for real: jemalloc preloaded with MEMORY_ENV accepts every setting (it says
+    ``<jemalloc>: Invalid conf`` on stderr otherwise), and ``controller run`` says which
+    allocator it runs on."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, **MEMORY_ENV, "LD_PRELOAD": str(JEMALLOC_HERE)}
+    code = "from meshfed.controller.manifests import allocator; print(allocator())"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "<jemalloc>" not in done.stderr, done.stderr
+    assert done.stdout.strip() == f"jemalloc (MALLOC_CONF={JEMALLOC_CONF})"
+    plain = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    done = subprocess.run([sys.executable, "-c", code], env=plain, capture_output=True, text=True)
+    assert done.stdout.startswith("the C library's malloc"), done.stdout
 
 
 def _all_rules(rules: list[dict[str, Any]]) -> list[tuple[str, str, str]]:

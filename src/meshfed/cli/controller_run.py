@@ -13,7 +13,7 @@ import click
 from meshfed.cli.common import reported
 from meshfed.controller.clusters import Connector
 from meshfed.controller.leader import LeaderElector
-from meshfed.controller.manifests import DEFAULT_NAMESPACE
+from meshfed.controller.manifests import DEFAULT_NAMESPACE, allocator
 from meshfed.kube.client import KubeClient
 from meshfed.kube.config import resolve_context
 from meshfed.kube.errors import KubeError
@@ -150,5 +150,5 @@ def run_command(
         renew_deadline=lease_duration * 2 / 3,
         retry_period=max(lease_duration / 7, 0.5),
     )
-    ctl.log(f"meshfed controller {who} starting (namespace {namespace})")
+    ctl.log(f"meshfed controller {who} starting (namespace {namespace}; memory: {allocator()})")
     sys.exit(run(ctl, stop, elector))
