@@ -103,6 +103,11 @@ class FederationWorker:
             self.reconciler.discovery.touch(self.name, key[0])
             if event == LIST_ENDED and obj.get("kind") == "Service":
                 self.reconciler.discovery.listed(self.name, key[0], key[1])
+        if event == LIST_ENDED and obj.get("kind") == "Pod":  # Pods deleted while unwatched
+            why = self.pods.listed(key, obj, self.last.federation if self.last else None)
+            if why:
+                self.kick(why)
+            return
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
             if obj.get("kind") == "Service" and self.last is not None:
