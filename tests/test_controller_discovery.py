@@ -124,3 +124,41 @@ def test_pods_of_other_workloads_and_explicit_meshes_are_not_kept() -> None:
     state.pod(KEY, "ADDED", pod("w", "tokenizer"), fed)
     state.pod(KEY, "MODIFIED", pod("w", "tokenizer", {"app": "retired"}), fed)
     assert set(state.pods[KEY]) == {("cards", "z")}
+
+
+def test_pods_deleted_while_nothing_watched_count_no_more_after_the_next_list() -> None:
+    """A Pod deleted while its watch was down (a 410, the cluster unreachable) sends no
+    DELETED event: the list that starts the watch again lacks it. Seen before that list began
+    and selected by that watch, it is gone; seen after the list began, or selected only by
+    another watch, it stays."""
+    import time
+
+    from meshfed.controller.discovery import selects
+
+    assert selects("app in (ledger,tokenizer)", {"app": "tokenizer"})
+    assert not selects("app in (ledger,tokenizer)", {"app": "token"})
+    assert selects(None, {})
+    fed = parse_spec(SPEC, "t")  # the last reconcile used serviceAccount tokenizer
+    state = tracked()
+    state.pod(KEY, "ADDED", pod("old", "tokenizer"), fed)
+    state.pod(KEY, "ADDED", pod("new", "tokenizer-v2"), fed)
+    state.pods[KEY][("cards", "elsewhere")] = ("zz", (("tier", "x"),))  # another watch's
+    state.recorded[KEY][("cards", "elsewhere")] = 0.0
+    began = time.monotonic()
+    state.pod(KEY, "ADDED", pod("later", "tokenizer"), fed)  # after the list began
+
+    def ended(*names: str) -> dict[str, Any]:
+        refs = [("", "Pod", "cards", n) for n in names]
+        return {"apiVersion": "v1", "kind": "Pod", "refs": refs, "started": began,
+                "labels": "app in (tokenizer)"}  # fmt: skip
+
+    assert state.listed(KEY, ended("old", "new"), fed) is None  # all there
+    # "old" was deleted unwatched: only tokenizer-v2 and the later Pod remain.
+    assert state.listed(KEY, ended("new"), fed) is None  # "later" still runs as tokenizer
+    assert set(state.pods[KEY]) == {("cards", "new"), ("cards", "later"), ("cards", "elsewhere")}
+    state.pod(KEY, "DELETED", pod("later", "tokenizer"), fed)
+    state.pod(KEY, "ADDED", pod("old2", "tokenizer"), fed)
+    began = time.monotonic()
+    why = state.listed(KEY, ended("new"), fed)  # "old2" went while unwatched: the account moved
+    assert why is not None and "cards/tokenizer: tokenizer -> tokenizer-v2" in why
+    assert set(state.pods[KEY]) == {("cards", "new"), ("cards", "elsewhere")}

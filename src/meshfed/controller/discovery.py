@@ -9,11 +9,14 @@ from the Services' selectors (a superset; each Pod is then matched exactly). Wha
 Pod is its service account and labels, never the object. A Pod event kicks a reconcile only
 when the set of service accounts behind some workload Service changes (a new ServiceAccount's
 first Pod, the old one's last Pod gone); a Pod's status changing, or one more replica, does not.
+A Pod deleted while its watch was down (no DELETED event comes) is dropped by the list that
+starts the watch again (``PodAccounts.listed``).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -78,6 +81,15 @@ def accounts(
     )
 
 
+def selects(watch_selector: str | None, labels: Mapping[str, str]) -> bool:
+    """A Pod watch's label selector (``watch_selectors``: ``key in (v1,v2)``, one term) selects
+    these labels."""
+    if watch_selector is None:
+        return True
+    key, _, values = watch_selector.partition(" in (")
+    return labels.get(key) in values.removesuffix(")").split(",")
+
+
 def pod_entry(pod: Obj) -> tuple[Ident, str, Labels]:
     meta = pod.get("metadata") or {}
     account = (pod.get("spec") or {}).get("serviceAccountName") or "default"
@@ -102,6 +114,9 @@ class PodAccounts:
     discovered: frozenset[str] = frozenset()
     """Meshes whose workloads the spec leaves to discovery (the others' service accounts are
     the spec's: their Pods do not matter)."""
+    recorded: dict[Key, dict[Ident, float]] = field(default_factory=dict)
+    """When each kept Pod was last seen (``time.monotonic``): a list that began later and
+    lacks it means it is gone."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def service(
@@ -181,8 +196,10 @@ class PodAccounts:
             }
             if event == "DELETED" or not any(matches(s, now) for s in selectors.values()):
                 known.pop(ident, None)
+                self.recorded.get(key, {}).pop(ident, None)
             else:
                 known[ident] = (account, labels)
+                self.recorded.setdefault(key, {})[ident] = time.monotonic()
             taken = {
                 n: pick_account(accounts(known, ident[0], s)) or n for n, s in selectors.items()
             }
@@ -195,6 +212,31 @@ class PodAccounts:
         if not changed:
             return None
         return f"service account on {key[1]}: " + "; ".join(changed)
+
+    def listed(self, key: Key, ended: Obj, fed: Federation | None) -> str | None:
+        """A Pod watch's list ended (``LIST_ENDED``): the Pods it selects that were seen
+        before it began and are not in it were deleted while nothing watched (a 410, the
+        cluster unreachable) — they count no more; why a reconcile is needed, or None."""
+        listed = {(r[2], r[3]) for r in ended.get("refs") or ()}
+        started, selector = float(ended.get("started") or 0.0), ended.get("labels")
+        with self.lock:
+            gone = [
+                (ident, account, labels)
+                for ident, (account, labels) in self.pods.get(key, {}).items()
+                if ident not in listed
+                and self.recorded.get(key, {}).get(ident, 0.0) < started
+                and selects(selector, dict(labels))
+            ]
+        reasons = []
+        for (ns, name), account, labels in gone:
+            stub = {
+                "metadata": {"namespace": ns, "name": name, "labels": dict(labels)},
+                "spec": {"serviceAccountName": account},
+            }
+            why = self.pod(key, "DELETED", stub, fed)
+            if why and why not in reasons:
+                reasons.append(why)
+        return "; ".join(reasons) or None
 
 
 def _accounts_used(fed: Federation, mesh: str) -> dict[Ident, str]:
@@ -226,5 +268,6 @@ __all__ = [
     "discovered_meshes",
     "matches",
     "selector_of",
+    "selects",
     "watch_selectors",
 ]

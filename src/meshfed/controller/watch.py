@@ -29,8 +29,9 @@ Key = tuple[str, str]
 Ref = tuple[str, str, str, str]
 OnEvent = Callable[[Key, str, Obj], None]
 LIST_ENDED = "LIST_ENDED"
-"""The event after a complete list: ``{"apiVersion", "kind", "refs", "started"}`` (every object
-listed; when its first page was asked for, ``time.monotonic``: the list is of that moment)."""
+"""The event after a complete list: ``{"apiVersion", "kind", "refs", "started", "labels"}``
+(every object listed; when its first page was asked for, ``time.monotonic``: the list is of
+that moment; the watch's label selector, None for all)."""
 SERVICES = ("v1", "Service")
 LISTS_AT_ONCE = 4
 """Initial lists running at once (each a page of at most 500 objects at a time): when the
@@ -170,7 +171,13 @@ class Watches:
         self.on_event(
             spec.key,
             LIST_ENDED,
-            {"apiVersion": spec.api_version, "kind": spec.kind, "refs": refs, "started": started},
+            {
+                "apiVersion": spec.api_version,
+                "kind": spec.kind,
+                "refs": refs,
+                "started": started,
+                "labels": spec.labels,
+            },
         )
         return version
 

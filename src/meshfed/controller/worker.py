@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,6 +35,7 @@ from meshfed.controller.watch import LIST_ENDED, Key, Watches, watch_specs
 from meshfed.kube.client import Obj
 from meshfed.kube.discover import SYSTEM_NAMESPACES, load_balancer_address
 from meshfed.kube.errors import KubeError
+from meshfed.kube.parallel import in_parallel
 from meshfed.kube.targets import ref, ref_text
 from meshfed.plan.build import mesh_clusters
 from meshfed.plan.names import GATEWAY_NAMESPACE, INGRESS_GATEWAY
@@ -45,6 +46,8 @@ FULL_CHECKS = frozenset({"started", "periodic resync", "repair failed"})
 """Reconciles that dry-run every object (the others take what this controller applied and
 has watched since as settled)."""
 RESYNC = 300.0
+REPAIRS_AT_ONCE = 8
+"""Drift repairs (a read and a write each) in flight at once, over the clusters they touch."""
 QUIET_TRIM = 5.0
 """Seconds without an event after which an idle worker trims the C heap (``_quiet``)."""
 EXPIRY_WARNING = timedelta(days=30)
@@ -103,6 +106,11 @@ class FederationWorker:
             self.reconciler.discovery.touch(self.name, key[0])
             if event == LIST_ENDED and obj.get("kind") == "Service":
                 self.reconciler.discovery.listed(self.name, key[0], key[1])
+        if event == LIST_ENDED and obj.get("kind") == "Pod":  # Pods deleted while unwatched
+            why = self.pods.listed(key, obj, self.last.federation if self.last else None)
+            if why:
+                self.kick(why)
+            return
         if event == LIST_ENDED:  # compared with what was applied when the worker gets to it
             self.events.put(("listed", (key, obj)))
             if obj.get("kind") == "Service" and self.last is not None:
@@ -175,11 +183,13 @@ class FederationWorker:
                     self._reconcile(body(), resync[0] if resync else "drift", phases)
                 # After a reconcile too: an incremental one writes only what changed, so a
                 # deletion by hand that came in the same batch is still to be repaired.
+                repairs: list[tuple[Key, Repair]] = []
                 for kind, item in batch:
                     if kind == "drift":
-                        self._repair(*item)
+                        repairs += [r for r in [self._repair(*item)] if r is not None]
                     elif kind == "listed":
-                        self._restore_unlisted(*item)
+                        repairs += self._restore_unlisted(*item)
+                self._repair_all(repairs)
         finally:
             if self.watches is not None:
                 self.watches.close()
@@ -319,48 +329,69 @@ class FederationWorker:
         self.watches.ensure(watch_specs(self.name, clusters, services))
         self.pods.refresh(fed, self.services, self.watches)
 
-    def _repair(self, key: Key, event: str, obj: Obj) -> None:
+    def _repair(self, key: Key, event: str, obj: Obj) -> tuple[Key, Repair] | None:
+        """What a watch event of a managed object calls for (``drift.repair_for``), if any."""
         last = self.last
-        if last is None:
-            return
-        desired: Mapping[Ref, Obj] = last.desired.get(key, {})
-        repair = repair_for(event, obj, desired, self.name, self.pruned)
-        if repair is None:
-            return
-        if key not in {k for k in last.desired}:
-            return
-        try:
-            self._do(key, repair)
-        except KubeError as exc:
-            self.log(f"{self.name}: repair of {ref_text(repair.obj)} failed: {exc}; reconciling")
-            self.kick("repair failed")
+        if last is None or key not in last.desired:
+            return None
+        repair = repair_for(event, obj, last.desired[key], self.name, self.pruned)
+        return None if repair is None else (key, repair)
 
-    def _restore_unlisted(self, key: Key, listed: Obj) -> None:
+    def _restore_unlisted(self, key: Key, listed: Obj) -> list[tuple[Key, Repair]]:
         """A watch's complete list lacks objects meshfed applied there: deleted while no
         watch ran (``drift.missing_after_list``); each is repaired as a deletion."""
         last = self.last
         if last is None or key not in last.desired:
-            return
+            return []
         refs: set[Ref] = {(g, k, ns, name) for g, k, ns, name in listed["refs"]}
         desired = last.desired[key]
         started = listed.get("started")
         # A reconcile that wrote while the watch listed: the list may predate its objects.
         after = desired.written_since(started) if isinstance(started, float) else set()
-        for obj in missing_after_list(desired, listed["apiVersion"], listed["kind"], refs, after):
-            self._repair(key, "DELETED", obj)
+        missing = missing_after_list(desired, listed["apiVersion"], listed["kind"], refs, after)
+        return [r for r in (self._repair(key, "DELETED", obj) for obj in missing) if r]
 
-    def _do(self, key: Key, repair: Repair) -> None:
+    def _repair_all(self, repairs: list[tuple[Key, Repair]]) -> None:
+        """Carry out the repairs of one batch, ``REPAIRS_AT_ONCE`` requests at a time (a
+        hand deletion of hundreds of objects is put back in about the time of a reconcile
+        that writes them, not one read and one write after another); the last word on each
+        object wins. Events and the log are written from this thread (kopf's context)."""
+        latest = {(key, repair.ref): (key, repair) for key, repair in repairs}
+        todo = list(latest.values())
+
+        def act(item: tuple[Key, Repair]) -> str | KubeError | None:
+            try:
+                return self._do(*item)
+            except KubeError as exc:
+                return exc
+
+        failed = False
+        for (key, repair), done in zip(todo, in_parallel(act, todo, REPAIRS_AT_ONCE), strict=True):
+            what = ref_text(repair.obj)
+            if isinstance(done, KubeError):
+                self.log(f"{self.name}: repair of {what} failed: {done}; reconciling")
+                failed = True
+            elif done == "pruned":
+                self.emit("Warning", "DriftPruned", f"{what} on {key[1]}: {repair.why}; deleted")
+            elif done == "restored":
+                self.emit("Warning", "DriftRestored", f"{what} on {key[1]}: {repair.why}; restored")
+                self.log(f"{self.name}: restored {what} on {key[1]} ({repair.why})")
+        if failed:
+            self.kick("repair failed")
+
+    def _do(self, key: Key, repair: Repair) -> str | None:
+        """One repair on its cluster (any thread): "pruned", "restored", or None when the
+        cluster already held what it should."""
         fed = self.last.federation if self.last else None
         assert fed is not None
         mesh = next(m for m in fed.spec.meshes if m.name == key[0])
         cluster = next(c for c in mesh_clusters(mesh) if c.name == key[1])
         client = self.reconciler.connector(cluster)
-        what = ref_text(repair.obj)
         if repair.action == "prune":
             if client.delete(repair.obj):
                 self.pruned.add(repair.ref)
-                self.emit("Warning", "DriftPruned", f"{what} on {key[1]}: {repair.why}; deleted")
-            return
+                return "pruned"
+            return None
         before = client.get(
             repair.obj["apiVersion"],
             repair.obj["kind"],
@@ -370,8 +401,8 @@ class FederationWorker:
         after = client.apply(repair.obj, force=True)
         version = (before or {}).get("metadata", {}).get("resourceVersion")
         if before is None or version != after["metadata"].get("resourceVersion"):
-            self.emit("Warning", "DriftRestored", f"{what} on {key[1]}: {repair.why}; restored")
-            self.log(f"{self.name}: restored {what} on {key[1]} ({repair.why})")
+            return "restored"
+        return None
 
 
 def _labelled(obj: Obj, federation: str) -> bool:
