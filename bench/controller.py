@@ -352,7 +352,7 @@ def measure(kubeconfig: str, contexts: list[str], work: Path) -> dict[str, Any]:
         "policy_restore_vs_round_trip": round(restore_s / floor_s, 1),
         "idle_cpu_core_fraction": idle_cpu,
         "idle_rss_mb": rss,
-        "allocator": deployed_env().get("LD_PRELOAD") or "glibc malloc",
+        "allocator": allocator_of(deployed_env()),
         "load_average_1m": [round(x, 1) for x in loads],
         "cpu_count": os.cpu_count(),
         "quick": QUICK,
@@ -371,6 +371,13 @@ def deployed_env() -> dict[str, str]:
     if found is not None:
         env["LD_PRELOAD"] = found
     return env
+
+
+def allocator_of(env: dict[str, str]) -> str:
+    preloaded = env.get("LD_PRELOAD")
+    return (
+        f"jemalloc ({preloaded}, MALLOC_CONF={env['MALLOC_CONF']})" if preloaded else "glibc malloc"
+    )
 
 
 def median(samples: list[float]) -> float:

@@ -74,6 +74,8 @@ def controller(data: dict[str, Any]) -> list[str]:
         f"| controller idle | {data['idle_cpu_core_fraction'] * 100:.2f}% of a core, "
         f"{data['idle_rss_mb']} MB RSS | | |"
     )
+    if data.get("allocator"):
+        out += ["", f"The controller ran as its image runs it, on {data['allocator']}."]
     if "load_average_1m" in data:
         loads = ", ".join(str(x) for x in data["load_average_1m"])
         out += [
