@@ -27,11 +27,11 @@ neither. A selected sidecar uses the first selector entry that selects it.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 
 from meshfed.audit.sources.manifests import Doc
 from meshfed.audit.yamlsrc import Obj, as_dict, as_list, as_str, dig, str_list
+from meshfed.render.istio.objects import is_ip
 
 __all__ = [
     "CLUSTER_DOMAIN",
@@ -50,19 +50,11 @@ CLUSTER_DOMAIN = "cluster.local"
 """The domain istiod appends to a short name (``svc.<domain>``); Istio's default."""
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def resolve_host(host: str, namespace: str, domain: str = CLUSTER_DOMAIN) -> str:
     """A rule's host as istiod reads it (``ResolveShortnameToFQDN``): a name without a dot is
     a Service of the rule's own namespace; ``*``, IP addresses and any name with a dot (even
     ``svc.ns``) are taken as written."""
-    if host == "*" or _is_ip(host) or "." in host:
+    if host == "*" or is_ip(host) or "." in host:
         return host
     return f"{host}.{namespace}.svc.{domain}"
 

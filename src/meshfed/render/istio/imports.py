@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import timedelta
 
 from meshfed.plan.limits import FailoverPolicy
 from meshfed.plan.model import EgressRoute, FederationPlan, ImportRoute, MeshPlan
 from meshfed.plan.names import EGRESS_GATEWAY, EGRESS_PORT, GATEWAY_NAMESPACE, service_fqdn
 from meshfed.render.istio.limits import failover_policy
-from meshfed.render.istio.objects import Obj, obj, slug
+from meshfed.render.istio.objects import Obj, is_ip, obj, slug
 
 EGRESS_HOST = service_fqdn(GATEWAY_NAMESPACE, EGRESS_GATEWAY)
 FAILOVER_LABEL = "meshfed.dev/failover-{}"
@@ -171,14 +170,6 @@ def _subsets_rules(plan: FederationPlan, mesh: MeshPlan) -> list[Obj]:
     return rules
 
 
-def _is_ip(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return True
-
-
 def _remote(plan: FederationPlan, route: EgressRoute, failover: FailoverPolicy) -> list[Obj]:
     """Where the egress gateway sends a wire host: the exporters' ingresses, in order.
 
@@ -199,7 +190,7 @@ def _remote(plan: FederationPlan, route: EgressRoute, failover: FailoverPolicy) 
         }
         endpoints.append(endpoint)
     destination = {"host": route.wire_host, "port": {"number": EGRESS_PORT}}
-    resolution = "STATIC" if all(_is_ip(s.address) for s in route.sources) else "DNS"
+    resolution = "STATIC" if all(is_ip(s.address) for s in route.sources) else "DNS"
     name = f"remote-{slug(route.wire_host, 56)}"
     traffic_policy: Obj = failover_policy(failover)
     if count > 1:

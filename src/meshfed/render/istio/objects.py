@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 from typing import Any
 
 from meshfed.plan.names import MANAGED_BY
@@ -19,6 +20,16 @@ def slug(text: str, limit: int = 63) -> str:
         return label
     digest = hashlib.sha256(text.encode()).hexdigest()[:8]
     return f"{label[: limit - 9].rstrip('-')}-{digest}"
+
+
+def is_ip(host: str) -> bool:
+    """An IP address, not a name (a ServiceEntry endpoint, a rule's host: istiod reads an
+    address as it is, and resolves or qualifies only names)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def labels(federation: str, **extra: str) -> dict[str, str]:
