@@ -185,8 +185,8 @@ class FederationWorker:
                 # deletion by hand that came in the same batch is still to be repaired.
                 repairs: list[tuple[Key, Repair]] = []
                 for kind, item in batch:
-                    if kind == "drift":
-                        repairs += [r for r in [self._repair(*item)] if r is not None]
+                    if kind == "drift" and (repair := self._repair(*item)) is not None:
+                        repairs.append(repair)
                     elif kind == "listed":
                         repairs += self._restore_unlisted(*item)
                 self._repair_all(repairs)
